@@ -1,0 +1,17 @@
+"""graft: turn a folder of photos into a good image classifier by transfer learning.
+
+The package reads like the pipeline: data (scan + read images) -> augment -> loader ->
+backbones -> cache (frozen features on disk) -> head (new softmax) -> evaluate -> train/predict
+(one call each) -> cli.
+"""
+
+__version__ = "0.1.0"
+
+from ._malloc import tune_malloc
+
+tune_malloc()  # before torch allocates anything; see graft/_malloc.py and bench/malloc_tuning.py
+
+from .api import evaluate, predict, train  # noqa: E402
+from .errors import GraftError  # noqa: E402
+
+__all__ = ["train", "predict", "evaluate", "GraftError", "__version__"]

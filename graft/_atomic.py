@@ -1,0 +1,48 @@
+"""Atomic file writes: write a temp file beside the target, fsync, then rename over it.
+
+A run killed at any moment therefore leaves either the old file or the new one, never half of
+one, and temp files (`.tmp-*`) are never read by graft. A failed write (disk full) raises a
+GraftError naming the file and leaves the previous file in place.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import GraftError
+
+
+@contextlib.contextmanager
+def atomic_path(target):
+    """Yield a temp path in the target's folder; on success it is renamed onto `target`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError as e:
+        _unlink(tmp)
+        raise GraftError(f"could not write {target}: {e.strerror or e}") from e
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def write_bytes(target, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def write_json(target, obj) -> None:
+    write_bytes(target, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _unlink(path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -1,0 +1,113 @@
+"""Find, verify and read pretrained weight files, safely and offline-first.
+
+Every file is hashed (SHA-256) and checked against the package's small manifest of known digests
+(or the hash prefix torchvision puts in its file names); the digest goes into the feature cache
+key and the saved run. Files are read as safetensors or with `torch.load(weights_only=True)`, so a
+weights file can never run code. Hub downloads are tried only when nothing usable is cached and
+GRAFT_OFFLINE is not set; every failure becomes one WeightsError that says how to supply weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..errors import WeightsError
+
+
+@lru_cache(maxsize=1)
+def manifest() -> dict[str, str]:
+    data = json.loads((Path(__file__).with_name("manifest.json")).read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path) -> str:
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def verify(path, *, what: str) -> str:
+    """Hash `path`; raise WeightsError if the manifest or its name says it should be different."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file for {what} not found: {path}")
+    digest = sha256_file(path)
+    expected = manifest().get(path.name)
+    if expected is None:
+        m = re.search(r"-([0-9a-f]{8,64})\.(pth|pt|bin|safetensors)$", path.name)
+        if m and _looks_like_torchvision_name(path.name):
+            if not digest.startswith(m.group(1)):
+                raise WeightsError(
+                    f"weights file {path} for {what} is damaged or not what its name says: "
+                    f"its SHA-256 is {digest[:12]}..., the name promises {m.group(1)}...; "
+                    f"delete it and let graft fetch it again, or pass --weights FILE"
+                )
+        return digest
+    if digest != expected:
+        raise WeightsError(
+            f"weights file {path} for {what} failed its checksum: SHA-256 {digest[:12]}..., "
+            f"expected {expected[:12]}...; reinstall it or pass --weights FILE"
+        )
+    return digest
+
+
+def read_state_dict(path, *, what: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, or a torch file with weights_only=True (no code can run)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"refusing to load {path} for {what}: it is a pickle that needs code to run, which graft "
+            f"never executes ({str(e).splitlines()[0][:200]}); convert it to safetensors"
+        ) from None
+    except Exception as e:
+        raise WeightsError(f"cannot read weights file {path} for {what}: {e}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{path} for {what} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def offline() -> bool:
+    return bool(os.environ.get("GRAFT_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"))
+
+
+def missing_weights_error(what: str, looked: list[str], cause: str | None = None) -> WeightsError:
+    where = "; ".join(looked) if looked else "no local cache"
+    msg = (
+        f"no pretrained weights for {what} are available offline (looked in: {where})"
+        + (f"; download failed: {cause}" if cause else "")
+        + ". Supply them by: (1) --weights FILE (a .safetensors, or a .pth state dict), "
+        "(2) putting the file in that cache (run once with internet: timm uses the Hugging Face "
+        "cache, HF_HOME; torchvision uses TORCH_HOME/hub/checkpoints), or "
+        "(3) using --backbone default, whose weights ship with graft."
+    )
+    return WeightsError(msg)
+
+
+def _looks_like_torchvision_name(name: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9_.]+-[0-9a-f]{8}\.pth", name) is not None

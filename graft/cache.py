@@ -1,0 +1,161 @@
+"""On-disk cache of frozen-backbone features, so each image goes through the backbone once.
+
+Layout: `<root>/<arch>-<key>/` per namespace, where the key hashes everything that changes a
+feature (backbone architecture, weights digest, preprocessing, which activation). Inside, entries
+are named by the image's content hash (plus the augmentation key and view index for augmented
+views), and stored in shards: standard safetensors files, each holding one extraction batch and
+its entry names and a checksum in the metadata.
+
+Why shards: a shard is written to a temp file and renamed into place, so a killed run leaves
+whole shards only, and every finished batch survives a kill; two processes sharing a cache each
+write their own shards, so they never corrupt each other (at worst one batch is duplicated).
+Reads memory-map the tensor data directly (safetensors' numpy loader copies, so the documented
+layout, an 8-byte header length, a JSON header and raw little-endian data, is mapped with
+numpy). A shard whose checksum or header is wrong is discarded with a warning and its entries are
+recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_path, write_json
+
+log = logging.getLogger("graft")
+
+FORMAT = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("GRAFT_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "graft"
+
+
+class FeatureCache:
+    """A namespace of cached feature vectors, one float32 row per entry name."""
+
+    def __init__(self, root, namespace: dict):
+        canonical = json.dumps({"format": FORMAT, **namespace}, sort_keys=True)
+        self.key = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(namespace.get("arch", "features")))
+        self.dir = Path(root).expanduser() / f"{slug}-{self.key}"
+        self.namespace = namespace
+        self._index: dict[str, tuple[Path, int]] = {}
+        self._arrays: dict[Path, np.ndarray] = {}
+        self._bad: set[Path] = set()
+        self.refresh()
+
+    # -- reading ------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Pick up shards written since (by this or another process)."""
+        if not self.dir.is_dir():
+            return
+        known = {p for p, _ in self._index.values()} | self._bad
+        for shard in sorted(self.dir.glob("*.safetensors")):
+            if shard.name.startswith(".") or shard in known:
+                continue
+            try:
+                names, _, _ = _read_header(shard)
+            except (OSError, ValueError) as e:
+                self._discard(shard, f"unreadable header ({e})")
+                continue
+            for row, name in enumerate(names):
+                self._index.setdefault(name, (shard, row))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get(self, names: list[str]) -> tuple[np.ndarray | None, list[int]]:
+        """Rows for `names` (a float32 array, missing rows zero) and the positions that missed."""
+        rows, missing = [], []
+        out = None
+        for i, name in enumerate(names):
+            hit = self._index.get(name)
+            arr = self._array(hit[0]) if hit else None
+            if arr is None:
+                missing.append(i)
+                rows.append(None)
+                continue
+            if out is None:
+                out = np.zeros((len(names), arr.shape[1]), np.float32)
+            out[i] = arr[hit[1]]
+        return out, missing
+
+    def _array(self, shard: Path) -> np.ndarray | None:
+        arr = self._arrays.get(shard)
+        if arr is not None or shard in self._bad:
+            return arr
+        try:
+            names, arr, checksum = _read_header(shard, mmap=True)
+            if hashlib.sha256(arr.tobytes()).hexdigest() != checksum:
+                raise ValueError("checksum mismatch")
+        except (OSError, ValueError) as e:
+            self._discard(shard, str(e))
+            return None
+        self._arrays[shard] = arr
+        return arr
+
+    def _discard(self, shard: Path, why: str) -> None:
+        log.warning("cache shard %s is damaged (%s): discarded, its entries will be recomputed", shard, why)
+        self._bad.add(shard)
+        self._index = {k: v for k, v in self._index.items() if v[0] != shard}
+        try:
+            shard.unlink()
+        except OSError:
+            pass
+
+    # -- writing ------------------------------------------------------------------------------------
+    def put(self, names: list[str], features: np.ndarray) -> None:
+        """Store one batch as a new shard, atomically."""
+        from safetensors.numpy import save_file
+
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        assert features.ndim == 2 and len(names) == len(features)
+        if not (self.dir / "namespace.json").exists():
+            write_json(self.dir / "namespace.json", {"format": FORMAT, **self.namespace})
+        shard = self.dir / f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
+        meta = {"names": json.dumps(names), "sha256": hashlib.sha256(features.tobytes()).hexdigest()}
+        with atomic_path(shard) as tmp:
+            save_file({"features": features}, str(tmp), metadata=meta)
+        for row, name in enumerate(names):
+            self._index[name] = (shard, row)
+
+
+def _read_header(path: Path, mmap: bool = False):
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError("truncated")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise ValueError("implausible header size")
+        header = json.loads(f.read(n))
+    meta = header.get("__metadata__") or {}
+    info = header["features"]
+    names = json.loads(meta["names"])
+    rows, dim = info["shape"]
+    start, end = info["data_offsets"]
+    if info["dtype"] != "F32" or len(names) != rows or end - start != rows * dim * 4:
+        raise ValueError("inconsistent header")
+    if os.path.getsize(path) < 8 + n + end:
+        raise ValueError("truncated data")
+    arr = None
+    if mmap:
+        arr = np.memmap(path, dtype="<f4", mode="r", offset=8 + n + start, shape=(rows, dim))
+    return names, arr, meta.get("sha256")

@@ -1,0 +1,163 @@
+"""Read one image file into an RGB PIL image, or raise an ImageError that says why not.
+
+This is the single door every photo comes through (training, prediction, checks), so the odd
+cases are handled once: EXIF orientation, every Pillow mode (CMYK, palette with transparency,
+16-bit, grayscale) to 8-bit RGB, GIF/WebP first frame, truncated files, decompression bombs,
+and content that does not match the extension. JPEGs are decoded at reduced resolution in the
+DCT domain (Pillow's `draft`) when the caller says how small it may be, which is most of the
+cost of a 12-megapixel photo.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageError
+
+# extension -> the Pillow format its content must have
+SUPPORTED_EXTENSIONS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+}
+_FORMATS = tuple(SUPPORTED_EXTENSIONS.values())
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def probe_image(path, data: bytes | None = None) -> tuple[str, tuple[int, int]]:
+    """Check a file's header without decoding pixels; return (format, (width, height)).
+
+    Sizes are after EXIF orientation. Raises ImageError for empty files, non-images and
+    content whose format disagrees with the extension.
+    """
+    path = Path(path)
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
+    if not data:
+        raise ImageError(path, "empty file (0 bytes)")
+    img = _open(path, io.BytesIO(data))
+    _check_format(path, img)
+    return img.format, oriented_size(img, _orientation(img))
+
+
+def oriented_size(img: Image.Image, orientation: int | None) -> tuple[int, int]:
+    w, h = img.size
+    return (h, w) if orientation in _SWAPS_AXES else (w, h)
+
+
+def read_image(
+    path, *, min_size: tuple[int, int] | None = None, min_short_side: int | None = None
+) -> Image.Image:
+    """Decode `path` to an 8-bit RGB image with EXIF orientation applied.
+
+    `min_size` = (width, height) in oriented pixels that the result must still cover (or
+    `min_short_side`, the shorter side it must keep); JPEGs are then decoded with the largest
+    DCT downscale (1/2, 1/4, 1/8) that keeps at least that size.
+    """
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
+    with f:
+        img = _open(path, f)
+        _check_format(path, img)
+        orientation = _orientation(img)
+        if min_short_side is not None:
+            min_size = draft_size_for_short_side(oriented_size(img, orientation), min_short_side)
+        if min_size is not None and img.format == "JPEG":
+            w, h = min_size
+            if orientation in _SWAPS_AXES:
+                w, h = h, w
+            img.draft("RGB", (max(1, int(w)), max(1, int(h))))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # EXIF/ICC chatter is not the user's problem
+                img.load()
+        except Image.DecompressionBombError as e:
+            raise ImageError(path, f"refused: too many pixels ({e})") from None
+        except Exception as e:  # Pillow raises many types for damaged data
+            raise ImageError(path, _describe(e)) from None
+    try:
+        if orientation not in (None, 1):
+            img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    except Exception as e:
+        raise ImageError(path, _describe(e)) from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited over white, 16-bit is scaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def draft_size_for_short_side(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """The (w, h) an image of `size` has when its shorter side is scaled to `short_side`."""
+    w, h = size
+    scale = short_side / min(w, h)
+    return math.ceil(w * scale), math.ceil(h * scale)
+
+
+def _open(path: Path, fp) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(fp, formats=None)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(path, f"refused: too many pixels, a possible decompression bomb ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not an image (no supported image format recognised)") from None
+    except Exception as e:
+        raise ImageError(path, _describe(e)) from None
+
+
+def _check_format(path: Path, img: Image.Image) -> None:
+    expected = SUPPORTED_EXTENSIONS.get(path.suffix.lower())
+    if img.format not in _FORMATS:
+        raise ImageError(path, f"unsupported image format {img.format}")
+    if expected is not None and img.format != expected:
+        raise ImageError(
+            path,
+            f"content is {img.format} but the extension {path.suffix} says {expected}; "
+            f"rename it to use it",
+        )
+
+
+def _orientation(img: Image.Image) -> int | None:
+    try:
+        return img.getexif().get(_EXIF_ORIENTATION)
+    except Exception:
+        return None
+
+
+def _describe(e: Exception) -> str:
+    msg = str(e) or type(e).__name__
+    if "truncated" in msg.lower():
+        return f"truncated or damaged image data ({msg})"
+    return f"cannot decode image ({msg})"

@@ -1,0 +1,128 @@
+"""The grafted classifier (backbone + new head) and its run folder on disk.
+
+A run folder holds `model.json` (classes, backbone identity and weights digest, preprocessing,
+strategy, head shape) and `model.safetensors` (the trained tensors), written atomically. For the
+head strategy only the head is stored: the frozen backbone is exactly the pretrained one, which is
+found again from its spec and must hash to the recorded digest, so a 5 KB head does not drag an
+18 MB copy of unchanged weights along. Strategies that train the backbone store it whole.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from ._atomic import atomic_path, write_json
+from .backbones import Backbone, BackboneSource, rebuild_backbone, resolve_backbone
+from .errors import GraftError
+from .preprocess import Preprocessing
+
+FORMAT = 1
+
+
+class Classifier(nn.Module):
+    """Normalised image batch -> class logits; `classes[i]` names logit i."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module, classes: list[str]):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.classes = list(classes)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.backbone.preprocessing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSource,
+             strategy: str, backbone: Backbone | None = None, extra: dict | None = None) -> None:
+    """Write model.safetensors then model.json (the json last: it is what marks a run complete)."""
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    tensors = {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
+    if backbone is not None:
+        tensors.update({f"backbone.{k}": v.detach().contiguous() for k, v in backbone.state_dict().items()})
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    meta = {
+        "format": FORMAT,
+        "graft_version": __version__,
+        "classes": list(classes),
+        "strategy": strategy,
+        "backbone": {"spec": source.spec, "arch": source.arch,
+                     "weights_source": source.weights.source, "weights_digest": source.weights.digest,
+                     "stored": backbone is not None},
+        "preprocessing": source.preprocessing.to_json(),
+        "head": {"type": "linear", "in_features": head.in_features, "out_features": head.out_features},
+        **(extra or {}),
+    }
+    write_json(run_dir / "model.json", meta)
+
+
+def read_run_meta(run_dir) -> dict:
+    run_dir = Path(run_dir)
+    path = run_dir / "model.json"
+    if not path.is_file():
+        raise GraftError(f"{run_dir} is not a graft run (no model.json); train one with `graft train`")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise GraftError(f"cannot read {path}: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise GraftError(f"{path} has format {meta.get('format')}, this graft reads format {FORMAT}")
+    return meta
+
+
+def run_backbone_source(meta: dict, weights=None) -> BackboneSource:
+    """The backbone a head-only run was trained on, verified against the recorded digest."""
+    info = meta["backbone"]
+    source = resolve_backbone(info["spec"], weights or _recorded_weights(info))
+    if source.weights.digest != info["weights_digest"]:
+        raise GraftError(
+            f"the backbone weights found now ({source.weights.source}, SHA-256 "
+            f"{source.weights.digest[:12]}...) are not the ones this run was trained on "
+            f"({info['weights_digest'][:12]}...); pass the original file with --weights"
+        )
+    return source
+
+
+def load_run(run_dir, *, weights=None) -> Classifier:
+    """Rebuild the classifier of a run folder with no other input."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    meta = read_run_meta(run_dir)
+    try:
+        tensors = load_file(str(run_dir / "model.safetensors"), device="cpu")
+    except Exception as e:
+        raise GraftError(f"cannot read {run_dir / 'model.safetensors'}: {e}") from None
+    pre = Preprocessing.from_json(meta["preprocessing"])
+    if meta["backbone"].get("stored"):
+        backbone = rebuild_backbone(meta["backbone"], pre)
+        backbone.load_state_dict(_prefixed(tensors, "backbone."))
+    else:
+        backbone = run_backbone_source(meta, weights).build()
+    h = meta["head"]
+    head = nn.Linear(h["in_features"], h["out_features"])
+    head.load_state_dict(_prefixed(tensors, "head."))
+    model = Classifier(backbone, head, meta["classes"])
+    model.eval()
+    model.meta = meta
+    return model
+
+
+def _recorded_weights(info: dict):
+    """A --weights file recorded in the run; the default's packaged file is found afresh."""
+    return None if info["spec"] == "default" else info["weights_source"]
+
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
