@@ -1,0 +1,170 @@
+"""Deterministic geometric kernels: every parameter is explicit, nothing is drawn at random.
+
+The op classes in graft.augment draw parameters and call these, so any augmented image can be
+recomputed from its parameters. torchvision.transforms.v2.functional does the resampling (flip,
+resized_crop, affine, elastic). Hand-written here, because torchvision lacks them: reflect padding
+around affine and elastic (torchvision can only fill uncovered pixels with a constant), the
+displacement field of `elastic`, and a per-sample flip of a batch.
+
+Images are tensors shaped (..., C, H, W): uint8 in 0..255 or float in 0..1. A leading batch
+dimension gets the same parameters for every sample, except in `flip_batch`.
+"""
+
+import math
+
+import torch
+from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2.functional import InterpolationMode
+
+PADDINGS = ("reflect", "zeros")
+
+
+def hflip(img: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right (torchvision)."""
+    return F.horizontal_flip(img)
+
+
+def vflip(img: torch.Tensor) -> torch.Tensor:
+    """Mirror top-bottom (torchvision)."""
+    return F.vertical_flip(img)
+
+
+def flip(img: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
+    """Apply a left-right and/or a top-bottom mirror; with both False, `img` itself is returned."""
+    if horizontal:
+        img = F.horizontal_flip(img)
+    if vertical:
+        img = F.vertical_flip(img)
+    return img
+
+
+def flip_batch(batch: torch.Tensor, horizontal, vertical) -> torch.Tensor:
+    """Mirror each sample of an (N, C, H, W) batch whose entry in the (N,) bool masks is True.
+
+    Hand-written: torchvision flips either the whole batch or none of it.
+    """
+    h = torch.as_tensor(horizontal, dtype=torch.bool, device=batch.device).view(-1, 1, 1, 1)
+    v = torch.as_tensor(vertical, dtype=torch.bool, device=batch.device).view(-1, 1, 1, 1)
+    batch = torch.where(h, batch.flip(-1), batch)
+    return torch.where(v, batch.flip(-2), batch)
+
+
+def resized_crop(img: torch.Tensor, top: int, left: int, height: int, width: int, size) -> torch.Tensor:
+    """Crop the box (top, left, height, width), then resize it to `size` (an int for a square, or
+    (h, w)) with bicubic interpolation and antialiasing (torchvision). A box covering the whole
+    image resized to the image's own size returns the image unchanged."""
+    size = [size, size] if isinstance(size, int) else list(size)
+    return F.resized_crop(
+        img, top, left, height, width, size, interpolation=InterpolationMode.BICUBIC, antialias=True
+    )
+
+
+def rotate(img: torch.Tensor, angle: float, padding: str = "reflect") -> torch.Tensor:
+    """Rotate counter-clockwise by `angle` degrees about the centre, keeping the size (bilinear).
+
+    padding="reflect" fills the corners the rotated image no longer covers with the image mirrored
+    at its borders; padding="zeros" leaves them black. angle 0 returns `img` itself.
+    """
+    return affine(img, angle=angle, shear=(0.0, 0.0), padding=padding)
+
+
+def shear(img: torch.Tensor, x: float, y: float, padding: str = "reflect") -> torch.Tensor:
+    """Shear by `x` degrees along the horizontal axis and `y` degrees along the vertical axis about
+    the centre (torchvision's affine convention, bilinear); padding as in `rotate`."""
+    return affine(img, angle=0.0, shear=(x, y), padding=padding)
+
+
+def affine(img: torch.Tensor, angle: float = 0.0, shear=(0.0, 0.0), padding: str = "reflect") -> torch.Tensor:
+    """Rotation then shear through torchvision's `affine` (bilinear, no translation or scaling).
+
+    For padding="reflect" the image is first reflect-padded by enough to cover every source point
+    the transform reads, transformed, then cropped back to its own size.
+    """
+    _check_padding(padding)
+    sx, sy = float(shear[0]), float(shear[1])
+    if angle == 0 and sx == 0 and sy == 0:
+        return img
+    margin_h, margin_w = _affine_margin(img.shape[-2:], sx, sy) if padding == "reflect" else (0, 0)
+    out = F.affine(
+        _reflect_pad(img, margin_h, margin_w),
+        angle=float(angle),
+        translate=[0.0, 0.0],
+        scale=1.0,
+        shear=[sx, sy],
+        interpolation=InterpolationMode.BILINEAR,
+        fill=None,  # zeros
+    )
+    return _crop_margin(out, margin_h, margin_w)
+
+
+def warp_field(size, alpha: float, sigma: float, seed: int) -> torch.Tensor:
+    """The displacement field of `elastic`: (H, W, 2) float32 offsets (dx, dy) in pixels.
+
+    Uniform noise in [-1, 1] from a CPU generator seeded with `seed` is smoothed by a Gaussian of
+    standard deviation `sigma` pixels (kernel +-4 sigma, at most the image size), then scaled so
+    the root-mean-square displacement over the field is exactly `alpha` pixels. Hand-written:
+    torchvision builds its field from the global random state inside ElasticTransform.
+    """
+    h, w = int(size[0]), int(size[1])
+    gen = torch.Generator().manual_seed(int(seed))
+    field = torch.rand(2, 1, h, w, generator=gen) * 2 - 1
+    if sigma > 0:
+        kernel = min(int(8 * sigma + 1) | 1, 2 * min(h, w) - 1)  # odd; blur pads by reflection
+        field = F.gaussian_blur(field, [kernel, kernel], [float(sigma), float(sigma)])
+    field = field * (alpha / field.square().mean().sqrt())
+    return field.squeeze(1).permute(1, 2, 0).contiguous()
+
+
+def elastic(img: torch.Tensor, alpha: float, sigma: float, seed: int, padding: str = "reflect") -> torch.Tensor:
+    """Local warping: move every pixel by the smooth random field `warp_field((H, W), alpha,
+    sigma, seed)` through torchvision's `elastic` (bilinear). Pixels moved in from outside the
+    image are mirrored (padding="reflect") or black ("zeros"). alpha 0 returns `img` itself."""
+    _check_padding(padding)
+    if alpha == 0:
+        return img
+    h, w = img.shape[-2:]
+    field = warp_field((h, w), alpha, sigma, seed)
+    m = math.ceil(field.abs().max().item()) + 2 if padding == "reflect" else 0
+    # Field over the padded image; the margin is cropped away, so its displacement is irrelevant.
+    displacement = torch.zeros(1, h + 2 * m, w + 2 * m, 2)
+    displacement[0, m : m + h, m : m + w] = field * torch.tensor([2 / (w + 2 * m), 2 / (h + 2 * m)])
+    out = F.elastic(_reflect_pad(img, m, m), displacement, interpolation=InterpolationMode.BILINEAR)
+    return _crop_margin(out, m, m)
+
+
+def _check_padding(padding: str) -> None:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+
+
+def _affine_margin(size, shear_x: float, shear_y: float) -> tuple[int, int]:
+    """Pixels to pad (top/bottom, left/right) so that rotation by any angle plus this shear reads
+    only padded pixels. Source points lie within the largest singular value of the linear map times
+    the half-diagonal of the image from its centre (rotation does not change singular values, and
+    the map's determinant is 1, so the map and its inverse have the same largest one)."""
+    h, w = int(size[0]), int(size[1])
+    tx, ty = math.tan(math.radians(shear_x)), math.tan(math.radians(shear_y))
+    linear = torch.tensor([[1.0, 0.0], [ty, 1.0]], dtype=torch.float64) @ torch.tensor(
+        [[1.0, tx], [0.0, 1.0]], dtype=torch.float64
+    )
+    reach = torch.linalg.matrix_norm(linear, ord=2).item() * math.hypot(h, w) / 2
+    return max(0, math.ceil(reach - h / 2) + 2), max(0, math.ceil(reach - w / 2) + 2)
+
+
+def _reflect_pad(img: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    """Mirror-pad each side; padding larger than the image is done in several rounds."""
+    while pad_h > 0 or pad_w > 0:
+        h, w = img.shape[-2:]
+        if min(h, w) < 2:  # nothing to mirror: repeat the edge
+            return F.pad(img, [pad_w, pad_h, pad_w, pad_h], padding_mode="edge")
+        dh, dw = min(pad_h, h - 1), min(pad_w, w - 1)
+        img = F.pad(img, [dw, dh, dw, dh], padding_mode="reflect")
+        pad_h, pad_w = pad_h - dh, pad_w - dw
+    return img
+
+
+def _crop_margin(img: torch.Tensor, margin_h: int, margin_w: int) -> torch.Tensor:
+    if margin_h == 0 and margin_w == 0:
+        return img
+    h, w = img.shape[-2:]
+    return img[..., margin_h : h - margin_h, margin_w : w - margin_w].contiguous()

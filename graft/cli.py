@@ -1,0 +1,247 @@
+"""`graft` on the command line: each sub-command is one call of the Python API (graft.api).
+
+Errors the user can fix (GraftError) print one line and exit with status 2, no traceback;
+warnings (skipped files) print one line each; progress bars go to stderr and `--quiet` hides them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  graft train PHOTOS --out runs/cats        train on PHOTOS/<class>/* (or PHOTOS/train + PHOTOS/val)
+  graft predict runs/cats some.jpg          top-3 classes with probabilities
+  graft evaluate runs/cats PHOTOS/val       accuracy, per-class figures, confusion matrix
+  graft demo                                the whole pipeline on a small built-in photo set
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="graft",
+        description="Turn a folder of photos into an image classifier by transfer learning: a "
+        "pretrained network with a new softmax, trained on features cached on disk.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"graft {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a classifier on a folder of photos",
+                       description="Train a classifier on PHOTOS: PHOTOS/<class>/* (a validation "
+                       "split is drawn by content hash) or PHOTOS/train/<class>/* + PHOTOS/val/<class>/*.")
+    t.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders")
+    t.add_argument("--out", "-o", required=True, metavar="RUN", help="run folder to write (model, metrics)")
+    _backbone_args(t)
+    t.add_argument("--strategy", default="head", choices=["head"],
+                   help="head: freeze the backbone, train a new softmax on cached features (default)")
+    t.add_argument("--val-split", type=float, default=0.2, metavar="F",
+                   help="share of each class held out for validation when PHOTOS has no val/ (default 0.2)")
+    t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $GRAFT_CACHE_DIR or ~/.cache/graft)")
+    t.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
+    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    t.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default 1e-2)")
+    t.add_argument("--label-smoothing", type=float, default=0.1, help="(default 0.1)")
+    t.add_argument("--patience", type=int, default=15,
+                   help="stop after this many epochs without a lower validation loss; 0 = never (default 15)")
+    t.add_argument("--batch-size", type=int, default=32, help="(default 32)")
+    t.add_argument("--seed", type=int, default=0, help="random seed; same seed, same model (default 0)")
+    _loader_args(t)
+    _output_args(t)
+
+    pr = sub.add_parser("predict", help="classify images with a trained run",
+                        description="Print the top-k classes of each image (folders are searched).")
+    pr.add_argument("run", metavar="RUN", help="run folder written by graft train")
+    pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
+    pr.add_argument("--topk", "-k", type=int, default=3, help="classes to show per image (default 3)")
+    pr.add_argument("--weights", metavar="FILE", help="backbone weights file, if not where training found it")
+    _loader_args(pr)
+    _output_args(pr)
+
+    ev = sub.add_parser("evaluate", help="accuracy of a run on labelled photos",
+                        description="Accuracy, per-class precision/recall and the confusion matrix of "
+                        "RUN on PHOTOS/<class>/* (the run's classes).")
+    ev.add_argument("run", metavar="RUN")
+    ev.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (e.g. PHOTOS/val)")
+    ev.add_argument("--cache-dir", metavar="DIR", help="feature cache to reuse (default as for train)")
+    ev.add_argument("--weights", metavar="FILE", help="backbone weights file, if not where training found it")
+    _loader_args(ev)
+    _output_args(ev)
+
+    d = sub.add_parser("demo", help="train and evaluate on a small photo set that ships with graft's dependencies",
+                       description="Builds a demo set from scikit-image's bundled photos (train crops and "
+                       "held-out val crops of 5 photos), trains on the default backbone and evaluates.")
+    d.add_argument("--data", metavar="DIR", default=None, help="where to write the demo photos (default: in the cache)")
+    d.add_argument("--out", "-o", metavar="RUN", default="runs/demo", help="run folder (default runs/demo)")
+    d.add_argument("--cache-dir", metavar="DIR")
+    _loader_args(d)
+    _output_args(d)
+    return p
+
+
+def _backbone_args(p):
+    p.add_argument("--backbone", "-b", default="default", metavar="SPEC",
+                   help="default (EfficientNet-Lite0, ImageNet, ships with graft), timm:<model> or tv:<model>")
+    p.add_argument("--weights", metavar="FILE", help="local weights file for the backbone (.safetensors or .pth)")
+
+
+def _loader_args(p):
+    p.add_argument("--workers", default="auto", metavar="N|auto", help="image decoding processes (default auto)")
+
+
+def _output_args(p):
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    from .errors import GraftError
+
+    try:
+        return COMMANDS[args.command](args)
+    except GraftError as e:
+        print(f"graft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("graft: interrupted", file=sys.stderr)
+        return 130
+
+
+def _setup_logging():
+    log = logging.getLogger("graft")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("graft: %(levelname)s: %(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _workers(args):
+    if args.workers == "auto":
+        return None
+    try:
+        n = int(args.workers)
+        if n < 0:
+            raise ValueError
+        return n
+    except ValueError:
+        from .errors import GraftError
+
+        raise GraftError(f"--workers must be 'auto' or a number >= 0, got {args.workers!r}") from None
+
+
+def cmd_train(args) -> int:
+    from .api import train
+
+    result = train(args.photos, args.out, backbone=args.backbone, weights=args.weights,
+                   strategy=args.strategy, val_split=args.val_split, cache_dir=args.cache_dir,
+                   epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                   label_smoothing=args.label_smoothing, patience=args.patience,
+                   batch_size=args.batch_size, seed=args.seed, workers=_workers(args),
+                   progress=not args.quiet and not args.json)
+    if args.json:
+        print(json.dumps(result.metrics))
+    elif not args.quiet:
+        print(train_summary(result.metrics, result.run_dir))
+    return 0
+
+
+def train_summary(m: dict, run_dir) -> str:
+    t = m["timings"]
+    c = m["cache"]
+    correct = round(m["val_accuracy"] * m["n_val"]) if m["n_val"] else 0
+    rows = [
+        ("val accuracy", f"{m['val_accuracy']:.3f}  ({correct}/{m['n_val']})"),
+        ("images", f"{m['n_train']} train, {m['n_val']} val, {len(m['classes'])} classes"),
+        ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']}), strategy {m['strategy']}"),
+        ("features", f"{c['misses']} computed, {c['hits']} from cache  ({t['extract_s']:.2f} s)"),
+        ("head", f"best epoch {m['best_epoch']} of {m['epochs_run']}  ({t['train_s']:.2f} s)"),
+        ("skipped", f"{len(m['skipped'])} file(s)" + ("  (see warnings above)" if m["skipped"] else "")),
+        ("total", f"{t['total_s']:.2f} s"),
+        ("model", str(Path(run_dir) / "model.json")),
+    ]
+    return "\n".join([_table(rows), "", per_class_table(m["per_class"])])
+
+
+def per_class_table(per_class: dict) -> str:
+    width = max(5, *(len(c) for c in per_class))
+    lines = [f"{'class':<{width}}  precision  recall  support"]
+    for name, v in per_class.items():
+        lines.append(f"{name:<{width}}  {v['precision']:>9.3f}  {v['recall']:>6.3f}  {v['support']:>7d}")
+    return "\n".join(lines)
+
+
+def _table(rows) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def cmd_predict(args) -> int:
+    from .api import predict
+
+    results = predict(args.run, args.images, topk=args.topk, weights=args.weights, workers=_workers(args))
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['path']}: error: {r['error']}")
+        else:
+            top = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
+            print(f"{r['path']}: {top}")
+    return 0 if any("predictions" in r for r in results) else 1
+
+
+def cmd_evaluate(args) -> int:
+    from .api import evaluate
+    from .evaluate import format_confusion
+
+    m = evaluate(args.run, args.photos, cache_dir=args.cache_dir, weights=args.weights,
+                 workers=_workers(args), progress=not args.quiet and not args.json)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"accuracy {m['accuracy']:.3f} on {m['n']} images\n")
+        print(per_class_table(m["per_class"]) + "\n")
+        print(format_confusion(m["confusion"], m["classes"]))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .api import evaluate, train
+    from .cache import default_cache_dir
+    from .demo import make_demo_photos
+
+    data = Path(args.data) if args.data else (Path(args.cache_dir) if args.cache_dir else default_cache_dir()) / "demo-photos"
+    quiet = args.quiet or args.json
+    if not quiet:
+        print(f"demo photos: {make_demo_photos(data)} (crops of scikit-image's bundled photos; "
+              f"train and val crops come from different parts of each photo)")
+    else:
+        make_demo_photos(data)
+    result = train(data, args.out, cache_dir=args.cache_dir, workers=_workers(args), progress=not quiet)
+    m = evaluate(args.out, data / "val", cache_dir=args.cache_dir, workers=_workers(args))
+    if args.json:
+        print(json.dumps({"train": result.metrics, "evaluate": m}))
+    elif not args.quiet:
+        from .evaluate import format_confusion
+
+        print(train_summary(result.metrics, result.run_dir))
+        print("\n" + format_confusion(m["confusion"], m["classes"]))
+        print(f"\ntry: graft predict {args.out} {data / 'val' / 'cat' / 'cat-00.jpg'}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())
