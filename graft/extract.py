@@ -67,6 +67,8 @@ def extract_features(
     if missing:
         backbone = get_backbone()
         backbone.eval()
+        # channels_last: about 1.3x faster convolutions on the CPU (bench/extract_speed.py)
+        backbone.to(memory_format=torch.channels_last)
         pre = backbone.preprocessing
         loader = image_loader([paths[i] for i in missing], load, batch_size=batch_size, workers=workers)
         from tqdm.auto import tqdm
@@ -78,7 +80,8 @@ def extract_features(
                     stats.skipped.append({"path": e.path, "reason": e.reason})
                     ok[missing[_index_of(paths, missing, e.path)]] = False
                 if batch is not None:
-                    out = backbone(pre.normalize(batch)).float().cpu().numpy()
+                    x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
+                    out = backbone(x).float().cpu().numpy()
                     stats.forward_batches += 1
                     rows = [missing[i] for i in idx]
                     cache.put([names[r] for r in rows], out)

@@ -42,60 +42,89 @@ class HeadResult:
     history: dict = field(default_factory=dict)  # per epoch: train_loss, val_loss, val_accuracy
 
 
-def train_head(x_train, y_train, x_val, y_val, n_classes: int, cfg: HeadConfig | None = None,
-               *, progress: bool = False) -> HeadResult:
-    cfg = cfg or HeadConfig()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    xt = torch.as_tensor(np.asarray(x_train), dtype=torch.float32)
-    yt = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
-    views = xt.ndim == 3
-    flat = xt.reshape(-1, xt.shape[-1])
-    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
-    xv = (torch.as_tensor(np.asarray(x_val), dtype=torch.float32) - mean) / std
-    yv = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
-    xt = (xt - mean) / std
+class HeadTrainer:
+    """One epoch at a time, so callers can feed fresh features per epoch (views, benchmarks)."""
 
-    layer = nn.Linear(xt.shape[-1], n_classes)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    opt = torch.optim.AdamW(layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    plain_loss = nn.CrossEntropyLoss()
-    history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
-    best = (math.inf, 0, copy.deepcopy(layer.state_dict()))
-    n = len(yt)
-    from tqdm.auto import tqdm
+    def __init__(self, x_train, y_train, x_val, y_val, n_classes: int, cfg: HeadConfig | None = None):
+        self.cfg = cfg = cfg or HeadConfig()
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        xt = torch.as_tensor(np.asarray(x_train), dtype=torch.float32)
+        flat = xt.reshape(-1, xt.shape[-1])
+        self.mean, self.std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+        self.x_train = (xt - self.mean) / self.std
+        self.y_train = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
+        self.x_val = self.standardise(x_val)
+        self.y_val = torch.as_tensor(np.asarray(y_val), dtype=torch.long)
+        self.n_classes = n_classes
+        self.layer = nn.Linear(xt.shape[-1], n_classes)
+        nn.init.zeros_(self.layer.weight)  # logistic regression: zero is a fine, deterministic start
+        nn.init.zeros_(self.layer.bias)
+        self.opt = torch.optim.AdamW(self.layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
+        self.best = (math.inf, -1, copy.deepcopy(self.layer.state_dict()))
+        self.epoch = 0
 
-    bar = tqdm(range(cfg.epochs), desc="head", unit="epoch", disable=not progress, leave=False)
-    epoch = 0
-    for epoch in bar:
-        layer.train()
-        order = torch.randperm(n, generator=gen)
-        x_epoch = xt[torch.arange(n), torch.randint(xt.shape[1], (n,), generator=gen)] if views else xt
+    def standardise(self, x) -> torch.Tensor:
+        return (torch.as_tensor(np.asarray(x), dtype=torch.float32) - self.mean) / self.std
+
+    def run_epoch(self, x_train: torch.Tensor | None = None) -> bool:
+        """Train one epoch (on `x_train`, already standardised, if given); False = stop early."""
+        cfg = self.cfg
+        xt = self.x_train if x_train is None else x_train
+        n = len(self.y_train)
+        if xt.ndim == 3:  # augmented views: one per image this epoch
+            xt = xt[torch.arange(n), torch.randint(xt.shape[1], (n,), generator=self.gen)]
+        self.layer.train()
+        order = torch.randperm(n, generator=self.gen)
         total = 0.0
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            loss = loss_fn(layer(x_epoch[idx]), yt[idx])
-            opt.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.layer(xt[idx]), self.y_train[idx])
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            self.opt.step()
             total += loss.item() * len(idx)
-        layer.eval()
+        val_loss, val_acc = self.validate()
+        self.history["train_loss"].append(total / n)
+        self.history["val_loss"].append(val_loss)
+        self.history["val_accuracy"].append(val_acc)
+        if val_loss < self.best[0] - 1e-6:
+            self.best = (val_loss, self.epoch, copy.deepcopy(self.layer.state_dict()))
+        self.epoch += 1
+        return not (cfg.patience and self.epoch - 1 - self.best[1] >= cfg.patience)
+
+    def validate(self) -> tuple[float, float]:
+        self.layer.eval()
         with torch.no_grad():
-            logits = layer(xv) if len(yv) else torch.zeros(0, n_classes)
-            val_loss = plain_loss(logits, yv).item() if len(yv) else total / n
-            val_acc = (logits.argmax(1) == yv).float().mean().item() if len(yv) else float("nan")
-        history["train_loss"].append(total / n)
-        history["val_loss"].append(val_loss)
-        history["val_accuracy"].append(val_acc)
-        bar.set_postfix(val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.3f}")
-        if val_loss < best[0] - 1e-6:
-            best = (val_loss, epoch, copy.deepcopy(layer.state_dict()))
-        elif cfg.patience and epoch - best[1] >= cfg.patience:
-            break
-    bar.close()
-    layer.load_state_dict(best[2])
-    return HeadResult(fold_standardisation(layer, mean, std), best[1] + 1, epoch + 1, history)
+            if not len(self.y_val):
+                return self.history["train_loss"][-1] if self.history["train_loss"] else math.inf, float("nan")
+            logits = self.layer(self.x_val)
+            loss = nn.functional.cross_entropy(logits, self.y_val).item()
+            return loss, (logits.argmax(1) == self.y_val).float().mean().item()
+
+    def result(self) -> HeadResult:
+        """The best epoch's layer, standardisation folded in."""
+        self.layer.load_state_dict(self.best[2])
+        return HeadResult(fold_standardisation(self.layer, self.mean, self.std), self.best[1] + 1,
+                          self.epoch, self.history)
+
+
+def train_head(x_train, y_train, x_val, y_val, n_classes: int, cfg: HeadConfig | None = None,
+               *, progress: bool = False) -> HeadResult:
+    """Train the new softmax layer with early stopping; returns the best epoch's layer."""
+    trainer = HeadTrainer(x_train, y_train, x_val, y_val, n_classes, cfg)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=trainer.cfg.epochs, desc="head", unit="epoch", disable=not progress, leave=False) as bar:
+        for _ in range(trainer.cfg.epochs):
+            go_on = trainer.run_epoch()
+            bar.update(1)
+            bar.set_postfix(val_loss=f"{trainer.history['val_loss'][-1]:.3f}",
+                            val_acc=f"{trainer.history['val_accuracy'][-1]:.3f}", refresh=False)
+            if not go_on:
+                break
+    return trainer.result()
 
 
 def fold_standardisation(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
