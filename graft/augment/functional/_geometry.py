@@ -51,21 +51,23 @@ def flip_batch(batch: torch.Tensor, horizontal, vertical) -> torch.Tensor:
 
 def resized_crop(img: torch.Tensor, top: int, left: int, height: int, width: int, size) -> torch.Tensor:
     """Crop the box (top, left, height, width), then resize it to `size` (an int for a square, or
-    (h, w)) with bicubic interpolation and antialiasing (torchvision). A box covering the whole
-    image resized to the image's own size returns the image unchanged."""
+    (h, w)) with bicubic interpolation and antialiasing (torchvision); float results are clamped
+    to 0..1. A box covering the whole image resized to the image's own size leaves it unchanged."""
     size = [size, size] if isinstance(size, int) else list(size)
-    return F.resized_crop(
+    out = F.resized_crop(
         img, top, left, height, width, size, interpolation=InterpolationMode.BICUBIC, antialias=True
     )
+    return out.clamp(0, 1) if out.is_floating_point() else out  # bicubic overshoots; uint8 is clamped already
 
 
 def rotate(img: torch.Tensor, angle: float, padding: str = "reflect") -> torch.Tensor:
     """Rotate counter-clockwise by `angle` degrees about the centre, keeping the size (bilinear).
 
     padding="reflect" fills the corners the rotated image no longer covers with the image mirrored
-    at its borders; padding="zeros" leaves them black. angle 0 returns `img` itself.
+    at its borders; padding="zeros" leaves them black, exactly as torchvision's rotate with
+    bilinear interpolation. angle 0 returns `img` itself.
     """
-    return affine(img, angle=angle, shear=(0.0, 0.0), padding=padding)
+    return affine(img, angle=-angle, shear=(0.0, 0.0), padding=padding)  # affine turns clockwise
 
 
 def shear(img: torch.Tensor, x: float, y: float, padding: str = "reflect") -> torch.Tensor:
@@ -75,12 +77,14 @@ def shear(img: torch.Tensor, x: float, y: float, padding: str = "reflect") -> to
 
 
 def affine(img: torch.Tensor, angle: float = 0.0, shear=(0.0, 0.0), padding: str = "reflect") -> torch.Tensor:
-    """Rotation then shear through torchvision's `affine` (bilinear, no translation or scaling).
+    """Rotation by `angle` degrees clockwise combined with shear (x, y) degrees, about the
+    centre: torchvision's `affine`, bilinear, no translation or scaling. (torchvision's affine
+    turns clockwise, its rotate counter-clockwise.)
 
     For padding="reflect" the image is first reflect-padded by enough to cover every source point
     the transform reads, transformed, then cropped back to its own size.
     """
-    _check_padding(padding)
+    check_padding(padding)
     sx, sy = float(shear[0]), float(shear[1])
     if angle == 0 and sx == 0 and sy == 0:
         return img
@@ -101,16 +105,23 @@ def warp_field(size, alpha: float, sigma: float, seed: int) -> torch.Tensor:
     """The displacement field of `elastic`: (H, W, 2) float32 offsets (dx, dy) in pixels.
 
     Uniform noise in [-1, 1] from a CPU generator seeded with `seed` is smoothed by a Gaussian of
-    standard deviation `sigma` pixels (kernel +-4 sigma, at most the image size), then scaled so
-    the root-mean-square displacement over the field is exactly `alpha` pixels. Hand-written:
+    standard deviation `sigma` pixels, then scaled so the root-mean-square displacement over the
+    field is exactly `alpha` pixels. For speed the noise lives on a grid of one point per
+    sigma/2 pixels, is blurred there (kernel +-4 sigma, at most the grid's size) and resized
+    bicubically to (H, W): a field that smooth has no detail finer than that grid. Hand-written:
     torchvision builds its field from the global random state inside ElasticTransform.
     """
     h, w = int(size[0]), int(size[1])
+    step = max(1, int(sigma / 2))
+    gh, gw = math.ceil(h / step), math.ceil(w / step)
     gen = torch.Generator().manual_seed(int(seed))
-    field = torch.rand(2, 1, h, w, generator=gen) * 2 - 1
+    field = torch.rand(2, 1, gh, gw, generator=gen) * 2 - 1
     if sigma > 0:
-        kernel = min(int(8 * sigma + 1) | 1, 2 * min(h, w) - 1)  # odd; blur pads by reflection
-        field = F.gaussian_blur(field, [kernel, kernel], [float(sigma), float(sigma)])
+        s = sigma / step
+        kernel = min(int(8 * s + 1) | 1, 2 * min(gh, gw) - 1)  # odd; the blur pads by reflection
+        field = F.gaussian_blur(field, [kernel, kernel], [s, s])
+    if step > 1:
+        field = torch.nn.functional.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)
     field = field * (alpha / field.square().mean().sqrt())
     return field.squeeze(1).permute(1, 2, 0).contiguous()
 
@@ -119,7 +130,7 @@ def elastic(img: torch.Tensor, alpha: float, sigma: float, seed: int, padding: s
     """Local warping: move every pixel by the smooth random field `warp_field((H, W), alpha,
     sigma, seed)` through torchvision's `elastic` (bilinear). Pixels moved in from outside the
     image are mirrored (padding="reflect") or black ("zeros"). alpha 0 returns `img` itself."""
-    _check_padding(padding)
+    check_padding(padding)
     if alpha == 0:
         return img
     h, w = img.shape[-2:]
@@ -132,7 +143,7 @@ def elastic(img: torch.Tensor, alpha: float, sigma: float, seed: int, padding: s
     return _crop_margin(out, m, m)
 
 
-def _check_padding(padding: str) -> None:
+def check_padding(padding: str) -> None:
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
 

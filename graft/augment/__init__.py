@@ -1,0 +1,61 @@
+"""Data augmentation for graft's training: random ops with a reproducible draw/apply split.
+
+Every op draws a few plain numbers from a torch.Generator and an image size (`draw`), then applies
+them with a deterministic kernel from graft.augment.functional (`apply`). Pipelines chain ops,
+presets name sensible strengths, `batched` runs flips and colour ops per sample on a batch's
+device, and `preview_grid` shows what a setting does.
+
+    from graft.augment import build
+    pipe = build("standard", "rotate=15,crop_scale=0.35-1", size=224)
+    out = pipe(img_uint8_chw, torch.Generator().manual_seed(0))
+"""
+
+from . import functional
+from ._color import IMAGENET_EIGVALS, IMAGENET_EIGVECS, ColorJitter, PCAColor, RGBShift, fit_pca
+from ._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
+from ._op import Op, sample_params
+from ._pipeline import OPS, AugConfig, Pipeline
+from .batched import BATCHABLE, BatchPipeline, split
+from .presets import (
+    DEFAULT_PRESET,
+    KNOBS,
+    PRESETS,
+    build,
+    check_overrides,
+    load_overrides,
+    parse_overrides,
+    preset_table,
+)
+from .preview import preview_grid
+
+__all__ = [
+    "BATCHABLE",
+    "DEFAULT_PRESET",
+    "IMAGENET_EIGVALS",
+    "IMAGENET_EIGVECS",
+    "KNOBS",
+    "OPS",
+    "PRESETS",
+    "AugConfig",
+    "BatchPipeline",
+    "ColorJitter",
+    "Flip",
+    "LocalWarp",
+    "Op",
+    "PCAColor",
+    "Pipeline",
+    "RGBShift",
+    "RandomResizedCrop",
+    "Rotate",
+    "Shear",
+    "build",
+    "check_overrides",
+    "fit_pca",
+    "functional",
+    "load_overrides",
+    "parse_overrides",
+    "preset_table",
+    "preview_grid",
+    "sample_params",
+    "split",
+]
