@@ -59,6 +59,9 @@ def train(
     batch_size: int = 32,
     seed: int = 0,
     workers: int | None = None,
+    augment: str = "standard",
+    aug=None,
+    aug_views: int = 0,
     progress: bool = True,
 ) -> TrainResult:
     """Train a classifier on `photos` and write it to the run folder `out`.
@@ -66,6 +69,8 @@ def train(
     `photos` is `PHOTOS/train/<class>/*` + `PHOTOS/val/<class>/*`, or `PHOTOS/<class>/*` (then a
     content-hash split holds out `val_split` of each class). `backbone` is "default",
     "timm:<name>", "tv:<name>" or a built Backbone; `weights` a local weights file.
+    `aug_views=K` adds the cached features of K augmented draws of every training image (preset
+    `augment`, overrides `aug`); head training then samples one view per image each epoch.
     """
     t_start = time.perf_counter()
     if strategy not in STRATEGIES:
@@ -90,11 +95,25 @@ def train(
     val_idx = [i for i in range(n_train, len(samples)) if ok[i]]
     y = np.array([s.label for s in samples])
     _require_every_class(data.classes, y[train_idx], "training")
+    x_train = feats[train_idx]
+    aug_info = None
+    if aug_views:
+        from .augmentation import resolve_augmentation
+        from .extract import extract_views
+
+        kept = [data.train[i] for i in train_idx]
+        pipeline = resolve_augmentation(augment, aug, size=source.preprocessing.size,
+                                        train_samples=kept, cache_dir=cache.dir.parent)
+        views = extract_views(source, kept, cache, pipeline, aug_views, seed=seed, batch_size=batch_size,
+                              workers=workers, progress=progress, stats=stats)
+        x_train = np.concatenate([x_train[:, None], views], axis=1)  # the clean view is one of them
+        aug_info = {"preset": augment, "views": aug_views, "key": pipeline.config().key(),
+                    "pipeline": pipeline.describe()}
 
     t_train = time.perf_counter()
     cfg = HeadConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                      label_smoothing=label_smoothing, patience=patience, seed=seed)
-    fit = train_head(feats[train_idx], y[train_idx], feats[val_idx], y[val_idx],
+    fit = train_head(x_train, y[train_idx], feats[val_idx], y[val_idx],
                      len(data.classes), cfg, progress=progress)
     train_s = time.perf_counter() - t_train
 
@@ -103,7 +122,8 @@ def train(
     val = classification_metrics(y[val_idx], logits.argmax(1).numpy(), data.classes)
     out = Path(out)
     save_run(out, head=fit.head, classes=data.classes, source=source, strategy=strategy,
-             extra={"training": {"head": cfg.to_json(), "val_split": val_split, "layout": data.layout}})
+             extra={"training": {"head": cfg.to_json(), "val_split": val_split, "layout": data.layout},
+                    "augmentation": aug_info})
     metrics = {
         "val_accuracy": val["accuracy"],
         "val_loss": fit.history["val_loss"][fit.best_epoch - 1] if fit.history["val_loss"] else None,
@@ -120,8 +140,10 @@ def train(
         "history": fit.history,
         "cache": {"hits": stats.hits, "misses": stats.misses, "dir": str(cache.dir),
                   "forward_batches": stats.forward_batches},
+        "augmentation": aug_info,
         "timings": {"extract_s": round(stats.seconds, 4), "train_s": round(train_s, 4),
-                    "total_s": round(time.perf_counter() - t_start, 4)},
+                    "total_s": round(time.perf_counter() - t_start, 4),
+                    "data_wait_s": round(stats.wait_s, 4), "step_s": round(stats.compute_s, 4)},
     }
     write_json(out / "metrics.json", metrics)
     return TrainResult(out, metrics)
@@ -140,8 +162,8 @@ def predict(run, paths, *, topk: int = 3, weights=None, batch_size: int = 32,
     k = max(1, min(topk, len(model.classes)))
     with torch.inference_mode():
         for idx, batch, errors in image_loader(files, pre.load, batch_size=batch_size, workers=workers):
-            for e in errors:
-                results[_position(files, e.path)]["error"] = e.reason
+            for i, e in errors:
+                results[i]["error"] = e.reason
             if batch is None:
                 continue
             probs = model(pre.normalize(batch)).softmax(1)
@@ -193,6 +215,27 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
     return metrics
 
 
+def augment_preview(photos, out, *, preset: str = "standard", aug=None, n_photos: int = 3,
+                    n_draws: int = 6, size: int = 224, seed: int = 0) -> Path:
+    """One picture: a few photos raw and under `n_draws` draws of the pipeline, one row per op."""
+    from .augment import preview_grid
+    from .augmentation import resolve_augmentation
+    from .data.images import read_image
+
+    data = scan_photos(photos)
+    picked, seen = [], set()
+    for s in sorted(data.train, key=lambda s: s.digest):  # spread over classes, stable choice
+        if s.label not in seen or len(seen) == len(data.classes):
+            picked.append(s)
+            seen.add(s.label)
+        if len(picked) == n_photos:
+            break
+    pipeline = resolve_augmentation(preset, aug, size=size, train_samples=data.train,
+                                    cache_dir=default_cache_dir())
+    images = [read_image(s.path, min_short_side=2 * size) for s in picked]
+    return preview_grid(images, pipeline, out, n_draws=n_draws, seed=seed)
+
+
 def expand_paths(paths) -> list[Path]:
     """Files as given; folders become the supported images inside them (recursively, sorted)."""
     if isinstance(paths, (str, Path)):
@@ -211,13 +254,6 @@ def expand_paths(paths) -> list[Path]:
         else:
             raise GraftError(f"no such file or folder: {p}")
     return files
-
-
-def _position(files, path) -> int:
-    for i, f in enumerate(files):
-        if str(f) == str(path):
-            return i
-    raise KeyError(path)
 
 
 def _require_every_class(classes, labels, what):

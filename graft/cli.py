@@ -17,6 +17,8 @@ EPILOG = """examples:
   graft predict runs/cats some.jpg          top-3 classes with probabilities
   graft evaluate runs/cats PHOTOS/val       accuracy, per-class figures, confusion matrix
   graft demo                                the whole pipeline on a small built-in photo set
+  graft augment list                        augmentation presets and their knobs
+  graft augment preview PHOTOS -o grid.png  see what each augmentation op does
 """
 
 
@@ -52,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs without a lower validation loss; 0 = never (default 15)")
     t.add_argument("--batch-size", type=int, default=32, help="(default 32)")
     t.add_argument("--seed", type=int, default=0, help="random seed; same seed, same model (default 0)")
+    t.add_argument("--aug-views", type=int, default=0, metavar="K",
+                   help="head strategy: also cache the features of K augmented draws of every training "
+                   "image and sample among them each epoch (default 0: no augmentation)")
+    _augment_args(t)
     _loader_args(t)
     _output_args(t)
 
@@ -74,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     _loader_args(ev)
     _output_args(ev)
 
+    a = sub.add_parser("augment", help="see and tune data augmentation",
+                       description="List the augmentation presets, or preview what a setting does.")
+    asub = a.add_subparsers(dest="augment_command", metavar="ACTION", required=True)
+    asub.add_parser("list", help="every preset's settings, and what each knob means")
+    pv = asub.add_parser("preview", help="write a picture of photos under random draws, one row per op")
+    pv.add_argument("photos", metavar="PHOTOS", help="photo folder (a few photos are picked)")
+    pv.add_argument("--out", "-o", required=True, metavar="PNG", help="picture to write")
+    _augment_args(pv)
+    pv.add_argument("--photos", dest="n_photos", type=int, default=3, help="photos to show (default 3)")
+    pv.add_argument("--draws", type=int, default=6, help="random draws per row (default 6)")
+    pv.add_argument("--size", type=int, default=224, help="crop size (default 224, the default backbone's)")
+    pv.add_argument("--seed", type=int, default=0)
+
     d = sub.add_parser("demo", help="train and evaluate on a small photo set that ships with graft's dependencies",
                        description="Builds a demo set from scikit-image's bundled photos (train crops and "
                        "held-out val crops of 5 photos), trains on the default backbone and evaluates.")
@@ -89,6 +108,13 @@ def _backbone_args(p):
     p.add_argument("--backbone", "-b", default="default", metavar="SPEC",
                    help="default (EfficientNet-Lite0, ImageNet, ships with graft), timm:<model> or tv:<model>")
     p.add_argument("--weights", metavar="FILE", help="local weights file for the backbone (.safetensors or .pth)")
+
+
+def _augment_args(p):
+    p.add_argument("--augment", "--preset", dest="augment", default="standard", metavar="PRESET",
+                   help="augmentation preset: none, light, standard (default), heavy; see `graft augment list`")
+    p.add_argument("--aug", metavar="KNOBS|FILE", default=None,
+                   help="override knobs, e.g. flip=0.5,rotate=15,crop_scale=0.35-1, or a .json/.toml file")
 
 
 def _loader_args(p):
@@ -147,6 +173,7 @@ def cmd_train(args) -> int:
                    epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                    label_smoothing=args.label_smoothing, patience=args.patience,
                    batch_size=args.batch_size, seed=args.seed, workers=_workers(args),
+                   augment=args.augment, aug=args.aug, aug_views=args.aug_views,
                    progress=not args.quiet and not args.json)
     if args.json:
         print(json.dumps(result.metrics))
@@ -216,6 +243,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_augment(args) -> int:
+    from .augment import preset_table
+
+    if args.augment_command == "list":
+        print(preset_table())
+        return 0
+    from .api import augment_preview
+
+    out = augment_preview(args.photos, args.out, preset=args.augment, aug=args.aug, n_photos=args.n_photos,
+                          n_draws=args.draws, size=args.size, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .api import evaluate, train
     from .cache import default_cache_dir
@@ -241,7 +282,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
+            "augment": cmd_augment}
 
 if __name__ == "__main__":
     sys.exit(main())

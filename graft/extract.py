@@ -27,6 +27,8 @@ class ExtractStats:
     misses: int = 0
     forward_batches: int = 0
     seconds: float = 0.0
+    wait_s: float = 0.0  # time the backbone waited for the loader's next batch
+    compute_s: float = 0.0  # time in the backbone
     skipped: list[dict] = field(default_factory=list)
 
 
@@ -75,14 +77,18 @@ def extract_features(
 
         bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not progress, leave=False)
         with torch.inference_mode():
+            t_wait = time.perf_counter()
             for idx, batch, errors in loader:
-                for e in errors:
+                t_got = time.perf_counter()
+                stats.wait_s += t_got - t_wait
+                for i, e in errors:
                     stats.skipped.append({"path": e.path, "reason": e.reason})
-                    ok[missing[_index_of(paths, missing, e.path)]] = False
+                    ok[missing[i]] = False
                 if batch is not None:
                     x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
                     out = backbone(x).float().cpu().numpy()
                     stats.forward_batches += 1
+                    stats.compute_s += time.perf_counter() - t_got
                     rows = [missing[i] for i in idx]
                     cache.put([names[r] for r in rows], out)
                     if feats is None:
@@ -90,6 +96,7 @@ def extract_features(
                     feats[rows] = out
                 stats.misses += len(idx)
                 bar.update(len(idx) + len(errors))
+                t_wait = time.perf_counter()
         bar.close()
     stats.seconds += time.perf_counter() - t0
     if feats is None:
@@ -97,9 +104,26 @@ def extract_features(
     return feats, ok, stats
 
 
-def _index_of(paths, missing, path) -> int:
-    for j, i in enumerate(missing):
-        if str(paths[i]) == str(path):
-            return j
-    raise KeyError(path)
 
+def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, seed: int,
+                  batch_size: int = 32, workers: int | None = None, progress: bool = True,
+                  stats: ExtractStats | None = None) -> np.ndarray:
+    """Features of `k` augmented draws of each sample: (N, k, D), cached like clean features.
+
+    View v of an image is keyed by its content hash, the augmentation config's key, the seed and
+    v, and drawn from a random stream seeded by the same, so later runs reuse every view. A file
+    that fails to load here has already been skipped by the clean pass.
+    """
+    from .loader import AugmentedLoad, mix_seed
+
+    key = pipeline.config().key()
+    names, items = [], []
+    for s in samples:
+        for v in range(k):
+            names.append(f"{s.digest}@{key}:{seed}#{v}")
+            items.append((s.path, s.size, mix_seed(seed, s.digest, key, v)))
+    feats, _, _ = extract_features(source.build, names, items, cache,
+                                   load=AugmentedLoad(pipeline, source.preprocessing),
+                                   batch_size=batch_size, workers=workers, progress=progress,
+                                   desc=f"augmented views x{k}", stats=stats)
+    return feats.reshape(len(samples), k, -1)

@@ -35,9 +35,9 @@ class ImageFiles(Dataset):
 
 
 def collate_images(items):
-    """-> (indices, uint8 batch or None, [ImageError]); failed items are left out of the batch."""
+    """-> (indices, uint8 batch or None, [(index, ImageError)]); failed items leave the batch."""
     good = [(i, t) for i, t in items if isinstance(t, torch.Tensor)]
-    errors = [t for _, t in items if not isinstance(t, torch.Tensor)]
+    errors = [(i, t) for i, t in items if not isinstance(t, torch.Tensor)]
     idx = [i for i, _ in good]
     batch = torch.stack([t for _, t in good]) if good else None
     return idx, batch, errors
