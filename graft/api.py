@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +25,9 @@ from .evaluate import classification_metrics
 from .extract import ExtractStats, cache_namespace, extract_features
 from .head import HeadConfig, train_head
 from .loader import image_loader
-from .model import load_run, read_run_meta, run_backbone_source, save_run
+from .model import load_head, load_run, read_run_meta, run_backbone_source, save_run
 
 log = logging.getLogger("graft")
-
-STRATEGIES = ("head",)
-
 
 @dataclass
 class TrainResult:
@@ -48,20 +45,24 @@ def train(
     *,
     backbone="default",
     weights=None,
-    strategy: str = "head",
+    strategy: str = "auto",
     val_split: float = 0.2,
     cache_dir=None,
-    epochs: int = 100,
-    lr: float = 1e-3,
+    epochs: int | None = None,
+    lr: float | None = None,
     weight_decay: float = 1e-2,
     label_smoothing: float = 0.1,
-    patience: int = 15,
+    patience: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
     workers: int | None = None,
     augment: str = "standard",
     aug=None,
     aug_views: int = 0,
+    train_stages: int = 2,
+    new_hidden=(),
+    from_scratch: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Train a classifier on `photos` and write it to the run folder `out`.
@@ -69,16 +70,29 @@ def train(
     `photos` is `PHOTOS/train/<class>/*` + `PHOTOS/val/<class>/*`, or `PHOTOS/<class>/*` (then a
     content-hash split holds out `val_split` of each class). `backbone` is "default",
     "timm:<name>", "tv:<name>" or a built Backbone; `weights` a local weights file.
-    `aug_views=K` adds the cached features of K augmented draws of every training image (preset
-    `augment`, overrides `aug`); head training then samples one view per image each epoch.
+
+    `strategy`: "head" (frozen backbone, new softmax on cached features), "partial" (the last
+    `train_stages` stages train too; or, with `new_hidden`, are replaced by new hidden layers),
+    "full" (everything trains; `from_scratch` for random initialisation) or "auto" (chosen from
+    the data, see graft.strategy). The head on cached features is always trained first: it is
+    the linear probe `auto` decides with, and the baseline the others are reported against.
+
+    Head strategy: `aug_views=K` adds the cached features of K augmented draws of every training
+    image (preset `augment`, overrides `aug`), sampled one per image each epoch. Fine-tuning
+    strategies augment on the fly (`augment="none"` to switch it off, which lets the frozen
+    prefix's activations come from the cache). `resume` continues a killed fine-tuning run.
     """
+    from .strategy import STRATEGIES, choose_strategy
+
     t_start = time.perf_counter()
     if strategy not in STRATEGIES:
         raise GraftError(f"unknown strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
     torch.manual_seed(seed)
+    source = resolve_backbone(backbone, weights)  # configuration errors first, before any scanning
     data = scan_photos(photos, val_split=val_split)
-    source = resolve_backbone(backbone, weights)
-    cache = FeatureCache(cache_dir or default_cache_dir(), cache_namespace(source))
+    cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache = FeatureCache(cache_root, cache_namespace(source))
+    out = Path(out)
 
     stats = ExtractStats()
     samples = data.train + data.val
@@ -95,58 +109,125 @@ def train(
     val_idx = [i for i in range(n_train, len(samples)) if ok[i]]
     y = np.array([s.label for s in samples])
     _require_every_class(data.classes, y[train_idx], "training")
+    kept = replace(data, train=[data.train[i] for i in train_idx],
+                   val=[samples[i] for i in val_idx])
+
+    # --- the new softmax on cached features: the head strategy, and everyone's baseline ----------
     x_train = feats[train_idx]
     aug_info = None
     if aug_views:
         from .augmentation import resolve_augmentation
         from .extract import extract_views
 
-        kept = [data.train[i] for i in train_idx]
         pipeline = resolve_augmentation(augment, aug, size=source.preprocessing.size,
-                                        train_samples=kept, cache_dir=cache.dir.parent)
-        views = extract_views(source, kept, cache, pipeline, aug_views, seed=seed, batch_size=batch_size,
+                                        train_samples=kept.train, cache_dir=cache_root)
+        views = extract_views(source, kept.train, cache, pipeline, aug_views, seed=seed, batch_size=batch_size,
                               workers=workers, progress=progress, stats=stats)
         x_train = np.concatenate([x_train[:, None], views], axis=1)  # the clean view is one of them
         aug_info = {"preset": augment, "views": aug_views, "key": pipeline.config().key(),
                     "pipeline": pipeline.describe()}
-
     t_train = time.perf_counter()
-    cfg = HeadConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                     label_smoothing=label_smoothing, patience=patience, seed=seed)
-    fit = train_head(x_train, y[train_idx], feats[val_idx], y[val_idx],
-                     len(data.classes), cfg, progress=progress)
-    train_s = time.perf_counter() - t_train
-
+    head_cfg = HeadConfig(epochs=epochs or 100, lr=lr or 1e-3, weight_decay=weight_decay, batch_size=batch_size,
+                          label_smoothing=label_smoothing, patience=15 if patience is None else patience,
+                          seed=seed)
+    fit = train_head(x_train, y[train_idx], feats[val_idx], y[val_idx], len(data.classes), head_cfg,
+                     progress=progress)
     with torch.no_grad():
-        logits = fit.head(torch.from_numpy(feats[val_idx]))
-    val = classification_metrics(y[val_idx], logits.argmax(1).numpy(), data.classes)
-    out = Path(out)
-    save_run(out, head=fit.head, classes=data.classes, source=source, strategy=strategy,
-             extra={"training": {"head": cfg.to_json(), "val_split": val_split, "layout": data.layout},
-                    "augmentation": aug_info})
-    metrics = {
-        "val_accuracy": val["accuracy"],
-        "val_loss": fit.history["val_loss"][fit.best_epoch - 1] if fit.history["val_loss"] else None,
-        "per_class": val["per_class"],
-        "confusion": val["confusion"],
+        probe_pred = fit.head(torch.from_numpy(feats[val_idx])).argmax(1).numpy()
+    probe = classification_metrics(y[val_idx], probe_pred, data.classes)
+    choice = choose_strategy(strategy, kept, probe["accuracy"], train_stages=train_stages)
+
+    common = {
         "classes": data.classes,
         "n_train": len(train_idx),
         "n_val": len(val_idx),
         "skipped": skipped,
-        "strategy": strategy,
+        "strategy": choice.strategy,
+        "strategy_reason": choice.reason,
+        "probe_val_accuracy": probe["accuracy"],
         "backbone": {"spec": source.spec, "arch": source.arch, "weights_digest": source.weights.digest},
-        "best_epoch": fit.best_epoch,
-        "epochs_run": fit.epochs_run,
-        "history": fit.history,
-        "cache": {"hits": stats.hits, "misses": stats.misses, "dir": str(cache.dir),
-                  "forward_batches": stats.forward_batches},
-        "augmentation": aug_info,
-        "timings": {"extract_s": round(stats.seconds, 4), "train_s": round(train_s, 4),
-                    "total_s": round(time.perf_counter() - t_start, 4),
-                    "data_wait_s": round(stats.wait_s, 4), "step_s": round(stats.compute_s, 4)},
     }
+    if choice.strategy == "head":
+        train_s = time.perf_counter() - t_train
+        save_run(out, head=fit.head, classes=data.classes, source=source, strategy="head",
+                 extra={"training": {"head": head_cfg.to_json(), "val_split": val_split, "layout": data.layout},
+                        "augmentation": aug_info})
+        val = probe
+        metrics = {
+            "val_accuracy": val["accuracy"],
+            "val_loss": fit.history["val_loss"][fit.best_epoch - 1] if fit.history["val_loss"] else None,
+            "per_class": val["per_class"], "confusion": val["confusion"], **common,
+            "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run, "history": fit.history,
+            "augmentation": aug_info,
+        }
+        loop_timings = {"data_wait_s": round(stats.wait_s, 4), "step_s": round(stats.compute_s, 4)}
+    else:
+        from .finetune import FinetuneConfig, finetune
+
+        ft_cfg = FinetuneConfig(strategy=choice.strategy, train_stages=choice.train_stages,
+                                new_hidden=tuple(new_hidden or ()), from_scratch=from_scratch,
+                                epochs=epochs or 15, batch_size=batch_size, lr=lr or 1e-3,
+                                weight_decay=weight_decay, label_smoothing=label_smoothing,
+                                patience=5 if patience is None else patience, seed=seed)
+        pipeline = None
+        if augment != "none":
+            from .augmentation import resolve_augmentation
+
+            pipeline = resolve_augmentation(augment, aug, size=source.preprocessing.size,
+                                            train_samples=kept.train, cache_dir=cache_root)
+        built = source.build()
+
+        def extract_boundary(subset, forward, desc):
+            k = len(built.stage_names) - ft_cfg.train_stages
+            bcache = FeatureCache(cache_root, cache_namespace(source, point=f"boundary:{built.stage_names[k - 1]}"))
+            arr, _, _ = extract_features(source.build, [s.digest for s in subset], [s.path for s in subset], bcache,
+                                         load=source.preprocessing.load, batch_size=batch_size, workers=workers,
+                                         progress=progress, desc=desc, stats=stats, forward=forward)
+            return arr
+
+        t_train = time.perf_counter()
+        res = finetune(built, kept, ft_cfg, run_dir=out, cache=cache, pipeline=pipeline, workers=workers,
+                       resume=resume, progress=progress, extract=extract_boundary)
+        model = res.model
+        with torch.inference_mode():
+            pred = _predict_labels(model, kept.val, batch_size, workers)
+        val = classification_metrics(y[val_idx], pred, data.classes)
+        aug_info = {"preset": augment, "pipeline": pipeline.describe()} if pipeline is not None else None
+        save_run(out, head=model.head, classes=data.classes, source=source, strategy=choice.strategy,
+                 backbone=model.backbone, cut=model.cut,
+                 extra={"training": {"finetune": ft_cfg.to_json(), "val_split": val_split, "layout": data.layout},
+                        "augmentation": aug_info})
+        if res.boundary_cache:
+            log.info("frozen stages' activations came from the boundary cache: only the trainable stages ran")
+        metrics = {
+            "val_accuracy": val["accuracy"],
+            "val_loss": res.history["val_loss"][res.best_epoch - 1] if res.history["val_loss"] else None,
+            "per_class": val["per_class"], "confusion": val["confusion"], **common,
+            "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "history": res.history,
+            "finetune": {**ft_cfg.to_json(), "boundary_cache": res.boundary_cache,
+                         "resumed_from_epoch": res.resumed_from},
+            "augmentation": aug_info,
+        }
+        loop_timings = {"data_wait_s": res.timings["data_wait_s"], "step_s": res.timings["step_s"],
+                        "val_s": res.timings["val_s"]}
+    train_s = time.perf_counter() - t_train
+    metrics["cache"] = {"hits": stats.hits, "misses": stats.misses, "dir": str(cache.dir),
+                        "forward_batches": stats.forward_batches}
+    metrics["timings"] = {"extract_s": round(stats.seconds, 4), "train_s": round(train_s, 4),
+                          "total_s": round(time.perf_counter() - t_start, 4), **loop_timings}
     write_json(out / "metrics.json", metrics)
     return TrainResult(out, metrics)
+
+
+def _predict_labels(model, samples, batch_size, workers) -> np.ndarray:
+    pre = model.preprocessing
+    out = np.zeros(len(samples), dtype=int)
+    model.eval()
+    for idx, batch, _ in image_loader([s.path for s in samples], pre.load, batch_size=batch_size, workers=workers):
+        if batch is not None:
+            x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
+            out[idx] = model(x).argmax(1).numpy()
+    return out
 
 
 def predict(run, paths, *, topk: int = 3, weights=None, batch_size: int = 32,
@@ -196,9 +277,8 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
         feats, ok, stats = extract_features(source.build, names, paths, cache, load=source.preprocessing.load,
                                             batch_size=batch_size, workers=workers, progress=progress,
                                             desc="features")
-        model = load_run(run, weights=weights)
         with torch.no_grad():
-            logits = model.head(torch.from_numpy(feats[ok]))
+            logits = load_head(run)(torch.from_numpy(feats[ok]))
         skipped += stats.skipped
         pred = logits.argmax(1).numpy()
     else:

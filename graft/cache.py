@@ -138,6 +138,13 @@ class FeatureCache:
 
 
 def _read_header(path: Path, mmap: bool = False):
+    try:
+        return _parse_header(path, mmap)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:  # valid JSON, wrong content
+        raise ValueError(f"inconsistent header ({type(e).__name__}: {e})") from None
+
+
+def _parse_header(path: Path, mmap: bool):
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:

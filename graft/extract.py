@@ -54,12 +54,14 @@ def extract_features(
     progress: bool = True,
     desc: str = "features",
     stats: ExtractStats | None = None,
+    forward: Callable | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ExtractStats]:
     """Features for entries `names` (files `paths`); returns (features, ok_mask, stats).
 
     `get_backbone()` is called only if something misses, so a warm cache never builds the
     network. `load(path)` turns a file into a uint8 (3, H, W) tensor; rows of files that fail
-    to load are zero and False in `ok_mask`, and listed in `stats.skipped`.
+    to load are zero and False in `ok_mask`, and listed in `stats.skipped`. `forward(backbone, x)`
+    computes what is cached (default: the pooled features, `backbone(x)`), flattened per image.
     """
     stats = stats or ExtractStats()
     t0 = time.perf_counter()
@@ -69,8 +71,6 @@ def extract_features(
     if missing:
         backbone = get_backbone()
         backbone.eval()
-        # channels_last: about 1.3x faster convolutions on the CPU (bench/extract_speed.py)
-        backbone.to(memory_format=torch.channels_last)
         pre = backbone.preprocessing
         loader = image_loader([paths[i] for i in missing], load, batch_size=batch_size, workers=workers)
         from tqdm.auto import tqdm
@@ -86,7 +86,7 @@ def extract_features(
                     ok[missing[i]] = False
                 if batch is not None:
                     x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
-                    out = backbone(x).float().cpu().numpy()
+                    out = (forward(backbone, x) if forward else backbone(x)).flatten(1).float().cpu().numpy()
                     stats.forward_batches += 1
                     stats.compute_s += time.perf_counter() - t_got
                     rows = [missing[i] for i in idx]

@@ -127,6 +127,33 @@ def train_head(x_train, y_train, x_val, y_val, n_classes: int, cfg: HeadConfig |
     return trainer.result()
 
 
+def make_head(in_features: int, n_classes: int, hidden=(), dropout: float = 0.2) -> nn.Module:
+    """The new top: a linear softmax layer, or new hidden layers (ReLU + dropout) before it."""
+    if not hidden:
+        return nn.Linear(in_features, n_classes)
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Dropout(dropout), nn.Linear(width, int(h)), nn.ReLU(inplace=True)]
+        width = int(h)
+    layers += [nn.Dropout(dropout), nn.Linear(width, n_classes)]
+    return nn.Sequential(*layers)
+
+
+def head_spec(head: nn.Module) -> dict:
+    """What rebuilds `head` (recorded in model.json)."""
+    if isinstance(head, nn.Linear):
+        return {"type": "linear", "in_features": head.in_features, "out_features": head.out_features}
+    linears = [m for m in head if isinstance(m, nn.Linear)]
+    dropout = next((m.p for m in head if isinstance(m, nn.Dropout)), 0.0)
+    return {"type": "mlp", "in_features": linears[0].in_features, "out_features": linears[-1].out_features,
+            "hidden": [m.out_features for m in linears[:-1]], "dropout": dropout}
+
+
+def head_from_spec(spec: dict) -> nn.Module:
+    return make_head(spec["in_features"], spec["out_features"], spec.get("hidden", ()), spec.get("dropout", 0.0))
+
+
 def fold_standardisation(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
     """W((x - m) / s) + b == (W / s) x + (b - (W / s) m): the same function on raw features."""
     out = nn.Linear(layer.in_features, layer.out_features)

@@ -123,6 +123,7 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.skip = 0  # items of this epoch already done (resuming mid-epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -135,7 +136,7 @@ class EpochSampler(torch.utils.data.Sampler):
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
         else:
             order = torch.arange(self.n)
-        return iter([(self.epoch, int(i)) for i in order])
+        return iter([(self.epoch, int(i)) for i in order[self.skip:]])
 
 
 class TrainImages(Dataset):
@@ -173,4 +174,5 @@ def train_loader(samples, pipeline, preprocessing, *, seed: int, batch_size: int
         prefetch_factor=4 if workers else None,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),  # leaves the global RNG (dropout) untouched
     )

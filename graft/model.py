@@ -19,30 +19,42 @@ from . import __version__
 from ._atomic import atomic_path, write_json
 from .backbones import Backbone, BackboneSource, rebuild_backbone, resolve_backbone
 from .errors import GraftError
+from .head import head_from_spec, head_spec
 from .preprocess import Preprocessing
 
 FORMAT = 1
 
 
 class Classifier(nn.Module):
-    """Normalised image batch -> class logits; `classes[i]` names logit i."""
+    """Normalised image batch -> class logits; `classes[i]` names logit i.
 
-    def __init__(self, backbone: Backbone, head: nn.Module, classes: list[str]):
+    `cut`: when the last stages of the backbone were replaced by new hidden layers, the number of
+    backbone stages kept; the head then sees the pooled activations after stage `cut`.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, classes: list[str], cut: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.classes = list(classes)
+        self.cut = cut
 
     @property
     def preprocessing(self) -> Preprocessing:
         return self.backbone.preprocessing
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cut is None:
+            return self.backbone(x)
+        return self.backbone.pool(self.backbone.run_stages(x, 0, self.cut))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.features(x))
 
 
 def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSource,
-             strategy: str, backbone: Backbone | None = None, extra: dict | None = None) -> None:
+             strategy: str, backbone: Backbone | None = None, cut: int | None = None,
+             extra: dict | None = None) -> None:
     """Write model.safetensors then model.json (the json last: it is what marks a run complete)."""
     from safetensors.torch import save_file
 
@@ -61,7 +73,8 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
                      "weights_source": source.weights.source, "weights_digest": source.weights.digest,
                      "stored": backbone is not None},
         "preprocessing": source.preprocessing.to_json(),
-        "head": {"type": "linear", "in_features": head.in_features, "out_features": head.out_features},
+        "head": head_spec(head),
+        "cut": cut,
         **(extra or {}),
     }
     write_json(run_dir / "model.json", meta)
@@ -110,13 +123,27 @@ def load_run(run_dir, *, weights=None) -> Classifier:
         backbone.load_state_dict(_prefixed(tensors, "backbone."))
     else:
         backbone = run_backbone_source(meta, weights).build()
-    h = meta["head"]
-    head = nn.Linear(h["in_features"], h["out_features"])
+    head = head_from_spec(meta["head"])
     head.load_state_dict(_prefixed(tensors, "head."))
-    model = Classifier(backbone, head, meta["classes"])
+    model = Classifier(backbone, head, meta["classes"], cut=meta.get("cut"))
     model.eval()
     model.meta = meta
     return model
+
+
+def load_head(run_dir) -> nn.Module:
+    """Just the trained top of a run (for head runs, scoring cached features needs nothing else)."""
+    from safetensors import safe_open
+
+    meta = read_run_meta(run_dir)
+    head = head_from_spec(meta["head"])
+    path = Path(run_dir) / "model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            head.load_state_dict({k[5:]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")})
+    except Exception as e:
+        raise GraftError(f"cannot read {path}: {e}") from None
+    return head.eval()
 
 
 def _recorded_weights(info: dict):

@@ -53,3 +53,83 @@ def make_photo_folder(root: Path, classes=("blue", "red"), per_class=12, seed=0,
 def photos(tmp_path) -> Path:
     """PHOTOS/<class>/* with two classes of 12 JPEGs each."""
     return make_photo_folder(tmp_path / "photos")
+
+
+# --- shared, expensive results (built once per session, always with explicit temp folders) -----
+
+import contextlib  # noqa: E402
+import types  # noqa: E402
+
+
+@contextlib.contextmanager
+def isolated_env(tmp_root: Path):
+    """The `_isolated` environment for fixtures wider than one test (they run before it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_CACHE_DIR", str(tmp_root / "env-cache"))
+        mp.setenv("GRAFT_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TORCH_HOME", str(tmp_root / "env-torch-home"))
+        yield
+
+
+@contextlib.contextmanager
+def count_backbone_forwards():
+    """Count (and record the inputs of) every forward pass through timm's EfficientNet.
+
+    `forward_features` is what both the default backbone's forward and its size probe call, so a
+    count of 0 means the network was neither run nor even built.
+    """
+    from timm.models.efficientnet import EfficientNet
+
+    calls: list = []
+    original = EfficientNet.forward_features
+
+    def counting(self, x):
+        calls.append(x.detach().clone())
+        return original(self, x)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EfficientNet, "forward_features", counting)
+        yield calls
+
+
+def fixed_batch() -> "torch.Tensor":  # noqa: F821
+    import torch
+
+    g = torch.Generator().manual_seed(1234)
+    return torch.randn(2, 3, 96, 96, generator=g)
+
+
+@pytest.fixture(scope="session")
+def default_backbone():
+    """The real default backbone (EfficientNet-Lite0 with ImageNet weights), built once."""
+    from graft.backbones import load_backbone
+
+    return load_backbone()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, default_backbone):
+    """One cold `graft.train` on 2 classes x 10 generated JPEGs, with the built default backbone.
+
+    Records the backbone's state and outputs on a fixed batch before training, so tests can
+    check the frozen part is untouched.
+    """
+    import torch
+
+    import graft
+
+    root = tmp_path_factory.mktemp("trained")
+    photos = make_photo_folder(root / "photos", per_class=10, seed=7)
+    cache = root / "cache"
+    default_backbone.eval()
+    state_before = {k: v.detach().clone() for k, v in default_backbone.state_dict().items()}
+    grad_before = [p.requires_grad for p in default_backbone.parameters()]
+    with torch.inference_mode():
+        out_before = default_backbone(fixed_batch()).clone()
+    with isolated_env(root):
+        result = graft.train(photos, root / "run", backbone=default_backbone, cache_dir=cache,
+                             workers=0, progress=False)
+    return types.SimpleNamespace(root=root, photos=photos, cache=cache, run=result.run_dir,
+                                 metrics=result.metrics, state_before=state_before,
+                                 grad_before=grad_before, out_before=out_before)

@@ -26,15 +26,14 @@ class Backbone(nn.Module):
     """`net` must already return pooled features (its classifier removed)."""
 
     def __init__(self, net: nn.Module, *, spec: str, arch: str, preprocessing: Preprocessing,
-                 weights: WeightsInfo, stage_names: list[tuple[str, list[str]]],
-                 pretrained_classifier: nn.Module | None = None):
+                 weights: WeightsInfo, pretrained_classifier: nn.Module | None = None):
         super().__init__()
         self.net = net
         self.spec = spec  # what the user asked for: "default", "timm:resnet50", ...
         self.arch = arch  # what rebuilds the architecture: "timm:tf_efficientnet_lite0", ...
         self.preprocessing = preprocessing
         self.weights = weights
-        self._stage_names = stage_names
+        self._stage_names, self._pool = find_stages(net)
         # Kept outside the module tree: not saved, not trained; only for checking the weights.
         self.__dict__["pretrained_classifier"] = pretrained_classifier
         with torch.inference_mode():
@@ -52,6 +51,30 @@ class Backbone(nn.Module):
         """[(name, modules)] from input to output; every parameter belongs to exactly one."""
         return [(name, [self.net.get_submodule(p) for p in paths]) for name, paths in self._stage_names]
 
+    @property
+    def stage_names(self) -> list[str]:
+        return [name for name, _ in self._stage_names]
+
+    @property
+    def sequential(self) -> bool:
+        """True when running the stages in order, then `pool`, is the network's forward pass."""
+        return self._pool is not None
+
+    def run_stages(self, x: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """The activations after stages[start:end], given those before stage `start`."""
+        if not self.sequential:
+            raise RuntimeError(f"{self.arch}: graft does not know this architecture's stage-by-stage forward")
+        for _, paths in self._stage_names[start:end]:
+            for p in paths:
+                x = self.net.get_submodule(p)(x)
+        return x
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Global pooling of the last activations to feature vectors (N, D)."""
+        for p in self._pool or []:
+            x = self.net.get_submodule(p)(x)
+        return torch.flatten(x, 1)
+
     def describe(self) -> dict:
         return {
             "spec": self.spec,
@@ -59,41 +82,52 @@ class Backbone(nn.Module):
             "weights_source": self.weights.source,
             "weights_digest": self.weights.digest,
             "feature_dim": self.feature_dim,
-            "stages": [name for name, _ in self._stage_names],
+            "stages": self.stage_names,
         }
 
 
-def find_stages(net: nn.Module) -> list[tuple[str, list[str]]]:
-    """Name the stages of common families; other models fall back to their top-level children."""
+def find_stages(net: nn.Module) -> tuple[list[tuple[str, list[str]]], list[str] | None]:
+    """-> (stages, pool). Stages are [(name, module paths)] from input to output; every
+    parameter belongs to exactly one. For the families graft knows (timm EfficientNet/MobileNet
+    and ResNet, torchvision ResNet and `features` models) the stages, run in order and followed
+    by the `pool` modules, ARE the network's forward pass, which is what freezing by stage and
+    caching activations at a stage boundary need; for other models `pool` is None and only the
+    parameter grouping is known.
+    """
     children = dict(net.named_children())
 
     def present(*names):
-        return [n for n in names if n in children and _has_params(children[n])]
+        return [n for n in names if n in children]
 
     if "blocks" in children and "conv_stem" in children:  # timm EfficientNet / MobileNet
         stages = [("stem", present("conv_stem", "bn1"))]
         stages += [(f"blocks.{i}", [f"blocks.{i}"]) for i in range(len(children["blocks"]))]
         stages.append(("head", present("conv_head", "bn2", "norm_head")))
+        pool = present("global_pool")
     elif "layer1" in children and "conv1" in children:  # ResNet family (timm and torchvision)
-        stages = [("stem", present("conv1", "bn1"))]
+        stages = [("stem", present("conv1", "bn1", "act1", "relu", "maxpool"))]
         stages += [(n, [n]) for n in ("layer1", "layer2", "layer3", "layer4") if n in children]
-        stages.append(("head", present("fc_norm", "head_norm")))
-    elif "stages" in children and "stem" in children:  # ConvNeXt, RegNet, ... in timm
-        stages = [("stem", ["stem"])]
-        stages += [(f"stages.{i}", [f"stages.{i}"]) for i in range(len(children["stages"]))]
-        stages.append(("head", present("norm_pre", "head", "final_conv")))
+        pool = present("global_pool", "avgpool")
     elif "features" in children and isinstance(children["features"], nn.Sequential):  # torchvision
-        feats = children["features"]
-        stages = [(f"features.{i}", [f"features.{i}"]) for i, m in enumerate(feats) if _has_params(m)]
-        stages.append(("head", present("avgpool", "classifier")))
+        stages = [(f"features.{i}", [f"features.{i}"]) for i in range(len(children["features"]))]
+        pool = present("avgpool")
     else:
         stages = [(n, [n]) for n, m in children.items() if _has_params(m)]
+        pool = None
     covered = {p for _, paths in stages for p in paths}
-    leftover = [n for n, m in children.items() if n not in covered and _has_params(m)
-                and not any(n.startswith(c + ".") or c.startswith(n + ".") for c in covered)]
-    if leftover:  # never lose a parameter: put what we did not recognise into the head
-        stages[-1] = (stages[-1][0], stages[-1][1] + leftover)
-    return [(n, p) for n, p in stages if p]
+    leftover = [n for n, m in children.items() if _has_params(m)
+                and n not in covered and not any(c.startswith(n + ".") for c in covered)]
+    if leftover:  # never lose a parameter; but then the stages no longer spell out the forward
+        stages.append(("rest", leftover))
+        pool = None
+    # merge parameter-free stages (e.g. a pooling layer) into their predecessor
+    merged: list[tuple[str, list[str]]] = []
+    for name, paths in stages:
+        if merged and not any(_has_params(net.get_submodule(p)) for p in paths):
+            merged[-1] = (merged[-1][0], merged[-1][1] + paths)
+        elif paths:
+            merged.append((name, paths))
+    return merged, pool
 
 
 def _has_params(m: nn.Module) -> bool:

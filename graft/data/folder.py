@@ -10,6 +10,7 @@ feature cache's key.
 from __future__ import annotations
 
 import hashlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,11 @@ def scan_photos(root, *, val_split: float = 0.2) -> Dataset:
         return Dataset(root, classes, train, val, skipped + skipped_val, "train/val")
     classes, samples, skipped = scan_class_folders(root)
     train, val = split_by_hash(samples, len(classes), val_split)
+    without_val = sorted(set(classes) - {classes[s.label] for s in val})
+    if without_val:
+        logging.getLogger("graft").warning(
+            "class(es) %s have no validation photo at --val-split %g (too few photos): validation "
+            "figures will not cover them", ", ".join(without_val), val_split)
     return Dataset(root, classes, train, val, skipped, "folders")
 
 
@@ -113,15 +119,15 @@ def split_by_hash(samples: list[Sample], n_classes: int, val_split: float):
     """Stratified split that depends only on file contents (see module docstring).
 
     Within each class a file goes to val when its hash, read as a number in [0, 1), is below
-    `val_split`. A class with two or more photos always keeps at least one on each side.
+    `val_split`, so a file's side never changes as photos are added. The one exception keeps a
+    class trainable: if every photo of a class falls in val (a class of one or two photos, say),
+    its highest-hash photo trains. A class with no validation photo is reported by the caller.
     """
     train, val = [], []
     for label in range(n_classes):
         members = sorted((s for s in samples if s.label == label), key=lambda s: s.digest)
         in_val = [s for s in members if hash_fraction(s.digest) < val_split]
-        if len(members) >= 2 and not in_val:
-            in_val = members[:1]
-        if len(members) >= 2 and len(in_val) == len(members):
+        if in_val and len(in_val) == len(members):
             in_val = in_val[:-1]
         chosen = {id(s) for s in in_val}
         val += in_val

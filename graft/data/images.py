@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -73,6 +74,8 @@ def read_image(
     except OSError as e:
         raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
     with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise ImageError(path, "empty file (0 bytes)")
         img = _open(path, f)
         _check_format(path, img)
         orientation = _orientation(img)

@@ -1,0 +1,62 @@
+"""`--strategy auto`: how much of the network to train, from the data (the lecture's ladder).
+
+The rule, in the README as a table:
+
+| labelled training images per class (smallest class) | linear probe val accuracy | strategy |
+| --- | --- | --- |
+| fewer than 100 | any | `head`: frozen backbone, new softmax on cached features |
+| 100 to 999 | 0.97 or more (task close to ImageNet) | `head` |
+| 100 to 999 | below 0.97 | `partial`, last 2 stages |
+| 1,000 to 9,999 | any | `partial`, last 3 stages |
+| 10,000 or more | any | `full`: pretrained weights as the initialisation |
+
+The linear probe (the new softmax trained on frozen features) costs seconds thanks to the cache,
+and says how well the pretrained features already separate the classes: when they nearly do,
+training more layers on a few hundred images mostly adds variance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import GraftError
+
+STRATEGIES = ("auto", "head", "partial", "full")
+PROBE_GOOD_ENOUGH = 0.97
+
+
+@dataclass(frozen=True)
+class StrategyChoice:
+    strategy: str
+    train_stages: int
+    reason: str
+
+
+def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages: int = 2) -> StrategyChoice:
+    """`requested` unless it is "auto"; `data` is a graft.data.Dataset of usable samples."""
+    if requested not in STRATEGIES:
+        raise GraftError(f"unknown strategy {requested!r}; available: {', '.join(STRATEGIES)}")
+    if requested != "auto":
+        return StrategyChoice(requested, train_stages, f"asked for --strategy {requested}")
+    counts = [0] * len(data.classes)
+    for s in data.train:
+        counts[s.label] += 1
+    per_class = min(counts)
+    probe = f"linear probe val accuracy {probe_accuracy:.3f}"
+    if per_class < 100:
+        return StrategyChoice("head", train_stages,
+                              f"{per_class} training images in the smallest class (< 100): little data, "
+                              f"train only a new softmax on the frozen backbone ({probe})")
+    if per_class < 1000:
+        if probe_accuracy >= PROBE_GOOD_ENOUGH:
+            return StrategyChoice("head", train_stages,
+                                  f"{per_class} images per class (100-999) and {probe} >= {PROBE_GOOD_ENOUGH}: "
+                                  f"the pretrained features already separate the classes")
+        return StrategyChoice("partial", 2,
+                              f"{per_class} images per class (100-999) and {probe} < {PROBE_GOOD_ENOUGH}: "
+                              f"fine-tune the last 2 stages")
+    if per_class < 10000:
+        return StrategyChoice("partial", 3, f"{per_class} images per class (1,000-9,999): fine-tune the last 3 stages")
+    return StrategyChoice("full", train_stages,
+                          f"{per_class} images per class (10,000+): lots of data, train the whole network "
+                          f"from the pretrained initialisation")

@@ -1,0 +1,136 @@
+"""graft/cli.py: help for every sub-command, one-line errors with exit status 2 and no traceback,
+and `graft predict --json`.
+
+The error cases each run the real `graft` executable; they are started together (module fixture)
+so their interpreter start-ups overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_photo_folder
+from graft.cli import build_parser, main
+
+GRAFT = str(Path(sys.executable).with_name("graft"))
+MAIN_COMMANDS = ("train", "predict", "evaluate", "demo")
+
+
+def _subcommands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices)
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: graft")
+    for cmd in _subcommands():
+        assert cmd in out, cmd
+    assert set(MAIN_COMMANDS) <= set(_subcommands())
+
+
+@pytest.mark.parametrize("cmd", _subcommands())
+def test_subcommand_help(capsys, cmd):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: graft {cmd}")
+    assert "--help" in out
+
+
+def test_version(capsys):
+    import graft
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"graft {graft.__version__}"
+
+
+# --- the executable: errors and --json --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, trained_run):
+    root = tmp_path_factory.mktemp("cli")
+    photos = make_photo_folder(root / "photos", per_class=2)
+    one_class = make_photo_folder(root / "one-class", classes=("red",), per_class=2)
+    empty_class = make_photo_folder(root / "empty-class", classes=("red",), per_class=2)
+    (empty_class / "blue").mkdir()
+    run = str(trained_run.run)
+    image = str(trained_run.photos / "red" / "red002.jpg")
+    out = str(root / "out")
+    cases = {
+        "missing-folder": ["train", str(root / "nowhere"), "--out", out],
+        "one-class": ["train", str(one_class), "--out", out],
+        "empty-class": ["train", str(empty_class), "--out", out],
+        "workers": ["train", str(photos), "--out", out, "--workers", "-3"],
+        "predict-non-run": ["predict", str(photos), image],
+        "predict-url": ["predict", run, "https://x/y.jpg"],
+        "evaluate-missing": ["evaluate", run, str(root / "nowhere")],
+        "predict-json": ["predict", run, image, "--json", "--workers", "0"],
+    }
+    env = {**os.environ, "GRAFT_CACHE_DIR": str(root / "cache"), "GRAFT_OFFLINE": "1",
+           "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(root / "torch-home")}
+    procs = {name: subprocess.Popen([GRAFT, *argv], env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+             for name, argv in cases.items()}
+    results = {}
+    try:
+        for name, p in procs.items():
+            stdout, stderr = p.communicate(timeout=300)
+            results[name] = subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    results["_root"] = root
+    return results
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing-folder", ["not found", "nowhere"]),
+    ("one-class", ["at least two", "red"]),
+    ("empty-class", ["no usable image", "blue"]),
+    ("workers", ["--workers", "-3"]),
+    ("predict-non-run", ["not a graft run", "model.json"]),
+    ("predict-url", ["https://x/y.jpg", "url"]),
+    ("evaluate-missing", ["not found", "nowhere"]),
+])
+def test_errors_are_one_line_exit_2(cli_runs, case, words):
+    r = cli_runs[case]
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("graft: error: ")
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+    assert r.stdout == ""
+    assert not (cli_runs["_root"] / "out").exists()
+
+
+def test_predict_json(cli_runs, trained_run):
+    r = cli_runs["predict-json"]
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    results = json.loads(r.stdout)
+    assert isinstance(results, list) and len(results) == 1
+    item = results[0]
+    assert item["path"] == str(trained_run.photos / "red" / "red002.jpg")
+    preds = item["predictions"]
+    assert [p["class"] for p in preds][0] == "red"
+    assert {p["class"] for p in preds} == {"red", "blue"}
+    assert sum(p["probability"] for p in preds) <= 1.0 + 1e-5
