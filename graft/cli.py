@@ -41,17 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders")
     t.add_argument("--out", "-o", required=True, metavar="RUN", help="run folder to write (model, metrics)")
     _backbone_args(t)
-    t.add_argument("--strategy", default="head", choices=["head"],
-                   help="head: freeze the backbone, train a new softmax on cached features (default)")
+    t.add_argument("--strategy", default="auto", choices=["auto", "head", "partial", "full"],
+                   help="head: frozen backbone + new softmax on cached features; partial: also train the "
+                   "last --train-stages stages; full: train everything; auto (default): choose from the "
+                   "data (see README)")
+    t.add_argument("--train-stages", type=int, default=2, metavar="N",
+                   help="partial: how many of the backbone's last stages train (default 2)")
+    t.add_argument("--new-hidden", metavar="H[,H2]", default="",
+                   help="partial: replace the last N stages by new hidden layers of these sizes (with dropout)")
+    t.add_argument("--from-scratch", action="store_true",
+                   help="full: random initialisation instead of the pretrained weights (for comparison)")
+    t.add_argument("--resume", action="store_true", help="continue a killed or interrupted fine-tuning run in RUN")
     t.add_argument("--val-split", type=float, default=0.2, metavar="F",
                    help="share of each class held out for validation when PHOTOS has no val/ (default 0.2)")
     t.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $GRAFT_CACHE_DIR or ~/.cache/graft)")
-    t.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
-    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    t.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: head 100, fine-tuning 15)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate of the new top (default 1e-3; pretrained layers get 1/10)")
     t.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (default 1e-2)")
     t.add_argument("--label-smoothing", type=float, default=0.1, help="(default 0.1)")
-    t.add_argument("--patience", type=int, default=15,
-                   help="stop after this many epochs without a lower validation loss; 0 = never (default 15)")
+    t.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without a lower validation loss; 0 = never "
+                   "(default: head 15, fine-tuning 5)")
     t.add_argument("--batch-size", type=int, default=32, help="(default 32)")
     t.add_argument("--seed", type=int, default=0, help="random seed; same seed, same model (default 0)")
     t.add_argument("--aug-views", type=int, default=0, metavar="K",
@@ -165,6 +176,18 @@ def _workers(args):
         raise GraftError(f"--workers must be 'auto' or a number >= 0, got {args.workers!r}") from None
 
 
+def _hidden(text: str) -> tuple:
+    from .errors import GraftError
+
+    try:
+        sizes = tuple(int(h) for h in text.split(",") if h.strip())
+    except ValueError:
+        raise GraftError(f"--new-hidden takes sizes like 512 or 512,256, got {text!r}") from None
+    if any(h <= 0 for h in sizes):
+        raise GraftError(f"--new-hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
 def cmd_train(args) -> int:
     from .api import train
 
@@ -174,6 +197,8 @@ def cmd_train(args) -> int:
                    label_smoothing=args.label_smoothing, patience=args.patience,
                    batch_size=args.batch_size, seed=args.seed, workers=_workers(args),
                    augment=args.augment, aug=args.aug, aug_views=args.aug_views,
+                   train_stages=args.train_stages, new_hidden=_hidden(args.new_hidden),
+                   from_scratch=args.from_scratch, resume=args.resume,
                    progress=not args.quiet and not args.json)
     if args.json:
         print(json.dumps(result.metrics))
@@ -189,9 +214,14 @@ def train_summary(m: dict, run_dir) -> str:
     rows = [
         ("val accuracy", f"{m['val_accuracy']:.3f}  ({correct}/{m['n_val']})"),
         ("images", f"{m['n_train']} train, {m['n_val']} val, {len(m['classes'])} classes"),
-        ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']}), strategy {m['strategy']}"),
+        ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']})"),
+        ("strategy", f"{m['strategy']}: {m['strategy_reason']}"),
         ("features", f"{c['misses']} computed, {c['hits']} from cache  ({t['extract_s']:.2f} s)"),
-        ("head", f"best epoch {m['best_epoch']} of {m['epochs_run']}  ({t['train_s']:.2f} s)"),
+        ("training", f"best epoch {m['best_epoch']} of {m['epochs_run']}  ({t['train_s']:.2f} s"
+                     + (f", {100 * t['data_wait_s'] / max(1e-9, t['data_wait_s'] + t['step_s']):.0f}% waiting for data"
+                        if t.get("step_s") else "") + ")"),
+        *([("boundary cache", "frozen stages ran once; epochs ran only the trainable stages")]
+          if m.get("finetune", {}).get("boundary_cache") else []),
         ("skipped", f"{len(m['skipped'])} file(s)" + ("  (see warnings above)" if m["skipped"] else "")),
         ("total", f"{t['total_s']:.2f} s"),
         ("model", str(Path(run_dir) / "model.json")),

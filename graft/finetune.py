@@ -271,7 +271,8 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
                 if interrupted["flag"]:
                     _save_checkpoint(ckpt_path, net, opt, sched, state, best_state, cfg)
                     bar.close()
-                    raise KeyboardInterrupt(f"saved {ckpt_path}")
+                    raise GraftError(f"interrupted at epoch {epoch + 1}, step {state['step']}; saved {ckpt_path}. "
+                                     f"Resume with the same command and --resume")
                 t_wait = time.perf_counter()
             bar.close()
             if loader is not None:
