@@ -63,6 +63,7 @@ def train(
     new_hidden=(),
     from_scratch: bool = False,
     resume: bool = False,
+    boundary_cache: bool = True,
     progress: bool = True,
 ) -> TrainResult:
     """Train a classifier on `photos` and write it to the run folder `out`.
@@ -187,7 +188,8 @@ def train(
 
         t_train = time.perf_counter()
         res = finetune(built, kept, ft_cfg, run_dir=out, cache=cache, pipeline=pipeline, workers=workers,
-                       resume=resume, progress=progress, extract=extract_boundary)
+                       resume=resume, progress=progress, extract=extract_boundary,
+                       boundary_cache=boundary_cache)
         model = res.model
         with torch.inference_mode():
             pred = _predict_labels(model, kept.val, batch_size, workers)

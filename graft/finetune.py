@@ -137,12 +137,14 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=None, workers=None,
-             resume: bool = False, progress: bool = True, extract=None) -> FinetuneResult:
+             resume: bool = False, progress: bool = True, extract=None,
+             boundary_cache: bool = True) -> FinetuneResult:
     """Fine-tune on `data` (graft.data.Dataset with ok samples); see the module docstring.
 
     `pipeline`: augmentation for training images (None: clean preprocessing, and then the frozen
     prefix's activations come from the boundary cache). `extract(names, paths, forward)` returns
-    cached activations (used for the boundary cache).
+    cached activations (used for the boundary cache; `boundary_cache=False` runs the frozen
+    stages on every training batch instead, for comparison).
     """
     from .loader import EpochSampler, image_loader, train_loader
 
@@ -164,7 +166,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
     y_val = torch.tensor([s.label for s in val_s])
 
     # --- inputs: boundary cache for what never changes ------------------------------------------
-    use_boundary = k > 0 and pipeline is None and extract is not None
+    use_boundary = k > 0 and pipeline is None and extract is not None and boundary_cache
     boundary_shape = None
     if k > 0 and extract is not None:
         boundary_shape = _boundary_shape(backbone, k)
@@ -194,7 +196,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     state = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seen": 0, "best_loss": math.inf, "best_epoch": -1,
-             "history": {"train_loss": [], "val_loss": [], "val_accuracy": []}}
+             "history": {"train_loss": [], "val_loss": [], "val_accuracy": [], "epoch_s": []}}
     best_state = None
     ckpt_path = run_dir / CHECKPOINT
     resumed_from = None
@@ -233,6 +235,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
     try:
         while state["epoch"] < cfg.epochs:
             epoch = state["epoch"]
+            t_epoch = time.perf_counter()
             net.train()
             bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not progress, leave=False)
@@ -284,6 +287,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
             h["train_loss"].append(state["loss_sum"] / max(1, state["seen"]))
             h["val_loss"].append(val_loss)
             h["val_accuracy"].append(val_acc)
+            h["epoch_s"].append(round(time.perf_counter() - t_epoch, 4))
             if progress:
                 log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f", epoch + 1, cfg.epochs,
                          h["train_loss"][-1], val_loss, val_acc)

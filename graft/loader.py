@@ -98,6 +98,8 @@ class AugmentedLoad:
         from .preprocess import _PIL_INTERPOLATION, pil_to_tensor
 
         path, (w, h), seed = item
+        if self.pipeline is None:  # no augmentation: the evaluation preprocessing
+            return self.pre.load(path)
         gen = torch.Generator().manual_seed(seed)
         ops = self.pipeline.ops
         params = self.pipeline.draw(gen, (h, w))

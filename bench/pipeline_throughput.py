@@ -1,0 +1,166 @@
+"""Images/s of graft's training pipeline vs the standard torchvision recipe, same worker count.
+
+graft:       header-first crop draw -> JPEG decode at the largest DCT reduction that keeps the
+             crop >= 224 px -> Pillow crop+resize in one pass -> flip -> colour jitter -> RGB
+             shift (uint8 tensors) -> collate uint8 -> normalise in the consumer.
+torchvision: ImageFolder + PIL decode + RandomResizedCrop + RandomHorizontalFlip + ColorJitter +
+             ToTensor + Normalize (float32 out of the workers), the PyTorch tutorial's recipe.
+Both crop with scale (0.08, 1) and jitter brightness/contrast/saturation by 0.4. Each
+configuration runs one warm-up epoch, then times one epoch (persistent workers), on the
+hymenoptera photos and on 12-megapixel JPEGs this script makes by upscaling them (quality 90).
+Then a per-op cost table (microseconds per image, one process, one thread).
+
+    .venv/bin/python bench/pipeline_throughput.py [--big N] [--workers 0,1,2]
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, need_hymenoptera  # noqa: E402
+
+import graft  # noqa: E402,F401  (applies graft's allocator tuning, as in real use)
+from graft.augment import build  # noqa: E402
+from graft.backbones import DEFAULT_PREPROCESSING as PRE  # noqa: E402
+from graft.data import scan_photos  # noqa: E402
+from graft.loader import train_loader  # noqa: E402
+
+KNOBS = "crop_scale=0.08-1,flip=0.5,brightness=0.4,contrast=0.4,saturation=0.4,rgb_shift=10,rgb_shift_p=1"
+BATCH = 32
+
+
+def graft_epoch_rate(samples, workers: int) -> float:
+    pipeline = build("none", KNOBS, size=224)
+    loader = train_loader(samples, pipeline, PRE, seed=0, batch_size=BATCH, workers=workers)
+    rate = 0.0
+    for epoch in range(2):  # warm-up, then timed
+        loader.batch_sampler.sampler.set_epoch(epoch)
+        t, n = time.perf_counter(), 0
+        for _, batch, _ in loader:
+            x = PRE.normalize(batch)  # the consumer's share: uint8 -> normalised float
+            n += len(x)
+        rate = n / (time.perf_counter() - t)
+    del loader
+    return rate
+
+
+def torchvision_epoch_rate(root: Path, workers: int) -> float:
+    from torchvision import datasets, transforms as T
+
+    tf = T.Compose([
+        T.RandomResizedCrop(224, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.4, 0.4, 0.4),
+        T.ToTensor(),
+        T.Normalize([0.5] * 3, [0.5] * 3),
+    ])
+    ds = datasets.ImageFolder(str(root), transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers,
+                                         persistent_workers=workers > 0,
+                                         prefetch_factor=4 if workers else None)
+    rate = 0.0
+    for _ in range(2):
+        t, n = time.perf_counter(), 0
+        for x, _ in loader:
+            n += len(x)
+        rate = n / (time.perf_counter() - t)
+    del loader
+    return rate
+
+
+def make_big_photos(src_root: Path, dst: Path, n: int) -> Path:
+    """12-megapixel (4000 x 3000) JPEGs at quality 90, upscaled from the real photos."""
+    count = 0
+    for cls_dir in sorted(p for p in (src_root / "train").iterdir() if p.is_dir()):
+        (dst / cls_dir.name).mkdir(parents=True, exist_ok=True)
+        for f in sorted(cls_dir.glob("*.jpg"))[: n // 2]:
+            img = Image.open(f).convert("RGB")
+            big = img.resize((4000, 3000) if img.width >= img.height else (3000, 4000), Image.Resampling.BICUBIC)
+            big.save(dst / cls_dir.name / f.name, quality=90)
+            count += 1
+    print(f"made {count} 12-megapixel JPEGs in {dst}", file=sys.stderr)
+    return dst
+
+
+def op_costs(samples) -> dict:
+    """Microseconds per image for each step, averaged over the photos (one thread)."""
+    from graft.augment import ColorJitter, Flip, LocalWarp, PCAColor, RGBShift, Rotate, Shear
+    from graft.data.images import read_image
+    from graft.preprocess import pil_to_tensor
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    paths = [s.path for s in samples[:40]]
+    imgs = [pil_to_tensor(read_image(p).resize((224, 224))) for p in paths]
+    costs = {}
+
+    def timed(name, fn, items):
+        t = time.perf_counter()
+        for it in items:
+            fn(it)
+        costs[name] = round((time.perf_counter() - t) / len(items) * 1e6)
+
+    timed("decode full (PIL)", lambda p: Image.open(p).convert("RGB"), paths)
+    timed("decode graft (draft for 224 crop of 1/4 area)", lambda p: read_image(p, min_size=(448, 448)), paths)
+    pils = [Image.open(p).convert("RGB") for p in paths]
+    timed("crop+resize PIL box (graft)", lambda im: im.resize((224, 224), Image.Resampling.BICUBIC,
+                                                               box=(0, 0, im.width // 2, im.height // 2)), pils)
+    from torchvision.transforms.v2 import functional as F
+
+    big = [pil_to_tensor(im) for im in pils]
+    timed("crop+resize tensor uint8 (torchvision)", lambda t: F.resized_crop(
+        t, 0, 0, t.shape[1] // 2, t.shape[2] // 2, [224, 224], interpolation=F.InterpolationMode.BICUBIC,
+        antialias=True), big)
+    for op in (Flip(1.0), Rotate(15, p=1.0), Shear(10, p=1.0), LocalWarp(3.0, 8.0, p=1.0),
+               ColorJitter(0.4, 0.4, 0.4), PCAColor(0.1), RGBShift(10, p=1.0)):
+        timed(f"{op.name}", lambda t, op=op: op(t, gen), imgs)
+    timed("normalise (consumer)", lambda t: PRE.normalize(t[None]), imgs)
+    from torchvision import transforms as T
+
+    tv = T.Compose([T.ColorJitter(0.4, 0.4, 0.4)])
+    small = [im.resize((224, 224)) for im in pils]
+    timed("torchvision PIL ColorJitter", tv, small)
+    timed("torchvision ToTensor+Normalize", lambda im: T.Normalize([0.5] * 3, [0.5] * 3)(T.ToTensor()(im)), small)
+    torch.set_num_threads(2)
+    return costs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--big", type=int, default=48, help="12-megapixel photos to make (default 48)")
+    ap.add_argument("--workers", default="0,1,2")
+    args = ap.parse_args()
+    root = need_hymenoptera()
+    workers = [int(w) for w in args.workers.split(",")]
+    figures = {}
+    train = scan_photos(root).train
+    print(f"hymenoptera train photos: {len(train)}")
+    for w in workers:
+        g, t = graft_epoch_rate(train, w), torchvision_epoch_rate(root / "train", w)
+        print(f"  workers={w}: graft {g:7.1f} img/s   torchvision {t:7.1f} img/s   ratio {g / t:.2f}x")
+        figures[f"hym_w{w}"] = {"graft": round(g, 1), "torchvision": round(t, 1), "ratio": round(g / t, 2)}
+    with tempfile.TemporaryDirectory() as tmp:
+        big_root = make_big_photos(root, Path(tmp) / "big", args.big)
+        big = scan_photos(Path(tmp) / "big", val_split=0.5)
+        big_samples = big.train + big.val
+        print(f"12-megapixel photos: {len(big_samples)}")
+        for w in workers:
+            g, t = graft_epoch_rate(big_samples, w), torchvision_epoch_rate(big_root, w)
+            print(f"  workers={w}: graft {g:7.1f} img/s   torchvision {t:7.1f} img/s   ratio {g / t:.2f}x")
+            figures[f"big_w{w}"] = {"graft": round(g, 1), "torchvision": round(t, 1), "ratio": round(g / t, 2)}
+    costs = op_costs(train)
+    print("per-op cost, microseconds per image (one thread):")
+    for k, v in costs.items():
+        print(f"  {k:<48} {v:>8}")
+    figures["op_us"] = costs
+    emit(figures)
+
+
+if __name__ == "__main__":
+    main()
