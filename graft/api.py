@@ -64,6 +64,8 @@ def train(
     from_scratch: bool = False,
     resume: bool = False,
     boundary_cache: bool = True,
+    aug_device: str = "workers",
+    decode_once: bool = True,
     progress: bool = True,
 ) -> TrainResult:
     """Train a classifier on `photos` and write it to the run folder `out`.
@@ -80,8 +82,10 @@ def train(
 
     Head strategy: `aug_views=K` adds the cached features of K augmented draws of every training
     image (preset `augment`, overrides `aug`), sampled one per image each epoch. Fine-tuning
-    strategies augment on the fly (`augment="none"` to switch it off, which lets the frozen
-    prefix's activations come from the cache). `resume` continues a killed fine-tuning run.
+    strategies augment on the fly in loader workers (`augment="none"` switches it off, which lets
+    the frozen prefix's activations come from the cache; `aug_device="cpu"|"cuda"` runs flips and
+    colour ops per sample on the trainer's device instead; `decode_once` keeps decoded photos in
+    the cache folder so later epochs skip JPEG decoding). `resume` continues a killed run.
     """
     from .strategy import STRATEGIES, choose_strategy
 
@@ -189,7 +193,8 @@ def train(
         t_train = time.perf_counter()
         res = finetune(built, kept, ft_cfg, run_dir=out, cache=cache, pipeline=pipeline, workers=workers,
                        resume=resume, progress=progress, extract=extract_boundary,
-                       boundary_cache=boundary_cache)
+                       boundary_cache=boundary_cache, aug_device=aug_device,
+                       decoded_dir=cache_root / "decoded" if decode_once else None)
         model = res.model
         with torch.inference_mode():
             pred = _predict_labels(model, kept.val, batch_size, workers)

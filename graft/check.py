@@ -136,13 +136,15 @@ class _Report:
 # --- the check ----------------------------------------------------------------------------------
 
 def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default", val_split: float = 0.2,
-                 progress: bool = False, workers: int | None = None) -> dict:
+                 progress: bool = False, workers: int | None = None, input_size: int | None = None) -> dict:
     """Scan `photos` (a folder `graft train` accepts) and report its problems; see the module doc.
 
     Returns {"root", "layout", "classes", "counts": {class: {"train", "val"}}, "findings":
     [{"level", "code", "path", "message"}], "summary": {"errors", "warnings", "infos"}}.
-    `backbone` (a spec or a built Backbone) gives the input size and, for the deep check, the
-    features; `workers` is the number of decoding processes for feature extraction.
+    `backbone` (a spec or a built Backbone) gives the features of the deep check and the input
+    size below which photos are `tiny` (`input_size` overrides it; a quick check of a backbone
+    other than the default assumes 224 rather than resolve its weights); `workers` is the number
+    of decoding processes for feature extraction (default: automatic).
     """
     root = Path(photos).expanduser()
     if not root.is_dir():
@@ -152,10 +154,10 @@ def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default
     report = _Report(root)
     layout = "train/val" if (root / "train").is_dir() and (root / "val").is_dir() else "folders"
     classes, files = _collect(root, layout, report)
-    input_size = _input_size(backbone)
+    input_size = int(input_size or _input_size(backbone, resolve=deep))
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        list(pool.map(lambda f: _inspect(f, input_size), files))
+        list(pool.map(lambda f: _inspect_safely(f, input_size), files))
 
     for f in files:
         for code, message in f.problems:
@@ -181,14 +183,16 @@ def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default
             "deep": bool(deep), "findings": findings, "summary": summary}
 
 
-def _input_size(backbone) -> int:
-    if backbone in (None, "default"):
+def _input_size(backbone, resolve: bool) -> int:
+    if backbone is None or (isinstance(backbone, str) and backbone == "default"):
         from .backbones import DEFAULT_PREPROCESSING
 
         return DEFAULT_PREPROCESSING.size
     pre = getattr(backbone, "preprocessing", None)
     if pre is not None:
         return int(pre.size)
+    if not resolve:
+        return DEFAULT_INPUT_SIZE
     try:
         from .backbones import resolve_backbone
 
@@ -268,6 +272,7 @@ def _inode(path) -> tuple[int, int]:
 
 def _kind(entry: os.DirEntry, path: Path, report: _Report) -> str | None:
     """'dir', 'file' or None (reported or ignored); symlink loops are found here, never followed."""
+    is_link = False
     try:
         is_link = entry.is_symlink()
         st = os.stat(path)  # follows links; a loop raises ELOOP
@@ -275,7 +280,7 @@ def _kind(entry: os.DirEntry, path: Path, report: _Report) -> str | None:
         if e.errno == errno.ELOOP:
             report.add("symlink_loop", path, "symbolic link loop (the link resolves to itself)")
         elif is_link:
-            report.add("unreadable", path, f"broken symbolic link (target {os.readlink(path)!r} is missing)")
+            report.add("unreadable", path, f"broken symbolic link (its target {_link_target(path)} is missing)")
         else:
             report.add("unreadable", path, f"cannot read ({e.strerror or e})")
         return None
@@ -292,6 +297,13 @@ def _kind(entry: os.DirEntry, path: Path, report: _Report) -> str | None:
         return "file"
     report.add("unreadable", path, "not a regular file (a device, socket or pipe): graft cannot read it")
     return None
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return repr(os.readlink(path))
+    except OSError:
+        return "?"
 
 
 def _walk(folder: Path, found: list[Path], report: _Report, visited: set) -> None:
@@ -338,6 +350,16 @@ _MODE_NOTES = {
 }
 
 
+def _inspect_safely(f: _File, input_size: int) -> None:
+    """_inspect, but an unexpected failure on one file is reported, not fatal to the whole check."""
+    try:
+        _inspect(f, input_size)
+    except Exception as e:  # a bug here must not hide every other finding
+        if not f.usable:
+            f.problems.append(("undecodable", f"cannot check it ({type(e).__name__}: {e})"))
+        f.stats = f.stats or {}
+
+
 def _inspect(f: _File, input_size: int) -> None:
     """Everything about one file that needs no other file; results go on `f`."""
     try:
@@ -364,8 +386,8 @@ def _inspect(f: _File, input_size: int) -> None:
         return
     f.usable = True
     img.thumbnail((256, 256), Image.Resampling.BILINEAR, reducing_gap=None)
-    f.dhash, f.phash = image_hashes(img)
     f.stats = photo_stats(img)
+    f.dhash, f.phash = image_hashes(img)
 
 
 def _classify_probe_error(path: Path, data: bytes, e: ImageError) -> tuple[str, str]:
@@ -566,7 +588,9 @@ def _class_checks(root, layout, classes, files, counts, report) -> None:
         elif n["train"] == 0:
             report.add("empty_class", where("train"),
                        f"class {c!r} has no usable training image ({n['val']} in val): graft train fails")
-        elif layout == "train/val" and probed[c]["val"] == 0 and (root / "val" / c).is_dir():
+        elif layout == "train/val" and not (root / "val" / c).is_dir():
+            pass  # class_mismatch, reported with the folders
+        elif layout == "train/val" and probed[c]["val"] == 0:
             report.add("empty_class", where("val"),
                        f"class {c!r} has no usable image in val/: graft train refuses this")
         elif n["val"] == 0:
@@ -585,7 +609,7 @@ def _class_checks(root, layout, classes, files, counts, report) -> None:
 def _non_photos(files: list[_File], report: _Report) -> set[str]:
     flagged = set()
     for f in files:
-        if not f.usable:
+        if not f.usable or not f.stats:
             continue
         s = f.stats
         if s["std"] < NEAR_CONSTANT_STD:
@@ -624,7 +648,7 @@ def _duplicates(files: list[_File], report: _Report, skip: set[str]) -> None:
             report.add("leakage", f.path, f"identical to the training photo {other.rel}: the same photo is in "
                        f"train and val, so validation accuracy is inflated" + _labels(f, other))
     # near copies, by perceptual hash; near-constant images hash to noise, so they are left out
-    reps = [f for f in usable if f.rel not in exact and f.rel not in skip
+    reps = [f for f in usable if f.rel not in exact and f.rel not in skip and f.dhash is not None
             and f.stats.get("std", 0) >= NEAR_CONSTANT_STD]
     if len(reps) < 2:
         return

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="head strategy: also cache the features of K augmented draws of every training "
                    "image and sample among them each epoch (default 0: no augmentation)")
     _augment_args(t)
+    t.add_argument("--aug-device", default="workers", choices=["workers", "cpu", "cuda"],
+                   help="fine-tuning: where flips and colour ops run: in the loader workers (default), or "
+                   "batched per sample on the trainer's device")
     _loader_args(t)
     _output_args(t)
 
@@ -198,7 +201,7 @@ def cmd_train(args) -> int:
                    batch_size=args.batch_size, seed=args.seed, workers=_workers(args),
                    augment=args.augment, aug=args.aug, aug_views=args.aug_views,
                    train_stages=args.train_stages, new_hidden=_hidden(args.new_hidden),
-                   from_scratch=args.from_scratch, resume=args.resume,
+                   from_scratch=args.from_scratch, resume=args.resume, aug_device=args.aug_device,
                    progress=not args.quiet and not args.json)
     if args.json:
         print(json.dumps(result.metrics))

@@ -138,13 +138,14 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=None, workers=None,
              resume: bool = False, progress: bool = True, extract=None,
-             boundary_cache: bool = True) -> FinetuneResult:
+             boundary_cache: bool = True, aug_device: str = "workers", decoded_dir=None) -> FinetuneResult:
     """Fine-tune on `data` (graft.data.Dataset with ok samples); see the module docstring.
 
     `pipeline`: augmentation for training images (None: clean preprocessing, and then the frozen
     prefix's activations come from the boundary cache). `extract(names, paths, forward)` returns
     cached activations (used for the boundary cache; `boundary_cache=False` runs the frozen
-    stages on every training batch instead, for comparison).
+    stages on every training batch instead, for comparison). `aug_device` "cpu"/"cuda" moves
+    flips and colour ops out of the loader workers onto the trainer's device, per sample.
     """
     from .loader import EpochSampler, image_loader, train_loader
 
@@ -214,9 +215,17 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
         log.info("resuming from epoch %d, step %d of %s", state["epoch"], state["step"], ckpt_path)
 
     loader = None
+    batch_aug = None
     if not use_boundary:
-        loader = train_loader(train_s, pipeline, pre, seed=cfg.seed, batch_size=cfg.batch_size,
-                              workers=workers, shuffle=True)
+        worker_pipe = pipeline
+        if pipeline is not None and aug_device in ("cpu", "cuda"):
+            from .loader import split_for_device
+
+            if aug_device == "cuda" and device.type != "cuda":
+                raise GraftError("--aug-device cuda: no CUDA device here; use cpu or workers")
+            worker_pipe, batch_aug = split_for_device(pipeline, cfg.seed)
+        loader = train_loader(train_s, worker_pipe, pre, seed=cfg.seed, batch_size=cfg.batch_size,
+                              workers=workers, shuffle=True, decoded_dir=decoded_dir)
     sampler = EpochSampler(len(train_s), cfg.seed)
 
     interrupted = {"flag": False}
@@ -257,7 +266,10 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
                     if use_boundary:
                         logits = net.from_boundary(_nhwc(z_train[idx].to(device)))
                     else:
-                        x = pre.normalize(batch.to(device, non_blocking=True))
+                        batch = batch.to(device, non_blocking=True)
+                        if batch_aug is not None:
+                            batch = batch_aug(batch, [train_s[i].digest for i in idx], epoch)
+                        x = pre.normalize(batch)
                         logits = net(x.contiguous(memory_format=torch.channels_last))
                     loss = loss_fn(logits.float(), y)
                 opt.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ import math
 import os
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -39,7 +40,14 @@ def collate_images(items):
     good = [(i, t) for i, t in items if isinstance(t, torch.Tensor)]
     errors = [(i, t) for i, t in items if not isinstance(t, torch.Tensor)]
     idx = [i for i, _ in good]
-    batch = torch.stack([t for _, t in good]) if good else None
+    batch = None
+    if good:
+        tensors = [t for _, t in good]
+        out = None
+        if torch.utils.data.get_worker_info() is not None:  # stack straight into shared memory,
+            n = sum(t.numel() for t in tensors)  # as default_collate does: one copy fewer
+            out = tensors[0].new(tensors[0].untyped_storage()._new_shared(n)).resize_(len(tensors), *tensors[0].shape)
+        batch = torch.stack(tensors, out=out)
     return idx, batch, errors
 
 
@@ -81,43 +89,70 @@ class AugmentedLoad:
 
     All random numbers are drawn first, from the header's size; when the pipeline starts with a
     random crop, the JPEG is then decoded at the largest DCT reduction (1/2, 1/4, 1/8) that keeps
-    the crop at least the output size (so a crop loses no detail), and Pillow crops and resizes
-    in one pass (`resize(box=...)`, the same bicubic antialiased kernel the crop op uses on
-    tensors). The other ops run on the uint8 tensor.
+    the crop at least the output size (so a crop loses no detail), only the crop box is turned
+    into a tensor, and the crop op resizes it. Runs of colour ops share one conversion to float
+    and back (each op on uint8 would round and convert on its own: 3x the cost, for nothing).
     """
 
-    def __init__(self, pipeline, preprocessing):
+    def __init__(self, pipeline, preprocessing, decoded=None):
         self.pipeline = pipeline
         self.pre = preprocessing
+        self.decoded = decoded  # a DecodedCache: decode once, crop from the stored pixels after
 
     def __call__(self, item) -> torch.Tensor:
-        from PIL import Image
-
         from .augment import RandomResizedCrop
         from .data.images import read_image
-        from .preprocess import _PIL_INTERPOLATION, pil_to_tensor
+        from .preprocess import pil_to_tensor
 
-        path, (w, h), seed = item
+        path, (w, h), seed, *digest = item
         if self.pipeline is None:  # no augmentation: the evaluation preprocessing
             return self.pre.load(path)
         gen = torch.Generator().manual_seed(seed)
         ops = self.pipeline.ops
         params = self.pipeline.draw(gen, (h, w))
         if not ops or not isinstance(ops[0], RandomResizedCrop):
-            return self.pipeline.apply(self.pre.load(path), params)
+            return apply_ops(ops, self.pre.load(path), params)
         crop, box = ops[0], params[0]
         out_h, out_w = crop.output_size((h, w))
-        need = (math.ceil(w * out_w / max(1, box["width"])), math.ceil(h * out_h / max(1, box["height"])))
-        img = read_image(path, min_size=need)
-        if img.size != (w, h):  # decoded reduced (or the header lied): move the box onto it
-            box = RandomResizedCrop.scale_params(box, (h, w), (img.size[1], img.size[0]))
-        left, top = box["left"], box["top"]
-        img = img.resize((out_w, out_h), _PIL_INTERPOLATION["bicubic"],
-                         box=(left, top, left + box["width"], top + box["height"]))
-        x = pil_to_tensor(img)
-        for op, p in zip(ops[1:], params[1:]):
-            x = op.apply(x, p)
-        return x
+        if self.decoded is not None and digest:
+            from .data.decoded import reduction_for
+
+            arr = self.decoded.load(path, digest[0], (w, h), reduction_for((w, h), crop, (out_h, out_w)))
+            if arr.shape[:2] != (h, w):
+                box = RandomResizedCrop.scale_params(box, (h, w), arr.shape[:2])
+            t, l_ = box["top"], box["left"]
+            region = torch.from_numpy(np.ascontiguousarray(arr[t:t + box["height"], l_:l_ + box["width"]]))
+            region = region.permute(2, 0, 1)
+        else:
+            need = (math.ceil(w * out_w / max(1, box["width"])), math.ceil(h * out_h / max(1, box["height"])))
+            img = read_image(path, min_size=need)
+            if img.size != (w, h):  # decoded reduced (or the header lied): move the box onto it
+                box = RandomResizedCrop.scale_params(box, (h, w), (img.size[1], img.size[0]))
+            left, top = box["left"], box["top"]
+            region = pil_to_tensor(img.crop((left, top, left + box["width"], top + box["height"])))
+        whole = {"top": 0, "left": 0, "height": region.shape[1], "width": region.shape[2]}
+        return apply_ops(ops, region, [whole] + params[1:])
+
+
+def apply_ops(ops, x: torch.Tensor, params) -> torch.Tensor:
+    """Apply ops in order to a uint8 image, running each run of colour ops in float once."""
+    from .augment import BATCHABLE, Flip
+
+    i = 0
+    while i < len(ops):
+        j = i
+        while j < len(ops) and isinstance(ops[j], BATCHABLE) and not isinstance(ops[j], Flip):
+            j += 1
+        if j - i >= 2:  # a run of colour ops: uint8 -> float 0..1 once, back once
+            f = x.float().div_(255.0)
+            for op, p in zip(ops[i:j], params[i:j]):
+                f = op.apply(f, p)
+            x = f.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+            i = j
+        else:
+            x = ops[i].apply(x, params[i])
+            i += 1
+    return x
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -144,9 +179,9 @@ class EpochSampler(torch.utils.data.Sampler):
 class TrainImages(Dataset):
     """(epoch, i) -> (i, augmented uint8 tensor or ImageError) for `samples` (data.Sample)."""
 
-    def __init__(self, samples, pipeline, preprocessing, seed: int):
+    def __init__(self, samples, pipeline, preprocessing, seed: int, decoded=None):
         self.samples = list(samples)
-        self.load = AugmentedLoad(pipeline, preprocessing)
+        self.load = AugmentedLoad(pipeline, preprocessing, decoded)
         self.seed = seed
 
     def __len__(self) -> int:
@@ -156,18 +191,24 @@ class TrainImages(Dataset):
         epoch, i = key
         s = self.samples[i]
         try:
-            return i, self.load((s.path, s.size, mix_seed(self.seed, s.digest, epoch)))
+            return i, self.load((s.path, s.size, mix_seed(self.seed, s.digest, i, epoch), s.digest))
         except ImageError as e:
             return i, e
 
 
 def train_loader(samples, pipeline, preprocessing, *, seed: int, batch_size: int,
-                 workers: int | None = None, shuffle: bool = True, drop_last: bool = False):
-    """Worker processes decode and distort; `loader.batch_sampler.sampler.set_epoch(e)` per epoch."""
+                 workers: int | None = None, shuffle: bool = True, drop_last: bool = False,
+                 decoded_dir=None, decoded_budget: int | None = None):
+    """Worker processes decode and distort; `loader.batch_sampler.sampler.set_epoch(e)` per epoch.
+
+    With `decoded_dir`, photos are decoded once and later epochs crop from the stored pixels
+    (graft.data.decoded), when the data set's decoded size fits `decoded_budget` bytes.
+    """
     workers = auto_workers(len(samples)) if workers is None else workers
+    decoded = _decoded_cache(samples, pipeline, decoded_dir, decoded_budget)
     sampler = EpochSampler(len(samples), seed, shuffle)
     return DataLoader(
-        TrainImages(samples, pipeline, preprocessing, seed),
+        TrainImages(samples, pipeline, preprocessing, seed, decoded),
         batch_size=batch_size,
         sampler=sampler,
         drop_last=drop_last,
@@ -178,3 +219,49 @@ def train_loader(samples, pipeline, preprocessing, *, seed: int, batch_size: int
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(seed),  # leaves the global RNG (dropout) untouched
     )
+
+
+def _decoded_cache(samples, pipeline, root, budget):
+    from .augment import RandomResizedCrop
+    from .data.decoded import DEFAULT_BUDGET, DecodedCache, estimate_bytes
+
+    if root is None or pipeline is None or not pipeline.ops or not isinstance(pipeline.ops[0], RandomResizedCrop):
+        return None
+    crop = pipeline.ops[0]
+    need = estimate_bytes([s.size for s in samples], crop, crop.output_size((1, 1)))
+    if need > (DEFAULT_BUDGET if budget is None else budget):
+        return None
+    return DecodedCache(root)
+
+
+class BatchAugment:
+    """Flips and colour ops applied by the consumer to a whole uint8 batch, on its device.
+
+    torchvision applies one random draw to a whole batch; here every sample gets its own draw,
+    from a generator seeded by (run seed, image, epoch) exactly like the worker-side ops, so the
+    result does not depend on batch composition and a resumed run draws the same numbers.
+    """
+
+    def __init__(self, batch_pipeline, seed: int):
+        self.pipe = batch_pipeline
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.pipe)
+
+    def __call__(self, batch: torch.Tensor, digests, epoch: int) -> torch.Tensor:
+        if not len(self.pipe):
+            return batch
+        per_sample = [self.pipe.draw(torch.Generator().manual_seed(mix_seed(self.seed, d, epoch, "batch")), 1)
+                      for d in digests]
+        params = [{k: torch.cat([p[op_i][k] for p in per_sample]) for k in per_sample[0][op_i]}
+                  for op_i in range(len(self.pipe))]
+        return self.pipe.apply(batch, params)
+
+
+def split_for_device(pipeline, seed: int):
+    """-> (worker pipeline, BatchAugment for the consumer): see graft.augment.split."""
+    from .augment import split
+
+    per_image, per_batch = split(pipeline)
+    return per_image, BatchAugment(per_batch, seed)

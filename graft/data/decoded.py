@@ -1,0 +1,80 @@
+"""Decode each photo once per data set, not once per epoch.
+
+Training on a few hundred photos runs dozens of epochs, and JPEG decoding is the largest cost of
+every augmented sample. The random crop changes each epoch; the decoded pixels never do. So the
+first time a worker decodes a photo it stores the RGB array (uint8, HxWx3 `.npy`) under its
+content hash, and later epochs memory-map it (the OS page cache keeps it in RAM) and crop from it.
+
+The stored resolution is the smallest that still serves the smallest crop the pipeline can draw
+at full detail: a 12-megapixel JPEG is kept at the DCT reduction (1/2, 1/4, 1/8) chosen from the
+crop op's scale and ratio ranges, a small photo at full size. Entries are written atomically
+(temp file + rename), so workers and concurrent runs can share the folder; a damaged entry is
+ignored and rewritten. The cache is used only when the data set's decoded size fits `budget`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from .images import read_image
+
+DEFAULT_BUDGET = 4 << 30  # bytes of decoded pixels a data set may occupy
+
+
+def reduction_for(size: tuple[int, int], crop, out: tuple[int, int]) -> int:
+    """Largest DCT reduction (1, 2, 4, 8) keeping the smallest drawable crop >= `out` (h, w)."""
+    w, h = size
+    area = crop.scale[0] * w * h
+    min_w = math.sqrt(area * crop.ratio[0])
+    min_h = math.sqrt(area / crop.ratio[1])
+    limit = min(min(min_w, w) / out[1], min(min_h, h) / out[0])
+    r = 1
+    while r < 8 and limit >= 2 * r:
+        r *= 2
+    return r
+
+
+def estimate_bytes(sizes, crop, out) -> int:
+    total = 0
+    for w, h in sizes:
+        r = reduction_for((w, h), crop, out)
+        total += math.ceil(w / r) * math.ceil(h / r) * 3
+    return total
+
+
+class DecodedCache:
+    """`load(path, digest, (W, H), reduction)` -> uint8 HxWx3 array, decoded at most once."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def load(self, path, digest: str, size: tuple[int, int], reduction: int) -> np.ndarray:
+        entry = self.root / digest[:2] / f"{digest}-r{reduction}.npy"
+        try:
+            arr = np.load(entry, mmap_mode="r")
+            if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
+                return arr
+        except (OSError, ValueError):
+            pass
+        w, h = size
+        img = read_image(path, min_size=(math.ceil(w / reduction), math.ceil(h / reduction)))
+        arr = np.asarray(img)
+        self._store(entry, arr)
+        return arr
+
+    def _store(self, entry: Path, arr: np.ndarray) -> None:
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(f".tmp-{uuid.uuid4().hex}.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, entry)
+        except OSError:  # full disk or read-only cache: decoding again next epoch is fine
+            try:
+                tmp.unlink()
+            except (OSError, UnboundLocalError):
+                pass

@@ -1,0 +1,94 @@
+"""The augmented training loader: seeding that ignores workers, decode-once cache, batched ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_photo, make_photo_folder
+from PIL import Image
+
+from graft.augment import RandomResizedCrop, build
+from graft.backbones import DEFAULT_PREPROCESSING as PRE
+from graft.data import scan_photos
+from graft.data.decoded import DecodedCache, reduction_for
+from graft.loader import AugmentedLoad, split_for_device, train_loader
+
+
+@pytest.fixture
+def samples(tmp_path):
+    make_photo_folder(tmp_path / "p", per_class=6)
+    data = scan_photos(tmp_path / "p", val_split=0.01)
+    return data.train + data.val
+
+
+def _epoch(loader, epoch):
+    loader.batch_sampler.sampler.set_epoch(epoch)
+    out = {}
+    for idx, batch, errors in loader:
+        assert not errors
+        for i, t in zip(idx, batch):
+            out[i] = t.clone()
+    return out
+
+
+def test_draws_do_not_depend_on_worker_count(samples):
+    pipe = build("heavy", size=64)
+    a = _epoch(train_loader(samples, pipe, PRE, seed=3, batch_size=4, workers=0), 1)
+    b = _epoch(train_loader(samples, pipe, PRE, seed=3, batch_size=4, workers=2), 1)
+    assert a.keys() == b.keys() == set(range(len(samples)))
+    assert all(torch.equal(a[i], b[i]) for i in a)
+    assert all(t.dtype == torch.uint8 and t.shape == (3, 64, 64) for t in a.values())
+
+
+def test_epochs_and_images_get_their_own_draws(tmp_path):
+    img = make_photo(np.random.default_rng(0), "red", size=(120, 90))
+    for i in range(4):  # four copies of one photo: same pixels, different files
+        img.save(tmp_path / f"copy{i}.png")
+    from graft.data import Sample
+    from graft.data.folder import file_digest
+
+    copies = [Sample(tmp_path / f"copy{i}.png", 0, file_digest(tmp_path / f"copy{i}.png"), (120, 90)) for i in range(4)]
+    loader = train_loader(copies, build("heavy", size=64), PRE, seed=0, batch_size=4, workers=2)
+    e0, e1 = _epoch(loader, 0), _epoch(loader, 1)
+    flat = [e0[i].flatten() for i in range(4)]
+    assert all(not torch.equal(flat[i], flat[j]) for i in range(4) for j in range(i + 1, 4))
+    assert not torch.equal(e0[0], e1[0])
+
+
+def test_decoded_cache_gives_the_same_pixels_and_survives_damage(samples, tmp_path):
+    pipe = build("standard", size=64)
+    plain = AugmentedLoad(pipe, PRE)
+    cache = DecodedCache(tmp_path / "decoded")
+    cached = AugmentedLoad(pipe, PRE, cache)
+    s = samples[0]
+    item = (s.path, s.size, 123, s.digest)
+    first = cached(item)  # decodes and stores
+    entries = list((tmp_path / "decoded").rglob("*.npy"))
+    assert len(entries) == 1
+    assert torch.equal(first, plain(item))  # a small photo is stored at full size: same result
+    assert torch.equal(cached(item), first)  # read back from the stored pixels
+    entries[0].write_bytes(b"garbage")
+    assert torch.equal(cached(item), first)  # damaged entry: decoded again, rewritten
+    assert np.load(entries[0]).shape[2] == 3
+
+
+def test_big_jpeg_is_stored_at_a_dct_reduction_that_keeps_detail(tmp_path):
+    crop = RandomResizedCrop(224, scale=(0.35, 1.0))
+    assert reduction_for((2000, 1500), crop, (224, 224)) == 2  # smallest crop ~770 px: 1/2 keeps >= 224
+    assert reduction_for((500, 375), crop, (224, 224)) == 1
+    assert reduction_for((8000, 6000), RandomResizedCrop(224, scale=(1.0, 1.0)), (224, 224)) == 8
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (2000, 1500), (200, 30, 40)).save(big, quality=90)
+    arr = DecodedCache(tmp_path / "d").load(big, "ab" * 32, (2000, 1500), 2)
+    assert arr.shape == (750, 1000, 3)
+
+
+def test_batched_colour_ops_draw_per_sample_and_ignore_batch_company(samples):
+    _, batch_aug = split_for_device(build("heavy", size=64), seed=0)
+    x = torch.full((3, 3, 64, 64), 128, dtype=torch.uint8)
+    out = batch_aug(x, ["a", "b", "c"], epoch=0)
+    assert not torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2])
+    alone = batch_aug(x[1:2], ["b"], epoch=0)
+    assert torch.equal(alone[0], out[1])  # same image, same epoch: same draw whatever the batch
+    assert not torch.equal(batch_aug(x[1:2], ["b"], epoch=1)[0], out[1])
