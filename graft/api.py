@@ -127,7 +127,8 @@ def train(
         pipeline = resolve_augmentation(augment, aug, size=source.preprocessing.size,
                                         train_samples=kept.train, cache_dir=cache_root)
         views = extract_views(source, kept.train, cache, pipeline, aug_views, seed=seed, batch_size=batch_size,
-                              workers=workers, progress=progress, stats=stats)
+                              workers=workers, progress=progress, stats=stats,
+                              decoded_dir=cache_root / "decoded" if decode_once else None)
         x_train = np.concatenate([x_train[:, None], views], axis=1)  # the clean view is one of them
         aug_info = {"preset": augment, "views": aug_views, "key": pipeline.config().key(),
                     "pipeline": pipeline.describe()}

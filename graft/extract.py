@@ -107,23 +107,25 @@ def extract_features(
 
 def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, seed: int,
                   batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                  stats: ExtractStats | None = None) -> np.ndarray:
+                  stats: ExtractStats | None = None, decoded_dir=None) -> np.ndarray:
     """Features of `k` augmented draws of each sample: (N, k, D), cached like clean features.
 
     View v of an image is keyed by its content hash, the augmentation config's key, the seed and
     v, and drawn from a random stream seeded by the same, so later runs reuse every view. A file
-    that fails to load here has already been skipped by the clean pass.
+    that fails to load here has already been skipped by the clean pass. With `decoded_dir`, each
+    photo is decoded once for all its views (graft.data.decoded).
     """
-    from .loader import AugmentedLoad, mix_seed
+    from .loader import AugmentedLoad, decoded_cache_for, mix_seed
 
     key = pipeline.config().key()
     names, items = [], []
     for s in samples:
         for v in range(k):
             names.append(f"{s.digest}@{key}:{seed}#{v}")
-            items.append((s.path, s.size, mix_seed(seed, s.digest, key, v)))
+            items.append((s.path, s.size, mix_seed(seed, s.digest, key, v), s.digest))
+    decoded = decoded_cache_for(samples, pipeline, decoded_dir, None)
     feats, _, _ = extract_features(source.build, names, items, cache,
-                                   load=AugmentedLoad(pipeline, source.preprocessing),
+                                   load=AugmentedLoad(pipeline, source.preprocessing, decoded),
                                    batch_size=batch_size, workers=workers, progress=progress,
                                    desc=f"augmented views x{k}", stats=stats)
     return feats.reshape(len(samples), k, -1)

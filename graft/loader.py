@@ -205,7 +205,7 @@ def train_loader(samples, pipeline, preprocessing, *, seed: int, batch_size: int
     (graft.data.decoded), when the data set's decoded size fits `decoded_budget` bytes.
     """
     workers = auto_workers(len(samples)) if workers is None else workers
-    decoded = _decoded_cache(samples, pipeline, decoded_dir, decoded_budget)
+    decoded = decoded_cache_for(samples, pipeline, decoded_dir, decoded_budget)
     sampler = EpochSampler(len(samples), seed, shuffle)
     return DataLoader(
         TrainImages(samples, pipeline, preprocessing, seed, decoded),
@@ -221,7 +221,7 @@ def train_loader(samples, pipeline, preprocessing, *, seed: int, batch_size: int
     )
 
 
-def _decoded_cache(samples, pipeline, root, budget):
+def decoded_cache_for(samples, pipeline, root, budget):
     from .augment import RandomResizedCrop
     from .data.decoded import DEFAULT_BUDGET, DecodedCache, estimate_bytes
 
