@@ -66,6 +66,7 @@ def train(
     boundary_cache: bool = True,
     aug_device: str = "workers",
     decode_once: bool = True,
+    report: bool = True,
     progress: bool = True,
 ) -> TrainResult:
     """Train a classifier on `photos` and write it to the run folder `out`.
@@ -224,6 +225,13 @@ def train(
     metrics["timings"] = {"extract_s": round(stats.seconds, 4), "train_s": round(train_s, 4),
                           "total_s": round(time.perf_counter() - t_start, 4), **loop_timings}
     write_json(out / "metrics.json", metrics)
+    if report:
+        try:
+            from .report import write_report
+
+            write_report(out, photos=photos, cache_dir=cache_root, workers=workers)
+        except Exception as e:  # a report is a nicety: never fail a finished run over it
+            log.warning("could not write %s: %s", out / "report.html", e)
     return TrainResult(out, metrics)
 
 

@@ -17,6 +17,8 @@ recomputed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -119,6 +121,23 @@ class FeatureCache:
             shard.unlink()
         except OSError:
             pass
+
+    @contextlib.contextmanager
+    def extraction_lock(self):
+        """Held while computing missing entries, so two runs sharing the cache never compute the
+        same features twice: the second waits, refreshes, and finds them cached. The OS releases
+        the lock when a holder dies, even by SIGKILL."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".extract.lock", "a+b") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another graft process is extracting into %s; waiting for it", self.dir)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     # -- writing ------------------------------------------------------------------------------------
     def put(self, names: list[str], features: np.ndarray) -> None:

@@ -47,6 +47,7 @@ CODES = {
     "empty_file": "error",
     "extension_mismatch": "error",
     "too_large": "error",
+    "extreme_aspect": "error",
     "unreadable": "error",
     "symlink_loop": "error",
     "empty_class": "error",
@@ -82,6 +83,11 @@ FLAT_FILL_FRACTION = 0.6  # objects on a plain background are solid) or flat col
 PHASH_MAX_DISTANCE = 40  # bits of 256: re-encoded/resized copies of photos measure <= ~26, different
 DHASH_MAX_DISTANCE = 64  # photos >= ~60 (pHash) / ~57 (dHash); dHash is noisier on flat noise
 IMBALANCE_RATIO = 3.0
+BOMB_MIN_PIXELS = 2_000_000  # an image this big that holds more than
+BOMB_PIXELS_PER_BYTE = 5_000  # this many pixels per byte of file is a decompression bomb: real images,
+# even flat-colour PNGs, hold under ~1,000 (a 243-byte GIF declaring 60180x1134 holds 280,000)
+MAX_ASPECT = 20.0  # longer side / shorter side: beyond it the centre crop sees a sliver, and the
+# resize to the shorter side makes a huge image (20 x 4,000,000 -> 256 x 51,200,000 pixels)
 MISLABEL_MAX_PROB = 0.2  # out-of-fold probability of the given label below this ...
 MISLABEL_MARGIN = 0.5  # ... and this far below the class's mean self-confidence
 MISLABEL_FOLDS = 5
@@ -378,6 +384,18 @@ def _inspect(f: _File, input_size: int) -> None:
         f.problems.append(_classify_probe_error(f.path, data, e))
         return
     f.probe_ok = True
+    w, h = f.size
+    if w * h > BOMB_MIN_PIXELS and w * h > BOMB_PIXELS_PER_BYTE * len(data):
+        f.problems.append(("too_large", f"{w}x{h} pixels ({w * h / 1e6:.0f} megapixels) declared in a "
+                           f"{len(data):,}-byte file: a decompression bomb or a damaged header (real images "
+                           f"hold far fewer pixels per byte); not decoded, remove it"))
+        return
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        f.problems.append(("extreme_aspect", f"{w}x{h} pixels, an aspect ratio of {max(w, h) / min(w, h):.0f}:1: "
+                           f"not a usable photo (damaged header?), and resizing its shorter side to the "
+                           f"backbone's input would need {_megapixels(w, h, input_size)} megapixels; "
+                           f"not decoded, remove it"))
+        return
     _header_warnings(f, data, input_size)
     try:
         img = read_image(f.path, min_short_side=64)
@@ -388,6 +406,11 @@ def _inspect(f: _File, input_size: int) -> None:
     img.thumbnail((256, 256), Image.Resampling.BILINEAR, reducing_gap=None)
     f.stats = photo_stats(img)
     f.dhash, f.phash = image_hashes(img)
+
+
+def _megapixels(w: int, h: int, short_side: int) -> str:
+    scale = short_side / min(w, h)
+    return f"{w * scale * h * scale / 1e6:,.0f}"
 
 
 def _classify_probe_error(path: Path, data: bytes, e: ImageError) -> tuple[str, str]:
@@ -401,6 +424,10 @@ def _classify_probe_error(path: Path, data: bytes, e: ImageError) -> tuple[str, 
                                       f"graft skips it (rename it to use it)")
     if "content is" in reason:
         return "extension_mismatch", reason
+    if "truncated" in reason.lower():
+        return "truncated", reason
+    if actual is not None and _declared_longer(actual, data):
+        return "truncated", f"truncated: the file is shorter than its header says ({reason})"
     return "undecodable", reason
 
 
@@ -429,8 +456,10 @@ def _sniff(data: bytes) -> str | None:
 
 def _classify_decode_error(fmt: str, data: bytes, e: ImageError) -> tuple[str, str]:
     reason = e.reason
-    if "truncated" in reason.lower() or _declared_longer(fmt, data):
-        return "truncated", f"truncated image data ({reason})"
+    if "truncated" in reason.lower():
+        return "truncated", reason
+    if _declared_longer(fmt, data):
+        return "truncated", f"truncated: the file is shorter than its header says ({reason})"
     return "undecodable", reason
 
 

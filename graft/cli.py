@@ -19,6 +19,10 @@ EPILOG = """examples:
   graft demo                                the whole pipeline on a small built-in photo set
   graft augment list                        augmentation presets and their knobs
   graft augment preview PHOTOS -o grid.png  see what each augmentation op does
+  graft report runs/cats --photos PHOTOS    RUN/report.html: curves, confusion, worst photos
+  graft calibrate runs/cats PHOTOS          fit the "unknown" threshold for predict --reject auto
+  graft predict runs/cats DIR --csv out.csv --reject auto
+  graft export runs/cats --format onnx      ONNX / TorchScript with the same probabilities
 """
 
 
@@ -106,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--draws", type=int, default=6, help="random draws per row (default 6)")
     pv.add_argument("--size", type=int, default=224, help="crop size (default 224, the default backbone's)")
     pv.add_argument("--seed", type=int, default=0)
+
+    from . import calibrate as _calibrate, export as _export, report as _report
+
+    _calibrate.add_predict_args(pr)
+    _export.add_cli(sub)
+    _calibrate.add_cli(sub)
+    _report.add_cli(sub)
 
     d = sub.add_parser("demo", help="train and evaluate on a small photo set that ships with graft's dependencies",
                        description="Builds a demo set from scikit-image's bundled photos (train crops and "
@@ -246,6 +257,10 @@ def _table(rows) -> str:
 
 
 def cmd_predict(args) -> int:
+    if args.reject != "none" or args.csv:
+        from .calibrate import cmd_predict_reject
+
+        return cmd_predict_reject(args)
     from .api import predict
 
     results = predict(args.run, args.images, topk=args.topk, weights=args.weights, workers=_workers(args))
@@ -315,8 +330,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import cmd_export as run
+
+    return run(args)
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import cmd_calibrate as run
+
+    return run(args)
+
+
+def cmd_report(args) -> int:
+    from .report import cmd_report as run
+
+    return run(args)
+
+
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
-            "augment": cmd_augment}
+            "augment": cmd_augment, "export": cmd_export, "calibrate": cmd_calibrate,
+            "report": cmd_report}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,6 +18,9 @@ class ImageError(GraftError):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 
+    def __reduce__(self):  # cross loader-worker process boundaries intact
+        return (type(self), (self.path, self.reason))
+
 
 class WeightsError(GraftError):
     """Pretrained weights are missing, unreadable or fail their checksum."""

@@ -66,43 +66,55 @@ def extract_features(
     stats = stats or ExtractStats()
     t0 = time.perf_counter()
     feats, missing = cache.get(names)
-    stats.hits += len(names) - len(missing)
     ok = np.ones(len(names), bool)
     if missing:
-        backbone = get_backbone()
-        backbone.eval()
-        pre = backbone.preprocessing
-        loader = image_loader([paths[i] for i in missing], load, batch_size=batch_size, workers=workers)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not progress, leave=False)
-        with torch.inference_mode():
-            t_wait = time.perf_counter()
-            for idx, batch, errors in loader:
-                t_got = time.perf_counter()
-                stats.wait_s += t_got - t_wait
-                for i, e in errors:
-                    stats.skipped.append({"path": e.path, "reason": e.reason})
-                    ok[missing[i]] = False
-                if batch is not None:
-                    x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
-                    out = (forward(backbone, x) if forward else backbone(x)).flatten(1).float().cpu().numpy()
-                    stats.forward_batches += 1
-                    stats.compute_s += time.perf_counter() - t_got
-                    rows = [missing[i] for i in idx]
-                    cache.put([names[r] for r in rows], out)
-                    if feats is None:
-                        feats = np.zeros((len(names), out.shape[1]), np.float32)
-                    feats[rows] = out
-                stats.misses += len(idx)
-                bar.update(len(idx) + len(errors))
-                t_wait = time.perf_counter()
-        bar.close()
+        with cache.extraction_lock():
+            cache.refresh()  # another process may have computed some while we waited
+            feats, missing = cache.get(names)
+            feats = _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, load=load,
+                                     batch_size=batch_size, workers=workers, progress=progress, desc=desc,
+                                     stats=stats, forward=forward)
+    stats.hits += len(names) - len(missing)
     stats.seconds += time.perf_counter() - t0
     if feats is None:
         feats = np.zeros((len(names), 0), np.float32)
     return feats, ok, stats
 
+
+def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, load, batch_size, workers,
+                     progress, desc, stats, forward):
+    if not missing:
+        return feats
+    backbone = get_backbone()
+    backbone.eval()
+    pre = backbone.preprocessing
+    loader = image_loader([paths[i] for i in missing], load, batch_size=batch_size, workers=workers)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not progress, leave=False)
+    with torch.inference_mode():
+        t_wait = time.perf_counter()
+        for idx, batch, errors in loader:
+            t_got = time.perf_counter()
+            stats.wait_s += t_got - t_wait
+            for i, e in errors:
+                stats.skipped.append({"path": e.path, "reason": e.reason})
+                ok[missing[i]] = False
+            if batch is not None:
+                x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
+                out = (forward(backbone, x) if forward else backbone(x)).flatten(1).float().cpu().numpy()
+                stats.forward_batches += 1
+                stats.compute_s += time.perf_counter() - t_got
+                rows = [missing[i] for i in idx]
+                cache.put([names[r] for r in rows], out)
+                if feats is None:
+                    feats = np.zeros((len(names), out.shape[1]), np.float32)
+                feats[rows] = out
+            stats.misses += len(idx)
+            bar.update(len(idx) + len(errors))
+            t_wait = time.perf_counter()
+    bar.close()
+    return feats
 
 
 def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, seed: int,

@@ -201,9 +201,11 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
     best_state = None
     ckpt_path = run_dir / CHECKPOINT
     resumed_from = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise GraftError(f"--resume: no checkpoint in {run_dir} (nothing to resume; drop --resume)")
+    if resume and not ckpt_path.is_file():
+        # killed before its first checkpoint (e.g. during feature extraction, which resumes from
+        # the cache by itself): there is nothing to restore, so this is simply the first run
+        log.warning("--resume: no checkpoint in %s yet; training from the start", run_dir)
+    elif resume:
         ck = _load_checkpoint(ckpt_path, cfg)
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

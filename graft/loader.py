@@ -121,7 +121,7 @@ class AugmentedLoad:
             if arr.shape[:2] != (h, w):
                 box = RandomResizedCrop.scale_params(box, (h, w), arr.shape[:2])
             t, l_ = box["top"], box["left"]
-            region = torch.from_numpy(np.ascontiguousarray(arr[t:t + box["height"], l_:l_ + box["width"]]))
+            region = torch.from_numpy(arr[t:t + box["height"], l_:l_ + box["width"]].copy())
             region = region.permute(2, 0, 1)
         else:
             need = (math.ceil(w * out_w / max(1, box["width"])), math.ceil(h * out_h / max(1, box["height"])))
