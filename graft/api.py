@@ -88,14 +88,19 @@ def train(
     colour ops per sample on the trainer's device instead; `decode_once` keeps decoded photos in
     the cache folder so later epochs skip JPEG decoding). `resume` continues a killed run.
     """
+    from .distributed import context
     from .strategy import STRATEGIES, choose_strategy
 
     t_start = time.perf_counter()
+    dist = context()  # several processes under torchrun, else one
+    progress = progress and dist.is_main
     if strategy not in STRATEGIES:
         raise GraftError(f"unknown strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
     torch.manual_seed(seed)
     source = resolve_backbone(backbone, weights)  # configuration errors first, before any scanning
     data = scan_photos(photos, val_split=val_split)
+    if dist.is_main:
+        _warn_leakage(data)
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache = FeatureCache(cache_root, cache_namespace(source))
     out = Path(out)
@@ -105,11 +110,12 @@ def train(
     feats, ok, stats = extract_features(
         source.build, [s.digest for s in samples], [s.path for s in samples], cache,
         load=source.preprocessing.load, batch_size=batch_size, workers=workers,
-        progress=progress, desc="extracting features", stats=stats,
+        progress=progress, desc="extracting features", stats=stats, dist=dist,
     )
     skipped = data.skipped + stats.skipped
-    for item in skipped:
-        log.warning("skipped %s: %s", item["path"], item["reason"])
+    if dist.is_main:
+        for item in skipped:
+            log.warning("skipped %s: %s", item["path"], item["reason"])
     n_train = len(data.train)
     train_idx = [i for i in range(n_train) if ok[i]]
     val_idx = [i for i in range(n_train, len(samples)) if ok[i]]
@@ -129,10 +135,12 @@ def train(
                                         train_samples=kept.train, cache_dir=cache_root)
         views = extract_views(source, kept.train, cache, pipeline, aug_views, seed=seed, batch_size=batch_size,
                               workers=workers, progress=progress, stats=stats,
-                              decoded_dir=cache_root / "decoded" if decode_once else None)
+                              decoded_dir=cache_root / "decoded" if decode_once else None, dist=dist)
         x_train = np.concatenate([x_train[:, None], views], axis=1)  # the clean view is one of them
         aug_info = {"preset": augment, "views": aug_views, "key": pipeline.config().key(),
                     "pipeline": pipeline.describe()}
+    if strategy == "head" and not dist.is_main:  # features are shared; the head trains once, on rank 0
+        return TrainResult(out, {"rank": dist.rank, "strategy": "head", "cache": {"misses": stats.misses}})
     t_train = time.perf_counter()
     head_cfg = HeadConfig(epochs=epochs or 100, lr=lr or 1e-3, weight_decay=weight_decay, batch_size=batch_size,
                           label_smoothing=label_smoothing, patience=15 if patience is None else patience,
@@ -156,6 +164,8 @@ def train(
     }
     if choice.strategy == "head":
         train_s = time.perf_counter() - t_train
+        if not dist.is_main:
+            return TrainResult(out, {"rank": dist.rank, **common})
         save_run(out, head=fit.head, classes=data.classes, source=source, strategy="head",
                  extra={"training": {"head": head_cfg.to_json(), "val_split": val_split, "layout": data.layout},
                         "augmentation": aug_info})
@@ -189,15 +199,17 @@ def train(
             bcache = FeatureCache(cache_root, cache_namespace(source, point=f"boundary:{built.stage_names[k - 1]}"))
             arr, _, _ = extract_features(source.build, [s.digest for s in subset], [s.path for s in subset], bcache,
                                          load=source.preprocessing.load, batch_size=batch_size, workers=workers,
-                                         progress=progress, desc=desc, stats=stats, forward=forward)
+                                         progress=progress, desc=desc, stats=stats, forward=forward, dist=dist)
             return arr
 
         t_train = time.perf_counter()
         res = finetune(built, kept, ft_cfg, run_dir=out, cache=cache, pipeline=pipeline, workers=workers,
                        resume=resume, progress=progress, extract=extract_boundary,
                        boundary_cache=boundary_cache, aug_device=aug_device,
-                       decoded_dir=cache_root / "decoded" if decode_once else None)
+                       decoded_dir=cache_root / "decoded" if decode_once else None, dist=dist)
         model = res.model
+        if not dist.is_main:  # rank 0 evaluates and writes; the weights are the same on every rank
+            return TrainResult(out, {"rank": dist.rank, **common, "history": res.history})
         with torch.inference_mode():
             pred = _predict_labels(model, kept.val, batch_size, workers)
         val = classification_metrics(y[val_idx], pred, data.classes)
@@ -233,6 +245,17 @@ def train(
         except Exception as e:  # a report is a nicety: never fail a finished run over it
             log.warning("could not write %s: %s", out / "report.html", e)
     return TrainResult(out, metrics)
+
+
+def _warn_leakage(data) -> None:
+    """The cheap part of `graft check`, free given the content hashes: the same photo on both
+    sides of the split inflates validation figures (the hash split never does this; a
+    train/ + val/ layout can)."""
+    in_train = {s.digest: s.path for s in data.train}
+    for s in data.val:
+        if s.digest in in_train:
+            log.warning("leakage: %s is the same photo as %s (train); validation figures will flatter the model; "
+                        "run `graft check` for near-duplicates too", s.path, in_train[s.digest])
 
 
 def _predict_labels(model, samples, batch_size, workers) -> np.ndarray:

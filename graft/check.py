@@ -4,7 +4,8 @@ The scan reads the folder exactly as `graft train` will (graft.data: the same la
 header probe, the same content-hash train/val split), then looks further:
 
 - quick (always): files that cannot be used (empty, undecodable, truncated, content not matching
-  the extension, over Pillow's decompression-bomb limit, symlink loops), classes left empty,
+  the extension, over Pillow's decompression-bomb limit or declaring far more pixels than their
+  bytes can hold, absurd aspect ratios, symlink loops), classes left empty,
   photos that sit in both train and val (identical bytes or the same picture by perceptual
   hash: leakage), duplicates and near-duplicates within a split, animated images, unusual
   modes, EXIF rotation, images smaller than the backbone's input, hidden files, class imbalance.
@@ -12,8 +13,10 @@ header probe, the same content-hash train/val split), then looks further:
   decode is the only way to find truncated data; JPEGs decode in the DCT domain at 1/8 scale).
 - deep (default, `--quick` skips it): placeholder and non-photo images ("image not found"
   pictures, near-constant or flat graphics) from pixel statistics, and photos that are likely
-  mislabelled, from out-of-fold predictions of a logistic regression on the frozen backbone's
-  features (the same feature cache `graft train` uses, so a check warms the cache for training).
+  mislabelled: out-of-fold predictions of a logistic regression on the frozen backbone's
+  features (the same feature cache `graft train` uses, so a check warms the cache for training)
+  give the label a low probability, far below its class's typical one, and the photo's nearest
+  neighbours in feature space mostly carry another label.
 
 Every finding is {"level", "code", "path", "message"}; a file has at most one finding per code.
 """

@@ -19,6 +19,7 @@ EPILOG = """examples:
   graft demo                                the whole pipeline on a small built-in photo set
   graft augment list                        augmentation presets and their knobs
   graft augment preview PHOTOS -o grid.png  see what each augmentation op does
+  graft check PHOTOS                        find broken, duplicate, leaked, mislabelled photos
   graft report runs/cats --photos PHOTOS    RUN/report.html: curves, confusion, worst photos
   graft calibrate runs/cats PHOTOS          fit the "unknown" threshold for predict --reject auto
   graft predict runs/cats DIR --csv out.csv --reject auto
@@ -111,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--size", type=int, default=224, help="crop size (default 224, the default backbone's)")
     pv.add_argument("--seed", type=int, default=0)
 
-    from . import calibrate as _calibrate, export as _export, report as _report
+    from . import calibrate as _calibrate, check as _check, export as _export, report as _report
 
+    _check.add_cli(sub)
     _calibrate.add_predict_args(pr)
     _export.add_cli(sub)
     _calibrate.add_cli(sub)
@@ -205,6 +207,8 @@ def _hidden(text: str) -> tuple:
 def cmd_train(args) -> int:
     from .api import train
 
+    from .distributed import context
+
     result = train(args.photos, args.out, backbone=args.backbone, weights=args.weights,
                    strategy=args.strategy, val_split=args.val_split, cache_dir=args.cache_dir,
                    epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
@@ -214,6 +218,8 @@ def cmd_train(args) -> int:
                    train_stages=args.train_stages, new_hidden=_hidden(args.new_hidden),
                    from_scratch=args.from_scratch, resume=args.resume, aug_device=args.aug_device,
                    progress=not args.quiet and not args.json)
+    if not context().is_main:  # under torchrun only rank 0 reports
+        return 0
     if args.json:
         print(json.dumps(result.metrics))
     elif not args.quiet:
@@ -330,6 +336,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from .check import cmd_check as run
+
+    return run(args)
+
+
 def cmd_export(args) -> int:
     from .export import cmd_export as run
 
@@ -349,7 +361,7 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
-            "augment": cmd_augment, "export": cmd_export, "calibrate": cmd_calibrate,
+            "augment": cmd_augment, "export": cmd_export, "calibrate": cmd_calibrate, "check": cmd_check,
             "report": cmd_report}
 
 if __name__ == "__main__":

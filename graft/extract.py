@@ -55,6 +55,7 @@ def extract_features(
     desc: str = "features",
     stats: ExtractStats | None = None,
     forward: Callable | None = None,
+    dist=None,
 ) -> tuple[np.ndarray, np.ndarray, ExtractStats]:
     """Features for entries `names` (files `paths`); returns (features, ok_mask, stats).
 
@@ -62,11 +63,30 @@ def extract_features(
     network. `load(path)` turns a file into a uint8 (3, H, W) tensor; rows of files that fail
     to load are zero and False in `ok_mask`, and listed in `stats.skipped`. `forward(backbone, x)`
     computes what is cached (default: the pooled features, `backbone(x)`), flattened per image.
+
+    Under torchrun (`dist`, a graft.distributed.Context with several ranks) each rank computes
+    its share of the missing entries into the shared cache, then every rank reads them all.
     """
     stats = stats or ExtractStats()
     t0 = time.perf_counter()
     feats, missing = cache.get(names)
     ok = np.ones(len(names), bool)
+    if missing and dist is not None and dist.enabled:
+        mine = dist.shard(missing)
+        before = (stats.misses, stats.forward_batches)
+        _compute_missing(get_backbone, names, paths, cache, mine, feats, ok, load=load, batch_size=batch_size,
+                         workers=workers, progress=progress and dist.is_main, desc=desc, stats=stats,
+                         forward=forward)
+        dist.barrier()
+        cache.refresh()
+        feats, still = cache.get(names)
+        ok[still] = False  # files no rank could read; their reasons are gathered below
+        stats.skipped = dist.gather_lists(stats.skipped)
+        misses, batches = dist.sum(stats.misses - before[0], stats.forward_batches - before[1])
+        stats.misses, stats.forward_batches = before[0] + int(misses), before[1] + int(batches)
+        stats.hits += len(names) - len(missing)
+        stats.seconds += time.perf_counter() - t0
+        return feats, ok, stats
     if missing:
         with cache.extraction_lock():
             cache.refresh()  # another process may have computed some while we waited
@@ -119,7 +139,7 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
 
 def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, seed: int,
                   batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                  stats: ExtractStats | None = None, decoded_dir=None) -> np.ndarray:
+                  stats: ExtractStats | None = None, decoded_dir=None, dist=None) -> np.ndarray:
     """Features of `k` augmented draws of each sample: (N, k, D), cached like clean features.
 
     View v of an image is keyed by its content hash, the augmentation config's key, the seed and
@@ -139,5 +159,5 @@ def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, see
     feats, _, _ = extract_features(source.build, names, items, cache,
                                    load=AugmentedLoad(pipeline, source.preprocessing, decoded),
                                    batch_size=batch_size, workers=workers, progress=progress,
-                                   desc=f"augmented views x{k}", stats=stats)
+                                   desc=f"augmented views x{k}", stats=stats, dist=dist)
     return feats.reshape(len(samples), k, -1)

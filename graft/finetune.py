@@ -103,7 +103,9 @@ class GraftedNet(nn.Module):
         b = self.backbone
         return self.head(b.pool(b.run_stages(z, self.k, self.cut)))
 
-    def forward(self, x):
+    def forward(self, x, boundary: bool = False):
+        if boundary:  # x is the cached activation at the freeze boundary
+            return self.from_boundary(x)
         if self.k == 0 and self.cut is None:
             return self.head(self.backbone(x))
         with torch.no_grad():
@@ -138,7 +140,8 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=None, workers=None,
              resume: bool = False, progress: bool = True, extract=None,
-             boundary_cache: bool = True, aug_device: str = "workers", decoded_dir=None) -> FinetuneResult:
+             boundary_cache: bool = True, aug_device: str = "workers", decoded_dir=None,
+             dist=None) -> FinetuneResult:
     """Fine-tune on `data` (graft.data.Dataset with ok samples); see the module docstring.
 
     `pipeline`: augmentation for training images (None: clean preprocessing, and then the frozen
@@ -146,13 +149,22 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
     cached activations (used for the boundary cache; `boundary_cache=False` runs the frozen
     stages on every training batch instead, for comparison). `aug_device` "cpu"/"cuda" moves
     flips and colour ops out of the loader workers onto the trainer's device, per sample.
+
+    Under torchrun (`dist` with several ranks) the model is wrapped in DistributedDataParallel,
+    each rank trains on its share of every epoch's order (batch size per rank), losses are
+    summed across ranks, and only rank 0 writes checkpoints. A checkpoint can be resumed with a
+    different number of processes (from the last epoch boundary).
     """
+    from .distributed import Context
+
+    dist = dist or Context()
     from .loader import EpochSampler, image_loader, train_loader
 
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, cores // dist.world))
     k, cut = plan_stages(backbone, cfg)
     if cfg.from_scratch:
         _reinitialise(backbone)
@@ -190,7 +202,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
     if backbone_params and cut is None:
         groups.append({"params": backbone_params, "lr": backbone_lr})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_s) / cfg.batch_size)
+    steps_per_epoch = math.ceil(math.ceil(len(train_s) / dist.world) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
@@ -213,6 +225,11 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
         torch.set_rng_state(ck["rng"])
         best_state = ck.get("best_model")
         state.update(ck["state"])
+        if ck.get("world", 1) != dist.world:  # another process count: restart the epoch, re-time the LR
+            state.update(step=0, loss_sum=0.0, seen=0)
+            sched.last_epoch = state["epoch"] * steps_per_epoch
+            for g, base in zip(opt.param_groups, sched.base_lrs):
+                g["lr"] = base * lr_factor(sched.last_epoch, total, warmup)
         resumed_from = state["epoch"]
         log.info("resuming from epoch %d, step %d of %s", state["epoch"], state["step"], ckpt_path)
 
@@ -227,8 +244,14 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
                 raise GraftError("--aug-device cuda: no CUDA device here; use cpu or workers")
             worker_pipe, batch_aug = split_for_device(pipeline, cfg.seed)
         loader = train_loader(train_s, worker_pipe, pre, seed=cfg.seed, batch_size=cfg.batch_size,
-                              workers=workers, shuffle=True, decoded_dir=decoded_dir)
-    sampler = EpochSampler(len(train_s), cfg.seed)
+                              workers=workers, shuffle=True, decoded_dir=decoded_dir,
+                              rank=dist.rank, world=dist.world)
+    sampler = EpochSampler(len(train_s), cfg.seed, rank=dist.rank, world=dist.world)
+    model = net
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
     interrupted = {"flag": False}
 
@@ -266,13 +289,13 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
                 y = y_train[idx].to(device)
                 with _autocast(device):
                     if use_boundary:
-                        logits = net.from_boundary(_nhwc(z_train[idx].to(device)))
+                        logits = model(_nhwc(z_train[idx].to(device)), boundary=True)
                     else:
                         batch = batch.to(device, non_blocking=True)
                         if batch_aug is not None:
                             batch = batch_aug(batch, [train_s[i].digest for i in idx], epoch)
                         x = pre.normalize(batch)
-                        logits = net(x.contiguous(memory_format=torch.channels_last))
+                        logits = model(x.contiguous(memory_format=torch.channels_last))
                     loss = loss_fn(logits.float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -286,7 +309,8 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
                 timings["step_s"] += time.perf_counter() - t_got
                 bar.update(1)
                 if interrupted["flag"]:
-                    _save_checkpoint(ckpt_path, net, opt, sched, state, best_state, cfg)
+                    if dist.is_main:
+                        _save_checkpoint(ckpt_path, net, opt, sched, state, best_state, cfg, dist.world)
                     bar.close()
                     raise GraftError(f"interrupted at epoch {epoch + 1}, step {state['step']}; saved {ckpt_path}. "
                                      f"Resume with the same command and --resume")
@@ -298,7 +322,8 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
             val_loss, val_acc = _validate(net, z_val, val_batches, y_val, device, pre)
             timings["val_s"] += time.perf_counter() - t_val
             h = state["history"]
-            h["train_loss"].append(state["loss_sum"] / max(1, state["seen"]))
+            loss_sum, seen = dist.sum(state["loss_sum"], state["seen"])
+            h["train_loss"].append(loss_sum / max(1, seen))
             h["val_loss"].append(val_loss)
             h["val_accuracy"].append(val_acc)
             h["epoch_s"].append(round(time.perf_counter() - t_epoch, 4))
@@ -312,7 +337,8 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=No
             stop = cfg.patience and state["epoch"] - 1 - state["best_epoch"] >= cfg.patience
             if stop:
                 state["epoch"] = cfg.epochs  # recorded as finished
-            _save_checkpoint(ckpt_path, net, opt, sched, state, best_state, cfg)
+            if dist.is_main:
+                _save_checkpoint(ckpt_path, net, opt, sched, state, best_state, cfg, dist.world)
             if stop:
                 break
     finally:
@@ -345,9 +371,10 @@ def _validate(net, z_val, val_batches, y_val, device, pre):
     return loss, (logits.argmax(1) == y_val).float().mean().item()
 
 
-def _save_checkpoint(path, net, opt, sched, state, best_state, cfg):
+def _save_checkpoint(path, net, opt, sched, state, best_state, cfg, world: int = 1):
     payload = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-               "rng": torch.get_rng_state(), "state": state, "best_model": best_state, "config": cfg.to_json()}
+               "rng": torch.get_rng_state(), "state": state, "best_model": best_state, "config": cfg.to_json(),
+               "world": world}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -360,7 +387,7 @@ def _load_checkpoint(path, cfg):
                          f"start again without --resume") from None
     saved = dict(ck.get("config", {}))
     now = cfg.to_json()
-    for key in ("strategy", "train_stages", "new_hidden", "batch_size", "seed", "from_scratch"):
+    for key in ("strategy", "train_stages", "new_hidden", "seed", "from_scratch"):
         if saved.get(key) != now.get(key):
             raise GraftError(f"--resume: the checkpoint in {path.parent} was made with {key}={saved.get(key)!r}, "
                              f"not {now.get(key)!r}; resume with the same settings")

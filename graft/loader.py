@@ -158,22 +158,24 @@ def apply_ops(ops, x: torch.Tensor, params) -> torch.Tensor:
 class EpochSampler(torch.utils.data.Sampler):
     """Yields (epoch, index): a fresh, seeded order each epoch, identical after a resume."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-        self.skip = 0  # items of this epoch already done (resuming mid-epoch)
+        self.rank, self.world = rank, world  # under torchrun: this rank's share of each epoch
+        self.skip = 0  # items of this (rank's) epoch already done (resuming mid-epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return len(range(self.rank, self.n, self.world))
 
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
         else:
             order = torch.arange(self.n)
-        return iter([(self.epoch, int(i)) for i in order[self.skip:]])
+        mine = order[self.rank :: self.world]
+        return iter([(self.epoch, int(i)) for i in mine[self.skip:]])
 
 
 class TrainImages(Dataset):
@@ -198,7 +200,7 @@ class TrainImages(Dataset):
 
 def train_loader(samples, pipeline, preprocessing, *, seed: int, batch_size: int,
                  workers: int | None = None, shuffle: bool = True, drop_last: bool = False,
-                 decoded_dir=None, decoded_budget: int | None = None):
+                 decoded_dir=None, decoded_budget: int | None = None, rank: int = 0, world: int = 1):
     """Worker processes decode and distort; `loader.batch_sampler.sampler.set_epoch(e)` per epoch.
 
     With `decoded_dir`, photos are decoded once and later epochs crop from the stored pixels
@@ -206,7 +208,7 @@ def train_loader(samples, pipeline, preprocessing, *, seed: int, batch_size: int
     """
     workers = auto_workers(len(samples)) if workers is None else workers
     decoded = decoded_cache_for(samples, pipeline, decoded_dir, decoded_budget)
-    sampler = EpochSampler(len(samples), seed, shuffle)
+    sampler = EpochSampler(len(samples), seed, shuffle, rank=rank, world=world)
     return DataLoader(
         TrainImages(samples, pipeline, preprocessing, seed, decoded),
         batch_size=batch_size,

@@ -48,9 +48,16 @@ class Preprocessing:
     def load(self, path) -> torch.Tensor:
         """Read, resize the shorter side, centre-crop: a uint8 (3, size, size) tensor."""
         img = read_image(path, min_short_side=self.resize)
-        target = draft_size_for_short_side(img.size, self.resize)
-        if img.size != target:
-            img = img.resize(target, _PIL_INTERPOLATION[self.interpolation])
+        tw, th = draft_size_for_short_side(img.size, self.resize)
+        if (tw, th) == img.size:
+            return center_crop(pil_to_tensor(img), self.size)
+        # resize only the region the centre crop keeps: same pixels as resize-then-crop, and no
+        # huge intermediate image for extreme aspect ratios
+        cw, ch = min(self.size, tw), min(self.size, th)
+        left, top = (tw - cw) // 2, (th - ch) // 2
+        sx, sy = img.size[0] / tw, img.size[1] / th
+        box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
+        img = img.resize((cw, ch), _PIL_INTERPOLATION[self.interpolation], box=box)
         return center_crop(pil_to_tensor(img), self.size)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:

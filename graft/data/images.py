@@ -51,6 +51,7 @@ def probe_image(path, data: bytes | None = None) -> tuple[str, tuple[int, int]]:
         raise ImageError(path, "empty file (0 bytes)")
     img = _open(path, io.BytesIO(data))
     _check_format(path, img)
+    _check_density(path, img, len(data))
     return img.format, oriented_size(img, _orientation(img))
 
 
@@ -74,10 +75,12 @@ def read_image(
     except OSError as e:
         raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
     with f:
-        if os.fstat(f.fileno()).st_size == 0:
+        nbytes = os.fstat(f.fileno()).st_size
+        if nbytes == 0:
             raise ImageError(path, "empty file (0 bytes)")
         img = _open(path, f)
         _check_format(path, img)
+        _check_density(path, img, nbytes)
         orientation = _orientation(img)
         if min_short_side is not None:
             min_size = draft_size_for_short_side(oriented_size(img, orientation), min_short_side)
@@ -152,9 +155,22 @@ def _check_format(path: Path, img: Image.Image) -> None:
         )
 
 
+def _check_density(path: Path, img: Image.Image, nbytes: int) -> None:
+    """Refuse a small file that declares a huge canvas (found by fuzzing: a few hundred bytes
+    declaring 80 megapixels, just under Pillow's bomb limit, cost seconds and gigabytes to
+    decode). Real photos hold well under 1,000 pixels per byte; flat graphics compress better,
+    hence the generous 5,000 and the 2-megapixel floor."""
+    w, h = img.size
+    if w * h > 2_000_000 and w * h > 5_000 * nbytes:
+        raise ImageError(path, f"refused: declares {w}x{h} pixels in only {nbytes} bytes "
+                               f"(damaged, or a decompression bomb)")
+
+
 def _orientation(img: Image.Image) -> int | None:
     try:
-        return img.getexif().get(_EXIF_ORIENTATION)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" is not the user's problem
+            return img.getexif().get(_EXIF_ORIENTATION)
     except Exception:
         return None
 

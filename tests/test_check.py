@@ -1,0 +1,315 @@
+"""graft.check: a generated photo folder with one instance of every problem `graft check` knows;
+each is flagged exactly once, with the right code and level, normal photos are not flagged, the
+split matches `graft train`'s, mislabelled photos are found with the real default backbone, and
+the CLI sub-command prints the report and exits 1 on errors."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import count_backbone_forwards, make_photo, make_photo_folder
+from PIL import Image, ImageDraw, ImageFont
+
+from graft.check import CODES, add_cli, check_photos, format_report
+from graft.data import scan_photos
+
+SIZE = (256, 240)  # above the backbone's 224 input, so normal photos are not `tiny`
+MAX_PIXELS = 120_000  # Image.MAX_IMAGE_PIXELS during the test: SIZE is under it, `huge` over it
+
+
+def _jpeg(img: Image.Image, path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="JPEG", quality=kw.pop("quality", 90), **kw)
+    return path
+
+
+def _save_bytes(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _placeholder(size=(320, 240)) -> Image.Image:
+    """Big dark text on a white background: an 'image not found' picture."""
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    d.text((24, 60), "NO IMAGE", fill=(40, 40, 40), font=ImageFont.load_default(size=52))
+    d.text((24, 140), "available", fill=(120, 120, 120), font=ImageFont.load_default(size=30))
+    return img
+
+
+def _build_problem_folder(root: Path) -> dict[str, tuple[str, str]]:
+    """PHOTOS/train + PHOTOS/val with normal photos and one instance of each problem.
+
+    Returns {relative path: (code, word the message must contain)} for the planted problems.
+    """
+    rng = np.random.default_rng(3)
+    expected: dict[str, tuple[str, str]] = {}
+    normal = {"train": 8, "val": 3}
+    for split, n in normal.items():
+        for cls in ("red", "blue"):
+            for i in range(n):
+                _jpeg(make_photo(rng, cls, SIZE), root / split / cls / f"{cls}{i}.jpg")
+    red, blue = root / "train" / "red", root / "train" / "blue"
+
+    def plant(path: Path, code: str, word: str):
+        expected[str(path.relative_to(root))] = (code, word)
+
+    # --- unusable files
+    (red / "empty.jpg").write_bytes(b"")
+    plant(red / "empty.jpg", "empty_file", "empty")
+    data = io.BytesIO()
+    make_photo(rng, "red", SIZE).save(data, format="JPEG", quality=90)
+    (red / "cut.jpg").write_bytes(data.getvalue()[: len(data.getvalue()) * 6 // 10])
+    plant(red / "cut.jpg", "truncated", "truncated")
+    (red / "notes.jpg").write_text("these are not the photos you are looking for\n")
+    plant(red / "notes.jpg", "undecodable", "not an image")
+    make_photo(rng, "red", SIZE).save(red / "really_png.jpg", format="PNG")
+    plant(red / "really_png.jpg", "extension_mismatch", "PNG")
+    Image.fromarray(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(blue / "huge.png")
+    plant(blue / "huge.png", "too_large", "too many pixels")
+    tall = bytearray(_save_bytes(Image.new("RGB", (20, 14), (200, 30, 40)), "PNG"))
+    tall[20:24] = (5000).to_bytes(4, "big")  # a damaged header: 20 x 5,000 pixels
+    tall[29:33] = zlib.crc32(bytes(tall[12:29])).to_bytes(4, "big")  # with a valid IHDR checksum
+    (blue / "tall.png").write_bytes(bytes(tall))
+    plant(blue / "tall.png", "extreme_aspect", "aspect ratio")
+    os.symlink(blue, blue / "loop")
+    plant(blue / "loop", "symlink_loop", "loop")
+    # --- usable, with a warning
+    frames = [make_photo(rng, "red", SIZE) for _ in range(3)]
+    frames[0].save(red / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    plant(red / "anim.gif", "animated", "3 frames")
+    _jpeg(make_photo(rng, "red", SIZE).convert("CMYK"), red / "cmyk.jpg")
+    plant(red / "cmyk.jpg", "mode", "CMYK")
+    gray16 = np.asarray(make_photo(rng, "red", SIZE).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray16).save(red / "deep.png")
+    plant(red / "deep.png", "mode", "16-bit")
+    pal = make_photo(rng, "blue", SIZE).quantize(64)
+    pal.info["transparency"] = 0
+    pal.save(blue / "palette.png", transparency=0)
+    plant(blue / "palette.png", "mode", "transparency")
+    _jpeg(make_photo(rng, "blue", SIZE).convert("L"), blue / "gray.jpg")
+    plant(blue / "gray.jpg", "mode", "grayscale")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _jpeg(make_photo(rng, "blue", SIZE), blue / "rotated.jpg", exif=exif.tobytes())
+    plant(blue / "rotated.jpg", "exif_rotated", "orientation 6")
+    _jpeg(make_photo(rng, "blue", (120, 100)), blue / "tiny.jpg")
+    plant(blue / "tiny.jpg", "tiny", "120x100")
+    (red / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    plant(red / ".DS_Store", "hidden_file", "hidden")
+    # --- copies
+    shutil.copy(red / "red0.jpg", red / "red0_copy.jpg")
+    plant(red / "red0_copy.jpg", "duplicate", "red0.jpg")
+    with Image.open(red / "red1.jpg") as im:  # re-encoded, resized: a near copy (kept >= 224)
+        _jpeg(im.resize((300, 281), Image.Resampling.BICUBIC), red / "red1_edit.jpg", quality=75)
+    plant(red / "red1_edit.jpg", "near_duplicate", "red1.jpg")
+    shutil.copy(red / "red2.jpg", root / "val" / "red" / "leaked.jpg")
+    plant(root / "val" / "red" / "leaked.jpg", "leakage", "train/red/red2.jpg")
+    with Image.open(blue / "blue3.jpg") as im:
+        _jpeg(im, root / "val" / "blue" / "blue3_again.jpg", quality=70)
+    plant(root / "val" / "blue" / "blue3_again.jpg", "leakage", "train/blue/blue3.jpg")
+    # --- not photos
+    _placeholder().save(blue / "placeholder.png")
+    plant(blue / "placeholder.png", "not_a_photo", "placeholder")
+    flat = np.full((SIZE[1], SIZE[0], 3), 128, np.int16) + rng.integers(-2, 3, (SIZE[1], SIZE[0], 1))
+    _jpeg(Image.fromarray(flat.astype(np.uint8)), blue / "blank.jpg")
+    plant(blue / "blank.jpg", "not_a_photo", "near-constant")
+    # --- a class with no photo at all
+    (root / "train" / "green").mkdir()
+    (root / "val" / "green").mkdir()
+    plant(root / "train" / "green", "empty_class", "no usable image")
+    return expected
+
+
+@pytest.fixture
+def low_pixel_limit(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", MAX_PIXELS)
+
+
+def _by_path(report, root):
+    out: dict[str, list[dict]] = {}
+    for f in report["findings"]:
+        out.setdefault(str(Path(f["path"]).relative_to(root)), []).append(f)
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symbolic links here")
+def test_every_problem_flagged_once(tmp_path, low_pixel_limit, default_backbone):
+    root = tmp_path / "photos"
+    expected = _build_problem_folder(root)
+    report = check_photos(root, backbone=default_backbone, cache_dir=tmp_path / "cache", workers=0)
+    json.dumps(report)  # JSON-able
+    assert report["layout"] == "train/val"
+    assert report["classes"] == ["blue", "green", "red"]
+    found = _by_path(report, root)
+    assert set(found) == set(expected), (sorted(set(found) ^ set(expected)), format_report(report))
+    for rel, (code, word) in expected.items():
+        items = found[rel]
+        assert [f["code"] for f in items] == [code], (rel, items)
+        f = items[0]
+        assert f["level"] == CODES[code]
+        assert rel in f["message"] and word.lower() in f["message"].lower(), f
+    levels = {f["code"]: f["level"] for f in report["findings"]}
+    assert {c for c, lvl in levels.items() if lvl == "error"} == {
+        "empty_file", "truncated", "undecodable", "extension_mismatch", "too_large", "symlink_loop",
+        "leakage", "not_a_photo", "empty_class", "extreme_aspect"}
+    assert report["summary"] == {"errors": 12, "warnings": 10, "infos": 0}
+    # usable photos per class and split: normal ones + the planted usable ones
+    assert report["counts"]["green"] == {"train": 0, "val": 0}
+    assert report["counts"]["red"] == {"train": 8 + 5, "val": 3 + 1}
+    assert report["counts"]["blue"] == {"train": 8 + 6, "val": 3 + 1}
+    # text: grouped by level, one line per finding naming file and problem
+    text = format_report(report)
+    assert text.index("errors (12)") < text.index("warnings (10)")
+    for rel in expected:
+        assert sum(rel in line for line in text.splitlines()) == 1, rel
+
+
+def test_quick_scan_runs_no_network_and_skips_deep_checks(tmp_path, low_pixel_limit):
+    root = tmp_path / "photos"
+    expected = _build_problem_folder(root)
+    with count_backbone_forwards() as calls:
+        report = check_photos(root, deep=False, cache_dir=tmp_path / "cache")
+    assert calls == []
+    found = _by_path(report, root)
+    want = {rel: code for rel, (code, _) in expected.items() if code != "not_a_photo"}
+    assert {rel: [f["code"] for f in items] for rel, items in found.items()} == {
+        rel: [code] for rel, code in want.items()}
+    assert not (tmp_path / "cache").exists()
+
+
+def test_likely_mislabelled_with_the_real_backbone(tmp_path, default_backbone):
+    root = make_photo_folder(tmp_path / "photos", per_class=12, seed=5)
+    rng = np.random.default_rng(99)
+    make_photo(rng, "red").save(root / "blue" / "blue_really_red.jpg", format="JPEG")
+    report = check_photos(root, backbone=default_backbone, cache_dir=tmp_path / "cache", workers=0)
+    flagged = [f for f in report["findings"] if f["code"] == "likely_mislabelled"]
+    assert [Path(f["path"]).name for f in flagged] == ["blue_really_red.jpg"], format_report(report)
+    f = flagged[0]
+    assert f["level"] == "warning"
+    assert "blue/blue_really_red.jpg" in f["message"] and "'red'" in f["message"]
+    # the features went into the same cache graft train uses: a second check is all hits
+    with count_backbone_forwards() as calls:
+        again = check_photos(root, backbone="default", cache_dir=tmp_path / "cache", workers=0)
+    assert calls == []
+    assert again["findings"] == report["findings"]
+
+
+def test_split_matches_graft_train_and_imbalance(tmp_path):
+    rng = np.random.default_rng(11)
+    root = tmp_path / "photos"
+    for cls, n in (("blue", 16), ("red", 4)):
+        for i in range(n):
+            _jpeg(make_photo(rng, cls, SIZE), root / cls / f"{cls}{i:02d}.jpg")
+    report = check_photos(root, deep=False)
+    data = scan_photos(root, val_split=0.2)
+    for label, cls in enumerate(data.classes):
+        assert report["counts"][cls] == {"train": sum(s.label == label for s in data.train),
+                                         "val": sum(s.label == label for s in data.val)}
+    assert report["layout"] == "folders"
+    no_val = [c for label, c in enumerate(data.classes) if not any(s.label == label for s in data.val)]
+    assert [(f["code"], f["level"], f["path"]) for f in report["findings"]] == [
+        ("class_imbalance", "warning", str(root))] + [
+        ("no_validation_image", "warning", str(root / c)) for c in no_val]
+    assert "'blue' has 16" in report["findings"][0]["message"]
+
+
+def test_near_copy_across_the_hash_split_is_leakage(tmp_path):
+    """PHOTOS/<class>/*: a re-encoded copy that the content hash sends to the other side."""
+    rng = np.random.default_rng(12)
+    root = tmp_path / "photos"
+    for cls in ("blue", "red"):
+        for i in range(10):
+            _jpeg(make_photo(rng, cls, SIZE), root / cls / f"{cls}{i:02d}.jpg")
+    data = scan_photos(root)
+    val_side = {s.path.name for s in data.val}
+    original = next(p for p in sorted((root / "red").iterdir()) if p.name not in val_side)
+    with Image.open(original) as im:  # try qualities until the copy's hash puts it in val
+        for q in range(60, 96):
+            _jpeg(im, root / "red" / "copy.jpg", quality=q)
+            if "copy.jpg" in {s.path.name for s in scan_photos(root).val}:
+                break
+        else:
+            pytest.skip("no re-encoding landed in val")
+    report = check_photos(root, deep=False)
+    assert [(f["code"], Path(f["path"]).name) for f in report["findings"]] == [("leakage", "copy.jpg")]
+    assert original.name in report["findings"][0]["message"]
+
+
+def test_self_referencing_symlink_and_missing_root(tmp_path):
+    root = make_photo_folder(tmp_path / "photos", per_class=4)
+    (root / "red" / "self.jpg").symlink_to("self.jpg")
+    report = check_photos(root, deep=False)
+    codes = [(f["code"], Path(f["path"]).name) for f in report["findings"]
+             if f["code"] not in ("tiny", "no_validation_image")]
+    assert codes == [("symlink_loop", "self.jpg")]
+    from graft.errors import GraftError
+
+    with pytest.raises(GraftError, match="not found"):
+        check_photos(tmp_path / "nope")
+
+
+def test_cli_prints_report_and_exit_code(tmp_path, capsys, low_pixel_limit):
+    parser = argparse.ArgumentParser(prog="graft")
+    add_cli(parser.add_subparsers(dest="command"))
+    good = tmp_path / "good"
+    rng = np.random.default_rng(1)
+    for cls in ("blue", "red"):
+        for i in range(5):
+            _jpeg(make_photo(rng, cls, SIZE), good / cls / f"{cls}{i}.jpg")
+    args = parser.parse_args(["check", str(good), "--quick"])
+    assert args.func(args) == 0
+    assert "0 error(s)" in capsys.readouterr().out
+
+    (good / "red" / "bad.jpg").write_bytes(b"")
+    args = parser.parse_args(["check", str(good), "--json", "--quick", "--cache-dir", str(tmp_path / "c")])
+    assert args.func(args) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["errors"] == 1
+    assert out["findings"][0]["code"] == "empty_file"
+
+
+def test_other_files_graft_skips(tmp_path):
+    """Truncated WebP (found by its RIFF size), unsupported types, hidden folders, broken links."""
+    from PIL import features
+
+    rng = np.random.default_rng(4)
+    root = tmp_path / "photos"
+    for cls in ("blue", "red"):
+        for i in range(5):
+            _jpeg(make_photo(rng, cls, SIZE), root / cls / f"{cls}{i}.jpg")
+    expected = {}
+    if features.check("webp"):
+        data = _save_bytes(make_photo(rng, "red", SIZE), "WEBP")
+        (root / "red" / "cut.webp").write_bytes(data[: len(data) // 2])
+        expected["red/cut.webp"] = "truncated"
+    (root / "red" / "notes.txt").write_text("shot on a phone")
+    expected["red/notes.txt"] = "unsupported_type"
+    (root / "red" / ".thumbs").mkdir()
+    _jpeg(make_photo(rng, "red", SIZE), root / "red" / ".thumbs" / "t.jpg")
+    expected["red/.thumbs"] = "hidden_file"
+    (root / "blue" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    expected["blue/gone.jpg"] = "unreadable"
+    (root / "README.md").write_text("my photos")
+    expected["README.md"] = "not_in_class_folder"
+    gif = bytearray(_save_bytes(Image.new("P", (20, 14)), "GIF"))
+    gif[6:10] = (9000).to_bytes(2, "little") + (8000).to_bytes(2, "little")  # 72 MP in ~100 bytes
+    (root / "blue" / "bomb.gif").write_bytes(bytes(gif))
+    expected["blue/bomb.gif"] = "too_large"
+    t0 = time.perf_counter()
+    report = check_photos(root, deep=False)
+    assert time.perf_counter() - t0 < 10  # the bomb is not decoded
+    got = {str(Path(f["path"]).relative_to(root)): f["code"] for f in report["findings"]
+           if f["code"] != "no_validation_image"}
+    assert got == expected
+    assert report["counts"]["red"]["train"] + report["counts"]["red"]["val"] == 5
