@@ -96,6 +96,8 @@ def train(
     progress = progress and dist.is_main
     if strategy not in STRATEGIES:
         raise GraftError(f"unknown strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
+    if from_scratch and strategy != "full":
+        raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
     torch.manual_seed(seed)
     source = resolve_backbone(backbone, weights)  # configuration errors first, before any scanning
     data = scan_photos(photos, val_split=val_split)

@@ -116,6 +116,8 @@ class GraftedNet(nn.Module):
 def plan_stages(backbone, cfg: FinetuneConfig) -> tuple[int, int | None]:
     """-> (k frozen stages, cut). Checks the request against the backbone's stages."""
     n = len(backbone.stage_names)
+    if cfg.from_scratch and cfg.strategy != "full":
+        raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
     if cfg.strategy == "full":
         if cfg.new_hidden:
             raise GraftError("--new-hidden replaces the last stages; use it with --strategy partial")

@@ -167,13 +167,15 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
+        return math.ceil(self.n / self.world) - self.skip
 
     def __iter__(self):
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mix_seed(self.seed, self.epoch)))
         else:
             order = torch.arange(self.n)
+        if self.world > 1 and self.n % self.world:  # equal shares, as DistributedSampler pads: every
+            order = torch.cat([order, order[: self.world - self.n % self.world]])  # rank steps alike
         mine = order[self.rank :: self.world]
         return iter([(self.epoch, int(i)) for i in mine[self.skip:]])
 
