@@ -21,7 +21,7 @@ import graft  # noqa: E402
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--views", type=int, default=10)
-    ap.add_argument("--preset", default="standard")
+    ap.add_argument("--preset", default=None, help="default: graft's default for views (light)")
     ap.add_argument("--aug", default=None)
     args = ap.parse_args()
     root = need_hymenoptera()
@@ -39,14 +39,15 @@ def main():
     m = views.metrics
     share = m["timings"]["data_wait_s"] / max(1e-9, m["timings"]["data_wait_s"] + m["timings"]["step_s"])
     print(f"K=1  (clean features)      val acc {plain.val_accuracy:.4f}   {time_1:7.2f} s (cold cache)")
-    print(f"K={args.views} ({args.preset} views)  val acc {views.val_accuracy:.4f}   {time_v:7.2f} s "
+    preset = views.metrics["augmentation"]["preset"]
+    print(f"K={args.views} ({preset} views)  val acc {views.val_accuracy:.4f}   {time_v:7.2f} s "
           f"(views extracted; backbone waited for data {100 * share:.1f}% of its time)")
     print(f"K={args.views} again              val acc {again.val_accuracy:.4f}   {time_v_warm:7.2f} s "
           f"(cache misses {again.metrics['cache']['misses']})")
     emit({"acc_k1": round(plain.val_accuracy, 4), f"acc_k{args.views}": round(views.val_accuracy, 4),
           "time_k1_s": round(time_1, 2), f"time_k{args.views}_s": round(time_v, 2),
           f"time_k{args.views}_warm_s": round(time_v_warm, 2), "warm_misses": again.metrics["cache"]["misses"],
-          "data_wait_share": round(share, 4), "preset": args.preset})
+          "data_wait_share": round(share, 4), "preset": preset})
 
 
 if __name__ == "__main__":

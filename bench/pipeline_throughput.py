@@ -8,7 +8,7 @@ torchvision: ImageFolder + PIL decode + RandomResizedCrop + RandomHorizontalFlip
 graft is measured twice: decoding every photo every epoch, and with its decoded-photo cache
 (graft.data.decoded: each photo decoded once, later epochs crop from the stored pixels), which is
 what `graft train` does when the decoded set fits its budget. Both crop with scale (0.08, 1) and jitter brightness/contrast/saturation by 0.4. Each
-configuration runs one warm-up epoch, then times one epoch (persistent workers), on the
+configuration runs one warm-up epoch, then times three (persistent workers), twice, interleaved, on the
 hymenoptera photos and on 12-megapixel JPEGs this script makes by upscaling them (quality 90).
 Then a per-op cost table (microseconds per image, one process, one thread).
 
@@ -16,6 +16,7 @@ Then a per-op cost table (microseconds per image, one process, one thread).
 """
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -35,22 +36,23 @@ from graft.loader import train_loader  # noqa: E402
 
 KNOBS = "crop_scale=0.08-1,flip=0.5,brightness=0.4,contrast=0.4,saturation=0.4,rgb_shift=10,rgb_shift_p=1"
 BATCH = 32
+TIMED_EPOCHS = 3  # after one warm-up epoch; each side is measured twice, interleaved, best kept
 
 
 def graft_epoch_rate(samples, workers: int, decoded_dir=None) -> float:
     pipeline = build("none", KNOBS, size=224)
     loader = train_loader(samples, pipeline, PRE, seed=0, batch_size=BATCH, workers=workers,
                           decoded_dir=decoded_dir)
-    rate = 0.0
-    for epoch in range(2):  # warm-up (fills the decoded cache when given one), then timed
+    t, n = 0.0, 0
+    for epoch in range(1 + TIMED_EPOCHS):  # warm-up (fills the decoded cache when given one), then timed
         loader.batch_sampler.sampler.set_epoch(epoch)
-        t, n = time.perf_counter(), 0
+        t0 = time.perf_counter()
         for _, batch, _ in loader:
             x = PRE.normalize(batch)  # the consumer's share: uint8 -> normalised float
-            n += len(x)
-        rate = n / (time.perf_counter() - t)
+            n += len(x) if epoch else 0
+        t += time.perf_counter() - t0 if epoch else 0.0
     del loader
-    return rate
+    return n / t
 
 
 def torchvision_epoch_rate(root: Path, workers: int) -> float:
@@ -67,21 +69,28 @@ def torchvision_epoch_rate(root: Path, workers: int) -> float:
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=workers,
                                          persistent_workers=workers > 0,
                                          prefetch_factor=4 if workers else None)
-    rate = 0.0
-    for _ in range(2):
-        t, n = time.perf_counter(), 0
+    t, n = 0.0, 0
+    for epoch in range(1 + TIMED_EPOCHS):
+        t0 = time.perf_counter()
         for x, _ in loader:
-            n += len(x)
-        rate = n / (time.perf_counter() - t)
+            n += len(x) if epoch else 0
+        t += time.perf_counter() - t0 if epoch else 0.0
     del loader
-    return rate
+    return n / t
 
 
 def compare(samples, folder, workers, decoded_dir) -> dict:
-    """graft decoding every epoch, graft with its decoded-photo cache warm, torchvision."""
-    g = graft_epoch_rate(samples, workers)
-    gd = graft_epoch_rate(samples, workers, decoded_dir=decoded_dir)
-    t = torchvision_epoch_rate(folder, workers)
+    """graft decoding every epoch, graft with its decoded-photo cache warm, torchvision: each
+    measured twice, interleaved (so a busy moment of the machine hits both sides), best kept."""
+    # The consumer's own threads share the cores with the workers: keep cores - workers of them (as
+    # a trainer should), on both sides; torchvision's consumer does no tensor work of its own.
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(max(1, cores - workers))
+    g = gd = t = 0.0
+    for _ in range(2):
+        t = max(t, torchvision_epoch_rate(folder, workers))
+        g = max(g, graft_epoch_rate(samples, workers))
+        gd = max(gd, graft_epoch_rate(samples, workers, decoded_dir=decoded_dir))
     print(f"  workers={workers}: torchvision {t:7.1f} img/s | graft {g:7.1f} img/s ({g / t:.2f}x) | "
           f"graft, photos decoded once {gd:7.1f} img/s ({gd / t:.2f}x)")
     return {"torchvision": round(t, 1), "graft": round(g, 1), "graft_decoded_once": round(gd, 1),

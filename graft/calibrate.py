@@ -26,7 +26,6 @@ it still lists the top-k classes with their (temperature-scaled) probabilities.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from ._atomic import atomic_path, write_json
+from ._digest import sha256_file
 from .errors import GraftError, ImageError
 
 log = logging.getLogger("graft")
@@ -237,7 +237,7 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
     result = {
         "format": FORMAT,
         "classes": classes,
-        "model_sha256": _sha256(run_dir / "model.safetensors"),
+        "model_sha256": sha256_file(run_dir / "model.safetensors"),
         "temperature": temperature,
         "threshold": choice["threshold"],
         "target_accuracy": float(target_accuracy),
@@ -347,7 +347,7 @@ def _fit_novelty(run_dir: Path, reference: torch.Tensor, quantile: float) -> dic
         "n_reference": int(len(stored)),
         "reference_distance": {"median": float(np.median(loo)), "max": float(loo.max())},
         "file": REFERENCE_FILE,
-        "sha256": _sha256(run_dir / REFERENCE_FILE),
+        "sha256": sha256_file(run_dir / REFERENCE_FILE),
     }
 
 
@@ -357,14 +357,6 @@ def _thin(curve: list[dict], keep_threshold: float) -> list[dict]:
         curve = [p for i, p in enumerate(curve) if i in idx or p["threshold"] == keep_threshold]
     return [{"threshold": round(p["threshold"], 6), "coverage": round(p["coverage"], 6),
              "accuracy": round(p["accuracy"], 6)} for p in curve]
-
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- using a calibration ---------------------------------------------------------------------
@@ -382,7 +374,7 @@ def load_calibration(run_dir) -> dict:
         raise GraftError(f"cannot read {path}: {e}") from None
     if cal.get("format") != FORMAT:
         raise GraftError(f"{path} has format {cal.get('format')}; run `graft calibrate {run_dir} PHOTOS` again")
-    if cal.get("model_sha256") != _sha256(run_dir / "model.safetensors"):
+    if cal.get("model_sha256") != sha256_file(run_dir / "model.safetensors"):
         raise GraftError(f"{path} was made for an earlier model in {run_dir} (it was retrained since): "
                          f"run `graft calibrate {run_dir} PHOTOS` again")
     return cal
@@ -395,7 +387,7 @@ def load_novelty(run_dir, calibration: dict) -> Novelty | None:
     from safetensors.torch import load_file
 
     path = Path(run_dir) / info["file"]
-    if not path.is_file() or _sha256(path) != info["sha256"]:
+    if not path.is_file() or sha256_file(path) != info["sha256"]:
         raise GraftError(f"{path} is missing or does not match {CALIBRATION_JSON}: "
                          f"run `graft calibrate {run_dir} PHOTOS` again")
     return Novelty(load_file(str(path))["reference"], int(info["k"]), float(info["threshold"]))

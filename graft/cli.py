@@ -138,8 +138,9 @@ def _backbone_args(p):
 
 
 def _augment_args(p):
-    p.add_argument("--augment", "--preset", dest="augment", default="standard", metavar="PRESET",
-                   help="augmentation preset: none, light, standard (default), heavy; see `graft augment list`")
+    p.add_argument("--augment", "--preset", dest="augment", default=None, metavar="PRESET",
+                   help="augmentation preset: none, light, standard, heavy (default: standard when fine-tuning, "
+                   "light for --aug-views); see `graft augment list`")
     p.add_argument("--aug", metavar="KNOBS|FILE", default=None,
                    help="override knobs, e.g. flip=0.5,rotate=15,crop_scale=0.35-1, or a .json/.toml file")
 
@@ -305,7 +306,7 @@ def cmd_augment(args) -> int:
         return 0
     from .api import augment_preview
 
-    out = augment_preview(args.photos, args.out, preset=args.augment, aug=args.aug, n_photos=args.n_photos,
+    out = augment_preview(args.photos, args.out, preset=args.augment or "standard", aug=args.aug, n_photos=args.n_photos,
                           n_draws=args.draws, size=args.size, seed=args.seed)
     print(f"wrote {out}")
     return 0

@@ -14,7 +14,6 @@ else onnx.checker when onnx is, else nothing, and export.json says which).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from ._atomic import atomic_path, write_json
+from ._digest import sha256_file
 from .errors import GraftError
 
 log = logging.getLogger("graft")
@@ -87,14 +87,6 @@ def metadata_path(run_dir, out) -> Path:
     if out.parent.resolve() == Path(run_dir).resolve():
         return out.parent / METADATA_NAME
     return out.with_name(out.name + ".json")
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- writers ---------------------------------------------------------------------------------

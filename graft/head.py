@@ -59,7 +59,7 @@ class HeadTrainer:
         self.layer = nn.Linear(xt.shape[-1], n_classes)
         nn.init.zeros_(self.layer.weight)  # logistic regression: zero is a fine, deterministic start
         nn.init.zeros_(self.layer.bias)
-        self.opt = torch.optim.AdamW(self.layer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = _FunctionalAdamW(list(self.layer.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
         self.best = (math.inf, -1, copy.deepcopy(self.layer.state_dict()))
@@ -125,6 +125,32 @@ def train_head(x_train, y_train, x_val, y_val, n_classes: int, cfg: HeadConfig |
             if not go_on:
                 break
     return trainer.result()
+
+
+class _FunctionalAdamW:
+    """torch's AdamW update (torch.optim.adamw.adamw, the function its class calls) with the state
+    kept here. Why not the class: constructing any torch.optim optimizer imports torch._dynamo,
+    1-2 s per process here, which would be most of a warm-cache `graft train`; the update itself
+    is identical (CPU, single-tensor path)."""
+
+    def __init__(self, params, *, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.weight_decay, self.betas, self.eps = params, lr, weight_decay, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in params]
+        self.steps = [torch.tensor(0.0) for _ in params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from torch.optim.adamw import adamw
+
+        adamw(self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [], self.steps,
+              foreach=False, capturable=False, differentiable=False, fused=None, grad_scale=None,
+              found_inf=None, amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr,
+              weight_decay=self.weight_decay, eps=self.eps, maximize=False)
 
 
 def make_head(in_features: int, n_classes: int, hidden=(), dropout: float = 0.2) -> nn.Module:

@@ -178,3 +178,30 @@ def test_disk_full_while_writing_keeps_previous_files(photos, tmp_path, monkeypa
         graft.train(photos, out, strategy="head", progress=False, seed=1)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old run intact, no temp files
+
+
+def test_ctrl_c_saves_mid_epoch_and_resume_gives_identical_weights(photos, tmp_path):
+    """SIGINT (Ctrl-C) finishes the current step, saves a checkpoint at that step, exits 2 with
+    one line saying how to resume; resuming ends with an uninterrupted run's weights."""
+    cache = tmp_path / "cache"
+    args = ("--strategy", "partial", "--train-stages", "2", "--augment", "light", "--epochs", "3",
+            "--patience", "0")
+    _run(_cmd(photos, tmp_path / "ref", *args), _env(cache))
+    ref = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    out = tmp_path / "interrupted"
+    p = subprocess.Popen(_cmd(photos, out, *args), env=_env(cache), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while _checkpoint_epoch(out) < 1 and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # into epoch 2
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err
+    assert "Traceback" not in err and "--resume" in err
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["state"]["epoch"] >= 1
+    _run(_cmd(photos, out, *args, "--resume"), _env(cache))
+    got = load_file(str(out / "model.safetensors"))
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), f"{k} differs after Ctrl-C + resume"

@@ -9,7 +9,6 @@ GRAFT_OFFLINE is not set; every failure becomes one WeightsError that says how t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .._digest import sha256_file as _file_sha256
 from ..errors import WeightsError
 
 
@@ -30,11 +30,7 @@ def manifest() -> dict[str, str]:
 
 @lru_cache(maxsize=64)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _file_sha256(path)
 
 
 def sha256_file(path) -> str:

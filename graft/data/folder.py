@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._digest import sha256_file
 from ..errors import GraftError, ImageError
 from .images import SUPPORTED_EXTENSIONS, probe_image
 
@@ -139,12 +140,7 @@ def hash_fraction(digest: str) -> float:
     return int(digest[:15], 16) / float(16**15)
 
 
-def file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_digest = sha256_file  # the content hash that names a photo
 
 
 def _identify(path: Path, label: int):
