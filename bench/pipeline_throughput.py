@@ -22,6 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# The consumer's threads share the two cores with the workers; an OpenMP pool sized at start-up
+# keeps spinning after torch.set_num_threads(1), so size it here, before torch loads (both sides
+# run in this process; torchvision's consumer does no tensor work of its own).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import torch
 from PIL import Image
 
@@ -82,10 +87,6 @@ def torchvision_epoch_rate(root: Path, workers: int) -> float:
 def compare(samples, folder, workers, decoded_dir) -> dict:
     """graft decoding every epoch, graft with its decoded-photo cache warm, torchvision: each
     measured twice, interleaved (so a busy moment of the machine hits both sides), best kept."""
-    # The consumer's own threads share the cores with the workers: keep cores - workers of them (as
-    # a trainer should), on both sides; torchvision's consumer does no tensor work of its own.
-    cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(max(1, cores - workers))
     g = gd = t = 0.0
     for _ in range(2):
         t = max(t, torchvision_epoch_rate(folder, workers))

@@ -275,8 +275,8 @@ def test_killed_train_keeps_finished_batches(tmp_path, graft_log):
     assert len(namespaces) == 1
     finished: list[str] = []
     for f in namespaces[0].iterdir():
-        if f.name.startswith(".tmp-"):
-            continue  # a temp file the kill interrupted: never read
+        if f.name.startswith("."):
+            continue  # a temp file the kill interrupted, or the extraction lock: never read as data
         if f.suffix == ".safetensors":
             finished += _shard_names(f)
         else:
