@@ -63,8 +63,8 @@ class Preprocessing:
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised."""
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1) * 255.0
-        return (batch.float() - mean) / std
+        inv_std = 1.0 / (torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1) * 255.0)
+        return batch.float().sub_(mean).mul_(inv_std)  # in place: one float batch, not three
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
