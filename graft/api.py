@@ -20,12 +20,11 @@ from .backbones import resolve_backbone
 from .cache import FeatureCache, default_cache_dir
 from .data import scan_class_folders, scan_photos
 from .data.images import SUPPORTED_EXTENSIONS
-from .errors import GraftError, ImageError
+from .errors import GraftError
 from .evaluate import classification_metrics
 from .extract import ExtractStats, cache_namespace, extract_features
 from .head import HeadConfig, train_head
-from .loader import image_loader
-from .model import load_head, load_run, read_run_meta, run_backbone_source, save_run
+from .model import load_run, read_run_meta, run_features, save_run
 
 log = logging.getLogger("graft")
 
@@ -208,7 +207,7 @@ def train(
             return arr
 
         t_train = time.perf_counter()
-        res = finetune(built, kept, ft_cfg, run_dir=out, cache=cache, pipeline=pipeline, workers=workers,
+        res = finetune(built, kept, ft_cfg, run_dir=out, pipeline=pipeline, workers=workers,
                        resume=resume, progress=progress, extract=extract_boundary,
                        boundary_cache=boundary_cache, aug_device=aug_device,
                        decoded_dir=cache_root / "decoded" if decode_once else None, dist=dist)
@@ -264,13 +263,10 @@ def _warn_leakage(data) -> None:
 
 
 def _predict_labels(model, samples, batch_size, workers) -> np.ndarray:
-    pre = model.preprocessing
     out = np.zeros(len(samples), dtype=int)
-    model.eval()
-    for idx, batch, _ in image_loader([s.path for s in samples], pre.load, batch_size=batch_size, workers=workers):
-        if batch is not None:
-            x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
-            out[idx] = model(x).argmax(1).numpy()
+    for idx, feats, _ in model.batches([s.path for s in samples], batch_size=batch_size, workers=workers):
+        if feats is not None:
+            out[idx] = model.head(feats).argmax(1).numpy()
     return out
 
 
@@ -283,16 +279,14 @@ def predict(run, paths, *, topk: int = 3, weights=None, batch_size: int = 32,
     model = load_run(run, weights=weights)
     files = expand_paths(paths)
     results: list[dict] = [{"path": str(p)} for p in files]
-    pre = model.preprocessing
     k = max(1, min(topk, len(model.classes)))
     with torch.inference_mode():
-        for idx, batch, errors in image_loader(files, pre.load, batch_size=batch_size, workers=workers):
+        for idx, feats, errors in model.batches(files, batch_size=batch_size, workers=workers):
             for i, e in errors:
                 results[i]["error"] = e.reason
-            if batch is None:
+            if feats is None:
                 continue
-            probs = model(pre.normalize(batch)).softmax(1)
-            top = probs.topk(k, dim=1)
+            top = model.head(feats).softmax(1).topk(k, dim=1)
             for row, i in enumerate(idx):
                 results[i]["predictions"] = [
                     {"class": model.classes[c], "probability": round(float(p), 6)}
@@ -314,23 +308,11 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
         photos = photos / "val"
     meta = read_run_meta(run)
     classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"])
-    names, paths = [s.digest for s in samples], [s.path for s in samples]
-    if not meta["backbone"].get("stored"):
-        source = run_backbone_source(meta, weights)
-        cache = FeatureCache(cache_dir or default_cache_dir(), cache_namespace(source))
-        feats, ok, stats = extract_features(source.build, names, paths, cache, load=source.preprocessing.load,
-                                            batch_size=batch_size, workers=workers, progress=progress,
-                                            desc="features")
-        with torch.no_grad():
-            logits = load_head(run)(torch.from_numpy(feats[ok]))
-        skipped += stats.skipped
-        pred = logits.argmax(1).numpy()
-    else:
-        results = predict(run, paths, topk=1, weights=weights, batch_size=batch_size, workers=workers)
-        ok = np.array(["predictions" in r for r in results])
-        skipped += [{"path": r["path"], "reason": r["error"]} for r in results if "error" in r]
-        index = {c: i for i, c in enumerate(classes)}
-        pred = np.array([index[r["predictions"][0]["class"]] for r in results if "predictions" in r])
+    feats, ok, head, more = run_features(run, samples, cache_dir=cache_dir, weights=weights, batch_size=batch_size,
+                                         workers=workers, progress=progress)
+    skipped += more
+    with torch.no_grad():
+        pred = head(torch.from_numpy(feats[ok])).argmax(1).numpy()
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     y = np.array([s.label for s in samples])[ok]

@@ -36,7 +36,7 @@ import torch
 
 from ._atomic import atomic_path, write_json
 from ._digest import sha256_file
-from .errors import GraftError, ImageError
+from .errors import GraftError
 
 log = logging.getLogger("graft")
 
@@ -193,7 +193,7 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
     Frozen-backbone runs take the features from the cache training filled (no forward pass).
     Returns what calibration.json holds.
     """
-    from .model import read_run_meta
+    from .model import read_run_meta, run_features
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
@@ -212,8 +212,8 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
     reference = _subsample(train + val, max_reference) if novelty else []
     val_ids = {id(s) for s in val}
     samples = list(val) + [s for s in reference if id(s) not in val_ids]
-    feats, ok, head, more_skipped = _features(run_dir, meta, samples, cache_dir=cache_dir, weights=weights,
-                                             batch_size=batch_size, workers=workers, progress=progress)
+    feats, ok, head, more_skipped = run_features(run_dir, samples, cache_dir=cache_dir, weights=weights,
+                                                 batch_size=batch_size, workers=workers, progress=progress)
     skipped += more_skipped
     n_val = len(val)
     val_ok = np.flatnonzero(ok[:n_val])
@@ -287,44 +287,6 @@ def _subsample(samples: list, n: int) -> list:
         return list(samples)
     keep = np.sort(np.random.default_rng(0).choice(len(samples), n, replace=False))
     return [samples[i] for i in keep]
-
-
-def _features(run_dir, meta, samples, *, cache_dir, weights, batch_size, workers, progress):
-    """-> (features (N, D) float32, ok mask, head module, skipped) for data.Sample list."""
-    from .loader import image_loader
-    from .model import load_head, load_run
-
-    paths = [s.path for s in samples]
-    if not meta["backbone"].get("stored"):  # frozen backbone: the cache has every training photo
-        from .cache import FeatureCache, default_cache_dir
-        from .extract import cache_namespace, extract_features
-        from .model import run_backbone_source
-
-        source = run_backbone_source(meta, weights)
-        cache = FeatureCache(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
-                             cache_namespace(source))
-        feats, ok, stats = extract_features(source.build, [s.digest for s in samples], paths, cache,
-                                            load=source.preprocessing.load, batch_size=batch_size,
-                                            workers=workers, progress=progress, desc="features")
-        return feats, ok, load_head(run_dir), stats.skipped
-    model = load_run(run_dir, weights=weights)
-    pre = model.preprocessing
-    feats, ok, skipped = None, np.ones(len(samples), bool), []
-    from tqdm.auto import tqdm
-
-    with torch.inference_mode(), tqdm(total=len(samples), desc="features", unit="img", disable=not progress,
-                                      leave=False) as bar:
-        for idx, batch, errors in image_loader(paths, _Load(pre.load), batch_size=batch_size, workers=workers):
-            for i, e in errors:
-                ok[i] = False
-                skipped.append({"path": e.path, "reason": e.reason})
-            if batch is not None:
-                f = model.features(pre.normalize(batch)).float().numpy()
-                if feats is None:
-                    feats = np.zeros((len(samples), f.shape[1]), np.float32)
-                feats[idx] = f
-            bar.update(len(idx) + len(errors))
-    return (feats if feats is not None else np.zeros((len(samples), 0), np.float32)), ok, model.head, skipped
 
 
 def _fit_novelty(run_dir: Path, reference: torch.Tensor, quantile: float) -> dict:
@@ -469,43 +431,17 @@ def apply_reject(results: list[dict], logits, calibration: dict | None, novelty=
 
 # --- predicting with rejection ---------------------------------------------------------------
 
-class _PicklableImageError(ImageError):
-    """An ImageError that survives the trip back from a loader worker process."""
-
-    def __reduce__(self):
-        return (type(self), (self.path, self.reason))
-
-
-class _Load:
-    """`load(path)` whose ImageErrors can be pickled: graft.errors.ImageError's own cannot be
-    rebuilt from its pickle (its __init__ takes two arguments), which kills the loader's worker
-    queue on the first unreadable file. Harmless once ImageError gets a __reduce__."""
-
-    def __init__(self, load):
-        self.load = load
-
-    def __call__(self, path):
-        try:
-            return self.load(path)
-        except ImageError as e:
-            raise _PicklableImageError(e.path, e.reason) from None
-
-
 def predict_logits(model, files, *, batch_size: int = 32, workers: int | None = None, novelty: Novelty | None = None,
                    progress: bool = False, desc: str = "predicting"):
     """Yield (indices, logits (n, C) float64 numpy, novelty distances or None, [(index, ImageError)])
     per batch, like graft.api.predict's loop (graft.loader.image_loader, the run's preprocessing)."""
     from tqdm.auto import tqdm
 
-    from .loader import image_loader
-
-    pre = model.preprocessing
     with torch.inference_mode(), tqdm(total=len(files), desc=desc, unit="img", disable=not progress,
                                       leave=False) as bar:
-        for idx, batch, errors in image_loader(files, _Load(pre.load), batch_size=batch_size, workers=workers):
+        for idx, feats, errors in model.batches(files, batch_size=batch_size, workers=workers):
             logits = dist = None
-            if batch is not None:
-                feats = model.features(pre.normalize(batch))
+            if feats is not None:
                 logits = model.head(feats).double().numpy()
                 dist = novelty.distance(feats) if novelty is not None else None
             bar.update(len(idx) + len(errors))

@@ -26,7 +26,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -74,7 +74,6 @@ class FinetuneResult:
     timings: dict
     boundary_cache: bool
     resumed_from: int | None = None
-    notes: list = field(default_factory=list)
 
 
 class GraftedNet(nn.Module):
@@ -140,15 +139,15 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, cache, pipeline=None, workers=None,
+def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, workers=None,
              resume: bool = False, progress: bool = True, extract=None,
              boundary_cache: bool = True, aug_device: str = "workers", decoded_dir=None,
              dist=None) -> FinetuneResult:
     """Fine-tune on `data` (graft.data.Dataset with ok samples); see the module docstring.
 
     `pipeline`: augmentation for training images (None: clean preprocessing, and then the frozen
-    prefix's activations come from the boundary cache). `extract(names, paths, forward)` returns
-    cached activations (used for the boundary cache; `boundary_cache=False` runs the frozen
+    prefix's activations come from the boundary cache). `extract(samples, forward, desc)` returns
+    their cached activations (used for the boundary cache; `boundary_cache=False` runs the frozen
     stages on every training batch instead, for comparison). `aug_device` "cpu"/"cuda" moves
     flips and colour ops out of the loader workers onto the trainer's device, per sample.
 

@@ -11,7 +11,6 @@ import math
 import os
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 

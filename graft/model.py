@@ -51,6 +51,20 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def batches(self, paths, *, batch_size: int = 32, workers: int | None = None):
+        """Yield (indices, features (n, D), [(index, ImageError)]) for image files, batch by batch,
+        through the parallel loader and the run's preprocessing; `self.head(features)` scores them."""
+        from .loader import image_loader
+
+        pre = self.preprocessing
+        self.eval()
+        with torch.inference_mode():
+            for idx, batch, errors in image_loader(paths, pre.load, batch_size=batch_size, workers=workers):
+                feats = None
+                if batch is not None:
+                    feats = self.features(pre.normalize(batch).contiguous(memory_format=torch.channels_last))
+                yield idx, feats, errors
+
 
 def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSource,
              strategy: str, backbone: Backbone | None = None, cut: int | None = None,
@@ -144,6 +158,41 @@ def load_head(run_dir) -> nn.Module:
     except Exception as e:
         raise GraftError(f"cannot read {path}: {e}") from None
     return head.eval()
+
+
+def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: int = 32,
+                 workers: int | None = None, progress: bool = False):
+    """-> (features (N, D) float32, ok mask, head, skipped [{path, reason}]) for data.Samples.
+
+    What evaluation, calibration and the report all need. Frozen-backbone runs read the feature
+    cache (no forward pass for photos training saw); other runs push the photos through the
+    stored network."""
+    import numpy as np
+
+    meta = read_run_meta(run_dir)
+    paths = [s.path for s in samples]
+    if not meta["backbone"].get("stored"):
+        from .cache import FeatureCache, default_cache_dir
+        from .extract import cache_namespace, extract_features
+
+        source = run_backbone_source(meta, weights)
+        cache = FeatureCache(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
+                             cache_namespace(source))
+        feats, ok, stats = extract_features(source.build, [s.digest for s in samples], paths, cache,
+                                            load=source.preprocessing.load, batch_size=batch_size,
+                                            workers=workers, progress=progress, desc="features")
+        return feats, ok, load_head(run_dir), stats.skipped
+    model = load_run(run_dir, weights=weights)
+    feats, ok, skipped = None, np.ones(len(samples), bool), []
+    for idx, f, errors in model.batches(paths, batch_size=batch_size, workers=workers):
+        for i, e in errors:
+            ok[i] = False
+            skipped.append({"path": e.path, "reason": e.reason})
+        if f is not None:
+            if feats is None:
+                feats = np.zeros((len(samples), f.shape[1]), np.float32)
+            feats[idx] = f.float().numpy()
+    return (feats if feats is not None else np.zeros((len(samples), 0), np.float32)), ok, model.head, skipped
 
 
 def _recorded_weights(info: dict):

@@ -87,33 +87,14 @@ def _val_predictions(run_dir, meta, data, *, cache_dir, weights, batch_size, wor
     samples = list(data.val)
     if not samples:
         return []
-    paths = [s.path for s in samples]
+    from .model import run_features
+
+    feats, ok, head, _ = run_features(run_dir, samples, cache_dir=_cache_root(run_dir, cache_dir), weights=weights,
+                                      batch_size=batch_size, workers=workers)
     probs = np.full((len(samples), len(meta["classes"])), np.nan, dtype=np.float32)
-    ok = np.zeros(len(samples), dtype=bool)
-    if not meta["backbone"].get("stored"):
-        from .cache import FeatureCache
-        from .extract import cache_namespace, extract_features
-        from .model import load_head, run_backbone_source
-
-        source = run_backbone_source(meta, weights)
-        cache = FeatureCache(_cache_root(run_dir, cache_dir), cache_namespace(source))
-        feats, ok, _ = extract_features(source.build, [s.digest for s in samples], paths, cache,
-                                        load=source.preprocessing.load, batch_size=batch_size,
-                                        workers=workers, progress=False, desc="report")
-        if ok.any():
-            with torch.inference_mode():
-                probs[ok] = load_head(run_dir)(torch.from_numpy(feats[ok])).softmax(1).numpy()
-    else:
-        from .loader import image_loader
-        from .model import load_run
-
-        model = load_run(run_dir, weights=weights)
-        pre = model.preprocessing
+    if ok.any():
         with torch.inference_mode():
-            for idx, batch, _ in image_loader(paths, pre.load, batch_size=batch_size, workers=workers):
-                if batch is not None:
-                    probs[idx] = model(pre.normalize(batch)).softmax(1).numpy()
-                    ok[idx] = True
+            probs[ok] = head(torch.from_numpy(feats[ok])).softmax(1).numpy()
     classes = meta["classes"]
     out = []
     for i, s in enumerate(samples):

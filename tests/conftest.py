@@ -6,7 +6,6 @@ which the real pretrained backbone separates easily).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
