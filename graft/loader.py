@@ -108,9 +108,10 @@ class AugmentedLoad:
             return self.pre.load(path)
         gen = torch.Generator().manual_seed(seed)
         ops = self.pipeline.ops
+        if not ops or not isinstance(ops[0], RandomResizedCrop):  # no crop: distort the evaluation view
+            x = self.pre.load(path)
+            return apply_ops(ops, x, self.pipeline.draw(gen, tuple(x.shape[-2:])))
         params = self.pipeline.draw(gen, (h, w))
-        if not ops or not isinstance(ops[0], RandomResizedCrop):
-            return apply_ops(ops, self.pre.load(path), params)
         crop, box = ops[0], params[0]
         out_h, out_w = crop.output_size((h, w))
         if self.decoded is not None and digest:
