@@ -89,8 +89,7 @@ class AugmentedLoad:
     All random numbers are drawn first, from the header's size; when the pipeline starts with a
     random crop, the JPEG is then decoded at the largest DCT reduction (1/2, 1/4, 1/8) that keeps
     the crop at least the output size (so a crop loses no detail), only the crop box is turned
-    into a tensor, and the crop op resizes it. Runs of colour ops share one conversion to float
-    and back (each op on uint8 would round and convert on its own: 3x the cost, for nothing).
+    into a tensor, and the crop op resizes it. Runs of colour ops go through one fused kernel.
     """
 
     def __init__(self, pipeline, preprocessing, decoded=None):
@@ -135,19 +134,17 @@ class AugmentedLoad:
 
 
 def apply_ops(ops, x: torch.Tensor, params) -> torch.Tensor:
-    """Apply ops in order to a uint8 image, running each run of colour ops in float once."""
-    from .augment import BATCHABLE, Flip
+    """Apply ops in order to a uint8 image; each run of colour ops goes through one fused
+    kernel (functional.color_twist: a few float passes instead of two dozen, rounding once)."""
+    from .augment.functional import color_twist
 
     i = 0
     while i < len(ops):
         j = i
-        while j < len(ops) and isinstance(ops[j], BATCHABLE) and not isinstance(ops[j], Flip):
+        while j < len(ops) and hasattr(ops[j], "color_steps"):
             j += 1
-        if j - i >= 2:  # a run of colour ops: uint8 -> float 0..1 once, back once
-            f = x.float().div_(255.0)
-            for op, p in zip(ops[i:j], params[i:j]):
-                f = op.apply(f, p)
-            x = f.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        if j > i:
+            x = color_twist(x, [step for op, p in zip(ops[i:j], params[i:j]) for step in op.color_steps(p)])
             i = j
         else:
             x = ops[i].apply(x, params[i])

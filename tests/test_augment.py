@@ -241,6 +241,67 @@ def test_rgb_shift_clamps_and_rounds():
     assert out[:, 0, 0].tolist() == [0, 103, 255]
 
 
+def _steps_one_by_one(img, steps, dtype=torch.float32, rounded=True):
+    """The reference for color_twist: torchvision's float kernels and a clamped offset, one step
+    at a time, then rounded to uint8 once (or left unrounded in 0..255)."""
+    f = img.to(dtype) / 255
+    for kind, v in steps:
+        if kind == "offset":
+            f = (f + torch.tensor(v, dtype=dtype).view(3, 1, 1) / 255).clamp(0, 1)
+        else:
+            f = getattr(TF, f"adjust_{kind}")(f, v)
+    return (f * 255).round().clamp(0, 255).to(torch.uint8) if rounded else f * 255
+
+
+STEP = st.one_of(
+    st.tuples(st.sampled_from(["brightness", "contrast", "saturation"]),
+              st.one_of(st.just(1.0), st.floats(0.0, 2.5))),
+    st.tuples(st.just("offset"), st.lists(st.floats(-300, 300), min_size=3, max_size=3)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(STEP, max_size=6), offset=st.integers(-60, 60))
+def test_color_twist_equals_the_steps_one_by_one(steps, offset):
+    img = gradient(offset=offset)
+    out = AF.color_twist(img, steps)
+    exact = _steps_one_by_one(img, steps, torch.float64, rounded=False)
+    assert out.dtype == torch.uint8 and out.shape == img.shape
+    # Every pixel is the exact result rounded to a neighbouring level: only float32's rounding
+    # (the fused order of operations differs) may tip a value sitting on a half.
+    assert (out.double() - exact).abs().max() <= 0.5 + 1e-3
+    if not steps:
+        assert torch.equal(out, img)
+
+
+def test_color_twist_clamps_between_steps():
+    # A bright step then a dark one: without the clamp in between the highlights would come back.
+    img = gradient()
+    out = AF.color_twist(img, [("brightness", 2.0), ("brightness", 0.5)])
+    assert out.max() <= 128 and (out == 128).sum() > 0
+    assert torch.equal(out, _steps_one_by_one(img, [("brightness", 2.0), ("brightness", 0.5)]))
+    shifted = AF.color_twist(img, [("offset", [300, 0, 0]), ("offset", [-300, 0, 0])])
+    assert (shifted[0] == 0).all()  # clamped at 255 first, then everything back down to 0
+
+
+def test_loader_colour_run_matches_the_ops_applied_one_by_one():
+    from graft.loader import apply_ops
+
+    ops = [A.Flip(0.5), A.ColorJitter(0.4, 0.4, 0.4), A.PCAColor(0.5), A.RGBShift(20, p=1.0)]
+    for seed in range(20):
+        img = gradient(offset=seed * 5 - 50)
+        params = A.Pipeline(ops).draw(gen(seed), (H, W))
+        steps = [s for op, p in zip(ops[1:], params[1:]) for s in op.color_steps(p)]
+        out = apply_ops(ops, img, params)
+        exact = _steps_one_by_one(ops[0].apply(img, params[0]), steps, torch.float64, rounded=False)
+        assert (out.double() - exact).abs().max() <= 0.5 + 1e-3
+
+
+def test_to_uint8_truncates_like_the_plain_cast():
+    x = torch.linspace(0, 255, 10_001)
+    assert torch.equal(AF.to_uint8(x), x.to(torch.uint8))
+
+
 # ---------------------------------------------------------------- batched
 
 

@@ -2,7 +2,8 @@
 AlexNet's PCA colour shift, plus `fit_pca` to measure a training set's colour principal axes.
 
 Each op draws its parameters from a torch.Generator, then calls a kernel of
-graft.augment.functional (see graft.augment._op). All three are also batchable: `draw_batch` and
+graft.augment.functional (see graft.augment._op). `color_steps(params)` states the same change as
+steps of functional.color_twist, which the loader uses to run a chain of colour ops in one go. All three are also batchable: `draw_batch` and
 `apply_batch` give every sample of a batch its own draw (used by graft.augment.batched).
 """
 
@@ -63,6 +64,10 @@ class ColorJitter(Op):
             img = AF.adjust_saturation(img, params["saturation"])
         return img
 
+    def color_steps(self, params) -> list:
+        """These params as steps of functional.color_twist (the loader's fused colour path)."""
+        return [(key, params[key]) for key in ("brightness", "contrast", "saturation")]
+
     def draw_batch(self, generator, n: int) -> dict:
         """One draw per sample: each key maps to (n,) float64 factors."""
         u = uniform(generator, n, 4)
@@ -113,6 +118,9 @@ class RGBShift(Op):
 
     def apply(self, img, params):
         return AF.rgb_shift(img, params["offsets"])
+
+    def color_steps(self, params) -> list:
+        return [("offset", params["offsets"])]
 
     def draw_batch(self, generator, n: int) -> dict:
         """One draw per sample: {"offsets": (n, 3) float64}."""
@@ -168,6 +176,9 @@ class PCAColor(Op):
 
     def apply(self, img, params):
         return AF.pca_color(img, params["alphas"], self.eigvals, self.eigvecs)
+
+    def color_steps(self, params) -> list:
+        return [("offset", (255 * AF.pca_offsets(params["alphas"], self.eigvals, self.eigvecs)).tolist())]
 
     def draw_batch(self, generator, n: int) -> dict:
         """One draw per sample: {"alphas": (n, 3) float64}."""

@@ -47,17 +47,40 @@ def estimate_bytes(sizes, crop, out) -> int:
     return total
 
 
+MAX_OPEN = 8192  # memory maps one process keeps open (address space only; pages live in the page cache)
+
+
 class DecodedCache:
-    """`load(path, digest, (W, H), reduction)` -> uint8 HxWx3 array, decoded at most once."""
+    """`load(path, digest, (W, H), reduction)` -> uint8 HxWx3 array, decoded at most once.
+
+    Each process keeps the entries it has opened mapped, so later epochs skip opening the file
+    and parsing its header (about 150 us a photo, a tenth of a sample's cost). A stat per load
+    (inode, size, mtime) notices an entry replaced or damaged since, and opens it again.
+    """
 
     def __init__(self, root):
         self.root = Path(root)
+        self._open: dict[Path, tuple[tuple, np.ndarray]] = {}
+
+    def __getstate__(self):  # workers start with no maps of their own
+        return {"root": self.root}
+
+    def __setstate__(self, state):
+        self.__init__(state["root"])
 
     def load(self, path, digest: str, size: tuple[int, int], reduction: int) -> np.ndarray:
         entry = self.root / digest[:2] / f"{digest}-r{reduction}.npy"
         try:
+            st = os.stat(entry)
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            held = self._open.get(entry)
+            if held is not None and held[0] == stamp:
+                return held[1]
             arr = np.load(entry, mmap_mode="r")
             if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
+                if len(self._open) >= MAX_OPEN:
+                    self._open.clear()
+                self._open[entry] = (stamp, arr)
                 return arr
         except (OSError, ValueError):
             pass

@@ -9,11 +9,13 @@ from ._color import (
     adjust_contrast,
     adjust_saturation,
     brightness_batch,
+    color_twist,
     contrast_batch,
     pca_color,
     pca_offsets,
     rgb_shift,
     saturation_batch,
+    to_uint8,
 )
 from ._geometry import (
     PADDINGS,
@@ -36,6 +38,7 @@ __all__ = [
     "adjust_saturation",
     "affine",
     "brightness_batch",
+    "color_twist",
     "contrast_batch",
     "elastic",
     "flip",
@@ -48,6 +51,7 @@ __all__ = [
     "rotate",
     "saturation_batch",
     "shear",
+    "to_uint8",
     "vflip",
     "warp_field",
 ]
