@@ -49,11 +49,16 @@ def main():
             wall = time.perf_counter() - t
             rows[name] = {"val_accuracy": round(r.val_accuracy, 4), "wall_s": round(wall, 1),
                           "best_epoch": r.metrics["best_epoch"]}
+            timings = r.metrics.get("timings", {})
+            if "data_wait_s" in timings:  # fine-tuning: the share of its time the trainer waited for data
+                busy = timings["data_wait_s"] + timings["step_s"]
+                rows[name]["data_wait_share"] = round(timings["data_wait_s"] / max(busy, 1e-9), 4)
             print(f"{name:<13} val acc {r.val_accuracy:.4f}   {wall:8.1f} s   best epoch {r.metrics['best_epoch']}",
                   file=sys.stderr)
-    print(f"\n{'strategy':<13} {'val acc':>8} {'wall s':>8}")
+    print(f"\n{'strategy':<13} {'val acc':>8} {'wall s':>8} {'data wait':>10}")
     for name, row in rows.items():
-        print(f"{name:<13} {row['val_accuracy']:>8.4f} {row['wall_s']:>8.1f}")
+        wait = f"{100 * row['data_wait_share']:.1f}%" if "data_wait_share" in row else "-"
+        print(f"{name:<13} {row['val_accuracy']:>8.4f} {row['wall_s']:>8.1f} {wait:>10}")
     emit({"epochs": args.epochs, "augment": args.augment, **rows})
 
 

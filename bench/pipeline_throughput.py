@@ -144,6 +144,13 @@ def op_costs(samples) -> dict:
     for op in (Flip(1.0), Rotate(15, p=1.0), Shear(10, p=1.0), LocalWarp(3.0, 8.0, p=1.0),
                ColorJitter(0.4, 0.4, 0.4), PCAColor(0.1), RGBShift(10, p=1.0)):
         timed(f"{op.name}", lambda t, op=op: op(t, gen), imgs)
+    from graft.loader import apply_ops
+
+    run = [ColorJitter(0.4, 0.4, 0.4), RGBShift(10, p=1.0)]
+    drawn = [[op.draw(gen, (224, 224)) for op in run] for _ in imgs]
+    pairs = list(zip(imgs, drawn))
+    timed("color_jitter + rgb_shift, one by one", lambda ip: run[1].apply(run[0].apply(ip[0], ip[1][0]), ip[1][1]), pairs)
+    timed("color_jitter + rgb_shift, fused (graft's loader)", lambda ip: apply_ops(run, ip[0], ip[1]), pairs)
     timed("normalise (consumer)", lambda t: PRE.normalize(t[None]), imgs)
     from torchvision import transforms as T
 

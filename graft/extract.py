@@ -142,18 +142,22 @@ def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, see
                   stats: ExtractStats | None = None, decoded_dir=None, dist=None) -> np.ndarray:
     """Features of `k` augmented draws of each sample: (N, k, D), cached like clean features.
 
-    View v of an image is keyed by its content hash, the augmentation config's key, the seed and
-    v, and drawn from a random stream seeded by the same, so later runs reuse every view. A file
-    that fails to load here has already been skipped by the clean pass. With `decoded_dir`, each
+    View v of an image is keyed by its content hash, the augmentation config's key (and the
+    kernels' version), the seed and v, and drawn from a random stream seeded by the same, so
+    later runs reuse every view. A file that fails to load here has already been skipped by the
+    clean pass. With `decoded_dir`, each
     photo is decoded once for all its views (graft.data.decoded).
     """
+    from .augment import KERNELS
     from .loader import AugmentedLoad, decoded_cache_for, mix_seed
 
     key = pipeline.config().key()
     names, items = [], []
     for s in samples:
         for v in range(k):
-            names.append(f"{s.digest}@{key}:{seed}#{v}")
+            # The kernels' version is in the name: the same draw rendered by other kernels is
+            # another entry. The draw itself depends on the config only.
+            names.append(f"{s.digest}@{key}k{KERNELS}:{seed}#{v}")
             items.append((s.path, s.size, mix_seed(seed, s.digest, key, v), s.digest))
     decoded = decoded_cache_for(samples, pipeline, decoded_dir, None)
     feats, _, _ = extract_features(source.build, names, items, cache,

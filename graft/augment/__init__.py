@@ -11,6 +11,10 @@ device, and `preview_grid` shows what a setting does.
 """
 
 from . import functional
+
+# Bumped whenever a kernel's output changes for the same params (2: the loader's fused colour
+# run, rounding once); cached augmented views carry it in their key.
+KERNELS = 2
 from ._color import IMAGENET_EIGVALS, IMAGENET_EIGVECS, ColorJitter, PCAColor, RGBShift, fit_pca
 from ._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
 from ._op import Op, sample_params
@@ -33,6 +37,7 @@ __all__ = [
     "DEFAULT_PRESET",
     "IMAGENET_EIGVALS",
     "IMAGENET_EIGVECS",
+    "KERNELS",
     "KNOBS",
     "OPS",
     "PRESETS",
