@@ -12,6 +12,7 @@ from ._malloc import tune_malloc
 tune_malloc()  # before torch allocates anything; see graft/_malloc.py and bench/malloc_tuning.py
 
 from .api import evaluate, predict, train  # noqa: E402
+from .cache_admin import prune as prune_cache, usage as cache_usage  # noqa: E402
 from .errors import GraftError  # noqa: E402
 
-__all__ = ["train", "predict", "evaluate", "GraftError", "__version__"]
+__all__ = ["train", "predict", "evaluate", "cache_usage", "prune_cache", "GraftError", "__version__"]

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_path, write_json
+from .cache_admin import touch
 
 log = logging.getLogger("graft")
 
@@ -107,10 +108,16 @@ class FeatureCache:
             names, arr, checksum = _read_header(shard, mmap=True)
             if hashlib.sha256(arr.tobytes()).hexdigest() != checksum:
                 raise ValueError("checksum mismatch")
+        except FileNotFoundError:  # `graft cache prune` took it since the index was read
+            log.info("cache shard %s is gone: its entries will be recomputed", shard)
+            self._bad.add(shard)
+            self._index = {k: v for k, v in self._index.items() if v[0] != shard}
+            return None
         except (OSError, ValueError) as e:
             self._discard(shard, str(e))
             return None
         self._arrays[shard] = arr
+        touch(shard)  # its last use, for `graft cache prune`
         return arr
 
     def _discard(self, shard: Path, why: str) -> None:

@@ -112,13 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--size", type=int, default=224, help="crop size (default 224, the default backbone's)")
     pv.add_argument("--seed", type=int, default=0)
 
-    from . import calibrate as _calibrate, check as _check, export as _export, report as _report
+    from . import cache_admin as _cache_admin, calibrate as _calibrate, check as _check, export as _export
+    from . import report as _report
 
     _check.add_cli(sub)
     _calibrate.add_predict_args(pr)
     _export.add_cli(sub)
     _calibrate.add_cli(sub)
     _report.add_cli(sub)
+    _cache_admin.add_cli(sub)
 
     d = sub.add_parser("demo", help="train and evaluate on a small photo set that ships with graft's dependencies",
                        description="Builds a demo set from scikit-image's bundled photos (train crops and "
@@ -361,9 +363,15 @@ def cmd_report(args) -> int:
     return run(args)
 
 
+def cmd_cache(args) -> int:
+    from .cache_admin import cmd_cache as run
+
+    return run(args)
+
+
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
             "augment": cmd_augment, "export": cmd_export, "calibrate": cmd_calibrate, "check": cmd_check,
-            "report": cmd_report}
+            "report": cmd_report, "cache": cmd_cache}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache_admin import touch
 from .images import read_image
 
 DEFAULT_BUDGET = 4 << 30  # bytes of decoded pixels a data set may occupy
@@ -81,6 +82,7 @@ class DecodedCache:
                 if len(self._open) >= MAX_OPEN:
                     self._open.clear()
                 self._open[entry] = (stamp, arr)
+                touch(entry)  # its last use, for `graft cache prune` (access time only: stamp holds)
                 return arr
         except (OSError, ValueError):
             pass

@@ -1,0 +1,178 @@
+"""graft.cache_admin: what the cache holds, and pruning it without losing results: pruned entries
+are recomputed by the next run, least recently used files go first, and a namespace a run is
+extracting into is left alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graft
+from conftest import make_photo_folder
+from graft.cache import FeatureCache
+from graft.cache_admin import parse_age, parse_size, prune, usage
+from graft.data.decoded import DecodedCache
+from graft.errors import GraftError
+
+GRAFT = str(Path(sys.executable).with_name("graft"))
+DAY = 86400
+
+
+def _age(path: Path, days: float) -> None:
+    t = time.time() - days * DAY
+    os.utime(path, (t, t))
+
+
+@pytest.fixture
+def warm(tmp_path, default_backbone):
+    """A cache filled by one head run on 2 classes x 8 photos, one shard per batch of 4."""
+    photos = make_photo_folder(tmp_path / "photos", per_class=8, seed=3)
+    cache = tmp_path / "cache"
+    first = graft.train(photos, tmp_path / "run1", backbone=default_backbone, cache_dir=cache,
+                        workers=0, batch_size=4, progress=False)
+    return photos, cache, first
+
+
+def test_usage_lists_each_area(warm):
+    _, cache, first = warm
+    areas = {a.kind: a for a in usage(cache)}
+    feats = areas["features"]
+    assert feats.files == len(list(feats.path.glob("*.safetensors"))) + 2  # + namespace.json, lock
+    assert feats.bytes == sum(f.stat().st_size for f in feats.path.iterdir())
+    assert "tf_efficientnet_lite0" in feats.what and "pooled" in feats.what
+    assert time.time() - feats.last_used < 600
+    assert len(feats.entries) == len(list(feats.path.glob("*.safetensors")))
+
+
+def test_pruned_shards_are_recomputed_and_results_do_not_change(warm, default_backbone, caplog):
+    photos, cache, first = warm
+    ns = next(a for a in usage(cache) if a.kind == "features").path
+    shards = sorted(ns.glob("*.safetensors"))
+    old = shards[:2]
+    rows = sum(len(json.loads(_names(s))) for s in old)  # before ageing: reading is a use
+    for s in shards:
+        _age(s, 3)
+    for s in old:
+        _age(s, 40)
+
+    dry = prune(cache, older_than=parse_age("30d"), dry_run=True)
+    assert (dry.deleted_files, dry.dry_run) == (2, True) and all(s.exists() for s in shards)
+    r = prune(cache, older_than=parse_age("30d"))
+    assert r.deleted_files == 2 and r.deleted_bytes == dry.deleted_bytes
+    assert not any(s.exists() for s in old) and all(s.exists() for s in shards[2:])
+
+    again = graft.train(photos, Path(cache).parent / "run2", backbone=default_backbone, cache_dir=cache,
+                        workers=0, batch_size=4, progress=False)
+    assert again.metrics["cache"]["misses"] == rows  # exactly the pruned entries, computed again
+    assert again.val_accuracy == first.val_accuracy
+
+
+def test_max_size_deletes_least_recently_used_first(tmp_path):
+    cache = tmp_path / "cache"
+    files = []
+    for i in range(5):
+        f = cache / "decoded" / "ab" / f"{i:02d}.npy"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.save(f, np.zeros((10, 10, 3), np.uint8))
+        _age(f, 10 - i)  # file 0 is the least recently used
+        files.append(f)
+    size = files[0].stat().st_size
+    r = prune(cache, max_bytes=3 * size)
+    assert r.deleted_files == 2 and r.kept_bytes == 3 * size
+    assert [f.exists() for f in files] == [False, False, True, True, True]
+
+
+def test_reading_an_entry_marks_it_used(warm, tmp_path):
+    _, cache, _ = warm
+    ns = next(a for a in usage(cache) if a.kind == "features")
+    shard = sorted(ns.path.glob("*.safetensors"))[0]
+    first_name = json.loads(_names(shard))[0]
+    fc = FeatureCache(cache, json.loads((ns.path / "namespace.json").read_text()))  # reads headers
+    _age(shard, 40)
+    mtime = shard.stat().st_mtime
+    _, missing = fc.get([first_name])
+    assert not missing
+    assert time.time() - shard.stat().st_atime < 600 and shard.stat().st_mtime == mtime
+    assert prune(cache, older_than=30 * DAY).deleted_files == 0
+
+    photo = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(photo)
+    dc = DecodedCache(tmp_path / "dc")
+    dc.load(photo, "cd" * 32, (40, 30), 1)
+    entry = next((tmp_path / "dc").rglob("*.npy"))
+    _age(entry, 40)
+    assert DecodedCache(tmp_path / "dc").load(photo, "cd" * 32, (40, 30), 1).shape == (30, 40, 3)
+    assert time.time() - entry.stat().st_atime < 600
+
+
+def test_namespace_being_extracted_into_is_skipped(warm):
+    _, cache, _ = warm
+    ns = next(a for a in usage(cache) if a.kind == "features")
+    fc = FeatureCache(cache, json.loads((ns.path / "namespace.json").read_text()))
+    with fc.extraction_lock():
+        r = prune(cache, max_bytes=0)
+    assert r.skipped_busy == [str(ns.path)] and r.deleted_files == 0
+    assert prune(cache, max_bytes=0).deleted_files == len(ns.entries)
+
+
+def test_a_shard_pruned_under_a_reader_is_recomputed_quietly(warm, caplog):
+    _, cache, _ = warm
+    ns = next(a for a in usage(cache) if a.kind == "features")
+    fc = FeatureCache(cache, json.loads((ns.path / "namespace.json").read_text()))
+    shard = sorted(ns.path.glob("*.safetensors"))[0]
+    names = json.loads(_names(shard))
+    shard.unlink()  # pruned after this reader indexed the namespace
+    with caplog.at_level(logging.INFO, logger="graft"):
+        logging.getLogger("graft").propagate = True
+        try:
+            _, missing = fc.get(names)
+        finally:
+            logging.getLogger("graft").propagate = False
+    assert missing == list(range(len(names)))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_cli_info_and_prune(warm):
+    _, cache, _ = warm
+    env = {**os.environ, "GRAFT_CACHE_DIR": str(cache)}
+    info = json.loads(subprocess.run([GRAFT, "cache", "--json"], capture_output=True, text=True, check=True,
+                                     env=env).stdout)
+    assert info["root"] == str(cache) and info["bytes"] == sum(a["bytes"] for a in info["areas"])
+    text = subprocess.run([GRAFT, "cache"], capture_output=True, text=True, check=True, env=env).stdout
+    assert "features" in text and "tf_efficientnet_lite0" in text
+    out = subprocess.run([GRAFT, "cache", "prune", "--max-size", "0", "--json"], capture_output=True, text=True,
+                         check=True, env=env)
+    r = json.loads(out.stdout)
+    assert r["deleted_files"] > 0 and not list(cache.rglob("*.safetensors"))
+    assert (cache / next(a for a in info["areas"] if a["kind"] == "features")["path"] / "namespace.json").exists()
+    bad = subprocess.run([GRAFT, "cache", "prune"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--older-than" in bad.stderr
+    bad = subprocess.run([GRAFT, "cache", "prune", "--max-size", "lots"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "500M" in bad.stderr
+
+
+def test_parse_size_and_age():
+    assert parse_size("2G") == 2 << 30 and parse_size("500m") == 500 << 20 and parse_size("1.5k") == 1536
+    assert parse_size("1024") == 1024 and parse_size("3GiB") == 3 << 30
+    assert parse_age("30d") == 30 * DAY and parse_age("12h") == 12 * 3600 and parse_age("2w") == 14 * DAY
+    for bad in ("", "lots", "-1G"):
+        with pytest.raises(GraftError):
+            parse_size(bad)
+    with pytest.raises(GraftError):
+        parse_age("30")
+
+
+def _names(shard: Path) -> str:
+    from graft.cache import _read_header
+
+    return json.dumps(_read_header(shard)[0])
