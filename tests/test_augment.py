@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
@@ -253,15 +253,21 @@ def _steps_one_by_one(img, steps, dtype=torch.float32, rounded=True):
     return (f * 255).round().clamp(0, 255).to(torch.uint8) if rounded else f * 255
 
 
+# Factors mostly up to 1: only those keep the image as k * x + t across steps (a factor above 1 or
+# an offset forces a clamp, which resets the carried state), so long unclamped runs get drawn.
+FACTOR = st.one_of(st.just(1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 2.5))
 STEP = st.one_of(
-    st.tuples(st.sampled_from(["brightness", "contrast", "saturation"]),
-              st.one_of(st.just(1.0), st.floats(0.0, 2.5))),
+    st.tuples(st.sampled_from(["brightness", "contrast", "saturation"]), FACTOR),
+    st.tuples(st.sampled_from(["brightness", "contrast", "saturation"]), FACTOR),
     st.tuples(st.just("offset"), st.lists(st.floats(-300, 300), min_size=3, max_size=3)),
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(steps=st.lists(STEP, max_size=6), offset=st.integers(-60, 60))
+@example(steps=[("contrast", 0.5), ("brightness", 0.5)], offset=0)  # a pending offset scaled later
+@example(steps=[("contrast", 0.5), ("saturation", 0.2), ("contrast", 0.5)], offset=0)  # stale means
+@example(steps=[("offset", [40, -20, 5]), ("saturation", 0.3), ("contrast", 0.6)], offset=0)
 def test_color_twist_equals_the_steps_one_by_one(steps, offset):
     img = gradient(offset=offset)
     out = AF.color_twist(img, steps)
@@ -272,6 +278,14 @@ def test_color_twist_equals_the_steps_one_by_one(steps, offset):
     assert (out.double() - exact).abs().max() <= 0.5 + 1e-3
     if not steps:
         assert torch.equal(out, img)
+
+
+@pytest.mark.parametrize("steps", [[("brightness", -1.0)], [("contrast", float("nan"))],
+                                   [("offset", [0, float("inf"), 0])], [("offset", [1, 2])],
+                                   [("brightnes", 1.0)]])
+def test_color_twist_refuses_bad_steps(steps):
+    with pytest.raises(ValueError):
+        AF.color_twist(gradient(), steps)
 
 
 def test_color_twist_clamps_between_steps():
@@ -285,16 +299,19 @@ def test_color_twist_clamps_between_steps():
 
 
 def test_loader_colour_run_matches_the_ops_applied_one_by_one():
+    # The reference is each op's own apply on a float64 image (0..1), not color_steps: a wrong
+    # color_steps (order, units, sign) must show here.
     from graft.loader import apply_ops
 
-    ops = [A.Flip(0.5), A.ColorJitter(0.4, 0.4, 0.4), A.PCAColor(0.5), A.RGBShift(20, p=1.0)]
-    for seed in range(20):
+    ops = [A.Flip(0.5), A.RGBShift(20, p=1.0), A.ColorJitter(0.4, 0.4, 0.4), A.PCAColor(0.5)]
+    for seed in range(30):
         img = gradient(offset=seed * 5 - 50)
         params = A.Pipeline(ops).draw(gen(seed), (H, W))
-        steps = [s for op, p in zip(ops[1:], params[1:]) for s in op.color_steps(p)]
         out = apply_ops(ops, img, params)
-        exact = _steps_one_by_one(ops[0].apply(img, params[0]), steps, torch.float64, rounded=False)
-        assert (out.double() - exact).abs().max() <= 0.5 + 1e-3
+        f = ops[0].apply(img, params[0]).double() / 255
+        for op, p in zip(ops[1:], params[1:]):
+            f = op.apply(f, p)
+        assert (out.double() - f * 255).abs().max() <= 0.5 + 1e-3
 
 
 def test_to_uint8_truncates_like_the_plain_cast():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +74,23 @@ def test_decoded_cache_gives_the_same_pixels_and_survives_damage(samples, tmp_pa
     entries[0].write_bytes(b"garbage")
     assert torch.equal(cached(item), first)  # damaged entry: decoded again, rewritten
     assert np.load(entries[0]).shape[2] == 3
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+def test_decoded_cache_keeps_its_maps_without_holding_files_open(tmp_path):
+    # A persistent worker keeps every photo it served mapped; numpy's memmap would hold a file
+    # descriptor per map and run into the open-file limit (1024 by default) on a few thousand photos.
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (12, 9), (10, 20, 30)).save(photo)
+    cache = DecodedCache(tmp_path / "decoded")
+    digests = [f"{i:064x}" for i in range(300)]
+    for d in digests:
+        cache.load(photo, d, (12, 9), 1)  # decodes and stores
+    before = len(os.listdir("/proc/self/fd"))
+    arrays = [cache.load(photo, d, (12, 9), 1) for d in digests]  # maps each stored entry
+    assert len(os.listdir("/proc/self/fd")) - before < 10
+    assert len(cache._open) == 300 and all(a.shape == (9, 12, 3) and (a[0, 0] == (10, 20, 30)).all() for a in arrays)
+    assert cache.load(photo, digests[0], (12, 9), 1) is arrays[0]  # unchanged entry: the same map
 
 
 def test_big_jpeg_is_stored_at_a_dct_reduction_that_keeps_detail(tmp_path):

@@ -48,7 +48,7 @@ def estimate_bytes(sizes, crop, out) -> int:
     return total
 
 
-MAX_OPEN = 8192  # memory maps one process keeps open (address space only; pages live in the page cache)
+MAX_OPEN = 8192  # maps one process keeps (address space only: the pages live in the page cache)
 
 
 class DecodedCache:
@@ -56,7 +56,9 @@ class DecodedCache:
 
     Each process keeps the entries it has opened mapped, so later epochs skip opening the file
     and parsing its header (about 150 us a photo, a tenth of a sample's cost). A stat per load
-    (inode, size, mtime) notices an entry replaced or damaged since, and opens it again.
+    (inode, size, mtime) notices an entry replaced or damaged since, and opens it again. The maps
+    come from torch.from_file, which closes its file descriptor after mapping: numpy's memmap
+    keeps one open per map, and a worker holding thousands would hit the open-file limit.
     """
 
     def __init__(self, root):
@@ -77,14 +79,13 @@ class DecodedCache:
             held = self._open.get(entry)
             if held is not None and held[0] == stamp:
                 return held[1]
-            arr = np.load(entry, mmap_mode="r")
-            if arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8:
-                if len(self._open) >= MAX_OPEN:
-                    self._open.clear()
-                self._open[entry] = (stamp, arr)
-                touch(entry)  # its last use, for `graft cache prune` (access time only: stamp holds)
-                return arr
-        except (OSError, ValueError):
+            arr = _map_rgb(entry, st.st_size)
+            if len(self._open) >= MAX_OPEN:
+                self._open.clear()
+            self._open[entry] = (stamp, arr)
+            touch(entry)  # its last use, for `graft cache prune` (access time only: stamp holds)
+            return arr
+        except (OSError, ValueError):  # missing or damaged: decode again, rewrite
             pass
         w, h = size
         img = read_image(path, min_size=(math.ceil(w / reduction), math.ceil(h / reduction)))
@@ -103,3 +104,20 @@ class DecodedCache:
                 tmp.unlink()
             except (OSError, UnboundLocalError):
                 pass
+
+
+def _map_rgb(entry: Path, nbytes: int) -> np.ndarray:
+    """Memory-map an HxWx3 uint8 `.npy` file read-only, holding no file descriptor."""
+    import torch
+
+    with open(entry, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unexpected .npy version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if len(shape) != 3 or shape[2] != 3 or dtype != np.uint8 or fortran or nbytes != offset + math.prod(shape):
+        raise ValueError(f"not an RGB uint8 array: {shape} {dtype}")
+    whole = torch.from_file(str(entry), shared=False, size=nbytes, dtype=torch.uint8)
+    return whole[offset:].view(shape).numpy()

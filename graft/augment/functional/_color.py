@@ -13,6 +13,8 @@ sample's cost), and `to_uint8`, a faster float-to-uint8 cast.
 Images are tensors shaped (..., 3, H, W): uint8 in 0..255 or float in 0..1.
 """
 
+import math
+
 import torch
 from torchvision.transforms.v2 import functional as F
 
@@ -82,10 +84,17 @@ def color_twist(img: torch.Tensor, steps) -> torch.Tensor:
     for kind, value in steps:
         if kind == "offset":
             value = [float(v) for v in value]
+            if len(value) != 3 or not all(math.isfinite(v) for v in value):
+                raise ValueError(f"an offset is three finite numbers, got {value}")
             if not any(value):
                 continue
-        elif float(value) == 1.0:
-            continue
+        elif kind in ("brightness", "contrast", "saturation"):
+            if not (float(value) >= 0 and math.isfinite(float(value))):  # as torchvision: no negatives
+                raise ValueError(f"{kind} factor must be a finite number >= 0, got {value}")
+            if float(value) == 1.0:
+                continue
+        else:
+            raise ValueError(f"unknown colour step {kind!r}")
         if dirty:
             x, k, t, means, dirty = settle(x, k, t).clamp_(0, 255), 1.0, [0.0, 0.0, 0.0], None, False
         if kind == "offset":
@@ -106,8 +115,6 @@ def color_twist(img: torch.Tensor, steps) -> torch.Tensor:
             wt = sum(w * tc for w, tc in zip(GRAY, t))
             x = x.mul_(f * k).add_(grey.unsqueeze(0), alpha=(1 - f) * k)
             k, t, means = 1.0, [f * a + (1 - f) * wt for a in t], None
-        else:
-            raise ValueError(f"unknown colour step {kind!r}")
         dirty = f > 1  # factors up to 1 blend towards values inside the range
     return to_uint8(settle(x, k, t).round_().clamp_(0, 255))
 
