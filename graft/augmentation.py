@@ -35,6 +35,7 @@ def resolve_augmentation(preset: str, overrides, *, size: int, train_samples, ca
 def fitted_pca(samples, cache_dir: Path) -> tuple[list[float], list[list[float]]]:
     """PCA of the training photos' RGB colours, cached by the set of their content hashes."""
     from .augment import fit_pca
+    from .cache_admin import touch
     from .data.images import read_image
     from .preprocess import pil_to_tensor
 
@@ -42,6 +43,7 @@ def fitted_pca(samples, cache_dir: Path) -> tuple[list[float], list[list[float]]
     path = Path(cache_dir) / "pca" / f"{key}.json"
     try:
         d = json.loads(path.read_text())
+        touch(path)  # its last use, for `graft cache prune`
         return d["eigvals"], d["eigvecs"]
     except (OSError, ValueError, KeyError):
         pass

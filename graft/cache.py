@@ -72,6 +72,8 @@ class FeatureCache:
                 continue
             try:
                 names, _, _ = _read_header(shard)
+            except FileNotFoundError:  # pruned since the directory was listed
+                continue
             except (OSError, ValueError) as e:
                 self._discard(shard, f"unreadable header ({e})")
                 continue
@@ -130,17 +132,20 @@ class FeatureCache:
             pass
 
     @contextlib.contextmanager
-    def extraction_lock(self):
+    def extraction_lock(self, shared: bool = False):
         """Held while computing missing entries, so two runs sharing the cache never compute the
         same features twice: the second waits, refreshes, and finds them cached. The OS releases
-        the lock when a holder dies, even by SIGKILL."""
+        the lock when a holder dies, even by SIGKILL. `shared`: the ranks of one torchrun job,
+        which split the work among themselves, hold it together (and keep `graft cache prune`
+        out until every rank has read back what the others wrote)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         with open(self.dir / ".extract.lock", "a+b") as f:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
             except BlockingIOError:
-                log.info("another graft process is extracting into %s; waiting for it", self.dir)
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                log.info("another graft process is extracting into or pruning %s; waiting for it", self.dir)
+                fcntl.flock(f.fileno(), mode)
             try:
                 yield
             finally:

@@ -19,6 +19,8 @@ import fcntl
 import json
 import os
 import re
+import stat
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,14 +56,24 @@ class Area:
     bytes: int = 0
     last_used: float = 0.0
     entries: list = field(default_factory=list, repr=False)  # (last_used, bytes, path) of prunable files
+    stale: list = field(default_factory=list, repr=False)  # the same for temp files (.tmp-*)
 
     def as_dict(self) -> dict:
         return {"path": str(self.path), "kind": self.kind, "what": self.what, "files": self.files,
                 "bytes": self.bytes, "last_used": self.last_used}
 
 
+NAMESPACE = re.compile(r".+-[0-9a-f]{16}")  # FeatureCache's folder names: <arch slug>-<key>
+STALE_TMP = DAY = 86400  # a temp file untouched this long belongs to a killed run
+
+
 def usage(root=None) -> list[Area]:
-    """Every area of the cache under `root` (default: graft's cache), largest first."""
+    """Every area of the cache under `root` (default: graft's cache), largest first.
+
+    Only graft's own folders hold prunable files: feature namespaces (`<arch>-<key>` with a
+    `namespace.json`), `decoded` and `pca`. Anything else found there, and symlinked folders,
+    are listed as "other" and never pruned.
+    """
     from .cache import default_cache_dir
 
     root = Path(root).expanduser() if root else default_cache_dir()
@@ -69,20 +81,24 @@ def usage(root=None) -> list[Area]:
         return []
     areas = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        kind, what = _describe(sub)
+        kind, what = ("other", "a link, left alone") if sub.is_symlink() else _describe(sub)
         area = Area(sub, kind, what)
         pattern = PRUNABLE.get(kind)
-        for f in sub.rglob("*"):
+        for f in ([] if sub.is_symlink() else sub.rglob("*")):
             try:
-                st = f.stat()
+                st = f.lstat()
             except OSError:  # deleted meanwhile
                 continue
-            if not f.is_file():
+            if not stat.S_ISREG(st.st_mode):
                 continue
             area.files += 1
             area.bytes += st.st_size
             area.last_used = max(area.last_used, last_used(st))
-            if pattern and f.match(pattern) and not f.name.startswith("."):
+            if pattern is None:
+                continue
+            if f.name.startswith(".tmp-"):  # a write in progress, or left by a killed run
+                area.stale.append((last_used(st), st.st_size, f))
+            elif f.match(pattern) and not f.name.startswith("."):
                 area.entries.append((last_used(st), st.st_size, f))
         areas.append(area)
     return sorted(areas, key=lambda a: -a.bytes)
@@ -96,7 +112,7 @@ def _describe(sub: Path) -> tuple[str, str]:
     if sub.name == "demo-photos":
         return "demo", "graft demo's photos"
     ns = sub / "namespace.json"
-    if ns.is_file():
+    if NAMESPACE.fullmatch(sub.name) and ns.is_file():
         try:
             meta = json.loads(ns.read_text())
             parts = [str(meta.get("arch", "?"))]
@@ -105,20 +121,22 @@ def _describe(sub: Path) -> tuple[str, str]:
             if meta.get("point"):
                 parts.append(str(meta["point"]))
             return "features", ", ".join(parts)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             pass
-    if any(sub.glob("*.safetensors")):
-        return "features", "feature shards"
-    return "other", ""
+    return "other", "not graft's, left alone"
 
 
 @dataclass
 class PruneResult:
     deleted_files: int
     deleted_bytes: int
-    kept_bytes: int
-    skipped_busy: list[str]
+    kept_bytes: int  # the whole cache after pruning
+    prunable_bytes: int  # of which feature shards, decoded photos and PCA fits
+    skipped_busy: list[str]  # namespaces a run is extracting into
+    failed: list[str]  # files that could not be deleted ("path: reason")
+    unmet: bool  # --max-size could not be reached (busy namespaces)
     dry_run: bool
+    paths: list[str] = field(default_factory=list)  # what went (or would go, for a dry run)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -127,45 +145,58 @@ class PruneResult:
 def prune(root=None, *, older_than: float | None = None, max_bytes: int | None = None,
           dry_run: bool = False) -> PruneResult:
     """Delete cache files unused for `older_than` seconds, then the least recently used ones
-    until the cache holds at most `max_bytes`. At least one of the two must be given."""
+    until feature shards, decoded photos and PCA fits take at most `max_bytes` bytes (what else
+    the folder holds, such as the demo photos, is never pruned and not counted). At least one of
+    the two must be given. Temp files left by killed runs (untouched for a day) always go.
+
+    A namespace a run is extracting into is skipped, in a dry run too, so a dry run names
+    exactly what a real one would delete.
+    """
     if older_than is None and max_bytes is None:
         raise GraftError("prune needs --older-than AGE and/or --max-size SIZE")
+    for name, value in (("older_than", older_than), ("max_bytes", max_bytes)):
+        if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+            raise GraftError(f"{name} must be a number >= 0 (seconds or bytes; see parse_age / parse_size), "
+                             f"got {value!r}")
     areas = usage(root)
     total = sum(a.bytes for a in areas)
+    prunable = sum(size for a in areas for _, size, _ in a.entries)
     now = time.time()
     with contextlib.ExitStack() as locks:
-        busy, candidates = [], []
+        busy, candidates, stale = [], [], []
         for a in areas:
-            if not a.entries:
+            if not (a.entries or a.stale):
                 continue
-            if a.kind == "features" and not dry_run:
-                if not _try_lock(locks, a.path):
-                    busy.append(str(a.path))
-                    continue
+            if a.kind == "features" and not _try_lock(locks, a.path):
+                busy.append(str(a.path))
+                continue
             candidates.extend(a.entries)
+            stale.extend(e for e in a.stale if now - e[0] > STALE_TMP)
         candidates.sort(key=lambda e: e[0])  # least recently used first
-        doomed, freed = [], 0
+        doomed, left = [(*e, True) for e in stale], prunable
         for used, size, path in candidates:
             too_old = older_than is not None and now - used > older_than
-            too_big = max_bytes is not None and total - freed > max_bytes
+            too_big = max_bytes is not None and left > max_bytes
             if not (too_old or too_big):
                 break  # oldest first: nothing after this one is older, and the size is met
-            doomed.append(path)
-            freed += size
-        deleted = 0
-        if not dry_run:
-            freed = 0
-            for path in doomed:
+            doomed.append((used, size, path, False))
+            left -= size
+        deleted, freed, freed_prunable, failed, paths = 0, 0, 0, [], []
+        for _, size, path, is_tmp in doomed:
+            if not dry_run:
                 try:
-                    size = path.stat().st_size
                     path.unlink()
-                except OSError:
+                except FileNotFoundError:  # gone meanwhile
                     continue
-                deleted += 1
-                freed += size
-        else:
-            deleted = len(doomed)
-    return PruneResult(deleted, freed, total - freed, busy, dry_run)
+                except OSError as e:
+                    failed.append(f"{path}: {e.strerror or e}")
+                    continue
+            deleted += 1
+            freed += size
+            freed_prunable += 0 if is_tmp else size
+            paths.append(str(path))
+    unmet = max_bytes is not None and prunable - freed_prunable > max_bytes
+    return PruneResult(deleted, freed, total - freed, prunable - freed_prunable, busy, failed, unmet, dry_run, paths)
 
 
 def _try_lock(stack: contextlib.ExitStack, ns_dir: Path) -> bool:
@@ -184,28 +215,27 @@ def _try_lock(stack: contextlib.ExitStack, ns_dir: Path) -> bool:
 # -- parsing what people type ----------------------------------------------------------------------
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
+_AGES = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def parse_size(text: str) -> int:
     """'500M', '2G', '1.5g', '1024' (bytes) -> bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?\s*", str(text).lower())
     if not m:
         raise GraftError(f"a size looks like 500M or 2G, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2)])
+    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
 
 
 def parse_age(text: str) -> float:
-    """'30d', '12h', '2w', '90m', '45s' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(text).lower())
+    """'30d', '12h', '2w', '90min', '45s' -> seconds ('m' is refused: minutes or months?)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|min|h|d|w)\s*", str(text).lower())
     if not m:
-        raise GraftError(f"an age looks like 30d, 12h or 2w, got {text!r}")
+        raise GraftError(f"an age looks like 30d, 12h, 2w or 90min, got {text!r}")
     return float(m.group(1)) * _AGES[m.group(2)]
 
 
 def human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+        if round(n, 1) < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
@@ -231,9 +261,10 @@ def add_cli(subparsers):
     common(sub.add_parser("info", help="size and last use of each part of the cache (the default)"), True)
     pr = sub.add_parser("prune", help="delete the least recently used cache files")
     common(pr, True)
-    pr.add_argument("--older-than", metavar="AGE", help="delete files unused for AGE (e.g. 30d, 12h)")
-    pr.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until the cache is at most SIZE (e.g. 2G)")
-    pr.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    pr.add_argument("--older-than", metavar="AGE", help="delete files unused for AGE (e.g. 30d, 12h, 2w, 90min)")
+    pr.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until shards, decoded photos and "
+                    "PCA fits take at most SIZE (e.g. 2G)")
+    pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     p.set_defaults(handler=cmd_cache)
     return p
 
@@ -241,18 +272,32 @@ def add_cli(subparsers):
 def cmd_cache(args) -> int:
     from .cache import default_cache_dir
 
-    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    root = (Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()).absolute()
+    if not root.is_dir():
+        raise GraftError(f"no cache at {root}")
     if getattr(args, "cache_command", None) == "prune":
         r = prune(root, older_than=parse_age(args.older_than) if args.older_than else None,
                   max_bytes=parse_size(args.max_size) if args.max_size else None, dry_run=args.dry_run)
         if args.json:
             print(json.dumps(r.as_dict()))
-            return 0
-        verb = "would delete" if r.dry_run else "deleted"
-        print(f"{verb} {r.deleted_files} file(s), {human(r.deleted_bytes)}; the cache now holds {human(r.kept_bytes)}")
+            return 1 if r.failed else 0
+        if r.dry_run:
+            for path in r.paths[:20]:
+                print(f"would delete {path}")
+            if len(r.paths) > 20:
+                print(f"... and {len(r.paths) - 20} more")
+            print(f"would delete {r.deleted_files} file(s), {human(r.deleted_bytes)}, "
+                  f"leaving {human(r.kept_bytes)} ({human(r.prunable_bytes)} prunable)")
+        else:
+            print(f"deleted {r.deleted_files} file(s), {human(r.deleted_bytes)}; the cache now holds "
+                  f"{human(r.kept_bytes)} ({human(r.prunable_bytes)} prunable)")
         for path in r.skipped_busy:
             print(f"skipped {path}: a run is extracting into it")
-        return 0
+        if r.unmet:
+            print(f"could not get below {args.max_size}: the rest is in namespaces in use")
+        for line in r.failed[:10]:
+            print(f"could not delete {line}", file=sys.stderr)
+        return 1 if r.failed else 0
     areas = usage(root)
     if args.json:
         print(json.dumps({"root": str(root), "bytes": sum(a.bytes for a in areas),

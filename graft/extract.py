@@ -74,12 +74,13 @@ def extract_features(
     if missing and dist is not None and dist.enabled:
         mine = dist.shard(missing)
         before = (stats.misses, stats.forward_batches)
-        _compute_missing(get_backbone, names, paths, cache, mine, feats, ok, load=load, batch_size=batch_size,
-                         workers=workers, progress=progress and dist.is_main, desc=desc, stats=stats,
-                         forward=forward)
-        dist.barrier()
-        cache.refresh()
-        feats, still = cache.get(names)
+        with cache.extraction_lock(shared=True):
+            _compute_missing(get_backbone, names, paths, cache, mine, feats, ok, load=load, batch_size=batch_size,
+                             workers=workers, progress=progress and dist.is_main, desc=desc, stats=stats,
+                             forward=forward)
+            dist.barrier()
+            cache.refresh()
+            feats, still = cache.get(names)
         ok[still] = False  # files no rank could read; their reasons are gathered below
         stats.skipped = dist.gather_lists(stats.skipped)
         misses, batches = dist.sum(stats.misses - before[0], stats.forward_batches - before[1])

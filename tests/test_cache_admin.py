@@ -18,7 +18,7 @@ import pytest
 import graft
 from conftest import make_photo_folder
 from graft.cache import FeatureCache
-from graft.cache_admin import parse_age, parse_size, prune, usage
+from graft.cache_admin import parse_age, parse_size, prune, touch, usage
 from graft.data.decoded import DecodedCache
 from graft.errors import GraftError
 
@@ -90,29 +90,69 @@ def test_max_size_deletes_least_recently_used_first(tmp_path):
     assert [f.exists() for f in files] == [False, False, True, True, True]
 
 
-def test_reading_an_entry_marks_it_used(warm, tmp_path):
+def test_touch_sets_the_access_time_and_keeps_mtime(tmp_path):
+    f = tmp_path / "entry.npy"
+    f.write_bytes(b"x")
+    _age(f, 40)
+    mtime = f.stat().st_mtime_ns
+    touch(f)
+    assert time.time() - f.stat().st_atime < 60 and f.stat().st_mtime_ns == mtime
+    touch(tmp_path / "missing")  # best effort: no error
+
+
+def test_opening_an_entry_records_its_use(warm, tmp_path, monkeypatch):
+    # The kernel's relatime may update atime on a read too, but not on noatime mounts: graft's
+    # own touch must be called whenever a shard or a decoded photo is opened.
+    import graft.cache
+    import graft.data.decoded
+
+    touched = []
+    monkeypatch.setattr(graft.cache, "touch", touched.append)
+    monkeypatch.setattr(graft.data.decoded, "touch", touched.append)
     _, cache, _ = warm
     ns = next(a for a in usage(cache) if a.kind == "features")
     shard = sorted(ns.path.glob("*.safetensors"))[0]
-    first_name = json.loads(_names(shard))[0]
-    fc = FeatureCache(cache, json.loads((ns.path / "namespace.json").read_text()))  # reads headers
-    _age(shard, 40)
-    mtime = shard.stat().st_mtime
-    _, missing = fc.get([first_name])
-    assert not missing
-    assert time.time() - shard.stat().st_atime < 600 and shard.stat().st_mtime == mtime
-    assert prune(cache, older_than=30 * DAY).deleted_files == 0
+    fc = FeatureCache(cache, json.loads((ns.path / "namespace.json").read_text()))
+    assert not fc.get([json.loads(_names(shard))[0]])[1]
+    assert touched == [shard]
 
     photo = tmp_path / "p.png"
     from PIL import Image
 
     Image.new("RGB", (40, 30), (1, 2, 3)).save(photo)
-    dc = DecodedCache(tmp_path / "dc")
-    dc.load(photo, "cd" * 32, (40, 30), 1)
-    entry = next((tmp_path / "dc").rglob("*.npy"))
-    _age(entry, 40)
-    assert DecodedCache(tmp_path / "dc").load(photo, "cd" * 32, (40, 30), 1).shape == (30, 40, 3)
-    assert time.time() - entry.stat().st_atime < 600
+    DecodedCache(tmp_path / "dc").load(photo, "cd" * 32, (40, 30), 1)  # decodes and stores
+    assert DecodedCache(tmp_path / "dc").load(photo, "cd" * 32, (40, 30), 1).shape == (30, 40, 3)  # maps it
+    assert touched[1:] == list((tmp_path / "dc").rglob("*.npy"))
+
+
+def test_only_graft_files_are_pruned_and_counted(warm, tmp_path):
+    _, cache, _ = warm
+    ns = next(a for a in usage(cache) if a.kind == "features")
+    demo = cache / "demo-photos" / "x"  # big, never prunable: must not count toward --max-size
+    demo.mkdir(parents=True)
+    (demo / "big.jpg").write_bytes(b"\0" * (4 << 20))
+    run = cache / "runs" / "cats"  # a run folder someone put in the cache: its model must survive
+    run.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"weights")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.json").write_text("{}")
+    (cache / "linked").symlink_to(elsewhere, target_is_directory=True)
+    tmp_dir = cache / "decoded" / "ab"
+    tmp_dir.mkdir(parents=True)
+    dead, live = tmp_dir / ".tmp-dead.npy", tmp_dir / ".tmp-live.npy"
+    dead.write_bytes(b"x" * 100)
+    live.write_bytes(b"y" * 100)
+    _age(dead, 3)
+
+    r = prune(cache, max_bytes=ns.bytes)  # the shards alone fit: nothing of theirs goes
+    assert r.paths == [str(dead)] and not r.unmet
+    assert live.exists() and (demo / "big.jpg").exists()
+    r = prune(cache, max_bytes=0)
+    assert not list(ns.path.glob("*.safetensors"))  # the shards went...
+    assert (run / "model.safetensors").exists() and (elsewhere / "keep.json").exists()  # ...nothing else
+    assert (ns.path / "namespace.json").exists() and live.exists()
+    assert r.prunable_bytes == 0 and r.kept_bytes == sum(a.bytes for a in usage(cache))
 
 
 def test_namespace_being_extracted_into_is_skipped(warm):
@@ -120,8 +160,12 @@ def test_namespace_being_extracted_into_is_skipped(warm):
     ns = next(a for a in usage(cache) if a.kind == "features")
     fc = FeatureCache(cache, json.loads((ns.path / "namespace.json").read_text()))
     with fc.extraction_lock():
+        dry = prune(cache, max_bytes=0, dry_run=True)
         r = prune(cache, max_bytes=0)
-    assert r.skipped_busy == [str(ns.path)] and r.deleted_files == 0
+    assert dry.skipped_busy == r.skipped_busy == [str(ns.path)] and dry.paths == r.paths == []
+    assert r.unmet and r.deleted_files == 0
+    with fc.extraction_lock(shared=True):  # the ranks of a torchrun job keep it out too
+        assert prune(cache, max_bytes=0).skipped_busy == [str(ns.path)]
     assert prune(cache, max_bytes=0).deleted_files == len(ns.entries)
 
 
@@ -150,6 +194,9 @@ def test_cli_info_and_prune(warm):
     assert info["root"] == str(cache) and info["bytes"] == sum(a["bytes"] for a in info["areas"])
     text = subprocess.run([GRAFT, "cache"], capture_output=True, text=True, check=True, env=env).stdout
     assert "features" in text and "tf_efficientnet_lite0" in text
+    dry = subprocess.run([GRAFT, "cache", "--json", "prune", "--max-size", "0", "--dry-run"], capture_output=True,
+                         text=True, check=True, env=env)
+    assert json.loads(dry.stdout)["paths"] and list(cache.rglob("*.safetensors"))
     out = subprocess.run([GRAFT, "cache", "prune", "--max-size", "0", "--json"], capture_output=True, text=True,
                          check=True, env=env)
     r = json.loads(out.stdout)
@@ -159,6 +206,8 @@ def test_cli_info_and_prune(warm):
     assert bad.returncode == 2 and "--older-than" in bad.stderr
     bad = subprocess.run([GRAFT, "cache", "prune", "--max-size", "lots"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "500M" in bad.stderr
+    bad = subprocess.run([GRAFT, "cache", "--cache-dir", str(cache / "nope")], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "no cache at" in bad.stderr
 
 
 def test_parse_size_and_age():
@@ -168,8 +217,12 @@ def test_parse_size_and_age():
     for bad in ("", "lots", "-1G"):
         with pytest.raises(GraftError):
             parse_size(bad)
+    for bad in ("30", "6m", "6M"):  # m: minutes or months? refused
+        with pytest.raises(GraftError):
+            parse_age(bad)
+    assert parse_age("90min") == 5400
     with pytest.raises(GraftError):
-        parse_age("30")
+        prune(None, older_than="30d")  # the Python API takes seconds
 
 
 def _names(shard: Path) -> str:

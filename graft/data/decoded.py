@@ -119,5 +119,8 @@ def _map_rgb(entry: Path, nbytes: int) -> np.ndarray:
         offset = f.tell()
     if len(shape) != 3 or shape[2] != 3 or dtype != np.uint8 or fortran or nbytes != offset + math.prod(shape):
         raise ValueError(f"not an RGB uint8 array: {shape} {dtype}")
-    whole = torch.from_file(str(entry), shared=False, size=nbytes, dtype=torch.uint8)
+    try:
+        whole = torch.from_file(str(entry), shared=False, size=nbytes, dtype=torch.uint8)
+    except RuntimeError as e:  # e.g. pruned between the header read and here
+        raise OSError(str(e)) from None
     return whole[offset:].view(shape).numpy()
