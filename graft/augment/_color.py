@@ -3,8 +3,9 @@ AlexNet's PCA colour shift, plus `fit_pca` to measure a training set's colour pr
 
 Each op draws its parameters from a torch.Generator, then calls a kernel of
 graft.augment.functional (see graft.augment._op). `color_steps(params)` states the same change as
-steps of functional.color_twist, which the loader uses to run a chain of colour ops in one go. All three are also batchable: `draw_batch` and
-`apply_batch` give every sample of a batch its own draw (used by graft.augment.batched).
+steps of functional.color_twist, which the loader uses to run a chain of colour ops in one go.
+All three are also batchable: `draw_batch` and `apply_batch` give every sample of a batch its own
+draw (used by graft.augment.batched).
 """
 
 import math
