@@ -112,8 +112,7 @@ class FeatureCache:
                 raise ValueError("checksum mismatch")
         except FileNotFoundError:  # `graft cache prune` took it since the index was read
             log.info("cache shard %s is gone: its entries will be recomputed", shard)
-            self._bad.add(shard)
-            self._index = {k: v for k, v in self._index.items() if v[0] != shard}
+            self._forget(shard)
             return None
         except (OSError, ValueError) as e:
             self._discard(shard, str(e))
@@ -122,10 +121,14 @@ class FeatureCache:
         touch(shard)  # its last use, for `graft cache prune`
         return arr
 
-    def _discard(self, shard: Path, why: str) -> None:
-        log.warning("cache shard %s is damaged (%s): discarded, its entries will be recomputed", shard, why)
+    def _forget(self, shard: Path) -> None:
+        """Drop a shard from the index, so its entries count as missing."""
         self._bad.add(shard)
         self._index = {k: v for k, v in self._index.items() if v[0] != shard}
+
+    def _discard(self, shard: Path, why: str) -> None:
+        log.warning("cache shard %s is damaged (%s): discarded, its entries will be recomputed", shard, why)
+        self._forget(shard)
         try:
             shard.unlink()
         except OSError:

@@ -7,8 +7,9 @@ photo records its last use in its access time (set explicitly when a process ope
 `noatime`/`relatime` mounts do not matter); `prune` deletes the least recently used files first.
 
 A namespace that a run is extracting into is skipped (its extraction lock is held); a run reading
-a shard that vanished recomputes its entries. Namespace descriptions (`namespace.json`), locks and
-the demo photos are never pruned.
+a shard that vanished recomputes its entries. Only graft's own folders are pruned: never
+namespace descriptions (`namespace.json`), locks, the demo photos, folders graft did not make,
+or what a link points to.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class Area:
 
 
 NAMESPACE = re.compile(r".+-[0-9a-f]{16}")  # FeatureCache's folder names: <arch slug>-<key>
-STALE_TMP = DAY = 86400  # a temp file untouched this long belongs to a killed run
+STALE_TMP = 86400  # seconds: a temp file untouched this long belongs to a killed run
 
 
 def usage(root=None) -> list[Area]:

@@ -146,8 +146,8 @@ def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, see
     View v of an image is keyed by its content hash, the augmentation config's key (and the
     kernels' version), the seed and v, and drawn from a random stream seeded by the same, so
     later runs reuse every view. A file that fails to load here has already been skipped by the
-    clean pass. With `decoded_dir`, each
-    photo is decoded once for all its views (graft.data.decoded).
+    clean pass. With `decoded_dir`, each photo is decoded once for all its views
+    (graft.data.decoded).
     """
     from .augment import KERNELS
     from .loader import AugmentedLoad, decoded_cache_for, mix_seed

@@ -11,10 +11,6 @@ device, and `preview_grid` shows what a setting does.
 """
 
 from . import functional
-
-# Bumped whenever a kernel's output changes for the same params (2: the loader's fused colour
-# run, rounding once); cached augmented views carry it in their key.
-KERNELS = 2
 from ._color import IMAGENET_EIGVALS, IMAGENET_EIGVECS, ColorJitter, PCAColor, RGBShift, fit_pca
 from ._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
 from ._op import Op, sample_params
@@ -31,6 +27,10 @@ from .presets import (
     preset_table,
 )
 from .preview import preview_grid
+
+# Bumped whenever a kernel's output changes for the same params (2: the loader's fused colour
+# run, rounding once); cached augmented views carry it in their key.
+KERNELS = 2
 
 __all__ = [
     "BATCHABLE",
