@@ -35,6 +35,7 @@ from torch import nn
 from ._atomic import atomic_path
 from .errors import GraftError
 from .head import make_head
+from .strategy import check_request
 
 log = logging.getLogger("graft")
 
@@ -115,8 +116,7 @@ class GraftedNet(nn.Module):
 def plan_stages(backbone, cfg: FinetuneConfig) -> tuple[int, int | None]:
     """-> (k frozen stages, cut). Checks the request against the backbone's stages."""
     n = len(backbone.stage_names)
-    if cfg.from_scratch and cfg.strategy != "full":
-        raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
+    check_request(cfg.strategy, from_scratch=cfg.from_scratch)
     if cfg.strategy == "full":
         if cfg.new_hidden:
             raise GraftError("--new-hidden replaces the last stages; use it with --strategy partial")
@@ -146,9 +146,10 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     """Fine-tune on `data` (graft.data.Dataset with ok samples); see the module docstring.
 
     `pipeline`: augmentation for training images (None: clean preprocessing, and then the frozen
-    prefix's activations come from the boundary cache). `extract(samples, forward, desc)` returns
-    their cached activations (used for the boundary cache; `boundary_cache=False` runs the frozen
-    stages on every training batch instead, for comparison). `aug_device` "cpu"/"cuda" moves
+    prefix's activations come from the boundary cache). `extract(samples, k, forward, desc)`
+    returns their cached activations after the k frozen stages (used for the boundary cache;
+    `boundary_cache=False` runs the frozen stages on every training batch instead, for
+    comparison). `aug_device` "cpu"/"cuda" moves
     flips and colour ops out of the loader workers onto the trainer's device, per sample.
 
     Under torchrun (`dist` with several ranks) the model is wrapped in DistributedDataParallel,
@@ -188,8 +189,8 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
         def fwd(b, x):
             return b.run_stages(x, 0, k)
 
-        z_val = _as_activations(extract(val_s, fwd, "boundary activations (val)"), boundary_shape)
-        z_train = (_as_activations(extract(train_s, fwd, "boundary activations (train)"), boundary_shape)
+        z_val = _as_activations(extract(val_s, k, fwd, "boundary activations (val)"), boundary_shape)
+        z_train = (_as_activations(extract(train_s, k, fwd, "boundary activations (train)"), boundary_shape)
                    if use_boundary else None)
         val_batches = None
     else:
@@ -349,7 +350,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
         net.load_state_dict(best_state)
     timings = {k_: round(v, 4) for k_, v in timings.items()}
     timings["loop_s"] = round(time.perf_counter() - t0, 4)
-    from .model import Classifier
+    from .classifier import Classifier
 
     model = Classifier(net.backbone, net.head, data.classes, cut=cut).eval()
     return FinetuneResult(model, state["best_epoch"] + 1, len(state["history"]["val_loss"]), state["history"],

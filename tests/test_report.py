@@ -24,7 +24,8 @@ from PIL import Image
 
 import graft
 from conftest import count_backbone_forwards, isolated_env, make_photo_folder
-from graft.report import add_cli, fmt3, val_predictions, write_report
+from graft.cli.report import add_parser
+from graft.report import fmt3, val_predictions, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 DATA_PNG = "data:image/png;base64,"
@@ -181,10 +182,10 @@ def test_without_photos_and_with_fine_tuning_metrics(report_run, tmp_path):
 def test_cli_rebuilds_and_prints_the_path(report_run, tmp_path, capsys):
     run = _copy_run(report_run.run, tmp_path / "run")
     parser = argparse.ArgumentParser(prog="graft")
-    add_cli(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["report", str(run)])
     assert args.command == "report" and args.photos is None and args.open is False
-    assert args.handler(args) == 0
+    assert args.run(args) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.html")
     assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
 
