@@ -25,7 +25,6 @@ the threshold; it still lists the top-k classes with their (temperature-scaled) 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._atomic import atomic_path, write_json
+from ._atomic import atomic_path, read_json, write_json
 from ._digest import sha256_file
 from .errors import GraftError
 
@@ -308,13 +307,8 @@ def load_calibration(run_dir) -> dict:
     """RUN/calibration.json, checked against the run's current model; GraftError says what to do."""
     run_dir = Path(run_dir)
     path = run_dir / CALIBRATION_JSON
-    if not path.is_file():
-        raise GraftError(f"{run_dir} has no calibration: run `graft calibrate {run_dir} PHOTOS` first "
-                         f"(PHOTOS: the photos it was trained on), or pass --reject none or a probability")
-    try:
-        cal = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise GraftError(f"cannot read {path}: {e}") from None
+    cal = read_json(path, missing=f"{run_dir} has no calibration: run `graft calibrate {run_dir} PHOTOS` first "
+                    f"(PHOTOS: the photos it was trained on), or pass --reject none or a probability")
     if cal.get("format") != FORMAT:
         raise GraftError(f"{path} has format {cal.get('format')}; run `graft calibrate {run_dir} PHOTOS` again")
     if cal.get("model_sha256") != sha256_file(run_dir / "model.safetensors"):

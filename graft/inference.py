@@ -40,6 +40,95 @@ def predict(run, paths, *, topk: int = 3, weights=None, batch_size: int = 32,
                                       batch_size=batch_size, workers=workers)]
 
 
+def predict_with_reject(run, paths, topk: int = 3, reject="auto", photos=None, *, weights=None,
+                        batch_size: int = 32, workers: int | None = None, progress: bool = False) -> list[dict]:
+    """Top-k predictions for each image (folders expanded), with `class` the top class or `unknown`.
+
+    `reject`: "auto" (RUN/calibration.json: its temperature, confidence threshold and novelty
+    check; when missing, made from `photos` if given, else a GraftError says to run `graft
+    calibrate RUN PHOTOS`), a float (a raw top-probability threshold, T = 1, no novelty check),
+    or None / "none" (never unknown). Each result is {"path", "class", "confidence",
+    "predictions": [{"class", "probability"}], ["novelty"], ["reason"]} or {"path", "error"}.
+    """
+    return list(iter_predictions(run, paths, topk=topk, reject=reject, photos=photos, weights=weights,
+                                 batch_size=batch_size, workers=workers, progress=progress))
+
+
+def iter_predictions(run, paths, *, topk: int = 3, reject=None, photos=None, weights=None, batch_size: int = 32,
+                     workers: int | None = None, progress: bool = False):
+    """predict_with_reject's results, yielded in input order batch by batch (the CSV is written
+    as they come)."""
+    files = expand_paths(paths)
+    cal = calibration_for(run, reject, read_run_meta(run)["classes"], photos=photos, weights=weights,
+                          workers=workers)
+    novelty = load_novelty(run, cal) if cal else None
+    model = load_run(run, weights=weights)
+    if cal and cal["classes"] != list(model.classes):
+        raise GraftError(f"{Path(run) / CALIBRATION_JSON} is for other classes: run `graft calibrate {run} PHOTOS` again")
+    done = 0
+    pending: dict[int, dict] = {}
+    for idx, logits, dist, errors in predict_logits(model, files, batch_size=batch_size, workers=workers,
+                                                    novelty=novelty, progress=progress):
+        for i, e in errors:
+            pending[i] = {"path": str(files[i]), "error": e.reason}
+        if idx:
+            scored = apply_reject([{"path": str(files[i])} for i in idx], logits, cal, novelty=dist, topk=topk,
+                                  classes=model.classes)
+            pending.update(zip(idx, scored))
+        while done in pending:
+            yield pending.pop(done)
+            done += 1
+
+
+def predict_logits(model, files, *, batch_size: int = 32, workers: int | None = None, novelty: Novelty | None = None,
+                   progress: bool = False, desc: str = "predicting"):
+    """Yield (indices, logits (n, C) float64 numpy, novelty distances or None, [(index, ImageError)])
+    per batch of `files` (graft.loader.image_loader, the run's preprocessing)."""
+    from tqdm.auto import tqdm
+
+    with torch.inference_mode(), tqdm(total=len(files), desc=desc, unit="img", disable=not progress,
+                                      leave=False) as bar:
+        for idx, feats, errors in model.batches(files, batch_size=batch_size, workers=workers):
+            logits = dist = None
+            if feats is not None:
+                logits = model.head(feats).double().numpy()
+                dist = novelty.distance(feats) if novelty is not None else None
+            bar.update(len(idx) + len(errors))
+            yield idx, logits, dist, errors
+
+
+def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=None, weights=None,
+                   batch_size: int = 32, workers: int | None = None, progress: bool = True) -> Path:
+    """Predict every image in `paths` (folders expanded) into a CSV, one row per file, written
+    atomically: path, label (the class or `unknown`, empty for an unreadable file), confidence,
+    class_1, probability_1, ... class_k, probability_k, novelty, reason (why unknown), error.
+    `reject` as for predict_with_reject (default None: every readable image gets a class)."""
+    k = max(1, min(int(topk), len(read_run_meta(run)["classes"])))
+    header = csv_header(k)
+    out_csv = Path(out_csv)
+    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        for r in iter_predictions(run, paths, topk=k, reject=reject, photos=photos, weights=weights,
+                                  batch_size=batch_size, workers=workers, progress=progress):
+            row = {"path": r["path"], "label": r.get("class", ""), "error": r.get("error", ""),
+                   "confidence": r.get("confidence", ""), "novelty": r.get("novelty", ""),
+                   "reason": r.get("reason", "")}
+            for j, p in enumerate(r.get("predictions", []), 1):
+                row[f"class_{j}"], row[f"probability_{j}"] = p["class"], p["probability"]
+            w.writerow(row)
+    return out_csv
+
+
+def csv_header(topk: int) -> list[str]:
+    cols = ["path", "label", "confidence"]
+    for i in range(1, topk + 1):
+        cols += [f"class_{i}", f"probability_{i}"]
+    return cols + ["novelty", "reason", "error"]
+
+
+# --- rejection: `unknown` for photos of no class -----------------------------------------------
+
 def parse_reject(value):
     """The CLI's --reject: "auto", "none" (-> None) or a probability in [0, 1] (-> float)."""
     if value is None or isinstance(value, float):
@@ -114,92 +203,7 @@ def apply_reject(results: list[dict], logits, calibration: dict | None, novelty=
     return out
 
 
-def predict_logits(model, files, *, batch_size: int = 32, workers: int | None = None, novelty: Novelty | None = None,
-                   progress: bool = False, desc: str = "predicting"):
-    """Yield (indices, logits (n, C) float64 numpy, novelty distances or None, [(index, ImageError)])
-    per batch of `files` (graft.loader.image_loader, the run's preprocessing)."""
-    from tqdm.auto import tqdm
-
-    with torch.inference_mode(), tqdm(total=len(files), desc=desc, unit="img", disable=not progress,
-                                      leave=False) as bar:
-        for idx, feats, errors in model.batches(files, batch_size=batch_size, workers=workers):
-            logits = dist = None
-            if feats is not None:
-                logits = model.head(feats).double().numpy()
-                dist = novelty.distance(feats) if novelty is not None else None
-            bar.update(len(idx) + len(errors))
-            yield idx, logits, dist, errors
-
-
-def predict_with_reject(run, paths, topk: int = 3, reject="auto", photos=None, *, weights=None,
-                        batch_size: int = 32, workers: int | None = None, progress: bool = False) -> list[dict]:
-    """Top-k predictions for each image (folders expanded), with `class` the top class or `unknown`.
-
-    `reject`: "auto" (RUN/calibration.json: its temperature, confidence threshold and novelty
-    check; when missing, made from `photos` if given, else a GraftError says to run `graft
-    calibrate RUN PHOTOS`), a float (a raw top-probability threshold, T = 1, no novelty check),
-    or None / "none" (never unknown). Each result is {"path", "class", "confidence",
-    "predictions": [{"class", "probability"}], ["novelty"], ["reason"]} or {"path", "error"}.
-    """
-    return list(iter_predictions(run, paths, topk=topk, reject=reject, photos=photos, weights=weights,
-                                 batch_size=batch_size, workers=workers, progress=progress))
-
-
-def iter_predictions(run, paths, *, topk: int = 3, reject=None, photos=None, weights=None, batch_size: int = 32,
-                     workers: int | None = None, progress: bool = False):
-    """predict_with_reject's results, yielded in input order batch by batch (the CSV is written
-    as they come)."""
-    files = expand_paths(paths)
-    cal = calibration_for(run, reject, read_run_meta(run)["classes"], photos=photos, weights=weights,
-                          workers=workers)
-    novelty = load_novelty(run, cal) if cal else None
-    model = load_run(run, weights=weights)
-    if cal and cal["classes"] != list(model.classes):
-        raise GraftError(f"{Path(run) / CALIBRATION_JSON} is for other classes: run `graft calibrate {run} PHOTOS` again")
-    done = 0
-    pending: dict[int, dict] = {}
-    for idx, logits, dist, errors in predict_logits(model, files, batch_size=batch_size, workers=workers,
-                                                    novelty=novelty, progress=progress):
-        for i, e in errors:
-            pending[i] = {"path": str(files[i]), "error": e.reason}
-        if idx:
-            scored = apply_reject([{"path": str(files[i])} for i in idx], logits, cal, novelty=dist, topk=topk,
-                                  classes=model.classes)
-            pending.update(zip(idx, scored))
-        while done in pending:
-            yield pending.pop(done)
-            done += 1
-
-
-def csv_header(topk: int) -> list[str]:
-    cols = ["path", "label", "confidence"]
-    for i in range(1, topk + 1):
-        cols += [f"class_{i}", f"probability_{i}"]
-    return cols + ["novelty", "reason", "error"]
-
-
-def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=None, weights=None,
-                   batch_size: int = 32, workers: int | None = None, progress: bool = True) -> Path:
-    """Predict every image in `paths` (folders expanded) into a CSV, one row per file, written
-    atomically: path, label (the class or `unknown`, empty for an unreadable file), confidence,
-    class_1, probability_1, ... class_k, probability_k, novelty, reason (why unknown), error.
-    `reject` as for predict_with_reject (default None: every readable image gets a class)."""
-    k = max(1, min(int(topk), len(read_run_meta(run)["classes"])))
-    header = csv_header(k)
-    out_csv = Path(out_csv)
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header)
-        w.writeheader()
-        for r in iter_predictions(run, paths, topk=k, reject=reject, photos=photos, weights=weights,
-                                  batch_size=batch_size, workers=workers, progress=progress):
-            row = {"path": r["path"], "label": r.get("class", ""), "error": r.get("error", ""),
-                   "confidence": r.get("confidence", ""), "novelty": r.get("novelty", ""),
-                   "reason": r.get("reason", "")}
-            for j, p in enumerate(r.get("predictions", []), 1):
-                row[f"class_{j}"], row[f"probability_{j}"] = p["class"], p["probability"]
-            w.writerow(row)
-    return out_csv
-
+# --- labelled photos ----------------------------------------------------------------------------
 
 def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
              workers: int | None = None, progress: bool = False) -> dict:

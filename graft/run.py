@@ -12,13 +12,12 @@ the report needs neither the photos nor a forward pass.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from ._atomic import atomic_path, write_json
+from ._atomic import atomic_path, read_json, write_json
 from ._version import __version__
 from .backbones import Backbone, BackboneSource, rebuild_backbone, resolve_backbone
 from .backbones.preprocess import Preprocessing
@@ -61,12 +60,7 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
 def read_run_meta(run_dir) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "model.json"
-    if not path.is_file():
-        raise GraftError(f"{run_dir} is not a graft run (no model.json); train one with `graft train`")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise GraftError(f"cannot read {path}: {e}") from None
+    meta = read_json(path, missing=f"{run_dir} is not a graft run (no model.json); train one with `graft train`")
     if meta.get("format") != FORMAT:
         raise GraftError(f"{path} has format {meta.get('format')}, this graft reads format {FORMAT}")
     return meta

@@ -17,10 +17,9 @@ gallery.py: what shows photos.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .._atomic import atomic_path
+from .._atomic import atomic_path, read_json
 from ..errors import GraftError
 from .gallery import augmentation, gallery
 from .page import esc, fmt3, page
@@ -41,7 +40,8 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
-    metrics = _read_json(run_dir / "metrics.json", required=True)
+    metrics = read_json(run_dir / "metrics.json",
+                        missing=f"{run_dir / 'metrics.json'} not found: the run did not finish; train it with `graft train`")
     if data is None and photos is not None:
         data = photos_split(meta, photos)
     preds, note = _gallery_predictions(run_dir, meta, metrics, data, cache_dir=cache_dir, weights=weights,
@@ -149,20 +149,10 @@ def _cache_root(run_dir, cache_dir) -> Path:
 
     if cache_dir:
         return cache_root(cache_dir)
-    recorded = (_read_json(Path(run_dir) / "metrics.json", required=False).get("cache") or {}).get("dir")
+    try:
+        recorded = (read_json(Path(run_dir) / "metrics.json", missing="").get("cache") or {}).get("dir")
+    except (GraftError, AttributeError):  # then the default cache
+        recorded = None
     if recorded and Path(recorded).parent.is_dir():
         return Path(recorded).parent
     return cache_root()
-
-
-def _read_json(path: Path, *, required: bool) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        if required:
-            raise GraftError(f"{path} not found: the run did not finish; train it with `graft train`") from None
-        return {}
-    except (OSError, ValueError) as e:
-        if required:
-            raise GraftError(f"cannot read {path}: {e}") from None
-        return {}
