@@ -118,7 +118,7 @@ def op_costs(samples) -> dict:
     """Microseconds per image for each step, averaged over the photos (one thread)."""
     from graft.augment import ColorJitter, Flip, LocalWarp, PCAColor, RGBShift, Rotate, Shear
     from graft.data.images import read_image
-    from graft.preprocess import pil_to_tensor
+    from graft.backbones.preprocess import pil_to_tensor
 
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)

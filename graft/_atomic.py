@@ -1,4 +1,5 @@
-"""Atomic file writes: write a temp file beside the target, fsync, then rename over it.
+"""Atomic file writes: write a temp file beside the target, fsync, then rename over it; and
+reading back the JSON files graft writes, with one-line errors.
 
 A run killed at any moment therefore leaves either the old file or the new one, never half of
 one, and temp files (`.tmp-*`) are never read by graft. A failed write (disk full) raises a
@@ -45,6 +46,18 @@ def write_bytes(target, data: bytes) -> None:
 
 def write_json(target, obj) -> None:
     write_bytes(target, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path, *, missing: str):
+    """The JSON in `path`; GraftError(`missing`) when there is no such file, or one naming the
+    file when it cannot be read or parsed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GraftError(missing) from None
+    except (OSError, ValueError) as e:
+        raise GraftError(f"cannot read {path}: {e}") from None
 
 
 def _unlink(path) -> None:

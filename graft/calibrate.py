@@ -1,4 +1,4 @@
-"""Calibrated predictions, and "neither": photos unlike every class come back as `unknown`.
+"""Calibrating a run, so that predictions can say "neither": `unknown` for photos unlike every class.
 
 `graft calibrate RUN PHOTOS` looks at the run's validation photos (the very split training held
 out) and its training photos, and writes `RUN/calibration.json` (+ `RUN/calibration.safetensors`):
@@ -19,14 +19,12 @@ out) and its training photos, and writes `RUN/calibration.json` (+ `RUN/calibrat
   distance for the training + validation photos themselves (each left out of its own
   neighbours), and the reference features are stored beside the run.
 
-A prediction is `unknown` when its confidence is below tau or its novelty above the threshold;
-it still lists the top-k classes with their (temperature-scaled) probabilities.
+A prediction (graft.inference) is `unknown` when its confidence is below tau or its novelty above
+the threshold; it still lists the top-k classes with their (temperature-scaled) probabilities.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 from pathlib import Path
@@ -34,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._atomic import atomic_path, write_json
+from ._atomic import atomic_path, read_json, write_json
 from ._digest import sha256_file
 from .errors import GraftError
 
@@ -42,7 +40,6 @@ log = logging.getLogger("graft")
 
 CALIBRATION_JSON = "calibration.json"
 REFERENCE_FILE = "calibration.safetensors"
-UNKNOWN = "unknown"
 FORMAT = 1
 MAX_CURVE_POINTS = 200
 
@@ -193,7 +190,7 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
     Frozen-backbone runs take the features from the cache training filled (no forward pass).
     Returns what calibration.json holds.
     """
-    from .model import read_run_meta, run_features
+    from .run import photos_split, read_run_meta, run_features
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
@@ -205,7 +202,8 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
     if not 0.0 < float(novelty_quantile) <= 1.0:
         raise GraftError(f"novelty quantile must be in (0, 1], got {novelty_quantile}")
     classes = list(meta["classes"])
-    val, train, skipped = _run_photos(meta, photos_val)
+    data = photos_split(meta, photos_val)
+    val, train, skipped = data.val, data.train, list(data.skipped)
     if not val:
         raise GraftError(f"no validation photos found in {photos_val} for this run; calibration needs "
                          f"photos the run did not train on")
@@ -264,24 +262,6 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
     return result
 
 
-def _run_photos(meta: dict, photos):
-    """-> (val samples, train samples, skipped) of the run's photos, its classes checked."""
-    from .data import scan_class_folders, scan_photos
-
-    photos = Path(photos).expanduser()
-    training = meta.get("training") or {}
-    classes = list(meta["classes"])
-    split_layout = (photos / "train").is_dir() and (photos / "val").is_dir()
-    if training.get("layout") == "train/val" and not split_layout:
-        _, val, skipped = scan_class_folders(photos, classes=classes)
-        return val, [], skipped
-    data = scan_photos(photos, val_split=float(training.get("val_split", 0.2)))
-    if data.classes != classes:
-        raise GraftError(f"{photos} has classes {', '.join(data.classes)}; the run was trained on "
-                         f"{', '.join(classes)}: give the photos the run was trained on")
-    return data.val, data.train, list(data.skipped)
-
-
 def _subsample(samples: list, n: int) -> list:
     if len(samples) <= n:
         return list(samples)
@@ -327,13 +307,8 @@ def load_calibration(run_dir) -> dict:
     """RUN/calibration.json, checked against the run's current model; GraftError says what to do."""
     run_dir = Path(run_dir)
     path = run_dir / CALIBRATION_JSON
-    if not path.is_file():
-        raise GraftError(f"{run_dir} has no calibration: run `graft calibrate {run_dir} PHOTOS` first "
-                         f"(PHOTOS: the photos it was trained on), or pass --reject none or a probability")
-    try:
-        cal = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise GraftError(f"cannot read {path}: {e}") from None
+    cal = read_json(path, missing=f"{run_dir} has no calibration: run `graft calibrate {run_dir} PHOTOS` first "
+                    f"(PHOTOS: the photos it was trained on), or pass --reject none or a probability")
     if cal.get("format") != FORMAT:
         raise GraftError(f"{path} has format {cal.get('format')}; run `graft calibrate {run_dir} PHOTOS` again")
     if cal.get("model_sha256") != sha256_file(run_dir / "model.safetensors"):
@@ -353,277 +328,3 @@ def load_novelty(run_dir, calibration: dict) -> Novelty | None:
         raise GraftError(f"{path} is missing or does not match {CALIBRATION_JSON}: "
                          f"run `graft calibrate {run_dir} PHOTOS` again")
     return Novelty(load_file(str(path))["reference"], int(info["k"]), float(info["threshold"]))
-
-
-def parse_reject(value):
-    """The CLI's --reject: "auto", "none" (-> None) or a probability in [0, 1] (-> float)."""
-    if value is None or isinstance(value, float):
-        return value
-    text = str(value).strip().lower()
-    if text in ("auto", "none"):
-        return None if text == "none" else "auto"
-    try:
-        p = float(text)
-    except ValueError:
-        raise GraftError(f"--reject takes auto, none or a probability like 0.8, got {value!r}") from None
-    if not 0.0 <= p <= 1.0:
-        raise GraftError(f"--reject probability must be between 0 and 1, got {p}")
-    return p
-
-
-def calibration_for(run_dir, reject, classes, photos=None, **calibrate_kw) -> dict | None:
-    """The calibration `reject` asks for: auto -> RUN/calibration.json (made from `photos` if
-    missing and given), a float -> that raw probability threshold with T = 1, None -> none."""
-    reject = parse_reject(reject)
-    if reject is None:
-        return None
-    if reject == "auto":
-        if photos is not None and not (Path(run_dir) / CALIBRATION_JSON).is_file():
-            calibrate_run(run_dir, photos, **calibrate_kw)
-        return load_calibration(run_dir)
-    return {"classes": list(classes), "temperature": 1.0, "threshold": float(reject), "novelty": None}
-
-
-def apply_reject(results: list[dict], logits, calibration: dict | None, novelty=None, topk: int = 3,
-                 classes=None) -> list[dict]:
-    """graft.api.predict-style results, re-scored: logits / T, top-k, and `class` set to the top
-    class or `unknown` (confidence < threshold, or novelty > the novelty threshold).
-
-    `logits`: one row per result without "error", in order (or one row per result, those of
-    errors ignored). `novelty`: distances aligned the same way, or None. `classes` names the
-    logit columns (default: the calibration's). Returns new dicts: {"path", "class",
-    "confidence", "predictions": [{"class", "probability"}], ["novelty"], ["reason"]}; results
-    with "error" are unchanged. `calibration` None: no rejection, T = 1.
-    """
-    cal = calibration or {"temperature": 1.0, "threshold": 0.0, "novelty": None}
-    classes = list(classes if classes is not None else cal.get("classes") or [])
-    logits = np.asarray(logits, dtype=np.float64)
-    good = [i for i, r in enumerate(results) if "error" not in r]
-    rows = good if len(logits) == len(results) != len(good) else list(range(len(good)))
-    if len(logits) not in (len(good), len(results)) or (len(good) and logits.ndim != 2):
-        raise GraftError(f"apply_reject: {len(logits)} logit rows for {len(good)} predictions")
-    if good and logits.shape[1] != len(classes):
-        raise GraftError(f"apply_reject: logits have {logits.shape[1]} columns for {len(classes)} class names")
-    novelty = None if novelty is None else np.asarray(novelty, dtype=np.float64)
-    nov_threshold = (cal.get("novelty") or {}).get("threshold")
-    probs = softmax(logits, float(cal["temperature"])) if len(logits) else logits
-    k = max(1, min(int(topk), len(classes) or 1))
-    out = [dict(r) for r in results]
-    for j, i in enumerate(good):
-        p = probs[rows[j]]
-        top = np.argsort(-p, kind="stable")[:k]
-        r = {"path": results[i]["path"], "class": classes[top[0]], "confidence": round(float(p[top[0]]), 6),
-             "predictions": [{"class": classes[c], "probability": round(float(p[c]), 6)} for c in top]}
-        reasons = []
-        if float(p[top[0]]) < float(cal["threshold"]):
-            reasons.append(f"low confidence ({p[top[0]]:.3f} < {float(cal['threshold']):.3f})")
-        if novelty is not None:
-            d = float(novelty[rows[j]])
-            r["novelty"] = round(d, 6)
-            if nov_threshold is not None and d > nov_threshold:
-                reasons.append(f"unlike the training photos (novelty {d:.3f} > {nov_threshold:.3f})")
-        if reasons:
-            r["class"] = UNKNOWN
-            r["reason"] = "; ".join(reasons)
-        out[i] = r
-    return out
-
-
-# --- predicting with rejection ---------------------------------------------------------------
-
-def predict_logits(model, files, *, batch_size: int = 32, workers: int | None = None, novelty: Novelty | None = None,
-                   progress: bool = False, desc: str = "predicting"):
-    """Yield (indices, logits (n, C) float64 numpy, novelty distances or None, [(index, ImageError)])
-    per batch, like graft.api.predict's loop (graft.loader.image_loader, the run's preprocessing)."""
-    from tqdm.auto import tqdm
-
-    with torch.inference_mode(), tqdm(total=len(files), desc=desc, unit="img", disable=not progress,
-                                      leave=False) as bar:
-        for idx, feats, errors in model.batches(files, batch_size=batch_size, workers=workers):
-            logits = dist = None
-            if feats is not None:
-                logits = model.head(feats).double().numpy()
-                dist = novelty.distance(feats) if novelty is not None else None
-            bar.update(len(idx) + len(errors))
-            yield idx, logits, dist, errors
-
-
-def predict_with_reject(run, paths, topk: int = 3, reject="auto", photos=None, *, weights=None,
-                        batch_size: int = 32, workers: int | None = None, progress: bool = False) -> list[dict]:
-    """Top-k predictions for each image (folders expanded), with `class` the top class or `unknown`.
-
-    `reject`: "auto" (RUN/calibration.json: its temperature, confidence threshold and novelty
-    check; when missing, made from `photos` if given, else a GraftError says to run `graft
-    calibrate RUN PHOTOS`), a float (a raw top-probability threshold, T = 1, no novelty check),
-    or None / "none" (never unknown). Each result is {"path", "class", "confidence",
-    "predictions": [{"class", "probability"}], ["novelty"], ["reason"]} or {"path", "error"}.
-    """
-    return list(_predict_iter(run, paths, topk=topk, reject=reject, photos=photos, weights=weights,
-                              batch_size=batch_size, workers=workers, progress=progress))
-
-
-def _predict_iter(run, paths, *, topk, reject, photos, weights, batch_size, workers, progress):
-    """Yield results in input order, batch by batch."""
-    from .api import expand_paths
-    from .model import load_run, read_run_meta
-
-    files = expand_paths(paths)
-    cal = calibration_for(run, reject, read_run_meta(run)["classes"], photos=photos, weights=weights,
-                          workers=workers)
-    novelty = load_novelty(run, cal) if cal else None
-    model = load_run(run, weights=weights)
-    if cal and cal["classes"] != list(model.classes):
-        raise GraftError(f"{Path(run) / CALIBRATION_JSON} is for other classes: run `graft calibrate {run} PHOTOS` again")
-    done = 0
-    pending: dict[int, dict] = {}
-    for idx, logits, dist, errors in predict_logits(model, files, batch_size=batch_size, workers=workers,
-                                                    novelty=novelty, progress=progress):
-        for i, e in errors:
-            pending[i] = {"path": str(files[i]), "error": e.reason}
-        if idx:
-            scored = apply_reject([{"path": str(files[i])} for i in idx], logits, cal, novelty=dist, topk=topk,
-                                  classes=model.classes)
-            pending.update(zip(idx, scored))
-        while done in pending:
-            yield pending.pop(done)
-            done += 1
-
-
-def csv_header(topk: int) -> list[str]:
-    cols = ["path", "label", "confidence"]
-    for i in range(1, topk + 1):
-        cols += [f"class_{i}", f"probability_{i}"]
-    return cols + ["novelty", "reason", "error"]
-
-
-def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=None, weights=None,
-                   batch_size: int = 32, workers: int | None = None, progress: bool = True) -> Path:
-    """Predict every image in `paths` (folders expanded) into a CSV, one row per file, written
-    atomically: path, label (the class or `unknown`, empty for an unreadable file), confidence,
-    class_1, probability_1, ... class_k, probability_k, novelty, reason (why unknown), error.
-    `reject` as for predict_with_reject (default None: every readable image gets a class)."""
-    from .model import read_run_meta
-
-    k = max(1, min(int(topk), len(read_run_meta(run)["classes"])))
-    header = csv_header(k)
-    out_csv = Path(out_csv)
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header)
-        w.writeheader()
-        for r in _predict_iter(run, paths, topk=k, reject=reject, photos=photos, weights=weights,
-                               batch_size=batch_size, workers=workers, progress=progress):
-            row = {"path": r["path"], "label": r.get("class", ""), "error": r.get("error", ""),
-                   "confidence": r.get("confidence", ""), "novelty": r.get("novelty", ""),
-                   "reason": r.get("reason", "")}
-            for j, p in enumerate(r.get("predictions", []), 1):
-                row[f"class_{j}"], row[f"probability_{j}"] = p["class"], p["probability"]
-            w.writerow(row)
-    return out_csv
-
-
-def format_result(r: dict) -> str:
-    """One line for the terminal."""
-    if "error" in r:
-        return f"{r['path']}: error: {r['error']}"
-    top = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
-    if r.get("class") == UNKNOWN:
-        return f"{r['path']}: unknown [{r.get('reason', '')}]  top: {top}"
-    return f"{r['path']}: {top}"
-
-
-# --- command line ----------------------------------------------------------------------------
-
-def add_cli(subparsers):
-    """Register `graft calibrate RUN PHOTOS [--target-accuracy 0.99] [--json]` (handler: cmd_calibrate)."""
-    p = subparsers.add_parser(
-        "calibrate", help="fit confidence calibration and the 'unknown' thresholds of a run",
-        description="Fit temperature scaling, a confidence threshold reaching --target-accuracy and a "
-        "novelty threshold on the validation photos of PHOTOS (the photos RUN was trained on); "
-        "`graft predict RUN ... --reject auto` then answers `unknown` for photos of neither class.")
-    p.add_argument("run", metavar="RUN", help="run folder written by graft train")
-    p.add_argument("photos", metavar="PHOTOS", help="the photo folder RUN was trained on")
-    p.add_argument("--target-accuracy", type=float, default=0.99, metavar="A",
-                   help="accuracy wanted on the photos not refused as unknown (default 0.99)")
-    p.add_argument("--novelty-quantile", type=float, default=0.99, metavar="Q",
-                   help="share of the training photos the novelty check must accept (default 0.99)")
-    p.add_argument("--no-novelty", action="store_true", help="refuse on low confidence only")
-    p.add_argument("--cache-dir", metavar="DIR", help="feature cache to reuse (default as for train)")
-    p.add_argument("--weights", metavar="FILE", help="backbone weights file, if not where training found it")
-    p.add_argument("--workers", default="auto", metavar="N|auto", help="image decoding processes (default auto)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
-    p.add_argument("--json", action="store_true", help="print the calibration as JSON on stdout")
-    p.set_defaults(handler=cmd_calibrate)
-    return p
-
-
-def add_predict_args(p) -> None:
-    """The options `graft predict` needs for rejection and CSV output."""
-    p.add_argument("--reject", default="none", metavar="auto|none|P",
-                   help="answer `unknown` for photos of no class: auto (the thresholds of `graft "
-                   "calibrate`), none (default), or a probability P (top probability below P)")
-    p.add_argument("--calibrate-on", metavar="PHOTOS", default=None,
-                   help="with --reject auto and no calibration yet: calibrate on these photos first")
-    p.add_argument("--csv", metavar="FILE", default=None, help="write one CSV row per image to FILE")
-
-
-def cmd_calibrate(args) -> int:
-    cal = calibrate_run(args.run, args.photos, args.target_accuracy, novelty=not args.no_novelty,
-                        novelty_quantile=args.novelty_quantile, cache_dir=args.cache_dir, weights=args.weights,
-                        workers=_workers(args.workers), progress=not args.quiet and not args.json)
-    if args.json:
-        print(json.dumps(cal))
-    elif not args.quiet:
-        print(calibration_summary(cal, args.run))
-    return 0
-
-
-def calibration_summary(cal: dict, run_dir) -> str:
-    reach = "reached" if cal["target_reached"] else "NOT reached (best reachable)"
-    lines = [
-        f"  temperature      {cal['temperature']:.3f}  (validation NLL {cal['val_nll']['before']:.3f} -> "
-        f"{cal['val_nll']['after']:.3f})",
-        f"  threshold        {cal['threshold']:.4f}  (top probability below it -> unknown)" if cal["threshold"] > 0
-        else "  threshold        none needed: the validation photos reach the target at every confidence",
-        f"  at threshold     accuracy {cal['val_accuracy_at_threshold']:.3f} ({reach}: target "
-        f"{cal['target_accuracy']:g}), coverage {cal['coverage_at_threshold']:.3f} of {cal['n_val']} val photos",
-    ]
-    if cal.get("novelty"):
-        n = cal["novelty"]
-        nearest = "nearest" if n["k"] == 1 else f"{n['k']}th nearest"
-        lines.append(f"  novelty          cosine distance to the {nearest} of {n['n_reference']} "
-                     f"training photos above {n['threshold']:.4f} -> unknown")
-    lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}")
-    return "\n".join(lines)
-
-
-def cmd_predict_reject(args) -> int:
-    """`graft predict` with --reject / --csv (see add_predict_args)."""
-    workers = _workers(args.workers)
-    if args.csv:
-        out = predict_to_csv(args.run, args.images, args.csv, topk=args.topk, reject=args.reject,
-                             photos=args.calibrate_on, weights=args.weights, workers=workers,
-                             progress=not args.quiet)
-        if not args.quiet:
-            print(f"wrote {out}")
-        return 0
-    results = predict_with_reject(args.run, args.images, topk=args.topk, reject=args.reject,
-                                  photos=args.calibrate_on, weights=args.weights, workers=workers,
-                                  progress=not args.quiet and not args.json)
-    if args.json:
-        print(json.dumps(results))
-        return 0
-    for r in results:
-        print(format_result(r))
-    return 0 if any("predictions" in r for r in results) else 1
-
-
-def _workers(value):
-    if value in (None, "auto"):
-        return None
-    try:
-        n = int(value)
-        if n < 0:
-            raise ValueError
-        return n
-    except ValueError:
-        raise GraftError(f"--workers must be 'auto' or a number >= 0, got {value!r}") from None

@@ -739,7 +739,7 @@ def _near_pairs(dh: np.ndarray, ph: np.ndarray) -> list[tuple[int, int]]:
 def _mislabelled(files, classes, report, *, skip, backbone, cache_dir, progress, workers) -> None:
     from .backbones import resolve_backbone
     from .cache import FeatureCache, default_cache_dir
-    from .extract import cache_namespace, extract_features
+    from .features import cache_namespace, extract_features
 
     cand = [f for f in files if f.usable and f.rel not in skip]
     per_class = np.bincount([f.label for f in cand], minlength=len(classes))

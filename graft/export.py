@@ -53,7 +53,7 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
     (one entry per exported file) when the file is in the run folder, else to `<file>.json`
     (see `metadata_path`). `weights`: the backbone weights file, if not where training found it.
     """
-    from .model import load_run
+    from .run import load_run
 
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
@@ -164,8 +164,8 @@ def _run_onnx(path: Path, x):
 # --- metadata --------------------------------------------------------------------------------
 
 def _write_metadata(run_dir: Path, out: Path, fmt: str, digest: str, meta: dict, check: str) -> Path:
-    from . import __version__
-    from .preprocess import Preprocessing
+    from ._version import __version__
+    from .backbones.preprocess import Preprocessing
 
     pre = Preprocessing.from_json(meta["preprocessing"]).to_json()
     classes = list(meta["classes"])
@@ -213,36 +213,3 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-# --- command line ----------------------------------------------------------------------------
-
-def add_cli(subparsers):
-    """Register `graft export RUN --format onnx|torchscript [--out FILE]`; dispatch with cmd_export."""
-    p = subparsers.add_parser(
-        "export", help="write a run as an ONNX or TorchScript file",
-        description="Export RUN's classifier: normalised float32 batch (N, 3, S, S) in, class "
-        "probabilities out. export.json beside the file records the classes, the preprocessing "
-        "a photo needs first, and the file's SHA-256.")
-    p.add_argument("run", metavar="RUN", help="run folder written by graft train")
-    p.add_argument("--format", "-f", dest="format", required=True, choices=sorted(FORMATS),
-                   help="onnx (RUN/model.onnx) or torchscript (RUN/model.torchscript.pt)")
-    p.add_argument("--out", "-o", metavar="FILE", default=None, help="file to write (default: in RUN)")
-    p.add_argument("--weights", metavar="FILE", help="backbone weights file, if not where training found it")
-    p.add_argument("--json", action="store_true", help="print the export metadata as JSON on stdout")
-    p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
-    p.set_defaults(handler=cmd_export)
-    return p
-
-
-def cmd_export(args) -> int:
-    out = export_run(args.run, args.format, args.out, weights=args.weights)
-    meta_file = metadata_path(args.run, out)
-    if args.json:
-        print(json.dumps({"file": str(out), "metadata": str(meta_file), **json.loads(meta_file.read_text())}))
-    elif not args.quiet:
-        entry = json.loads(meta_file.read_text())["files"][out.name]
-        print(f"wrote {out} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:16]}...)\n"
-              f"      {meta_file} (classes, preprocessing)\n"
-              f"check: {entry['check']}")
-    return 0

@@ -34,7 +34,9 @@ from torch import nn
 
 from ._atomic import atomic_path
 from .errors import GraftError
+from .classifier import Classifier, GraftedNet, boundary_activation_shape, feature_dim, reinitialise
 from .head import make_head
+from .strategy import check_request
 
 log = logging.getLogger("graft")
 
@@ -76,47 +78,10 @@ class FinetuneResult:
     resumed_from: int | None = None
 
 
-class GraftedNet(nn.Module):
-    """backbone stages [0, k) frozen, [k, cut) trainable, pooled, then the new head."""
-
-    def __init__(self, backbone, head: nn.Module, k: int, cut: int | None):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.k = k  # number of frozen stages
-        self.cut = cut  # None: all stages (native forward); else stages [0, cut) are used
-        self.frozen = [m for _, ms in backbone.stages[:k] for m in ms]
-        for m in self.frozen:
-            m.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        for m in self.frozen:  # frozen BatchNorm keeps its running statistics
-            m.eval()
-        return self
-
-    def prefix(self, x):
-        return self.backbone.run_stages(x, 0, self.k)
-
-    def from_boundary(self, z):
-        b = self.backbone
-        return self.head(b.pool(b.run_stages(z, self.k, self.cut)))
-
-    def forward(self, x, boundary: bool = False):
-        if boundary:  # x is the cached activation at the freeze boundary
-            return self.from_boundary(x)
-        if self.k == 0 and self.cut is None:
-            return self.head(self.backbone(x))
-        with torch.no_grad():
-            z = self.prefix(x)
-        return self.from_boundary(z)
-
-
 def plan_stages(backbone, cfg: FinetuneConfig) -> tuple[int, int | None]:
     """-> (k frozen stages, cut). Checks the request against the backbone's stages."""
     n = len(backbone.stage_names)
-    if cfg.from_scratch and cfg.strategy != "full":
-        raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
+    check_request(cfg.strategy, from_scratch=cfg.from_scratch)
     if cfg.strategy == "full":
         if cfg.new_hidden:
             raise GraftError("--new-hidden replaces the last stages; use it with --strategy partial")
@@ -146,9 +111,10 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     """Fine-tune on `data` (graft.data.Dataset with ok samples); see the module docstring.
 
     `pipeline`: augmentation for training images (None: clean preprocessing, and then the frozen
-    prefix's activations come from the boundary cache). `extract(samples, forward, desc)` returns
-    their cached activations (used for the boundary cache; `boundary_cache=False` runs the frozen
-    stages on every training batch instead, for comparison). `aug_device` "cpu"/"cuda" moves
+    prefix's activations come from the boundary cache). `extract(samples, k, forward, desc)`
+    returns their cached activations after the k frozen stages (used for the boundary cache;
+    `boundary_cache=False` runs the frozen stages on every training batch instead, for
+    comparison). `aug_device` "cpu"/"cuda" moves
     flips and colour ops out of the loader workers onto the trainer's device, per sample.
 
     Under torchrun (`dist` with several ranks) the model is wrapped in DistributedDataParallel,
@@ -168,9 +134,9 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
         torch.set_num_threads(max(1, cores // dist.world))
     k, cut = plan_stages(backbone, cfg)
     if cfg.from_scratch:
-        _reinitialise(backbone)
+        reinitialise(backbone)
     n_classes = len(data.classes)
-    feat_dim = _feature_dim(backbone, cut)
+    feat_dim = feature_dim(backbone, cut)
     head = make_head(feat_dim, n_classes, cfg.new_hidden, cfg.dropout)
     # channels_last: up to 10x faster convolutions and their gradients on the CPU here
     net = GraftedNet(backbone, head, k, cut).to(device, memory_format=torch.channels_last)
@@ -183,13 +149,13 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     use_boundary = k > 0 and pipeline is None and extract is not None and boundary_cache
     boundary_shape = None
     if k > 0 and extract is not None:
-        boundary_shape = _boundary_shape(backbone, k)
+        boundary_shape = boundary_activation_shape(backbone, k)
 
         def fwd(b, x):
             return b.run_stages(x, 0, k)
 
-        z_val = _as_activations(extract(val_s, fwd, "boundary activations (val)"), boundary_shape)
-        z_train = (_as_activations(extract(train_s, fwd, "boundary activations (train)"), boundary_shape)
+        z_val = _as_activations(extract(val_s, k, fwd, "boundary activations (val)"), boundary_shape)
+        z_train = (_as_activations(extract(train_s, k, fwd, "boundary activations (train)"), boundary_shape)
                    if use_boundary else None)
         val_batches = None
     else:
@@ -349,8 +315,6 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
         net.load_state_dict(best_state)
     timings = {k_: round(v, 4) for k_, v in timings.items()}
     timings["loop_s"] = round(time.perf_counter() - t0, 4)
-    from .model import Classifier
-
     model = Classifier(net.backbone, net.head, data.classes, cut=cut).eval()
     return FinetuneResult(model, state["best_epoch"] + 1, len(state["history"]["val_loss"]), state["history"],
                           timings, use_boundary, resumed_from)
@@ -395,6 +359,10 @@ def _load_checkpoint(path, cfg):
     return ck
 
 
+def _as_activations(flat: np.ndarray, shape) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(flat)).view(len(flat), *shape)
+
+
 def _nhwc(z):
     return z.contiguous(memory_format=torch.channels_last) if z.ndim == 4 else z
 
@@ -409,36 +377,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _feature_dim(backbone, cut) -> int:
-    if cut is None:
-        return backbone.feature_dim
-    s = backbone.preprocessing.size
-    with torch.no_grad():
-        was = backbone.training
-        backbone.eval()
-        d = backbone.pool(backbone.run_stages(torch.zeros(1, 3, s, s), 0, cut)).shape[1]
-        backbone.train(was)
-    return int(d)
-
-
-def _boundary_shape(backbone, k) -> tuple:
-    s = backbone.preprocessing.size
-    with torch.no_grad():
-        was = backbone.training
-        backbone.eval()
-        shape = tuple(backbone.run_stages(torch.zeros(1, 3, s, s), 0, k).shape[1:])
-        backbone.train(was)
-    return shape
-
-
-def _as_activations(flat: np.ndarray, shape) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(flat)).view(len(flat), *shape)
-
-
-def _reinitialise(backbone) -> None:
-    """Random weights for every layer: timm/torchvision's own initialisers where they exist."""
-    for m in backbone.modules():
-        if m is not backbone and hasattr(m, "reset_parameters"):
-            m.reset_parameters()

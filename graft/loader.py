@@ -100,7 +100,7 @@ class AugmentedLoad:
     def __call__(self, item) -> torch.Tensor:
         from .augment import RandomResizedCrop
         from .data.images import read_image
-        from .preprocess import pil_to_tensor
+        from .backbones.preprocess import pil_to_tensor
 
         path, (w, h), seed, *digest = item
         if self.pipeline is None:  # no augmentation: the evaluation preprocessing

@@ -36,10 +36,17 @@ class StrategyChoice:
     reason: str
 
 
+def check_request(strategy: str, *, from_scratch: bool = False) -> None:
+    """The rules a requested strategy follows whatever the data: checked before any photo is read."""
+    if strategy not in STRATEGIES:
+        raise GraftError(f"unknown strategy {strategy!r}; available: {', '.join(STRATEGIES)}")
+    if from_scratch and strategy != "full":
+        raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
+
+
 def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages: int = 2) -> StrategyChoice:
     """`requested` unless it is "auto"; `data` is a graft.data.Dataset of usable samples."""
-    if requested not in STRATEGIES:
-        raise GraftError(f"unknown strategy {requested!r}; available: {', '.join(STRATEGIES)}")
+    check_request(requested)
     if requested != "auto":
         return StrategyChoice(requested, train_stages, f"asked for --strategy {requested}")
     counts = [0] * len(data.classes)

@@ -20,7 +20,7 @@ from torch import nn
 
 from conftest import make_photo_folder
 from graft.cache import FeatureCache
-from graft.extract import ExtractStats, extract_features
+from graft.features import ExtractStats, extract_features
 
 GRAFT = str(Path(sys.executable).with_name("graft"))
 NS = {"arch": "timm:test_net", "weights_digest": "ab" * 32,
@@ -170,7 +170,7 @@ class _MeanNet(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from graft.preprocess import Preprocessing
+        from graft.backbones.preprocess import Preprocessing
 
         self.preprocessing = Preprocessing(8, 8)
         self.calls = 0

@@ -1,4 +1,4 @@
-"""graft.cache_admin: what the cache holds, and pruning it without losing results: pruned entries
+"""graft.cache.admin: what the cache holds, and pruning it without losing results: pruned entries
 are recomputed by the next run, least recently used files go first, and a namespace a run is
 extracting into is left alone."""
 
@@ -18,7 +18,8 @@ import pytest
 import graft
 from conftest import make_photo_folder
 from graft.cache import FeatureCache
-from graft.cache_admin import parse_age, parse_size, prune, touch, usage
+from graft.cache.admin import parse_age, parse_size, prune, usage
+from graft.cache.layout import touch
 from graft.data.decoded import DecodedCache
 from graft.errors import GraftError
 
@@ -103,11 +104,11 @@ def test_touch_sets_the_access_time_and_keeps_mtime(tmp_path):
 def test_opening_an_entry_records_its_use(warm, tmp_path, monkeypatch):
     # The kernel's relatime may update atime on a read too, but not on noatime mounts: graft's
     # own touch must be called whenever a shard or a decoded photo is opened.
-    import graft.cache
+    import graft.cache.features
     import graft.data.decoded
 
     touched = []
-    monkeypatch.setattr(graft.cache, "touch", touched.append)
+    monkeypatch.setattr(graft.cache.features, "touch", touched.append)
     monkeypatch.setattr(graft.data.decoded, "touch", touched.append)
     _, cache, _ = warm
     ns = next(a for a in usage(cache) if a.kind == "features")
@@ -226,6 +227,6 @@ def test_parse_size_and_age():
 
 
 def _names(shard: Path) -> str:
-    from graft.cache import _read_header
+    from graft.cache.features import _read_header
 
     return json.dumps(_read_header(shard)[0])

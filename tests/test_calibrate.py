@@ -17,9 +17,9 @@ from PIL import Image
 
 import graft
 from conftest import isolated_env, make_photo, make_photo_folder
-from graft.calibrate import (UNKNOWN, accuracy_coverage_curve, add_cli, apply_reject, calibrate_run,
-                             choose_threshold, csv_header, fit_temperature, parse_reject, predict_to_csv,
-                             predict_with_reject)
+from graft.calibrate import accuracy_coverage_curve, calibrate_run, choose_threshold, fit_temperature
+from graft.cli.calibrate import add_parser
+from graft.inference import UNKNOWN, apply_reject, csv_header, parse_reject, predict_to_csv, predict_with_reject
 from graft.errors import GraftError
 
 # --- pure functions --------------------------------------------------------------------------
@@ -183,9 +183,9 @@ def test_predict_to_csv(calibrated, tmp_path):
 
 def test_calibrate_cli(calibrated, capsys):
     parser = argparse.ArgumentParser(prog="graft")
-    add_cli(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["calibrate", str(calibrated.run), str(calibrated.photos), "--target-accuracy",
                               "0.95", "--cache-dir", str(calibrated.root / "cache"), "--workers", "0", "--json"])
-    assert args.handler(args) == 0
+    assert args.run(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["target_accuracy"] == 0.95 and printed["temperature"] == pytest.approx(calibrated.cal["temperature"])

@@ -1,4 +1,4 @@
-"""graft/cli.py: help for every sub-command, one-line errors with exit status 2 and no traceback,
+"""graft/cli/: help for every sub-command, one-line errors with exit status 2 and no traceback,
 and `graft predict --json`.
 
 The error cases each run the real `graft` executable; they are started together (module fixture)

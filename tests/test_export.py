@@ -19,8 +19,9 @@ import torch
 import graft
 from conftest import isolated_env, make_photo_folder
 from graft.errors import GraftError
-from graft.export import add_cli, export_run, metadata_path
-from graft.model import load_run
+from graft.cli.export import add_parser
+from graft.export import export_run, metadata_path
+from graft.run import load_run
 
 TOL = 1e-4
 
@@ -116,10 +117,10 @@ def test_errors_are_graft_errors(run, tmp_path):
 
 def test_cli_parses_and_sidecar_location(run, tmp_path):
     parser = argparse.ArgumentParser(prog="graft")
-    add_cli(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["export", str(run.dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     assert (args.command, args.format, args.out) == ("export", "onnx", str(tmp_path / "m.onnx"))
-    assert callable(args.handler)
+    assert callable(args.run)
     with pytest.raises(SystemExit):
         parser.parse_args(["export", str(run.dir), "--format", "tflite"])
     assert metadata_path(run.dir, run.dir / "model.onnx") == run.dir / "export.json"

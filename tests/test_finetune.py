@@ -31,8 +31,8 @@ from conftest import fixed_batch, isolated_env, make_photo_folder
 from graft.backbones import Backbone, WeightsInfo, load_backbone
 from graft.errors import GraftError
 from graft.finetune import CHECKPOINT, FinetuneConfig, lr_factor, plan_stages
-from graft.model import load_run
-from graft.preprocess import Preprocessing
+from graft.run import load_run
+from graft.backbones.preprocess import Preprocessing
 
 GRAFT = Path(sys.executable).with_name("graft")
 GRAFT_CMD = [str(GRAFT)] if GRAFT.exists() else [sys.executable, "-m", "graft"]

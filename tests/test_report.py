@@ -2,8 +2,9 @@
 metrics.json's, and a real headless browser renders every picture.
 
 One tiny head run (2 classes x 8 generated photos, one cached augmented view so the report has an
-augmentation preview) is trained once for the module; the report's gallery then reads the
-features training cached, so building it runs no backbone forward pass.
+augmentation preview) is trained once for the module. The report's gallery reads the validation
+predictions training stored (no photo scanned, no forward pass); recomputing them for runs that
+did not store them reads the features training cached, again with no forward pass.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from PIL import Image
 
 import graft
 from conftest import count_backbone_forwards, isolated_env, make_photo_folder
-from graft.report import add_cli, fmt3, val_predictions, write_report
+from graft.cli.report import add_parser
+from graft.report import fmt3, stored_val_predictions, val_predictions, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 DATA_PNG = "data:image/png;base64,"
@@ -156,6 +158,51 @@ def test_gallery_and_augmentation_preview(report_run):
     assert 'alt="augmentation preview"' in report_run.html and "Preset <b>light</b>" in report_run.html
 
 
+def test_stored_predictions_are_what_recomputing_gives(report_run):
+    with isolated_env(report_run.root):
+        again = val_predictions(report_run.run, report_run.photos, workers=0)
+    stored = stored_val_predictions(report_run.run)
+    assert len(stored) == len(again) == report_run.metrics["n_val"]
+    for a, b in zip(stored, again):
+        assert (a["path"], a["true"], a["pred"], a["correct"]) == (b["path"], b["true"], b["pred"], b["correct"])
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+        assert a["true_probability"] == pytest.approx(b["true_probability"], abs=1e-5)
+
+
+def test_report_is_built_without_reading_the_photos(report_run, tmp_path, monkeypatch):
+    """A report after training reads RUN/val_predictions.npz: no photo is scanned, hashed or pushed
+    through the backbone. Only the gallery's thumbnails open photos, and here the photos are gone."""
+    import graft.data.folder
+    import graft.data.images
+
+    run = _copy_run(report_run.run, tmp_path / "run")
+    shutil.copy(report_run.run / "val_predictions.npz", run / "val_predictions.npz")
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the report scanned the photos")
+
+    opened = []
+
+    def gone(path, *args, **kwargs):
+        opened.append(str(path))
+        raise OSError(f"{path}: no such file")
+
+    for name in ("scan_class_folders", "_identify"):
+        monkeypatch.setattr(graft.data.folder, name, no_scan)
+    monkeypatch.setattr(graft.data.images, "read_image", gone)
+    with isolated_env(report_run.root), count_backbone_forwards() as calls:
+        text = write_report(run, workers=0).read_text(encoding="utf-8")
+    assert calls == []
+    m = report_run.metrics
+    preds = stored_val_predictions(run)
+    wrong = sum(not p["correct"] for p in preds)
+    cards = parse(text).cards
+    assert cards.count("card wrong") == min(wrong, 12) and cards.count("card close") == min(len(preds) - wrong, 6)
+    assert len(opened) == len(cards)  # one thumbnail per card, nothing else
+    assert f"{m['n_val']} validation photos, {round(m['val_accuracy'] * m['n_val'])} right" in text
+    assert "rebuild this report with" not in text  # the gallery did not ask for the photos
+
+
 def test_without_photos_and_with_fine_tuning_metrics(report_run, tmp_path):
     m = report_run.metrics
     run = _copy_run(
@@ -181,10 +228,10 @@ def test_without_photos_and_with_fine_tuning_metrics(report_run, tmp_path):
 def test_cli_rebuilds_and_prints_the_path(report_run, tmp_path, capsys):
     run = _copy_run(report_run.run, tmp_path / "run")
     parser = argparse.ArgumentParser(prog="graft")
-    add_cli(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["report", str(run)])
     assert args.command == "report" and args.photos is None and args.open is False
-    assert args.handler(args) == 0
+    assert args.run(args) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.html")
     assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import GraftError, WeightsError
-from ..preprocess import Preprocessing
+from .preprocess import Preprocessing
 from ._base import Backbone, WeightsInfo
 from .weights import missing_weights_error, offline, read_state_dict, verify
 

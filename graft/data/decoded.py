@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache_admin import touch
+from ..cache.layout import touch
 from .images import read_image
 
 DEFAULT_BUDGET = 4 << 30  # bytes of decoded pixels a data set may occupy

@@ -153,3 +153,17 @@ def _identify(path: Path, label: int):
     except ImageError as e:
         return e
     return Sample(path, label, hashlib.sha256(data).hexdigest(), size)
+
+
+def spread_over_classes(samples: list[Sample], n: int) -> list[Sample]:
+    """Up to `n` of `samples`, one per class before any class gets a second, and the same ones
+    every time (ordered by content hash): the photos an augmentation preview shows."""
+    picked, seen = [], set()
+    n_classes = len({s.label for s in samples})
+    for s in sorted(samples, key=lambda s: s.digest):
+        if len(picked) == n:
+            break
+        if s.label not in seen or len(seen) == n_classes:
+            picked.append(s)
+            seen.add(s.label)
+    return picked

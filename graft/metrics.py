@@ -31,11 +31,3 @@ def classification_metrics(y_true, y_pred, classes: list[str]) -> dict:
         "confusion": confusion.tolist(),
         "classes": list(classes),
     }
-
-
-def format_confusion(confusion, classes) -> str:
-    width = max(6, *(len(c) for c in classes)) + 1
-    lines = ["true \\ pred".ljust(width) + "".join(c[:width - 1].rjust(width) for c in classes)]
-    for name, row in zip(classes, confusion):
-        lines.append(name[:width - 1].ljust(width) + "".join(str(v).rjust(width) for v in row))
-    return "\n".join(lines)

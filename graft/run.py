@@ -1,69 +1,32 @@
-"""The grafted classifier (backbone + new head) and its run folder on disk.
+"""The run folder on disk: writing a trained classifier, reading it back, and what training
+recorded beside it.
 
 A run folder holds `model.json` (classes, backbone identity and weights digest, preprocessing,
 strategy, head shape) and `model.safetensors` (the trained tensors), written atomically. For the
 head strategy only the head is stored: the frozen backbone is exactly the pretrained one, which is
 found again from its spec and must hash to the recorded digest, so a 5 KB head does not drag an
 18 MB copy of unchanged weights along. Strategies that train the backbone store it whole.
+`val_predictions.npz` keeps the validation photos' probabilities as training computed them, so
+the report needs neither the photos nor a forward pass.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
+import numpy as np
 from torch import nn
 
-from . import __version__
-from ._atomic import atomic_path, write_json
+from ._atomic import atomic_path, read_json, write_json
+from ._version import __version__
 from .backbones import Backbone, BackboneSource, rebuild_backbone, resolve_backbone
+from .backbones.preprocess import Preprocessing
+from .classifier import Classifier
 from .errors import GraftError
 from .head import head_from_spec, head_spec
-from .preprocess import Preprocessing
 
 FORMAT = 1
-
-
-class Classifier(nn.Module):
-    """Normalised image batch -> class logits; `classes[i]` names logit i.
-
-    `cut`: when the last stages of the backbone were replaced by new hidden layers, the number of
-    backbone stages kept; the head then sees the pooled activations after stage `cut`.
-    """
-
-    def __init__(self, backbone: Backbone, head: nn.Module, classes: list[str], cut: int | None = None):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.classes = list(classes)
-        self.cut = cut
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.backbone.preprocessing
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cut is None:
-            return self.backbone(x)
-        return self.backbone.pool(self.backbone.run_stages(x, 0, self.cut))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-    def batches(self, paths, *, batch_size: int = 32, workers: int | None = None):
-        """Yield (indices, features (n, D), [(index, ImageError)]) for image files, batch by batch,
-        through the parallel loader and the run's preprocessing; `self.head(features)` scores them."""
-        from .loader import image_loader
-
-        pre = self.preprocessing
-        self.eval()
-        with torch.inference_mode():
-            for idx, batch, errors in image_loader(paths, pre.load, batch_size=batch_size, workers=workers):
-                feats = None
-                if batch is not None:
-                    feats = self.features(pre.normalize(batch).contiguous(memory_format=torch.channels_last))
-                yield idx, feats, errors
+VAL_PREDICTIONS = "val_predictions.npz"
 
 
 def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSource,
@@ -97,12 +60,7 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
 def read_run_meta(run_dir) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "model.json"
-    if not path.is_file():
-        raise GraftError(f"{run_dir} is not a graft run (no model.json); train one with `graft train`")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise GraftError(f"cannot read {path}: {e}") from None
+    meta = read_json(path, missing=f"{run_dir} is not a graft run (no model.json); train one with `graft train`")
     if meta.get("format") != FORMAT:
         raise GraftError(f"{path} has format {meta.get('format')}, this graft reads format {FORMAT}")
     return meta
@@ -167,17 +125,14 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
     What evaluation, calibration and the report all need. Frozen-backbone runs read the feature
     cache (no forward pass for photos training saw); other runs push the photos through the
     stored network."""
-    import numpy as np
-
     meta = read_run_meta(run_dir)
     paths = [s.path for s in samples]
     if not meta["backbone"].get("stored"):
-        from .cache import FeatureCache, default_cache_dir
-        from .extract import cache_namespace, extract_features
+        from .cache import FeatureCache, cache_root
+        from .features import cache_namespace, extract_features
 
         source = run_backbone_source(meta, weights)
-        cache = FeatureCache(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(),
-                             cache_namespace(source))
+        cache = FeatureCache(cache_root(cache_dir), cache_namespace(source))
         feats, ok, stats = extract_features(source.build, [s.digest for s in samples], paths, cache,
                                             load=source.preprocessing.load, batch_size=batch_size,
                                             workers=workers, progress=progress, desc="features")
@@ -193,6 +148,50 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
                 feats = np.zeros((len(samples), f.shape[1]), np.float32)
             feats[idx] = f.float().numpy()
     return (feats if feats is not None else np.zeros((len(samples), 0), np.float32)), ok, model.head, skipped
+
+
+def photos_split(meta: dict, photos):
+    """The run's train/val split of `photos` found again exactly as training drew it: the same
+    content-hash share (model.json's training.val_split), or PHOTOS/train + PHOTOS/val. A plain
+    class folder given to a run trained on train/ + val/ is all validation. -> graft.data.Dataset
+    with the run's classes (a GraftError if the photos have others)."""
+    from .data import Dataset, scan_class_folders, scan_photos
+
+    photos = Path(photos).expanduser()
+    training = meta.get("training") or {}
+    classes = list(meta["classes"])
+    split_layout = (photos / "train").is_dir() and (photos / "val").is_dir()
+    if training.get("layout") == "train/val" and not split_layout:
+        _, val, skipped = scan_class_folders(photos, classes=classes)
+        return Dataset(photos, classes, [], val, skipped)
+    data = scan_photos(photos, val_split=float(training.get("val_split", 0.2)))
+    if data.classes != classes:
+        raise GraftError(f"{photos} has classes {', '.join(data.classes)}; the run was trained on "
+                         f"{', '.join(classes)}: give the photos the run was trained on")
+    return data
+
+
+def save_val_predictions(run_dir, paths, labels, probabilities) -> None:
+    """RUN/val_predictions.npz: each validation photo's path, true label and class probabilities
+    as training scored them (a row of NaN for a photo that could not be read)."""
+    with atomic_path(Path(run_dir) / VAL_PREDICTIONS) as tmp, open(tmp, "wb") as f:
+        np.savez(f, paths=np.array([str(p) for p in paths], dtype=str),
+                 labels=np.asarray(labels, dtype=np.int64),
+                 probabilities=np.asarray(probabilities, dtype=np.float32))
+
+
+def read_val_predictions(run_dir) -> dict | None:
+    """{"paths", "labels", "probabilities"} as save_val_predictions wrote them; None for a run
+    trained before graft kept them."""
+    path = Path(run_dir) / VAL_PREDICTIONS
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"paths": [str(p) for p in z["paths"]], "labels": z["labels"],
+                    "probabilities": z["probabilities"]}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as e:
+        raise GraftError(f"cannot read {path}: {e}") from None
 
 
 def _recorded_weights(info: dict):

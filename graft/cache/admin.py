@@ -1,4 +1,4 @@
-"""What graft's cache holds, and pruning it: `graft cache` / `graft cache prune`.
+"""What graft's cache holds, and pruning it (`graft cache` / `graft cache prune`, graft.cli.cache).
 
 The cache only grows by itself: every backbone, weights file, boundary layer and augmentation
 config gets its own namespace of feature shards, and decoded photos take up to 4 GB per data set.
@@ -14,32 +14,21 @@ or what a link points to.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
 import os
 import re
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import GraftError
+from ..errors import GraftError
+from .layout import DECODED, DEMO, EXTRACT_LOCK, NAMESPACE_DIR, NAMESPACE_FILE, PCA, cache_root
 
 # Files prune may delete, by area: feature shards, decoded photos, fitted PCA colour axes.
 PRUNABLE = {"features": "*.safetensors", "decoded": "*.npy", "pca": "*.json"}
-
-
-def touch(path) -> None:
-    """Record a use of a cache file: its access time becomes now (mtime, which the decoded-photo
-    cache checks for replacement, is kept). Best effort: a read-only cache stays as it is."""
-    try:
-        st = os.stat(path)
-        os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
-    except OSError:
-        pass
 
 
 def last_used(st: os.stat_result) -> float:
@@ -64,7 +53,6 @@ class Area:
                 "bytes": self.bytes, "last_used": self.last_used}
 
 
-NAMESPACE = re.compile(r".+-[0-9a-f]{16}")  # FeatureCache's folder names: <arch slug>-<key>
 STALE_TMP = 86400  # seconds: a temp file untouched this long belongs to a killed run
 
 
@@ -75,9 +63,7 @@ def usage(root=None) -> list[Area]:
     `namespace.json`), `decoded` and `pca`. Anything else found there, and symlinked folders,
     are listed as "other" and never pruned.
     """
-    from .cache import default_cache_dir
-
-    root = Path(root).expanduser() if root else default_cache_dir()
+    root = cache_root(root)
     if not root.is_dir():
         return []
     areas = []
@@ -106,14 +92,14 @@ def usage(root=None) -> list[Area]:
 
 
 def _describe(sub: Path) -> tuple[str, str]:
-    if sub.name == "decoded":
+    if sub.name == DECODED:
         return "decoded", "photos decoded once, cropped from in later epochs"
-    if sub.name == "pca":
+    if sub.name == PCA:
         return "pca", "PCA colour axes fitted on training sets"
-    if sub.name == "demo-photos":
+    if sub.name == DEMO:
         return "demo", "graft demo's photos"
-    ns = sub / "namespace.json"
-    if NAMESPACE.fullmatch(sub.name) and ns.is_file():
+    ns = sub / NAMESPACE_FILE
+    if NAMESPACE_DIR.fullmatch(sub.name) and ns.is_file():
         try:
             meta = json.loads(ns.read_text())
             parts = [str(meta.get("arch", "?"))]
@@ -203,7 +189,7 @@ def prune(root=None, *, older_than: float | None = None, max_bytes: int | None =
 def _try_lock(stack: contextlib.ExitStack, ns_dir: Path) -> bool:
     """Take the namespace's extraction lock without waiting (held until prune ends)."""
     try:
-        f = stack.enter_context(open(ns_dir / ".extract.lock", "a+b"))
+        f = stack.enter_context(open(ns_dir / EXTRACT_LOCK, "a+b"))
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
@@ -213,10 +199,11 @@ def _try_lock(stack: contextlib.ExitStack, ns_dir: Path) -> bool:
     return True
 
 
-# -- parsing what people type ----------------------------------------------------------------------
+# -- sizes and ages as people write them (`--max-size 2G`, `--older-than 30d`) -----------------------
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _AGES = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
 
 def parse_size(text: str) -> int:
     """'500M', '2G', '1.5g', '1024' (bytes) -> bytes."""
@@ -232,92 +219,3 @@ def parse_age(text: str) -> float:
     if not m:
         raise GraftError(f"an age looks like 30d, 12h, 2w or 90min, got {text!r}")
     return float(m.group(1)) * _AGES[m.group(2)]
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if round(n, 1) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-# -- the CLI -----------------------------------------------------------------------------------------
-
-def add_cli(subparsers):
-    """Register `graft cache [info]` and `graft cache prune`; dispatch with cmd_cache."""
-    p = subparsers.add_parser("cache", help="see what graft's cache holds, and prune it",
-                              description="Everything in the cache can be recomputed: pruning costs "
-                              "time on the next run, never results.")
-
-    def common(q, suppress: bool):
-        # On `cache` and on each action, so both `graft cache --json prune` and `graft cache prune
-        # --json` work; an action's copies stay unset unless given (not reset to the defaults).
-        kw = {"default": argparse.SUPPRESS} if suppress else {}
-        q.add_argument("--cache-dir", metavar="DIR", help="the cache (default $GRAFT_CACHE_DIR or ~/.cache/graft)", **kw)
-        q.add_argument("--json", action="store_true", help="print the result as JSON on stdout", **kw)
-
-    common(p, False)
-    sub = p.add_subparsers(dest="cache_command", metavar="ACTION")
-    common(sub.add_parser("info", help="size and last use of each part of the cache (the default)"), True)
-    pr = sub.add_parser("prune", help="delete the least recently used cache files")
-    common(pr, True)
-    pr.add_argument("--older-than", metavar="AGE", help="delete files unused for AGE (e.g. 30d, 12h, 2w, 90min)")
-    pr.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until shards, decoded photos and "
-                    "PCA fits take at most SIZE (e.g. 2G)")
-    pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
-    p.set_defaults(handler=cmd_cache)
-    return p
-
-
-def cmd_cache(args) -> int:
-    from .cache import default_cache_dir
-
-    root = (Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()).absolute()
-    if not root.is_dir():
-        raise GraftError(f"no cache at {root}")
-    if getattr(args, "cache_command", None) == "prune":
-        r = prune(root, older_than=parse_age(args.older_than) if args.older_than else None,
-                  max_bytes=parse_size(args.max_size) if args.max_size else None, dry_run=args.dry_run)
-        if args.json:
-            print(json.dumps(r.as_dict()))
-            return 1 if r.failed else 0
-        if r.dry_run:
-            for path in r.paths[:20]:
-                print(f"would delete {path}")
-            if len(r.paths) > 20:
-                print(f"... and {len(r.paths) - 20} more")
-            print(f"would delete {r.deleted_files} file(s), {human(r.deleted_bytes)}, "
-                  f"leaving {human(r.kept_bytes)} ({human(r.prunable_bytes)} prunable)")
-        else:
-            print(f"deleted {r.deleted_files} file(s), {human(r.deleted_bytes)}; the cache now holds "
-                  f"{human(r.kept_bytes)} ({human(r.prunable_bytes)} prunable)")
-        for path in r.skipped_busy:
-            print(f"skipped {path}: a run is extracting into it")
-        if r.unmet:
-            print(f"could not get below {args.max_size}: the rest is in namespaces in use")
-        for line in r.failed[:10]:
-            print(f"could not delete {line}", file=sys.stderr)
-        return 1 if r.failed else 0
-    areas = usage(root)
-    if args.json:
-        print(json.dumps({"root": str(root), "bytes": sum(a.bytes for a in areas),
-                          "areas": [a.as_dict() for a in areas]}))
-        return 0
-    if not areas:
-        print(f"{root}: empty")
-        return 0
-    now = time.time()
-    print(f"{root}: {human(sum(a.bytes for a in areas))}")
-    for a in areas:
-        age = _age(now - a.last_used) if a.last_used else "-"
-        files = f"{a.files} file" + ("" if a.files == 1 else "s")
-        print(f"  {human(a.bytes):>9}  {files:>11}  used {age:>9}  {a.path.name}  ({a.kind}: {a.what})")
-    return 0
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return "just now"

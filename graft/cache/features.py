@@ -1,6 +1,6 @@
 """On-disk cache of frozen-backbone features, so each image goes through the backbone once.
 
-Layout: `<root>/<arch>-<key>/` per namespace, where the key hashes everything that changes a
+Layout (graft.cache.layout): `<root>/<arch>-<key>/` per namespace, where the key hashes everything that changes a
 feature (backbone architecture, weights digest, preprocessing, which activation). Inside, entries
 are named by the image's content hash (plus the augmentation key and view index for augmented
 views), and stored in shards: standard safetensors files, each holding one extraction batch and
@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import struct
 import time
 import uuid
@@ -31,30 +30,20 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_path, write_json
-from .cache_admin import touch
+from .._atomic import atomic_path, write_json
+from .layout import EXTRACT_LOCK, NAMESPACE_FILE, namespace_dir, touch
 
 log = logging.getLogger("graft")
 
 FORMAT = 1
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("GRAFT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "graft"
-
-
 class FeatureCache:
     """A namespace of cached feature vectors, one float32 row per entry name."""
 
     def __init__(self, root, namespace: dict):
-        canonical = json.dumps({"format": FORMAT, **namespace}, sort_keys=True)
-        self.key = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(namespace.get("arch", "features")))
-        self.dir = Path(root).expanduser() / f"{slug}-{self.key}"
+        self.dir = namespace_dir(root, namespace, FORMAT)
+        self.key = self.dir.name.rsplit("-", 1)[1]
         self.namespace = namespace
         self._index: dict[str, tuple[Path, int]] = {}
         self._arrays: dict[Path, np.ndarray] = {}
@@ -143,7 +132,7 @@ class FeatureCache:
         out until every rank has read back what the others wrote)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        with open(self.dir / ".extract.lock", "a+b") as f:
+        with open(self.dir / EXTRACT_LOCK, "a+b") as f:
             try:
                 fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -161,8 +150,8 @@ class FeatureCache:
 
         features = np.ascontiguousarray(features, dtype=np.float32)
         assert features.ndim == 2 and len(names) == len(features)
-        if not (self.dir / "namespace.json").exists():
-            write_json(self.dir / "namespace.json", {"format": FORMAT, **self.namespace})
+        if not (self.dir / NAMESPACE_FILE).exists():
+            write_json(self.dir / NAMESPACE_FILE, {"format": FORMAT, **self.namespace})
         shard = self.dir / f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
         meta = {"names": json.dumps(names), "sha256": hashlib.sha256(features.tobytes()).hexdigest()}
         with atomic_path(shard) as tmp:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import draft_size_for_short_side, read_image
+from ..data.images import draft_size_for_short_side, read_image
 
 _PIL_INTERPOLATION = {
     "bicubic": Image.Resampling.BICUBIC,

@@ -1,0 +1,35 @@
+"""`graft augment list` (presets and knobs) and `graft augment preview` (a picture of them)."""
+
+from __future__ import annotations
+
+from ._args import augment_args
+
+
+def add_parser(subparsers) -> None:
+    a = subparsers.add_parser("augment", help="see and tune data augmentation",
+                              description="List the augmentation presets, or preview what a setting does.")
+    asub = a.add_subparsers(dest="augment_command", metavar="ACTION", required=True)
+    asub.add_parser("list", help="every preset's settings, and what each knob means")
+    pv = asub.add_parser("preview", help="write a picture of photos under random draws, one row per op")
+    pv.add_argument("photos", metavar="PHOTOS", help="photo folder (a few photos are picked)")
+    pv.add_argument("--out", "-o", required=True, metavar="PNG", help="picture to write")
+    augment_args(pv)
+    pv.add_argument("--photos", dest="n_photos", type=int, default=3, help="photos to show (default 3)")
+    pv.add_argument("--draws", type=int, default=6, help="random draws per row (default 6)")
+    pv.add_argument("--size", type=int, default=224, help="crop size (default 224, the default backbone's)")
+    pv.add_argument("--seed", type=int, default=0)
+    a.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if args.augment_command == "list":
+        from ..augment import preset_table
+
+        print(preset_table())
+        return 0
+    from ..train.augmentation import augment_preview
+
+    out = augment_preview(args.photos, args.out, preset=args.augment, aug=args.aug, n_photos=args.n_photos,
+                          n_draws=args.draws, size=args.size, seed=args.seed)
+    print(f"wrote {out}")
+    return 0

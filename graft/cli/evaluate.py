@@ -1,0 +1,42 @@
+"""`graft evaluate RUN PHOTOS`: accuracy, per-class figures and the confusion matrix."""
+
+from __future__ import annotations
+
+import json
+
+from ._args import cache_dir_arg, loader_args, output_args, per_class_table, run_arg, weights_arg, workers
+
+
+def add_parser(subparsers) -> None:
+    ev = subparsers.add_parser("evaluate", help="accuracy of a run on labelled photos",
+                               description="Accuracy, per-class precision/recall and the confusion matrix of "
+                               "RUN on PHOTOS/<class>/* (the run's classes).")
+    run_arg(ev, help=None)
+    ev.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (e.g. PHOTOS/val)")
+    cache_dir_arg(ev)
+    weights_arg(ev)
+    loader_args(ev)
+    output_args(ev)
+    ev.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..inference import evaluate
+
+    m = evaluate(args.run_dir, args.photos, cache_dir=args.cache_dir, weights=args.weights,
+                 workers=workers(args.workers), progress=not args.quiet and not args.json)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"accuracy {m['accuracy']:.3f} on {m['n']} images\n")
+        print(per_class_table(m["per_class"]) + "\n")
+        print(format_confusion(m["confusion"], m["classes"]))
+    return 0
+
+
+def format_confusion(confusion, classes) -> str:
+    width = max(6, *(len(c) for c in classes)) + 1
+    lines = ["true \\ pred".ljust(width) + "".join(c[:width - 1].rjust(width) for c in classes)]
+    for name, row in zip(classes, confusion):
+        lines.append(name[:width - 1].ljust(width) + "".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""`graft export RUN --format onnx|torchscript [--out FILE]`."""
+
+from __future__ import annotations
+
+import json
+
+from ._args import run_arg, weights_arg
+
+
+def add_parser(subparsers) -> None:
+    from ..export import FORMATS
+
+    p = subparsers.add_parser(
+        "export", help="write a run as an ONNX or TorchScript file",
+        description="Export RUN's classifier: normalised float32 batch (N, 3, S, S) in, class "
+        "probabilities out. export.json beside the file records the classes, the preprocessing "
+        "a photo needs first, and the file's SHA-256.")
+    run_arg(p)
+    p.add_argument("--format", "-f", dest="format", required=True, choices=sorted(FORMATS),
+                   help="onnx (RUN/model.onnx) or torchscript (RUN/model.torchscript.pt)")
+    p.add_argument("--out", "-o", metavar="FILE", default=None, help="file to write (default: in RUN)")
+    weights_arg(p)
+    p.add_argument("--json", action="store_true", help="print the export metadata as JSON on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..export import export_run, metadata_path
+
+    out = export_run(args.run_dir, args.format, args.out, weights=args.weights)
+    meta_file = metadata_path(args.run_dir, out)
+    if args.json:
+        print(json.dumps({"file": str(out), "metadata": str(meta_file), **json.loads(meta_file.read_text())}))
+    elif not args.quiet:
+        entry = json.loads(meta_file.read_text())["files"][out.name]
+        print(f"wrote {out} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:16]}...)\n"
+              f"      {meta_file} (classes, preprocessing)\n"
+              f"check: {entry['check']}")
+    return 0

@@ -1,0 +1,62 @@
+"""`graft predict RUN IMAGE...`: top-k classes per image; `--reject` answers `unknown` for photos
+of no class (graft calibrate's thresholds, or a probability), `--csv` writes one row per image."""
+
+from __future__ import annotations
+
+import json
+
+from ..inference import UNKNOWN
+from ._args import loader_args, output_args, run_arg, weights_arg, workers
+
+
+def add_parser(subparsers) -> None:
+    pr = subparsers.add_parser("predict", help="classify images with a trained run",
+                               description="Print the top-k classes of each image (folders are searched).")
+    run_arg(pr)
+    pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
+    pr.add_argument("--topk", "-k", type=int, default=3, help="classes to show per image (default 3)")
+    weights_arg(pr)
+    loader_args(pr)
+    output_args(pr)
+    pr.add_argument("--reject", default="none", metavar="auto|none|P",
+                    help="answer `unknown` for photos of no class: auto (the thresholds of `graft "
+                    "calibrate`), none (default), or a probability P (top probability below P)")
+    pr.add_argument("--calibrate-on", metavar="PHOTOS", default=None,
+                    help="with --reject auto and no calibration yet: calibrate on these photos first")
+    pr.add_argument("--csv", metavar="FILE", default=None, help="write one CSV row per image to FILE")
+    pr.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..inference import parse_reject, predict, predict_to_csv, predict_with_reject
+
+    n_workers = workers(args.workers)
+    if args.csv:
+        out = predict_to_csv(args.run_dir, args.images, args.csv, topk=args.topk, reject=args.reject,
+                             photos=args.calibrate_on, weights=args.weights, workers=n_workers,
+                             progress=not args.quiet)
+        if not args.quiet:
+            print(f"wrote {out}")
+        return 0
+    if parse_reject(args.reject) is None:
+        results = predict(args.run_dir, args.images, topk=args.topk, weights=args.weights, workers=n_workers)
+    else:
+        results = predict_with_reject(args.run_dir, args.images, topk=args.topk, reject=args.reject,
+                                      photos=args.calibrate_on, weights=args.weights, workers=n_workers,
+                                      progress=not args.quiet and not args.json)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for r in results:
+        print(format_result(r))
+    return 0 if any("predictions" in r for r in results) else 1
+
+
+def format_result(r: dict) -> str:
+    """One line for the terminal."""
+    if "error" in r:
+        return f"{r['path']}: error: {r['error']}"
+    top = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
+    if r.get("class") == UNKNOWN:
+        return f"{r['path']}: unknown [{r.get('reason', '')}]  top: {top}"
+    return f"{r['path']}: {top}"

@@ -1,0 +1,158 @@
+"""RUN/report.html: one self-contained page about a training run, to look at rather than read.
+
+Built from RUN/metrics.json, RUN/model.json and RUN/val_predictions.npz (the validation photos'
+probabilities as training scored them, so the report needs neither a forward pass nor the photos
+scanned again): the header figures, training curves, the confusion matrix, per-class precision
+and recall, the most confidently wrong validation photos, the augmentation preview (given the
+training photos), where the time went, and the skipped files. Every picture is an embedded PNG
+(data: URI), the CSS is inline and the page has no script, so the file can be mailed, archived
+or opened offline as it is.
+
+    graft report RUN [--photos PHOTOS] [--open]
+    graft.report.write_report("runs/cats", photos="PHOTOS")
+
+page.py: the page, escaping, charts' canvas; sections.py: what comes from the JSON files;
+gallery.py: what shows photos.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._atomic import atomic_path, read_json
+from ..errors import GraftError
+from .gallery import augmentation, gallery
+from .page import esc, fmt3, page
+from .sections import confusion, curves, header, skipped, timings
+
+__all__ = ["write_report", "val_predictions", "stored_val_predictions", "fmt3"]
+
+
+def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=None,
+                 workers: int | None = None) -> Path:
+    """Build RUN/report.html (atomically) and return its path.
+
+    `photos` (the folder the run was trained on), or `data` (those photos as graft.data.Dataset,
+    when the caller scanned them already: training does) adds the augmentation preview, and the
+    gallery for runs trained before graft stored their validation predictions.
+    """
+    from ..run import photos_split, read_run_meta
+
+    run_dir = Path(run_dir)
+    meta = read_run_meta(run_dir)
+    metrics = read_json(run_dir / "metrics.json",
+                        missing=f"{run_dir / 'metrics.json'} not found: the run did not finish; train it with `graft train`")
+    if data is None and photos is not None:
+        data = photos_split(meta, photos)
+    preds, note = _gallery_predictions(run_dir, meta, metrics, data, cache_dir=cache_dir, weights=weights,
+                                       workers=workers)
+    parts = [header(run_dir, meta, metrics), curves(metrics), confusion(metrics),
+             gallery(run_dir, preds, note), augmentation(meta, metrics, data), timings(metrics), skipped(metrics)]
+    text = page(f"graft report: {run_dir.resolve().name}", "\n".join(s for s in parts if s))
+    out = run_dir / "report.html"
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return out
+
+
+def _gallery_predictions(run_dir, meta, metrics, data, **kw) -> tuple[list[dict] | None, str]:
+    """-> (prediction items or None, a note saying where they come from)."""
+    stored = stored_val_predictions(run_dir, meta)
+    if stored is not None:
+        n_ok = sum(p["correct"] for p in stored)
+        return stored, f"As training scored them: {len(stored)} validation photos, {n_ok} right."
+    if data is None:
+        return None, ""
+    try:
+        preds = _recomputed(run_dir, meta, data, batch_size=32, **kw)
+    except GraftError as e:
+        return None, f'<p class="warn">No gallery: {esc(e)}</p>'
+    n_ok = sum(p["correct"] for p in preds)
+    note = f"Recomputed on {len(preds)} validation photos of {esc(data.root)}: {n_ok} right."
+    m = metrics
+    if preds and (len(preds) != m.get("n_val")
+                  or (m.get("n_val") and fmt3(n_ok / len(preds)) != fmt3(m.get("val_accuracy")))):
+        note += (' <span class="warn">This differs from metrics.json (photos changed since training, or '
+                 "another split): the gallery shows the photos as they are now.</span>")
+    return preds, note
+
+
+# --- per-image predictions on the validation split --------------------------------------------
+
+def stored_val_predictions(run_dir, meta: dict | None = None) -> list[dict] | None:
+    """The validation photos with the run's prediction for each, as training stored them
+    (RUN/val_predictions.npz); None for a run trained before graft stored them. Items as for
+    `val_predictions`."""
+    from ..run import read_run_meta, read_val_predictions
+
+    stored = read_val_predictions(run_dir)
+    if stored is None:
+        return None
+    classes = (meta or read_run_meta(run_dir))["classes"]
+    return _items(classes, stored["paths"], stored["labels"], stored["probabilities"])
+
+
+def val_predictions(run_dir, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
+                    workers: int | None = None) -> list[dict]:
+    """Each validation photo of the run's split of `photos`, with the run's prediction for it,
+    computed afresh.
+
+    The split is found again as training drew it (graft.run.photos_split). Each item is {"path",
+    "true", "pred", "probability" (of the predicted class), "true_probability", "correct"};
+    files that cannot be read are left out. Frozen-backbone runs score the cached features (no
+    forward pass when training filled the cache: `cache_dir` defaults to the run's own cache);
+    other runs run the stored network on the run's evaluation preprocessing.
+    """
+    from ..run import photos_split, read_run_meta
+
+    meta = read_run_meta(run_dir)
+    return _recomputed(run_dir, meta, photos_split(meta, photos), cache_dir=cache_dir, weights=weights,
+                       batch_size=batch_size, workers=workers)
+
+
+def _recomputed(run_dir, meta, data, *, cache_dir, weights, batch_size, workers) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from ..run import run_features
+
+    samples = list(data.val)
+    if not samples:
+        return []
+    feats, ok, head, _ = run_features(run_dir, samples, cache_dir=_cache_root(run_dir, cache_dir), weights=weights,
+                                      batch_size=batch_size, workers=workers)
+    probs = np.full((len(samples), len(meta["classes"])), np.nan, dtype=np.float32)
+    if ok.any():
+        with torch.inference_mode():
+            probs[ok] = head(torch.from_numpy(feats[ok])).softmax(1).numpy()
+    return _items(meta["classes"], [s.path for s in samples], [s.label for s in samples], probs)
+
+
+def _items(classes, paths, labels, probabilities) -> list[dict]:
+    """Gallery items from aligned paths, true labels and class probabilities (NaN rows: photos
+    that could not be read, left out)."""
+    import numpy as np
+
+    out = []
+    for path, label, p in zip(paths, labels, probabilities):
+        if np.isnan(p).any():
+            continue
+        pred, label = int(np.argmax(p)), int(label)
+        out.append({"path": str(path), "true": classes[label], "pred": classes[pred],
+                    "probability": float(p[pred]), "true_probability": float(p[label]), "correct": pred == label})
+    return out
+
+
+def _cache_root(run_dir, cache_dir) -> Path:
+    """The feature cache training used: given, else the parent of metrics' cache dir, else default."""
+    from ..cache import cache_root
+
+    if cache_dir:
+        return cache_root(cache_dir)
+    try:
+        recorded = (read_json(Path(run_dir) / "metrics.json", missing="").get("cache") or {}).get("dir")
+    except (GraftError, AttributeError):  # then the default cache
+        recorded = None
+    if recorded and Path(recorded).parent.is_dir():
+        return Path(recorded).parent
+    return cache_root()
