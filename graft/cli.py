@@ -112,10 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--size", type=int, default=224, help="crop size (default 224, the default backbone's)")
     pv.add_argument("--seed", type=int, default=0)
 
-    from . import cache_admin as _cache_admin, calibrate as _calibrate, check as _check, export as _export
+    from . import cache_admin as _cache_admin, calibrate as _calibrate, export as _export
     from . import report as _report
+    from .check.cli import add_parser as _add_check_parser
 
-    _check.add_cli(sub)
+    _add_check_parser(sub)
     _calibrate.add_predict_args(pr)
     _export.add_cli(sub)
     _calibrate.add_cli(sub)
@@ -340,7 +341,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import cmd_check as run
+    from .check.cli import run
 
     return run(args)
 

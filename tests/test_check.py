@@ -19,10 +19,11 @@ import pytest
 from conftest import count_backbone_forwards, make_photo, make_photo_folder
 from PIL import Image, ImageDraw, ImageFont
 
-from graft.check import CODES, add_cli, check_photos, format_report
+from graft.check import CODES, check_photos, format_report
+from graft.check.cli import add_parser
 from graft.data import scan_photos
 
-SIZE = (256, 240)  # above the backbone's 224 input, so normal photos are not `tiny`
+SIZE = (256, 240)  # normal photos: neither `tiny` nor a decompression bomb under MAX_PIXELS
 MAX_PIXELS = 120_000  # Image.MAX_IMAGE_PIXELS during the test: SIZE is under it, `huge` over it
 
 
@@ -103,8 +104,8 @@ def _build_problem_folder(root: Path) -> dict[str, tuple[str, str]]:
     exif[0x0112] = 6
     _jpeg(make_photo(rng, "blue", SIZE), blue / "rotated.jpg", exif=exif.tobytes())
     plant(blue / "rotated.jpg", "exif_rotated", "orientation 6")
-    _jpeg(make_photo(rng, "blue", (120, 100)), blue / "tiny.jpg")
-    plant(blue / "tiny.jpg", "tiny", "120x100")
+    _jpeg(make_photo(rng, "blue", (60, 48)), blue / "tiny.jpg")
+    plant(blue / "tiny.jpg", "tiny", "60x48")
     (red / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     plant(red / ".DS_Store", "hidden_file", "hidden")
     # --- copies
@@ -261,19 +262,19 @@ def test_self_referencing_symlink_and_missing_root(tmp_path):
 
 def test_cli_prints_report_and_exit_code(tmp_path, capsys, low_pixel_limit):
     parser = argparse.ArgumentParser(prog="graft")
-    add_cli(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     good = tmp_path / "good"
     rng = np.random.default_rng(1)
     for cls in ("blue", "red"):
         for i in range(5):
             _jpeg(make_photo(rng, cls, SIZE), good / cls / f"{cls}{i}.jpg")
     args = parser.parse_args(["check", str(good), "--quick"])
-    assert args.func(args) == 0
+    assert args.run(args) == 0
     assert "0 error(s)" in capsys.readouterr().out
 
     (good / "red" / "bad.jpg").write_bytes(b"")
     args = parser.parse_args(["check", str(good), "--json", "--quick", "--cache-dir", str(tmp_path / "c")])
-    assert args.func(args) == 1
+    assert args.run(args) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["errors"] == 1
     assert out["findings"][0]["code"] == "empty_file"
