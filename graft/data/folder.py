@@ -42,7 +42,7 @@ class Dataset:
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
-    skipped: list[dict] = field(default_factory=list)  # [{path, reason}]
+    skipped: list[dict] = field(default_factory=list)  # [{path, reason, code}]: code says why for programs
     layout: str = "folders"  # "train/val" or "folders" (split by hash)
 
 
@@ -106,13 +106,14 @@ def scan_class_folders(root, *, classes: list[str] | None = None):
     for label, name in enumerate(classes):
         paths, left_out = class_files(root / name)
         files += [(p, label) for p in paths]
-        skipped += [{"path": str(s.path), "reason": s.reason} for s in left_out if s.code in SKIPPED_FILE_CODES]
+        skipped += [{"path": str(s.path), "reason": s.reason, "code": s.code}
+                    for s in left_out if s.code in SKIPPED_FILE_CODES]
     with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
         results = list(pool.map(lambda item: _identify(*item), files))
     samples = []
     for r in results:
         if isinstance(r, ImageError):
-            skipped.append({"path": r.path, "reason": r.reason})
+            skipped.append({"path": r.path, "reason": r.reason, "code": r.code})
         else:
             samples.append(r)
     counts = [0] * len(classes)
