@@ -7,9 +7,10 @@ adding photos later never moves an old photo between train and val. The content 
 feature cache's key.
 
 What is read, and what is left out, is decided once, by `class_folders` and `class_files`: hidden
-entries, files next to the class folders, symbolic links to folders (not followed), loops,
-non-regular files and unsupported extensions. `graft train` and `graft check` both walk with them,
-so they always agree on which files a folder holds.
+entries, files next to the class folders, symbolic links to folders (not followed), loops and
+unsupported extensions (a pipe or device named like a photo is then refused unread by
+`read_bytes`). `graft train` and `graft check` both walk with them, so they always agree on which
+files a folder holds.
 """
 
 from __future__ import annotations
