@@ -119,7 +119,7 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
             t_got = time.perf_counter()
             stats.wait_s += t_got - t_wait
             for i, e in errors:
-                stats.skipped.append({"path": e.path, "reason": e.reason})
+                stats.skipped.append({"path": e.path, "reason": e.reason, "code": e.code})
                 ok[missing[i]] = False
             if batch is not None:
                 x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)

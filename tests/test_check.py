@@ -19,10 +19,11 @@ import pytest
 from conftest import count_backbone_forwards, make_photo, make_photo_folder
 from PIL import Image, ImageDraw, ImageFont
 
-from graft.check import CODES, add_cli, check_photos, format_report
+from graft.check import CODES, check_photos, format_report
+from graft.cli.check import add_parser
 from graft.data import scan_photos
 
-SIZE = (256, 240)  # above the backbone's 224 input, so normal photos are not `tiny`
+SIZE = (256, 240)  # normal photos: neither `tiny` nor a decompression bomb under MAX_PIXELS
 MAX_PIXELS = 120_000  # Image.MAX_IMAGE_PIXELS during the test: SIZE is under it, `huge` over it
 
 
@@ -103,8 +104,8 @@ def _build_problem_folder(root: Path) -> dict[str, tuple[str, str]]:
     exif[0x0112] = 6
     _jpeg(make_photo(rng, "blue", SIZE), blue / "rotated.jpg", exif=exif.tobytes())
     plant(blue / "rotated.jpg", "exif_rotated", "orientation 6")
-    _jpeg(make_photo(rng, "blue", (120, 100)), blue / "tiny.jpg")
-    plant(blue / "tiny.jpg", "tiny", "120x100")
+    _jpeg(make_photo(rng, "blue", (60, 48)), blue / "tiny.jpg")
+    plant(blue / "tiny.jpg", "tiny", "60x48")
     (red / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     plant(red / ".DS_Store", "hidden_file", "hidden")
     # --- copies
@@ -261,19 +262,19 @@ def test_self_referencing_symlink_and_missing_root(tmp_path):
 
 def test_cli_prints_report_and_exit_code(tmp_path, capsys, low_pixel_limit):
     parser = argparse.ArgumentParser(prog="graft")
-    add_cli(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     good = tmp_path / "good"
     rng = np.random.default_rng(1)
     for cls in ("blue", "red"):
         for i in range(5):
             _jpeg(make_photo(rng, cls, SIZE), good / cls / f"{cls}{i}.jpg")
     args = parser.parse_args(["check", str(good), "--quick"])
-    assert args.func(args) == 0
+    assert args.run(args) == 0
     assert "0 error(s)" in capsys.readouterr().out
 
     (good / "red" / "bad.jpg").write_bytes(b"")
     args = parser.parse_args(["check", str(good), "--json", "--quick", "--cache-dir", str(tmp_path / "c")])
-    assert args.func(args) == 1
+    assert args.run(args) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["summary"]["errors"] == 1
     assert out["findings"][0]["code"] == "empty_file"
@@ -313,3 +314,126 @@ def test_other_files_graft_skips(tmp_path):
            if f["code"] != "no_validation_image"}
     assert got == expected
     assert report["counts"]["red"]["train"] + report["counts"]["red"]["val"] == 5
+
+
+# --- issue 15: the tiny threshold, repeated notes, and train skipping what check calls an error ---------
+
+
+def test_tiny_is_judged_by_the_shorter_side_against_a_fixed_floor(tmp_path):
+    """500x181 (hymenoptera has eight such photos) is resized, not blurry: only a shorter side
+    under 64 px is `tiny`, whatever the backbone's input size."""
+    rng = np.random.default_rng(21)
+    root = tmp_path / "photos"
+    for cls in ("blue", "red"):
+        for i in range(4):
+            _jpeg(make_photo(rng, cls, SIZE), root / cls / f"{cls}{i}.jpg")
+    sizes = {"wide.jpg": (500, 181), "small.jpg": (120, 100), "edge.jpg": (64, 90), "thin.jpg": (200, 63),
+             "stamp.jpg": (40, 40)}
+    for name, size in sizes.items():
+        _jpeg(make_photo(rng, "red", size), root / "red" / name)
+    for input_size in (None, 384):
+        report = check_photos(root, deep=False, input_size=input_size)
+        tiny = {Path(f["path"]).name: f["message"] for f in report["findings"] if f["code"] == "tiny"}
+        assert sorted(tiny) == ["stamp.jpg", "thin.jpg"], tiny
+        assert "200x63" in tiny["thin.jpg"] and "64 px" in tiny["thin.jpg"]
+
+
+def test_repeated_notes_print_as_one_line_with_a_count(tmp_path):
+    """Photos dropped straight into PHOTOS/ (no class sub-folders): one note line, not a hundred;
+    the JSON keeps one finding per file, and different notes stay apart."""
+    rng = np.random.default_rng(22)
+    root = tmp_path / "photos"
+    for i in range(100):
+        _jpeg(make_photo(rng, "red", (64, 64)), root / f"img{i:03d}.jpg")
+    (root / "one").mkdir()
+    (root / "one" / "readme.txt").write_text("x")
+    (root / "one" / "notes.md").write_text("x")
+    report = check_photos(root, deep=False)
+    loose = [f for f in report["findings"] if f["code"] == "not_in_class_folder"]
+    assert len(loose) == 100 and report["summary"]["infos"] == 102
+    text = format_report(report)
+    lines = [line for line in text.splitlines() if "[not_in_class_folder]" in line]
+    assert len(lines) == 1, lines
+    assert "100 files (img000.jpg, img001.jpg, img002.jpg and 97 more)" in lines[0]
+    assert "next to the class folders" in lines[0]
+    assert "notes (102):" in text
+    unsupported = [line for line in text.splitlines() if "[unsupported_type]" in line]
+    assert len(unsupported) == 2 and "one/notes.md" in unsupported[0] and "one/readme.txt" in unsupported[1]
+    assert sum("[too_few_classes]" in line for line in text.splitlines()) == 1
+
+
+def _placeholder_gif(path: Path) -> Path:
+    """Like hymenoptera's train/ants/imageNotFound.gif: grey words on a light grey GIF."""
+    img = Image.new("RGB", (300, 300), (246, 246, 246))
+    d = ImageDraw.Draw(img)
+    d.line([(0, 0), (299, 299)], fill=(236, 236, 236))
+    d.line([(0, 299), (299, 0)], fill=(236, 236, 236))
+    d.text((55, 110), "WE'RE SORRY,", fill=(70, 70, 70), font=ImageFont.load_default(size=30))
+    d.text((70, 150), "THIS IMAGE COULD NOT", fill=(120, 120, 120), font=ImageFont.load_default(size=16))
+    d.text((105, 172), "BE FOUND.", fill=(120, 120, 120), font=ImageFont.load_default(size=16))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.convert("P", palette=Image.Palette.ADAPTIVE, colors=32).save(path, format="GIF")
+    return path
+
+
+def test_train_skips_what_check_calls_an_error(tmp_path, default_backbone):
+    """Every file graft check calls an error (alone, not its class) is skipped on train's path:
+    by the scan (graft.data), by skip_quick_errors (header size, content hash), or by the feature
+    decode through RefuseNonPhotos (placeholders, damage only decoding finds); nothing else is."""
+    from dataclasses import replace
+
+    from graft.backbones import DEFAULT_PREPROCESSING
+    from graft.check import quick_errors, skip_quick_errors
+    from graft.data.placeholders import RefuseNonPhotos
+    from graft.errors import ImageError
+
+    rng = np.random.default_rng(23)
+    root = tmp_path / "photos"
+    for split, n in (("train", 6), ("val", 2)):
+        for cls in ("blue", "red"):
+            for i in range(n):
+                _jpeg(make_photo(rng, cls, SIZE), root / split / cls / f"{cls}{i}.jpg")
+    red = root / "train" / "red"
+    (red / "empty.jpg").write_bytes(b"")
+    data = _save_bytes(make_photo(rng, "red", SIZE), "JPEG")
+    (red / "cut.jpg").write_bytes(data[: len(data) * 6 // 10])
+    (red / "notes.jpg").write_text("not a photo at all\n")
+    tall = bytearray(_save_bytes(Image.new("RGB", (20, 14), (200, 30, 40)), "PNG"))
+    tall[20:24] = (5000).to_bytes(4, "big")
+    tall[29:33] = zlib.crc32(bytes(tall[12:29])).to_bytes(4, "big")
+    (red / "tall.png").write_bytes(bytes(tall))
+    (red / "self.jpg").symlink_to("self.jpg")
+    _placeholder_gif(red / "imageNotFound.gif")
+    _placeholder().save(root / "train" / "blue" / "placeholder.png")
+    shutil.copy(root / "train" / "blue" / "blue1.jpg", root / "val" / "blue" / "leaked.jpg")
+
+    report = check_photos(root, backbone=default_backbone, cache_dir=tmp_path / "cache", workers=0)
+    errors = {Path(f["path"]).name: f["code"] for f in report["findings"] if f["level"] == "error"}
+    assert errors == {"empty.jpg": "empty_file", "cut.jpg": "truncated", "notes.jpg": "undecodable",
+                      "tall.png": "extreme_aspect", "self.jpg": "symlink_loop", "imageNotFound.gif": "not_a_photo",
+                      "placeholder.png": "not_a_photo", "leaked.jpg": "leakage"}, format_report(report)
+
+    scanned = scan_photos(root)
+    assert [e["code"] for e in quick_errors(scanned)] == ["extreme_aspect", "leakage"]
+    kept = skip_quick_errors(scanned)
+    assert kept.skipped[len(scanned.skipped):] == quick_errors(scanned)
+    load = RefuseNonPhotos(DEFAULT_PREPROCESSING.load)
+    decode_skips = {}
+    for s in kept.train + kept.val:
+        try:
+            x = load(s.path)
+        except ImageError as e:
+            decode_skips[s.path.name] = e.code
+        else:
+            assert tuple(x.shape) == (3, 224, 224)
+    assert decode_skips == {"cut.jpg": "truncated", "imageNotFound.gif": "not_a_photo",
+                            "placeholder.png": "not_a_photo"}
+    skipped_by_train = {Path(d["path"]).name for d in kept.skipped} | set(decode_skips)
+    assert skipped_by_train == set(errors)
+    assert skip_quick_errors(replace(kept, skipped=[])).skipped == []  # nothing left to skip
+    import pickle
+
+    in_worker = pickle.loads(pickle.dumps(load))  # it goes to loader worker processes
+    with pytest.raises(ImageError) as e:
+        in_worker(red / "imageNotFound.gif")
+    assert e.value.code == "not_a_photo" and "placeholder" in e.value.reason

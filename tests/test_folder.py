@@ -237,3 +237,40 @@ def test_hidden_files_and_folders_are_ignored(tmp_path):
     assert data.classes == ["a", "b"]
     assert data.skipped == []
     assert {str(s.path) for s in data.train + data.val} == {str(p) for p in good}
+
+
+# --- the walk train and check share ------------------------------------------------------------------
+
+
+def test_walk_reports_what_it_leaves_out(tmp_path):
+    """class_files: the files graft reads, and every entry left out with a code; links are not
+    followed into loops, a pipe named like a photo is skipped unread instead of blocking train."""
+    import os
+
+    from graft.data.folder import class_files, class_folders
+
+    good = _fill(tmp_path, {"a": 3, "b": 3})
+    rng = np.random.default_rng(7)
+    nested = _tiny(tmp_path / "a" / "trip" / "day1" / "n.png", rng)  # sub-folders are searched
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"x")
+    (tmp_path / "a" / "self.jpg").symlink_to("self.jpg")
+    (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "a" / "up").symlink_to(tmp_path / "a")  # would loop for ever if followed
+    (tmp_path / "a" / "other").symlink_to(tmp_path / "b")  # a linked folder: not looked into
+    os.mkfifo(tmp_path / "a" / "pipe.jpg")
+    (tmp_path / "loose.png").write_bytes(b"x")
+    files, skips = class_files(tmp_path / "a")
+    assert files == sorted([p for p in good if p.parent.name == "a"] + [nested, tmp_path / "a" / "pipe.jpg"])
+    assert {s.path.name: s.code for s in skips} == {
+        "notes.txt": "unsupported_type", ".DS_Store": "hidden_file", "self.jpg": "symlink_loop",
+        "gone.jpg": "unreadable", "up": "symlink_loop", "other": "symlinked_folder"}
+    folders, beside = class_folders(tmp_path)
+    assert [name for name, _ in folders] == ["a", "b"]
+    assert [(s.path.name, s.code) for s in beside] == [("loose.png", "not_in_class_folder")]
+
+    data = scan_photos(tmp_path)
+    assert {str(s.path) for s in data.train + data.val} == {str(p) for p in good + [nested]}
+    assert {Path(d["path"]).name: d["code"] for d in data.skipped} == {
+        "notes.txt": "unsupported_type", "self.jpg": "symlink_loop", "gone.jpg": "unreadable",
+        "up": "symlink_loop", "pipe.jpg": "not_regular_file"}

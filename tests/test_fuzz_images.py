@@ -1,7 +1,7 @@
 """Fuzzing graft's image reader: valid small JPEG/PNG/GIF/WebP/BMP files, mutated (bits flipped,
 truncated, bytes inserted or overwritten, header fields such as the dimensions set to odd values),
-go through `probe_image` and `read_image`. Each must give an 8-bit RGB image or raise ImageError,
-nothing else, and never take more than about two seconds.
+go through `probe_image` and `read_image`. Each must give an 8-bit RGB image or raise ImageError
+with a known code, nothing else, and never take more than about two seconds.
 
 Derandomized (the same inputs on every run) with no example database, so CI is reproducible;
 5 formats x 450 examples = 2,250 inputs, plus the seeds themselves.
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 from graft.data.images import probe_image, read_image
-from graft.errors import ImageError
+from graft.errors import IMAGE_ERROR_CODES, ImageError
 
 EXAMPLES_PER_FORMAT = 450
 HARD_LIMIT_S = 5  # an alarm that interrupts a runaway Python-level loop; the deadline is 2 s
@@ -172,7 +172,8 @@ def read_fuzzed(data: bytes, ext: str, folder: Path) -> str:
         for call in (lambda: probe_image(path), lambda: probe_image(path, data)):
             try:
                 fmt, size = call()
-            except ImageError:
+            except ImageError as e:
+                assert e.code in IMAGE_ERROR_CODES, e.code
                 continue
             assert fmt in EXT and len(size) == 2 and min(size) > 0
             probed = size
@@ -181,7 +182,7 @@ def read_fuzzed(data: bytes, ext: str, folder: Path) -> str:
             try:
                 img = read_image(path, **kwargs)
             except ImageError as e:
-                assert e.reason and str(path) in str(e)
+                assert e.reason and str(path) in str(e) and e.code in IMAGE_ERROR_CODES
                 outcome = "read: " + e.reason.split(" (")[0][:40]
                 continue
             assert isinstance(img, Image.Image) and img.mode == "RGB"

@@ -250,3 +250,96 @@ def test_missing_file(tmp_path):
     with pytest.raises(ImageError) as e:
         read_image(path)
     _check_error(e, path, "cannot read")
+
+
+# --- ImageError.code: what programs branch on ---------------------------------------------------------
+
+
+def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _bad_bmp_depth() -> bytes:
+    data = bytearray(_bytes(_two_halves(), "BMP"))
+    data[28:30] = (7).to_bytes(2, "little")  # 7 bits per pixel: no such BMP
+    return bytes(data)
+
+
+def _bomb_gif() -> bytes:
+    data = bytearray(_bytes(Image.new("P", (20, 14)), "GIF"))
+    data[6:10] = (9000).to_bytes(2, "little") + (8000).to_bytes(2, "little")  # 72 MP in ~100 bytes
+    return bytes(data)
+
+
+# name -> (file name, bytes, code from read_image, code from probe_image or None if the probe passes)
+_KINDS = {
+    "empty": ("zero.jpg", lambda: b"", "empty_file", "empty_file"),
+    "text": ("notes.jpg", lambda: b"these are not pixels\n" * 20, "not_an_image", "not_an_image"),
+    "png named jpg": ("really.jpg", lambda: _bytes(_two_halves(), "PNG"), "extension_mismatch", "extension_mismatch"),
+    "tiff": ("scan.jpg", lambda: _bytes(_two_halves(), "TIFF"), "unsupported_format", "unsupported_format"),
+    "bomb": ("bomb.gif", _bomb_gif, "too_large", "too_large"),
+    "truncated jpeg": ("cut.jpg", lambda: _bytes(_two_halves((160, 120)), "JPEG", quality=95)[:700],
+                       "truncated", None),
+    "bad bmp depth": ("odd.bmp", _bad_bmp_depth, "undecodable", "undecodable"),
+}
+
+
+@pytest.mark.parametrize("kind", list(_KINDS))
+def test_image_error_code_per_kind(tmp_path, kind):
+    from graft.errors import IMAGE_ERROR_CODES
+
+    name, make, read_code, probe_code = _KINDS[kind]
+    path = tmp_path / name
+    path.write_bytes(make())
+    with pytest.raises(ImageError) as e:
+        read_image(path)
+    assert e.value.code == read_code, e.value.reason
+    assert read_code in IMAGE_ERROR_CODES
+    if probe_code is None:
+        probe_image(path)  # the header is fine: only decoding finds the damage
+    else:
+        with pytest.raises(ImageError) as e:
+            probe_image(path)
+        assert e.value.code == probe_code, e.value.reason
+
+
+def test_image_error_codes_for_files_that_cannot_be_read(tmp_path):
+    import os
+    import threading
+
+    missing = tmp_path / "nope.jpg"
+    loop = tmp_path / "self.jpg"
+    loop.symlink_to("self.jpg")
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)
+    for path, code in ((missing, "unreadable"), (loop, "symlink_loop"), (pipe, "not_regular_file")):
+        for read in (read_image, probe_image):
+            got = []
+
+            def attempt():
+                try:
+                    read(path)
+                except ImageError as e:
+                    got.append(e.code)
+
+            t = threading.Thread(target=attempt, daemon=True)  # a pipe read would block for ever
+            t.start()
+            t.join(10)
+            assert got == [code], (path.name, read.__name__)
+
+
+def test_image_error_keeps_its_code_across_pickling():
+    """Loader workers send ImageErrors back to the main process."""
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ImageError("/photos/a.jpg", "truncated or damaged image data (x)", "truncated")))
+    assert (type(e), e.path, e.reason, e.code, str(e)) == (
+        ImageError, "/photos/a.jpg", "truncated or damaged image data (x)", "truncated",
+        "/photos/a.jpg: truncated or damaged image data (x)")
+    assert ImageError("/p.jpg", "odd").code == "undecodable"  # the default, for callers that do not say
+    with pytest.raises(ValueError, match="unknown ImageError code"):
+        ImageError("/p.jpg", "odd", "no_such_code")

@@ -10,11 +10,10 @@ warnings (skipped files) print one line each; progress bars go to stderr and `--
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 
-from . import augment, cache, calibrate, demo, evaluate, export, predict, report, train
+from . import augment, cache, calibrate, check, demo, evaluate, export, predict, report, train
 
 EPILOG = """examples:
   graft train PHOTOS --out runs/cats        train on PHOTOS/<class>/* (or PHOTOS/train + PHOTOS/val)
@@ -43,26 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"graft {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (train, predict, evaluate, augment):
-        command.add_parser(sub)
-    _add_check(sub)
-    for command in (export, calibrate, report, cache, demo):
+    for command in (train, predict, evaluate, augment, check, export, calibrate, report, cache, demo):
         command.add_parser(sub)
     return p
-
-
-def _add_check(sub) -> None:
-    """`graft check`: graft/cli/check.py once graft.check is a package; until then graft.check
-    registers itself (its add_cli predates the `run` convention)."""
-    if importlib.util.find_spec(f"{__name__}.check") is not None:
-        from . import check
-
-        check.add_parser(sub)
-        return
-    from .. import check
-
-    check.add_cli(sub)
-    sub.choices["check"].set_defaults(run=check.cmd_check)
 
 
 def main(argv=None) -> int:

@@ -5,19 +5,28 @@ which case the validation split is drawn per class from each file's content hash
 TensorFlow's retrain.py, which hashed names): a photo's side depends on nothing but its bytes, so
 adding photos later never moves an old photo between train and val. The content hash is also the
 feature cache's key.
+
+What is read, and what is left out, is decided once, by `class_folders` and `class_files`: hidden
+entries, files next to the class folders, symbolic links to folders (not followed), loops and
+unsupported extensions (a pipe or device named like a photo is then refused unread by
+`read_bytes`). `graft train` and `graft check` both walk with them, so they always agree on which
+files a folder holds.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._digest import sha256_file
 from ..errors import GraftError, ImageError
-from .images import SUPPORTED_EXTENSIONS, probe_image
+from .images import SUPPORTED_EXTENSIONS, probe_image, read_bytes
 
 
 @dataclass(frozen=True)
@@ -34,18 +43,14 @@ class Dataset:
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
-    skipped: list[dict] = field(default_factory=list)  # [{path, reason}]
+    skipped: list[dict] = field(default_factory=list)  # [{path, reason, code}]: code says why for programs
     layout: str = "folders"  # "train/val" or "folders" (split by hash)
 
 
 def scan_photos(root, *, val_split: float = 0.2) -> Dataset:
     """Find classes and samples under `root`; see the module docstring for the layouts."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise GraftError(f"photo folder not found: {root}")
-    if not 0.0 < val_split < 1.0:
-        raise GraftError(f"--val-split must be between 0 and 1, got {val_split}")
-    if (root / "train").is_dir() and (root / "val").is_dir():
+    root, layout = photo_layout(root, val_split)
+    if layout == "train/val":
         classes, train, skipped = scan_class_folders(root / "train")
         _, val, skipped_val = scan_class_folders(root / "val", classes=classes)
         return Dataset(root, classes, train, val, skipped + skipped_val, "train/val")
@@ -59,6 +64,16 @@ def scan_photos(root, *, val_split: float = 0.2) -> Dataset:
     return Dataset(root, classes, train, val, skipped, "folders")
 
 
+def photo_layout(root, val_split: float = 0.2) -> tuple[Path, str]:
+    """(root, "train/val" or "folders") for a photo folder; a missing one or a bad split is an error."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise GraftError(f"photo folder not found: {root}")
+    if not 0.0 < val_split < 1.0:
+        raise GraftError(f"--val-split must be between 0 and 1, got {val_split}")
+    return root, "train/val" if (root / "train").is_dir() and (root / "val").is_dir() else "folders"
+
+
 def scan_class_folders(root, *, classes: list[str] | None = None):
     """Read `root/<class>/*`. With `classes` given (validation / evaluation), folders must match.
 
@@ -68,7 +83,8 @@ def scan_class_folders(root, *, classes: list[str] | None = None):
     root = Path(root).expanduser()
     if not root.is_dir():
         raise GraftError(f"photo folder not found: {root}")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders, _ = class_folders(root)  # what lies beside the class folders is not training data
+    found = [name for name, _ in folders]
     if classes is None:
         if len(found) < 2:
             raise GraftError(
@@ -89,19 +105,16 @@ def scan_class_folders(root, *, classes: list[str] | None = None):
     files: list[tuple[Path, int]] = []
     skipped: list[dict] = []
     for label, name in enumerate(classes):
-        for p in sorted((root / name).rglob("*")):
-            if any(part.startswith(".") for part in p.relative_to(root).parts) or p.is_dir():
-                continue
-            if p.suffix.lower() not in SUPPORTED_EXTENSIONS:
-                skipped.append({"path": str(p), "reason": f"not a supported image type ({p.suffix or 'no extension'})"})
-                continue
-            files.append((p, label))
+        paths, left_out = class_files(root / name)
+        files += [(p, label) for p in paths]
+        skipped += [{"path": str(s.path), "reason": s.reason, "code": s.code}
+                    for s in left_out if s.code in SKIPPED_FILE_CODES]
     with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
         results = list(pool.map(lambda item: _identify(*item), files))
     samples = []
     for r in results:
         if isinstance(r, ImageError):
-            skipped.append({"path": r.path, "reason": r.reason})
+            skipped.append({"path": r.path, "reason": r.reason, "code": r.code})
         else:
             samples.append(r)
     counts = [0] * len(classes)
@@ -145,10 +158,7 @@ file_digest = sha256_file  # the content hash that names a photo
 
 def _identify(path: Path, label: int):
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return ImageError(path, f"cannot read file ({e.strerror or e})")
-    try:
+        data = read_bytes(path)
         _, size = probe_image(path, data)
     except ImageError as e:
         return e
@@ -167,3 +177,120 @@ def spread_over_classes(samples: list[Sample], n: int) -> list[Sample]:
             picked.append(s)
             seen.add(s.label)
     return picked
+
+
+# --- the walk -------------------------------------------------------------------------------------
+
+# Skip codes for files a user meant as photos: `graft train` lists them as skipped. The others
+# (hidden entries, linked folders, loose files beside the class folders) are left out silently.
+SKIPPED_FILE_CODES = frozenset({"unsupported_type", "unreadable", "symlink_loop"})
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An entry the walk leaves out: `code` says why for programs, `reason` for people."""
+
+    path: Path
+    code: str  # hidden_file, not_in_class_folder, symlinked_folder, symlink_loop, unreadable, unsupported_type
+    reason: str
+
+
+def class_folders(base) -> tuple[list[tuple[str, Path]], list[Skip]]:
+    """The class folders directly under `base` as (name, path), sorted; and what else lies there."""
+    folders, skips = [], []
+    for entry in _entries(Path(base)):
+        path = Path(entry.path)
+        kind = _kind(entry, path, skips)
+        if kind == "dir":
+            folders.append((entry.name, path))
+        elif kind == "file":
+            skips.append(Skip(path, "not_in_class_folder",
+                              "a file next to the class folders, not inside one: ignored by graft"))
+    return folders, skips
+
+
+def class_files(folder) -> tuple[list[Path], list[Skip]]:
+    """The image files under one class folder, sorted, and what the walk left out.
+
+    Sub-folders are searched; hidden entries and symbolically linked folders are not (a link
+    into an ancestor would never end), nor a folder that is its own ancestor (a bind mount).
+    """
+    folder = Path(folder)
+    found: list[Path] = []
+    skips: list[Skip] = []
+    _walk(folder, found, skips, {_inode(folder)})
+    return sorted(found), skips
+
+
+def _walk(folder: Path, found: list[Path], skips: list[Skip], visited: set) -> None:
+    for entry in _entries(folder):
+        path = Path(entry.path)
+        kind = _kind(entry, path, skips)
+        if kind == "dir":
+            if entry.is_symlink():
+                skips.append(Skip(path, "symlinked_folder", "a symbolic link to a folder: graft does not "
+                                  "look inside it, its photos are not used"))
+                continue
+            key = _inode(path)
+            if key in visited:
+                skips.append(Skip(path, "symlink_loop", "folder loop: this folder is one of its own ancestors"))
+                continue
+            _walk(path, found, skips, visited | {key})
+        elif kind == "file":
+            if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+                skips.append(Skip(path, "unsupported_type",
+                                  f"not a supported image type ({path.suffix or 'no extension'}): ignored by "
+                                  f"graft (supported: {', '.join(sorted(set(SUPPORTED_EXTENSIONS)))})"))
+                continue
+            found.append(path)
+
+
+def _entries(base: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(base) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError:
+        return []
+
+
+def _inode(path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _kind(entry: os.DirEntry, path: Path, skips: list[Skip]) -> str | None:
+    """'dir', 'file' (anything else that exists) or None (left out with a Skip); loops are found
+    here, never followed."""
+    if entry.name.startswith("."):
+        skips.append(Skip(path, "hidden_file", "hidden, ignored by graft"))
+        return None
+    is_link = False
+    try:
+        is_link = entry.is_symlink()
+        st = os.stat(path)  # follows links; a loop raises ELOOP
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            skips.append(Skip(path, "symlink_loop", "symbolic link loop (the link resolves to itself)"))
+        elif is_link:
+            skips.append(Skip(path, "unreadable", f"broken symbolic link (its target {_link_target(path)} "
+                              f"is missing)"))
+        else:
+            skips.append(Skip(path, "unreadable", f"cannot read ({e.strerror or e})"))
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        if is_link:
+            target = Path(os.path.realpath(path))
+            parent = Path(os.path.realpath(path.parent))
+            if target == parent or target in parent.parents:
+                skips.append(Skip(path, "symlink_loop",
+                                  f"symbolic link loop: it points to {target}, a folder that contains it"))
+                return None
+        return "dir"
+    return "file"  # a pipe or device among the photos is refused by read_bytes, unread
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return repr(os.readlink(path))
+    except OSError:
+        return "?"

@@ -10,9 +10,11 @@ cost of a 12-megapixel photo.
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -43,16 +45,35 @@ def probe_image(path, data: bytes | None = None) -> tuple[str, tuple[int, int]]:
     """
     path = Path(path)
     if data is None:
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
+        data = read_bytes(path)
     if not data:
-        raise ImageError(path, "empty file (0 bytes)")
+        raise ImageError(path, "empty file (0 bytes)", "empty_file")
     img = _open(path, io.BytesIO(data))
     _check_format(path, img)
     _check_density(path, img, len(data))
     return img.format, oriented_size(img, _orientation(img))
+
+
+def read_bytes(path) -> bytes:
+    """The file's bytes, or an ImageError that says why not (a pipe or device is refused unread:
+    reading one could block forever)."""
+    path = Path(path)
+    try:
+        _require_regular(path, os.stat(path))
+        return path.read_bytes()
+    except OSError as e:
+        raise _read_error(path, e) from None
+
+
+def _require_regular(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(path, "not a regular file (a device, socket or pipe): graft cannot read it",
+                         "not_regular_file")
+
+
+def _read_error(path: Path, e: OSError) -> ImageError:
+    code = "symlink_loop" if e.errno == errno.ELOOP else "unreadable"
+    return ImageError(path, f"cannot read file ({e.strerror or e})", code)
 
 
 def oriented_size(img: Image.Image, orientation: int | None) -> tuple[int, int]:
@@ -71,13 +92,14 @@ def read_image(
     """
     path = Path(path)
     try:
+        _require_regular(path, os.stat(path))
         f = open(path, "rb")
     except OSError as e:
-        raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
+        raise _read_error(path, e) from None
     with f:
         nbytes = os.fstat(f.fileno()).st_size
         if nbytes == 0:
-            raise ImageError(path, "empty file (0 bytes)")
+            raise ImageError(path, "empty file (0 bytes)", "empty_file")
         img = _open(path, f)
         _check_format(path, img)
         _check_density(path, img, nbytes)
@@ -94,15 +116,15 @@ def read_image(
                 warnings.simplefilter("ignore")  # EXIF/ICC chatter is not the user's problem
                 img.load()
         except Image.DecompressionBombError as e:
-            raise ImageError(path, f"refused: too many pixels ({e})") from None
+            raise ImageError(path, f"refused: too many pixels ({e})", "too_large") from None
         except Exception as e:  # Pillow raises many types for damaged data
-            raise ImageError(path, _describe(e)) from None
+            raise _decode_error(path, e) from None
     try:
         if orientation not in (None, 1):
             img = ImageOps.exif_transpose(img)
         return to_rgb(img)
     except Exception as e:
-        raise ImageError(path, _describe(e)) from None
+        raise _decode_error(path, e) from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -136,22 +158,24 @@ def _open(path: Path, fp) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(fp, formats=None)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(path, f"refused: too many pixels, a possible decompression bomb ({e})") from None
+        raise ImageError(path, f"refused: too many pixels, a possible decompression bomb ({e})",
+                         "too_large") from None
     except UnidentifiedImageError:
-        raise ImageError(path, "not an image (no supported image format recognised)") from None
+        raise ImageError(path, "not an image (no supported image format recognised)", "not_an_image") from None
     except Exception as e:
-        raise ImageError(path, _describe(e)) from None
+        raise _decode_error(path, e) from None
 
 
 def _check_format(path: Path, img: Image.Image) -> None:
     expected = SUPPORTED_EXTENSIONS.get(path.suffix.lower())
     if img.format not in _FORMATS:
-        raise ImageError(path, f"unsupported image format {img.format}")
+        raise ImageError(path, f"unsupported image format {img.format}", "unsupported_format")
     if expected is not None and img.format != expected:
         raise ImageError(
             path,
             f"content is {img.format} but the extension {path.suffix} says {expected}; "
             f"rename it to use it",
+            "extension_mismatch",
         )
 
 
@@ -163,7 +187,7 @@ def _check_density(path: Path, img: Image.Image, nbytes: int) -> None:
     w, h = img.size
     if w * h > 2_000_000 and w * h > 5_000 * nbytes:
         raise ImageError(path, f"refused: declares {w}x{h} pixels in only {nbytes} bytes "
-                               f"(damaged, or a decompression bomb)")
+                               f"(damaged, or a decompression bomb)", "too_large")
 
 
 def _orientation(img: Image.Image) -> int | None:
@@ -175,8 +199,10 @@ def _orientation(img: Image.Image) -> int | None:
         return None
 
 
-def _describe(e: Exception) -> str:
+def _decode_error(path: Path, e: Exception) -> ImageError:
+    """Pillow raises many exception types for damaged data, and says "truncated" only in words:
+    this is the one place that reads its message."""
     msg = str(e) or type(e).__name__
     if "truncated" in msg.lower():
-        return f"truncated or damaged image data ({msg})"
-    return f"cannot decode image ({msg})"
+        return ImageError(path, f"truncated or damaged image data ({msg})", "truncated")
+    return ImageError(path, f"cannot decode image ({msg})", "undecodable")

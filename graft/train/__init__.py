@@ -1,7 +1,7 @@
 """Training a classifier: the lecture's little-data recipe, step by step (graft/train/steps.py).
 
     start     the process group, the seed, the backbone resolved (not built) and its feature cache
-    scan      the photos, split into train and val by content hash; leakage warned about
+    scan      the photos, split into train and val by content hash; what check calls an error skipped
     features  every photo's frozen features from the cache (only what is missing is computed),
               plus K augmented views of each training photo with --aug-views
     probe     the new softmax on those features: the head strategy's classifier, and the

@@ -18,7 +18,9 @@ import torch
 from ..backbones import BackboneSource, resolve_backbone
 from ..cache import FeatureCache, cache_root
 from ..cache.layout import DECODED
+from ..check import skip_quick_errors
 from ..data import Dataset, scan_photos
+from ..data.placeholders import RefuseNonPhotos
 from ..errors import GraftError
 from ..features import ExtractStats, cache_namespace, extract_features
 from ..head import train_head
@@ -54,7 +56,7 @@ class Job:
         """-> (rows of `samples` in `cache`, ok mask), computing what is missing."""
         feats, ok, _ = extract_features(
             self.source.build, [s.digest for s in samples], [s.path for s in samples], cache,
-            load=self.source.preprocessing.load, batch_size=self.cfg.batch_size, workers=self.cfg.workers,
+            load=RefuseNonPhotos(self.source.preprocessing.load), batch_size=self.cfg.batch_size, workers=self.cfg.workers,
             progress=self.progress, desc=desc, stats=self.stats, forward=forward, dist=self.dist)
         return feats, ok
 
@@ -123,22 +125,12 @@ def start(cfg: TrainConfig, out) -> Job:
 # --- 1. scan ----------------------------------------------------------------------------------------
 
 def scan(job: Job, photos) -> Dataset:
-    """The photos, split into train and val by content hash (or PHOTOS/train + PHOTOS/val)."""
+    """The photos, split into train and val by content hash (or PHOTOS/train + PHOTOS/val), less
+    what `graft check` would call an error and the scan already shows (a val photo that copies a
+    training photo, an absurd aspect ratio): train and check agree on what is unusable. The
+    placeholders check finds in the pixels are refused where extraction decodes them."""
     data = scan_photos(photos, val_split=job.cfg.val_split)
-    if job.dist.is_main:
-        warn_leakage(data)
-    return data
-
-
-def warn_leakage(data: Dataset) -> None:
-    """The cheap part of `graft check`, free given the content hashes: the same photo on both
-    sides of the split inflates validation figures (the hash split never does this; a
-    train/ + val/ layout can)."""
-    in_train = {s.digest: s.path for s in data.train}
-    for s in data.val:
-        if s.digest in in_train:
-            log.warning("leakage: %s is the same photo as %s (train); validation figures will flatter the model; "
-                        "run `graft check` for near-duplicates too", s.path, in_train[s.digest])
+    return skip_quick_errors(data, input_size=job.source.preprocessing.size)
 
 
 # --- 2. features ------------------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""What `graft check` reports: stable codes, their levels, and at most one finding per file per code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# code -> level. Stable: scripts may rely on these.
+CODES = {
+    # errors: graft cannot use the file, or training would be wrong
+    "undecodable": "error",
+    "truncated": "error",
+    "empty_file": "error",
+    "extension_mismatch": "error",
+    "too_large": "error",
+    "extreme_aspect": "error",
+    "unreadable": "error",
+    "symlink_loop": "error",
+    "empty_class": "error",
+    "class_mismatch": "error",
+    "too_few_classes": "error",
+    "leakage": "error",
+    "not_a_photo": "error",
+    # warnings: graft uses the file, but probably not as you expect
+    "animated": "warning",
+    "mode": "warning",
+    "exif_rotated": "warning",
+    "tiny": "warning",
+    "duplicate": "warning",
+    "near_duplicate": "warning",
+    "class_imbalance": "warning",
+    "hidden_file": "warning",
+    "likely_mislabelled": "warning",
+    "no_validation_image": "warning",
+    # info: ignored by graft, or a check that could not run
+    "unsupported_type": "info",
+    "not_in_class_folder": "info",
+    "symlinked_folder": "info",
+    "check_skipped": "info",
+}
+LEVELS = ("error", "warning", "info")
+
+
+class Findings:
+    """The findings of one check of the folder `root`; paths in messages are relative to it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.items: list[dict] = []
+        self._seen: set[tuple[str, str]] = set()
+
+    def rel(self, path) -> str:
+        return relative(path, self.root)
+
+    def add(self, code: str, path, problem: str) -> None:
+        """One finding; a second one with the same code for the same path is dropped."""
+        rel = self.rel(path)
+        if (code, rel) in self._seen:
+            return
+        self._seen.add((code, rel))
+        self.items.append({"level": CODES[code], "code": code, "path": str(path),
+                           "message": f"{rel}: {problem}"})
+
+    def sorted(self) -> list[dict]:
+        """Errors first, then warnings, then notes; by code and path within a level."""
+        rank = {lvl: i for i, lvl in enumerate(LEVELS)}
+        return sorted(self.items, key=lambda d: (rank[d["level"]], d["code"], d["path"]))
+
+
+def relative(path, root) -> str:
+    """`path` as messages name it: relative to the checked folder when it is inside it."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
