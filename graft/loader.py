@@ -236,33 +236,34 @@ def decoded_cache_for(samples, pipeline, root, budget):
 
 
 class BatchAugment:
-    """Flips and colour ops applied by the consumer to a whole uint8 batch, on its device.
+    """Flips and colour ops applied by the consumer to a whole uint8 batch, on `device` (the CPU
+    or the trainer's GPU), then handed over on the trainer's device (`to`).
 
     torchvision applies one random draw to a whole batch; here every sample gets its own draw,
     from a generator seeded by (run seed, image, epoch) exactly like the worker-side ops, so the
     result does not depend on batch composition and a resumed run draws the same numbers.
     """
 
-    def __init__(self, batch_pipeline, seed: int):
-        self.pipe = batch_pipeline
+    def __init__(self, pipeline, seed: int, device, to):
+        self.pipe = pipeline  # batchable ops only (Pipeline.split_batchable)
         self.seed = seed
+        self.device, self.to = torch.device(device), torch.device(to)
 
     def __len__(self) -> int:
         return len(self.pipe)
 
     def __call__(self, batch: torch.Tensor, digests, epoch: int) -> torch.Tensor:
-        if not len(self.pipe):
-            return batch
-        per_sample = [self.pipe.draw(torch.Generator().manual_seed(mix_seed(self.seed, d, epoch, "batch")), 1)
-                      for d in digests]
-        params = [{k: torch.cat([p[op_i][k] for p in per_sample]) for k in per_sample[0][op_i]}
-                  for op_i in range(len(self.pipe))]
-        return self.pipe.apply(batch, params)
+        batch = batch.to(self.device, non_blocking=True)
+        if len(self.pipe):
+            size = tuple(batch.shape[-2:])
+            draws = [self.pipe.draw(torch.Generator().manual_seed(mix_seed(self.seed, d, epoch, "batch")), size)
+                     for d in digests]
+            batch = self.pipe.apply_per_sample(batch, draws)
+        return batch.to(self.to, non_blocking=True)
 
 
-def split_for_device(pipeline, seed: int):
-    """-> (worker pipeline, BatchAugment for the consumer): see graft.augment.split."""
-    from .augment import split
-
-    per_image, per_batch = split(pipeline)
-    return per_image, BatchAugment(per_batch, seed)
+def split_for_device(pipeline, seed: int, device, to):
+    """-> (worker pipeline, BatchAugment running the batchable ops on `device` before the batch
+    moves to the trainer's device `to`): see graft.augment.Pipeline.split_batchable."""
+    per_image, per_batch = pipeline.split_batchable()
+    return per_image, BatchAugment(per_batch, seed, device, to)

@@ -2,6 +2,7 @@
 identity at zero strength, size-only draws), PCA colour against a hand computation, batched ops
 against per-image ops, configs, presets and override parsing, and the preview sheet."""
 
+import dataclasses
 import inspect
 import json
 import math
@@ -331,47 +332,87 @@ BATCH_OPS = [A.Flip(0.5, 0.5), A.ColorJitter(0.5, 0.5, 0.5, p=0.7), A.PCAColor(0
 def test_batched_op_equals_per_image_op(op, dtype):
     batch = batch_of(8)
     batch = batch if dtype == torch.uint8 else batch.float() / 255
-    params = op.draw_batch(gen(3), len(batch))
-    out = op.apply_batch(batch, params)
-    ref = torch.stack([op.apply(batch[i], A.sample_params(params, i)) for i in range(len(batch))])
+    g = gen(3)
+    draws = [op.draw(g, (H, W)) for _ in range(len(batch))]
+    out = op.apply(batch, A.stack_params(draws))  # the same kernel, given one row per sample
+    ref = torch.stack([op.apply(batch[i], draws[i]) for i in range(len(batch))])
     assert out.dtype == dtype and out.shape == batch.shape
     if dtype == torch.uint8:
         assert torch.equal(out, ref)
     else:
         assert torch.allclose(out, ref, atol=1e-6, rtol=0)
-    rows = {json.dumps(A.sample_params(params, i)) for i in range(len(batch))}
+    rows = {json.dumps(d) for d in draws}
     assert len(rows) > 1  # samples get their own draws
 
 
 def test_batch_pipeline_equals_per_image_pipeline():
-    bp = A.BatchPipeline([A.Flip(0.5, 0.5), A.ColorJitter(0.4, 0.4, 0.4), A.PCAColor(0.3), A.RGBShift(12, p=0.7)])
+    bp = A.Pipeline([A.Flip(0.5, 0.5), A.ColorJitter(0.4, 0.4, 0.4), A.PCAColor(0.3), A.RGBShift(12, p=0.7)])
     batch = batch_of(8)
-    params = bp.draw(gen(5), len(batch))
-    out = bp.apply(batch, params)
+    g = gen(5)
+    draws = [bp.draw(g, (H, W)) for _ in range(len(batch))]
+    out = bp.apply_per_sample(batch, draws)
     for i in range(len(batch)):
         x = batch[i]
-        for op, p in zip(bp.ops, params):
-            x = op.apply(x, A.sample_params(p, i))
+        for op, p in zip(bp.ops, draws[i]):
+            x = op.apply(x, p)
         assert torch.equal(out[i], x)
-    assert torch.equal(bp(batch, gen(5)), out)
+        assert torch.equal(out[i], bp.apply(batch[i], draws[i]))
     assert not torch.equal(out[0], out[1])
 
 
 def test_split_moves_flips_and_colour_to_the_batch():
-    per_image, per_batch = A.split(A.build("heavy", size=32))
+    per_image, per_batch = A.build("heavy", size=32).split_batchable()
     assert [op.name for op in per_image] == ["crop", "rotate", "shear", "local_warp"]
     assert [op.name for op in per_batch.ops] == ["flip", "color_jitter", "pca_color", "rgb_shift"]
     with pytest.raises(ValueError, match="rotate"):
-        A.BatchPipeline([A.Rotate()])
+        A.Pipeline([A.Rotate()]).apply_per_sample(batch_of(2), [[{"angle": 5.0}]] * 2)
+
+
+def test_probability_and_identity_live_in_the_base_classes():
+    # No op writes its own coin flip or identity shortcut: they implement make_params/transform.
+    for cls in A.OPS.values():
+        assert "draw" not in vars(cls) and "apply" not in vars(cls), cls
+        assert issubclass(cls, A.RandomOp) == ("p" in {f.name for f in dataclasses.fields(cls)}), cls
+    # The coin comes first and a skipped op still draws its values: another p for one op leaves
+    # the draws of the ops after it as they were.
+    for seed in range(20):
+        rare = A.Pipeline([A.Rotate(30, p=0.1), A.Shear(20, p=0.5)]).draw(gen(seed), (H, W))
+        often = A.Pipeline([A.Rotate(30, p=0.9), A.Shear(20, p=0.5)]).draw(gen(seed), (H, W))
+        assert rare[1] == often[1]
+    img = gradient()
+    for op in NEVER:  # a skipped draw hands back the image itself, untouched
+        assert op.apply(img, op.draw(gen(0), (H, W))) is img
+
+
+def test_draws_are_pinned():
+    # Cached augmented views are keyed by seed, not by draw: a change here silently changes what
+    # every cached view holds, so it must come with a new graft.augment.KERNELS.
+    pipe = A.build("heavy", size=64)
+    assert pipe.draw(gen(0), (300, 400)) == [
+        {"top": 7, "left": 32, "height": 261, "width": 309}, {"horizontal": True, "vertical": False},
+        {"angle": 0.0}, {"x": 0.0, "y": 0.0}, {"alpha": 3.0, "seed": 1025154433},
+        {"brightness": 1.2103977349950505, "contrast": 0.8047197854133809, "saturation": 0.7516864620015218},
+        {"alphas": [0.017528332277766262, -0.0931521099972562, -0.1505489670928174]},
+        {"offsets": [-6.609825228054504, -11.235937622532997, -6.512634232534796]},
+    ]
+    assert pipe.draw(gen(1), (300, 400)) == [
+        {"top": 38, "left": 50, "height": 138, "width": 118}, {"horizontal": True, "vertical": False},
+        {"angle": -2.237105901249916}, {"x": -4.281230266203644, "y": 6.07186409160861},
+        {"alpha": 0.0, "seed": 837695404},
+        {"brightness": 1.1308246931545276, "contrast": 0.8041335742421472, "saturation": 0.931497539691307},
+        {"alphas": [-0.004214706314638268, -0.08205757770783682, 0.03132995041068195]},
+        {"offsets": [0.0, 0.0, 0.0]},
+    ]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batched_on_gpu_matches_cpu_per_image():
-    bp = A.BatchPipeline(BATCH_OPS[:4])
+    bp = A.Pipeline(BATCH_OPS[:4])
     batch = batch_of(16, 224, 224)
-    params = bp.draw(gen(0), len(batch))
-    out = bp.apply(batch.cuda(), params).cpu()
-    ref = bp.apply(batch, params)
+    g = gen(0)
+    draws = [bp.draw(g, (224, 224)) for _ in range(len(batch))]
+    out = bp.apply_per_sample(batch.cuda(), draws).cpu()
+    ref = bp.apply_per_sample(batch, draws)
     assert (out.int() - ref.int()).abs().max() <= 1  # GPU float rounding may differ by one level
 
 

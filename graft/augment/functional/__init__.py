@@ -1,20 +1,18 @@
 """Deterministic augmentation kernels: explicit parameters in, image out, no randomness.
 
 graft.augment's op classes draw parameters and call these. torchvision.transforms.v2.functional
-does the work wherever it has the operation; what it lacks is written here and says so.
+does the work wherever it has the operation; what it lacks is written here and says so. Kernels of
+the batchable ops (flip, colour) take one image's parameters or one per sample of a batch.
 """
 
 from ._color import (
     adjust_brightness,
     adjust_contrast,
     adjust_saturation,
-    brightness_batch,
     color_twist,
-    contrast_batch,
     pca_color,
     pca_offsets,
     rgb_shift,
-    saturation_batch,
     to_uint8,
 )
 from ._geometry import (
@@ -22,12 +20,9 @@ from ._geometry import (
     affine,
     elastic,
     flip,
-    flip_batch,
-    hflip,
     resized_crop,
     rotate,
     shear,
-    vflip,
     warp_field,
 )
 
@@ -37,21 +32,15 @@ __all__ = [
     "adjust_contrast",
     "adjust_saturation",
     "affine",
-    "brightness_batch",
     "color_twist",
-    "contrast_batch",
     "elastic",
     "flip",
-    "flip_batch",
-    "hflip",
     "pca_color",
     "pca_offsets",
     "resized_crop",
     "rgb_shift",
     "rotate",
-    "saturation_batch",
     "shear",
     "to_uint8",
-    "vflip",
     "warp_field",
 ]

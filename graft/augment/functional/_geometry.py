@@ -1,13 +1,13 @@
 """Deterministic geometric kernels: every parameter is explicit, nothing is drawn at random.
 
 The op classes in graft.augment draw parameters and call these, so any augmented image can be
-recomputed from its parameters. torchvision.transforms.v2.functional does the resampling (flip,
-resized_crop, affine, elastic). Hand-written here, because torchvision lacks them: reflect padding
+recomputed from its parameters. torchvision.transforms.v2.functional does the resampling
+(resized_crop, affine, elastic). Hand-written here, because torchvision lacks them: reflect padding
 around affine and elastic (torchvision can only fill uncovered pixels with a constant), the
-displacement field of `elastic`, and a per-sample flip of a batch.
+displacement field of `elastic`, and a flip of some samples of a batch.
 
 Images are tensors shaped (..., C, H, W): uint8 in 0..255 or float in 0..1. A leading batch
-dimension gets the same parameters for every sample, except in `flip_batch`.
+dimension gets the same parameters for every sample, except where `flip` is given one per sample.
 """
 
 import math
@@ -19,34 +19,18 @@ from torchvision.transforms.v2.functional import InterpolationMode
 PADDINGS = ("reflect", "zeros")
 
 
-def hflip(img: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right (torchvision)."""
-    return F.horizontal_flip(img)
-
-
-def vflip(img: torch.Tensor) -> torch.Tensor:
-    """Mirror top-bottom (torchvision)."""
-    return F.vertical_flip(img)
-
-
-def flip(img: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
-    """Apply a left-right and/or a top-bottom mirror; with both False, `img` itself is returned."""
-    if horizontal:
-        img = F.horizontal_flip(img)
-    if vertical:
-        img = F.vertical_flip(img)
+def flip(img: torch.Tensor, horizontal, vertical) -> torch.Tensor:
+    """Mirror left-right where `horizontal` and top-bottom where `vertical` is True: each a bool
+    for the image (or a whole batch), or an (N,) bool mask, one per sample of an (N, C, H, W)
+    batch (hand-written: torchvision flips a whole batch or none of it). With nothing to mirror,
+    `img` itself is returned."""
+    for mask, dim in ((horizontal, -1), (vertical, -2)):
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.all():
+            img = img.flip(dim)
+        elif mask.any():
+            img = torch.where(mask.to(img.device).view(-1, 1, 1, 1), img.flip(dim), img)
     return img
-
-
-def flip_batch(batch: torch.Tensor, horizontal, vertical) -> torch.Tensor:
-    """Mirror each sample of an (N, C, H, W) batch whose entry in the (N,) bool masks is True.
-
-    Hand-written: torchvision flips either the whole batch or none of it.
-    """
-    h = torch.as_tensor(horizontal, dtype=torch.bool, device=batch.device).view(-1, 1, 1, 1)
-    v = torch.as_tensor(vertical, dtype=torch.bool, device=batch.device).view(-1, 1, 1, 1)
-    batch = torch.where(h, batch.flip(-1), batch)
-    return torch.where(v, batch.flip(-2), batch)
 
 
 def resized_crop(img: torch.Tensor, top: int, left: int, height: int, width: int, size) -> torch.Tensor:
