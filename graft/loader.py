@@ -89,7 +89,8 @@ class AugmentedLoad:
     All random numbers are drawn first, from the header's size; when the pipeline starts with a
     random crop, the JPEG is then decoded at the largest DCT reduction (1/2, 1/4, 1/8) that keeps
     the crop at least the output size (so a crop loses no detail), only the crop box is turned
-    into a tensor, and the crop op resizes it. Runs of colour ops go through one fused kernel.
+    into a tensor, and the pipeline's fast path distorts it (Pipeline.apply_fused: the crop's
+    resize, rotation, shear and warp in one resample, the colour ops in one float pass).
     """
 
     def __init__(self, pipeline, preprocessing, decoded=None):
@@ -109,7 +110,7 @@ class AugmentedLoad:
         ops = self.pipeline.ops
         if not ops or not isinstance(ops[0], RandomResizedCrop):  # no crop: distort the evaluation view
             x = self.pre.load(path)
-            return apply_ops(ops, x, self.pipeline.draw(gen, tuple(x.shape[-2:])))
+            return self.pipeline.apply_fused(x, self.pipeline.draw(gen, tuple(x.shape[-2:])))
         params = self.pipeline.draw(gen, (h, w))
         crop, box = ops[0], params[0]
         out_h, out_w = crop.output_size((h, w))
@@ -130,26 +131,7 @@ class AugmentedLoad:
             left, top = box["left"], box["top"]
             region = pil_to_tensor(img.crop((left, top, left + box["width"], top + box["height"])))
         whole = {"top": 0, "left": 0, "height": region.shape[1], "width": region.shape[2]}
-        return apply_ops(ops, region, [whole] + params[1:])
-
-
-def apply_ops(ops, x: torch.Tensor, params) -> torch.Tensor:
-    """Apply ops in order to a uint8 image; each run of colour ops goes through one fused
-    kernel (functional.color_twist: a few float passes instead of two dozen, rounding once)."""
-    from .augment.functional import color_twist
-
-    i = 0
-    while i < len(ops):
-        j = i
-        while j < len(ops) and hasattr(ops[j], "color_steps"):
-            j += 1
-        if j > i:
-            x = color_twist(x, [step for op, p in zip(ops[i:j], params[i:j]) for step in op.color_steps(p)])
-            i = j
-        else:
-            x = ops[i].apply(x, params[i])
-            i += 1
-    return x
+        return self.pipeline.apply_fused(region, [whole] + params[1:])
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -28,8 +28,8 @@ from .presets import (
 from .preview import preview_grid
 
 # Bumped whenever a kernel's output changes for the same params (2: the loader's fused colour
-# run, rounding once); cached augmented views carry it in their key.
-KERNELS = 2
+# run, rounding once; 3: its geometry resampled once); cached augmented views carry it in their key.
+KERNELS = 3
 
 __all__ = [
     "DEFAULT_PRESET",

@@ -26,6 +26,7 @@ class Flip(Op):
     name = "flip"
     unchanged = {"horizontal": False, "vertical": False}
     batchable = True
+    fuses = "inner"
 
     def __post_init__(self):
         self.horizontal_p = check_range("horizontal_p", self.horizontal_p, 0, 1)
@@ -41,6 +42,9 @@ class Flip(Op):
 
     def transform(self, img, params):
         return AF.flip(img, params["horizontal"], params["vertical"])
+
+    def source_map(self, params, size):
+        return AF.PointMap(AF.flip_matrix(size, params["horizontal"], params["vertical"]))
 
 
 @dataclass
@@ -62,6 +66,8 @@ class RandomResizedCrop(Op):
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     name = "crop"
+    fuses = "first"
+    interpolates = True
 
     def __post_init__(self):
         if isinstance(self.size, int):
@@ -100,6 +106,9 @@ class RandomResizedCrop(Op):
     def transform(self, img, params):
         return AF.resized_crop(img, params["top"], params["left"], params["height"], params["width"], self.size)
 
+    def source_map(self, params, size):
+        return AF.PointMap(AF.box_matrix(size, params["top"], params["left"], params["height"], params["width"]))
+
     @staticmethod
     def scale_params(params: dict, from_size, to_size) -> dict:
         """The box `params` drawn for an image of `from_size` (H, W), moved onto the same image
@@ -127,6 +136,7 @@ class _CentredAffine(RandomOp):
     p: float = 0.5
     padding: str = "reflect"
     max_degrees = 180.0
+    interpolates = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -143,6 +153,13 @@ class _CentredAffine(RandomOp):
 
     def transform(self, img, params):
         return AF.affine(img, *self.affine_args(params), padding=self.padding)
+
+    @property
+    def fuses(self):
+        return "inner" if self.padding == "reflect" else None  # zero fill is no map of points
+
+    def source_map(self, params, size):
+        return AF.PointMap(AF.affine_matrix(size, *self.affine_args(params)), reflect=size)
 
 
 @dataclass
@@ -201,6 +218,7 @@ class LocalWarp(RandomOp):
     padding: str = "reflect"
     name = "local_warp"
     unchanged = {"alpha": 0.0}
+    interpolates = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -217,3 +235,10 @@ class LocalWarp(RandomOp):
 
     def transform(self, img, params):
         return AF.elastic(img, params["alpha"], self.sigma, params["seed"], self.padding)
+
+    @property
+    def fuses(self):
+        return "last" if self.padding == "reflect" else None
+
+    def source_map(self, params, size):
+        return AF.PointMap(field=AF.warp_planes(size, params["alpha"], self.sigma, params["seed"]), reflect=size)

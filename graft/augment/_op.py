@@ -24,12 +24,19 @@ class Op:
       `apply` then returns the image itself for them, without calling `transform`;
     - `batchable = True` when `transform` also takes per-sample params: each value with a leading
       sample dimension (see `stack_params`), one row per image of an (N, C, H, W) batch.
+    Geometric ops also state where each pixel of their output reads from in their input
+    (`source_map`), so that a run of them is resampled once (Pipeline.apply_fused); `fuses`
+    says where in such a run the op may stand: "first" (the crop, which reads the source),
+    "inner", or "last" (the local warp, whose field lives on its own output's pixels).
+    `interpolates`: the op's own transform resamples the image (a flip does not).
     Generators must be CPU generators; images may live on any device.
     """
 
     name = "op"  # key of the op in configs and presets; subclasses set it
     unchanged: dict | None = None
     batchable = False
+    fuses: str | None = None
+    interpolates = False
 
     def draw(self, generator: torch.Generator | None, size: tuple[int, int]) -> dict:
         """This op's parameters for one image of `size` (H, W)."""
@@ -40,11 +47,18 @@ class Op:
 
     def apply(self, img: torch.Tensor, params: dict) -> torch.Tensor:
         """Apply `params` (one image's, or per-sample for a batchable op) to `img`."""
-        if self.unchanged is not None and all(_equal(params[k], v) for k, v in self.unchanged.items()):
-            return img
-        return self.transform(img, params)
+        return img if self.is_unchanged(params) else self.transform(img, params)
+
+    def is_unchanged(self, params: dict) -> bool:
+        """True when `params` leave every image as it is (a skipped draw, or zero strength)."""
+        return self.unchanged is not None and all(_equal(params[k], v) for k, v in self.unchanged.items())
 
     def transform(self, img: torch.Tensor, params: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def source_map(self, params: dict, size: tuple[int, int]):
+        """Geometric ops: a functional.PointMap, where each pixel of this op's output (of `size`)
+        reads from in its input."""
         raise NotImplementedError
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ._color import ColorJitter, PCAColor, RGBShift
+from ._fused import apply_fused
 from ._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
 from ._op import Op, stack_params
 
@@ -49,6 +50,12 @@ class Pipeline:
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(img, self.draw(generator, tuple(img.shape[-2:])))
+
+    def apply_fused(self, img: torch.Tensor, params: list[dict]) -> torch.Tensor:
+        """`apply` for one uint8 (3, H, W) image the fast way (the loader's): each run of geometric
+        ops resampled once, each run of colour ops in one float pass; equal to `apply` up to
+        interpolation and rounding (see graft.augment._fused)."""
+        return apply_fused(self.ops, img, params)
 
     def apply_per_sample(self, batch: torch.Tensor, draws: list[list[dict]]) -> torch.Tensor:
         """Apply sample i's own draw (`draws[i]`, as from `draw`) to each sample of an
