@@ -11,12 +11,17 @@ what `graft train` does when the decoded set fits its budget. Both crop with sca
 jitter brightness/contrast/saturation by 0.4. Each configuration runs one warm-up epoch, then
 times three (persistent workers), three times (twice for the big photos), interleaved, best kept,
 on the hymenoptera photos and on 12-megapixel JPEGs this script makes by upscaling them (quality
-90). Then a per-op cost table (microseconds per image, one process, one thread).
+90). Then a per-op cost table (microseconds per image, one process, one thread), ending with the
+heavy preset's geometry (crop and resize, flip, rotation, shear, local warp) per photo, from the
+decoded crop region to 224 px as graft's loader has it: each op's own apply one after another
+against the loader's single resample (Pipeline.apply_fused), interleaved photo by photo, as the
+preset draws them and with every op drawn; mean and best of five per photo (the machine is shared).
 
-    .venv/bin/python bench/pipeline_throughput.py [--big N] [--workers 0,1,2]
+    .venv/bin/python bench/pipeline_throughput.py [--big N] [--workers 0,1,2] [--ops-only]
 """
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -116,7 +121,7 @@ def make_big_photos(src_root: Path, dst: Path, n: int) -> Path:
 
 def op_costs(samples) -> dict:
     """Microseconds per image for each step, averaged over the photos (one thread)."""
-    from graft.augment import ColorJitter, Flip, LocalWarp, PCAColor, RGBShift, Rotate, Shear
+    from graft.augment import ColorJitter, Flip, LocalWarp, PCAColor, Pipeline, RGBShift, Rotate, Shear
     from graft.data.images import read_image
     from graft.backbones.preprocess import pil_to_tensor
 
@@ -146,13 +151,11 @@ def op_costs(samples) -> dict:
     for op in (Flip(1.0), Rotate(15, p=1.0), Shear(10, p=1.0), LocalWarp(3.0, 8.0, p=1.0),
                ColorJitter(0.4, 0.4, 0.4), PCAColor(0.1), RGBShift(10, p=1.0)):
         timed(f"{op.name}", lambda t, op=op: op(t, gen), imgs)
-    from graft.loader import apply_ops
 
-    run = [ColorJitter(0.4, 0.4, 0.4), RGBShift(10, p=1.0)]
-    drawn = [[op.draw(gen, (224, 224)) for op in run] for _ in imgs]
-    pairs = list(zip(imgs, drawn))
-    timed("color_jitter + rgb_shift, one by one", lambda ip: run[1].apply(run[0].apply(ip[0], ip[1][0]), ip[1][1]), pairs)
-    timed("color_jitter + rgb_shift, fused (graft's loader)", lambda ip: apply_ops(run, ip[0], ip[1]), pairs)
+    run = Pipeline([ColorJitter(0.4, 0.4, 0.4), RGBShift(10, p=1.0)])
+    pairs = [(t, run.draw(gen, (224, 224))) for t in imgs]
+    timed("color_jitter + rgb_shift, one by one", lambda ip: run.apply(ip[0], ip[1]), pairs)
+    timed("color_jitter + rgb_shift, fused (graft's loader)", lambda ip: run.apply_fused(ip[0], ip[1]), pairs)
     timed("normalise (consumer)", lambda t: PRE.normalize(t[None]), imgs)
     from torchvision import transforms as T
 
@@ -164,13 +167,60 @@ def op_costs(samples) -> dict:
     return costs
 
 
+def geometry_costs(samples, n_photos: int = 40, reps: int = 5) -> dict:
+    """The heavy preset's geometry per photo, op by op vs one resample (see the module's doc)."""
+    from graft.augment import Pipeline, RandomResizedCrop
+    from graft.data.images import read_image
+    from graft.preprocess import pil_to_tensor
+
+    torch.set_num_threads(1)
+    figures = {}
+    for label, knobs in (("as drawn", ""), ("every op drawn", "rotate_p=1,shear_p=1,warp_p=1")):
+        geo = Pipeline(op for op in build("heavy", knobs, size=224).ops if op.fuses is not None)
+        items = []
+        for i, s in enumerate(samples[:n_photos]):  # the region the loader decodes (DCT-reduced)
+            w, h = s.size
+            params = geo.draw(torch.Generator().manual_seed(i), (h, w))
+            box = params[0]
+            img = read_image(s.path, min_size=(math.ceil(w * 224 / box["width"]), math.ceil(h * 224 / box["height"])))
+            if img.size != (w, h):
+                box = RandomResizedCrop.scale_params(box, (h, w), (img.height, img.width))
+            region = pil_to_tensor(img.crop((box["left"], box["top"], box["left"] + box["width"],
+                                             box["top"] + box["height"])))
+            whole = {"top": 0, "left": 0, "height": region.shape[1], "width": region.shape[2]}
+            items.append((region, [whole] + params[1:]))
+        times = {"op_by_op": [[] for _ in items], "one_resample": [[] for _ in items]}
+        for _ in range(reps):
+            for k, (region, params) in enumerate(items):
+                t0 = time.perf_counter()
+                geo.apply(region, params)
+                t1 = time.perf_counter()
+                geo.apply_fused(region, params)
+                t2 = time.perf_counter()
+                times["op_by_op"][k].append(t1 - t0)
+                times["one_resample"][k].append(t2 - t1)
+        row = {}
+        for side, per_photo in times.items():
+            row[f"{side}_mean_ms"] = round(sum(map(sum, per_photo)) / (reps * len(items)) * 1e3, 2)
+            row[f"{side}_best_ms"] = round(sum(map(min, per_photo)) / len(items) * 1e3, 2)
+        row["ratio_mean"] = round(row["op_by_op_mean_ms"] / row["one_resample_mean_ms"], 1)
+        row["ratio_best"] = round(row["op_by_op_best_ms"] / row["one_resample_best_ms"], 1)
+        figures[label.replace(" ", "_")] = row
+        print(f"  heavy geometry, {label:<15} op by op {row['op_by_op_mean_ms']:6.2f} ms "
+              f"(best {row['op_by_op_best_ms']:.2f}) | one resample {row['one_resample_mean_ms']:5.2f} ms "
+              f"(best {row['one_resample_best_ms']:.2f}) | {row['ratio_mean']}x (best {row['ratio_best']}x)")
+    torch.set_num_threads(2)
+    return figures
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--big", type=int, default=48, help="12-megapixel photos to make (default 48)")
     ap.add_argument("--workers", default="0,1,2")
+    ap.add_argument("--ops-only", action="store_true", help="only the per-op table (skip the loader runs)")
     args = ap.parse_args()
     root = need_hymenoptera()
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = [] if args.ops_only else [int(w) for w in args.workers.split(",")]
     figures = {}
     train = scan_photos(root).train
     print(f"hymenoptera train photos: {len(train)}")
@@ -179,17 +229,19 @@ def main():
             # An epoch of these small photos takes well under a second: a third repeat costs
             # little and steadies the figure on a shared machine.
             figures[f"hym_w{w}"] = compare(train, root / "train", w, Path(tmp) / f"decoded-hym-{w}", reps=3)
-        big_root = make_big_photos(root, Path(tmp) / "big", args.big)
-        big = scan_photos(Path(tmp) / "big", val_split=0.5)
-        big_samples = big.train + big.val
-        print(f"12-megapixel photos: {len(big_samples)}")
-        for w in workers:
-            figures[f"big_w{w}"] = compare(big_samples, big_root, w, Path(tmp) / f"decoded-big-{w}")
+        if workers:
+            big_root = make_big_photos(root, Path(tmp) / "big", args.big)
+            big = scan_photos(Path(tmp) / "big", val_split=0.5)
+            big_samples = big.train + big.val
+            print(f"12-megapixel photos: {len(big_samples)}")
+            for w in workers:
+                figures[f"big_w{w}"] = compare(big_samples, big_root, w, Path(tmp) / f"decoded-big-{w}")
     costs = op_costs(train)
     print("per-op cost, microseconds per image (one thread):")
     for k, v in costs.items():
         print(f"  {k:<48} {v:>8}")
     figures["op_us"] = costs
+    figures["heavy_geometry"] = geometry_costs(train)
     emit(figures)
 
 

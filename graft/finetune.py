@@ -114,8 +114,8 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     prefix's activations come from the boundary cache). `extract(samples, k, forward, desc)`
     returns their cached activations after the k frozen stages (used for the boundary cache;
     `boundary_cache=False` runs the frozen stages on every training batch instead, for
-    comparison). `aug_device` "cpu"/"cuda" moves
-    flips and colour ops out of the loader workers onto the trainer's device, per sample.
+    comparison). `aug_device` "cpu"/"cuda" moves flips and colour ops out of the loader workers
+    onto the consumer's CPU, or the trainer's GPU.
 
     Under torchrun (`dist` with several ranks) the model is wrapped in DistributedDataParallel,
     each rank trains on its share of every epoch's order (batch size per rank), losses are
@@ -209,7 +209,9 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
 
             if aug_device == "cuda" and device.type != "cuda":
                 raise GraftError("--aug-device cuda: no CUDA device here; use cpu or workers")
-            worker_pipe, batch_aug = split_for_device(pipeline, cfg.seed)
+            # "cpu": augment before the batch leaves the CPU (the trainer may be a GPU); "cuda": on it.
+            aug_on = torch.device("cpu") if aug_device == "cpu" else device
+            worker_pipe, batch_aug = split_for_device(pipeline, cfg.seed, aug_on, device)
         loader = train_loader(train_s, worker_pipe, pre, seed=cfg.seed, batch_size=cfg.batch_size,
                               workers=workers, shuffle=True, decoded_dir=decoded_dir,
                               rank=dist.rank, world=dist.world)
@@ -258,8 +260,9 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
                     if use_boundary:
                         logits = model(_nhwc(z_train[idx].to(device)), boundary=True)
                     else:
-                        batch = batch.to(device, non_blocking=True)
-                        if batch_aug is not None:
+                        if batch_aug is None:
+                            batch = batch.to(device, non_blocking=True)
+                        else:  # augmented on its own device, delivered on the trainer's
                             batch = batch_aug(batch, [train_s[i].digest for i in idx], epoch)
                         x = pre.normalize(batch)
                         logits = model(x.contiguous(memory_format=torch.channels_last))

@@ -89,7 +89,8 @@ class AugmentedLoad:
     All random numbers are drawn first, from the header's size; when the pipeline starts with a
     random crop, the JPEG is then decoded at the largest DCT reduction (1/2, 1/4, 1/8) that keeps
     the crop at least the output size (so a crop loses no detail), only the crop box is turned
-    into a tensor, and the crop op resizes it. Runs of colour ops go through one fused kernel.
+    into a tensor, and the pipeline's fast path distorts it (Pipeline.apply_fused: the crop's
+    resize, rotation, shear and warp in one resample, the colour ops in one float pass).
     """
 
     def __init__(self, pipeline, preprocessing, decoded=None):
@@ -109,7 +110,7 @@ class AugmentedLoad:
         ops = self.pipeline.ops
         if not ops or not isinstance(ops[0], RandomResizedCrop):  # no crop: distort the evaluation view
             x = self.pre.load(path)
-            return apply_ops(ops, x, self.pipeline.draw(gen, tuple(x.shape[-2:])))
+            return self.pipeline.apply_fused(x, self.pipeline.draw(gen, tuple(x.shape[-2:])))
         params = self.pipeline.draw(gen, (h, w))
         crop, box = ops[0], params[0]
         out_h, out_w = crop.output_size((h, w))
@@ -130,26 +131,7 @@ class AugmentedLoad:
             left, top = box["left"], box["top"]
             region = pil_to_tensor(img.crop((left, top, left + box["width"], top + box["height"])))
         whole = {"top": 0, "left": 0, "height": region.shape[1], "width": region.shape[2]}
-        return apply_ops(ops, region, [whole] + params[1:])
-
-
-def apply_ops(ops, x: torch.Tensor, params) -> torch.Tensor:
-    """Apply ops in order to a uint8 image; each run of colour ops goes through one fused
-    kernel (functional.color_twist: a few float passes instead of two dozen, rounding once)."""
-    from .augment.functional import color_twist
-
-    i = 0
-    while i < len(ops):
-        j = i
-        while j < len(ops) and hasattr(ops[j], "color_steps"):
-            j += 1
-        if j > i:
-            x = color_twist(x, [step for op, p in zip(ops[i:j], params[i:j]) for step in op.color_steps(p)])
-            i = j
-        else:
-            x = ops[i].apply(x, params[i])
-            i += 1
-    return x
+        return self.pipeline.apply_fused(region, [whole] + params[1:])
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -236,33 +218,34 @@ def decoded_cache_for(samples, pipeline, root, budget):
 
 
 class BatchAugment:
-    """Flips and colour ops applied by the consumer to a whole uint8 batch, on its device.
+    """Flips and colour ops applied by the consumer to a whole uint8 batch, on `device` (the CPU
+    or the trainer's GPU), then handed over on the trainer's device (`to`).
 
     torchvision applies one random draw to a whole batch; here every sample gets its own draw,
     from a generator seeded by (run seed, image, epoch) exactly like the worker-side ops, so the
     result does not depend on batch composition and a resumed run draws the same numbers.
     """
 
-    def __init__(self, batch_pipeline, seed: int):
-        self.pipe = batch_pipeline
+    def __init__(self, pipeline, seed: int, device, to):
+        self.pipe = pipeline  # batchable ops only (Pipeline.split_batchable)
         self.seed = seed
+        self.device, self.to = torch.device(device), torch.device(to)
 
     def __len__(self) -> int:
         return len(self.pipe)
 
     def __call__(self, batch: torch.Tensor, digests, epoch: int) -> torch.Tensor:
-        if not len(self.pipe):
-            return batch
-        per_sample = [self.pipe.draw(torch.Generator().manual_seed(mix_seed(self.seed, d, epoch, "batch")), 1)
-                      for d in digests]
-        params = [{k: torch.cat([p[op_i][k] for p in per_sample]) for k in per_sample[0][op_i]}
-                  for op_i in range(len(self.pipe))]
-        return self.pipe.apply(batch, params)
+        batch = batch.to(self.device, non_blocking=True)
+        if len(self.pipe):
+            size = tuple(batch.shape[-2:])
+            draws = [self.pipe.draw(torch.Generator().manual_seed(mix_seed(self.seed, d, epoch, "batch")), size)
+                     for d in digests]
+            batch = self.pipe.apply_per_sample(batch, draws)
+        return batch.to(self.to, non_blocking=True)
 
 
-def split_for_device(pipeline, seed: int):
-    """-> (worker pipeline, BatchAugment for the consumer): see graft.augment.split."""
-    from .augment import split
-
-    per_image, per_batch = split(pipeline)
-    return per_image, BatchAugment(per_batch, seed)
+def split_for_device(pipeline, seed: int, device, to):
+    """-> (worker pipeline, BatchAugment running the batchable ops on `device` before the batch
+    moves to the trainer's device `to`): see graft.augment.Pipeline.split_batchable."""
+    per_image, per_batch = pipeline.split_batchable()
+    return per_image, BatchAugment(per_batch, seed, device, to)

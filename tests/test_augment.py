@@ -1,21 +1,22 @@
 """Tests of graft.augment: every op's contract (shape, dtype, range, seeded determinism, exact
-identity at zero strength, size-only draws), PCA colour against a hand computation, batched ops
-against per-image ops, configs, presets and override parsing, and the preview sheet."""
+identity at zero strength, size-only draws), the base classes' coin and identity, PCA colour
+against a hand computation, batched ops against per-image ops, and configs. The loader's fast
+path is in test_augment_fused.py; presets, overrides and the preview in test_augment_presets.py."""
 
+import dataclasses
 import inspect
 import json
 import math
 
 import pytest
 import torch
-from hypothesis import example, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from graft import augment as A
 from graft.augment import functional as AF
-from graft.errors import GraftError
 
 H, W = 48, 64
 
@@ -241,79 +242,6 @@ def test_rgb_shift_clamps_and_rounds():
     assert out[:, 0, 0].tolist() == [0, 103, 255]
 
 
-def _steps_one_by_one(img, steps, dtype=torch.float32, rounded=True):
-    """The reference for color_twist: torchvision's float kernels and a clamped offset, one step
-    at a time, then rounded to uint8 once (or left unrounded in 0..255)."""
-    f = img.to(dtype) / 255
-    for kind, v in steps:
-        if kind == "offset":
-            f = (f + torch.tensor(v, dtype=dtype).view(3, 1, 1) / 255).clamp(0, 1)
-        else:
-            f = getattr(TF, f"adjust_{kind}")(f, v)
-    return (f * 255).round().clamp(0, 255).to(torch.uint8) if rounded else f * 255
-
-
-# Factors mostly up to 1: only those keep the image as k * x + t across steps (a factor above 1 or
-# an offset forces a clamp, which resets the carried state), so long unclamped runs get drawn.
-FACTOR = st.one_of(st.just(1.0), st.floats(0.0, 1.0), st.floats(0.0, 1.0), st.floats(0.0, 2.5))
-STEP = st.one_of(
-    st.tuples(st.sampled_from(["brightness", "contrast", "saturation"]), FACTOR),
-    st.tuples(st.sampled_from(["brightness", "contrast", "saturation"]), FACTOR),
-    st.tuples(st.just("offset"), st.lists(st.floats(-300, 300), min_size=3, max_size=3)),
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(steps=st.lists(STEP, max_size=6), offset=st.integers(-60, 60))
-@example(steps=[("contrast", 0.5), ("brightness", 0.5)], offset=0)  # a pending offset scaled later
-@example(steps=[("contrast", 0.5), ("saturation", 0.2), ("contrast", 0.5)], offset=0)  # stale means
-@example(steps=[("offset", [40, -20, 5]), ("saturation", 0.3), ("contrast", 0.6)], offset=0)
-def test_color_twist_equals_the_steps_one_by_one(steps, offset):
-    img = gradient(offset=offset)
-    out = AF.color_twist(img, steps)
-    exact = _steps_one_by_one(img, steps, torch.float64, rounded=False)
-    assert out.dtype == torch.uint8 and out.shape == img.shape
-    # Every pixel is the exact result rounded to a neighbouring level: only float32's rounding
-    # (the fused order of operations differs) may tip a value sitting on a half.
-    assert (out.double() - exact).abs().max() <= 0.5 + 1e-3
-    if not steps:
-        assert torch.equal(out, img)
-
-
-@pytest.mark.parametrize("steps", [[("brightness", -1.0)], [("contrast", float("nan"))],
-                                   [("offset", [0, float("inf"), 0])], [("offset", [1, 2])],
-                                   [("brightnes", 1.0)]])
-def test_color_twist_refuses_bad_steps(steps):
-    with pytest.raises(ValueError):
-        AF.color_twist(gradient(), steps)
-
-
-def test_color_twist_clamps_between_steps():
-    # A bright step then a dark one: without the clamp in between the highlights would come back.
-    img = gradient()
-    out = AF.color_twist(img, [("brightness", 2.0), ("brightness", 0.5)])
-    assert out.max() <= 128 and (out == 128).sum() > 0
-    assert torch.equal(out, _steps_one_by_one(img, [("brightness", 2.0), ("brightness", 0.5)]))
-    shifted = AF.color_twist(img, [("offset", [300, 0, 0]), ("offset", [-300, 0, 0])])
-    assert (shifted[0] == 0).all()  # clamped at 255 first, then everything back down to 0
-
-
-def test_loader_colour_run_matches_the_ops_applied_one_by_one():
-    # The reference is each op's own apply on a float64 image (0..1), not color_steps: a wrong
-    # color_steps (order, units, sign) must show here.
-    from graft.loader import apply_ops
-
-    ops = [A.Flip(0.5), A.RGBShift(20, p=1.0), A.ColorJitter(0.4, 0.4, 0.4), A.PCAColor(0.5)]
-    for seed in range(30):
-        img = gradient(offset=seed * 5 - 50)
-        params = A.Pipeline(ops).draw(gen(seed), (H, W))
-        out = apply_ops(ops, img, params)
-        f = ops[0].apply(img, params[0]).double() / 255
-        for op, p in zip(ops[1:], params[1:]):
-            f = op.apply(f, p)
-        assert (out.double() - f * 255).abs().max() <= 0.5 + 1e-3
-
-
 def test_to_uint8_truncates_like_the_plain_cast():
     x = torch.linspace(0, 255, 10_001)
     assert torch.equal(AF.to_uint8(x), x.to(torch.uint8))
@@ -331,47 +259,87 @@ BATCH_OPS = [A.Flip(0.5, 0.5), A.ColorJitter(0.5, 0.5, 0.5, p=0.7), A.PCAColor(0
 def test_batched_op_equals_per_image_op(op, dtype):
     batch = batch_of(8)
     batch = batch if dtype == torch.uint8 else batch.float() / 255
-    params = op.draw_batch(gen(3), len(batch))
-    out = op.apply_batch(batch, params)
-    ref = torch.stack([op.apply(batch[i], A.sample_params(params, i)) for i in range(len(batch))])
+    g = gen(3)
+    draws = [op.draw(g, (H, W)) for _ in range(len(batch))]
+    out = op.apply(batch, A.stack_params(draws))  # the same kernel, given one row per sample
+    ref = torch.stack([op.apply(batch[i], draws[i]) for i in range(len(batch))])
     assert out.dtype == dtype and out.shape == batch.shape
     if dtype == torch.uint8:
         assert torch.equal(out, ref)
     else:
         assert torch.allclose(out, ref, atol=1e-6, rtol=0)
-    rows = {json.dumps(A.sample_params(params, i)) for i in range(len(batch))}
+    rows = {json.dumps(d) for d in draws}
     assert len(rows) > 1  # samples get their own draws
 
 
 def test_batch_pipeline_equals_per_image_pipeline():
-    bp = A.BatchPipeline([A.Flip(0.5, 0.5), A.ColorJitter(0.4, 0.4, 0.4), A.PCAColor(0.3), A.RGBShift(12, p=0.7)])
+    bp = A.Pipeline([A.Flip(0.5, 0.5), A.ColorJitter(0.4, 0.4, 0.4), A.PCAColor(0.3), A.RGBShift(12, p=0.7)])
     batch = batch_of(8)
-    params = bp.draw(gen(5), len(batch))
-    out = bp.apply(batch, params)
+    g = gen(5)
+    draws = [bp.draw(g, (H, W)) for _ in range(len(batch))]
+    out = bp.apply_per_sample(batch, draws)
     for i in range(len(batch)):
         x = batch[i]
-        for op, p in zip(bp.ops, params):
-            x = op.apply(x, A.sample_params(p, i))
+        for op, p in zip(bp.ops, draws[i]):
+            x = op.apply(x, p)
         assert torch.equal(out[i], x)
-    assert torch.equal(bp(batch, gen(5)), out)
+        assert torch.equal(out[i], bp.apply(batch[i], draws[i]))
     assert not torch.equal(out[0], out[1])
 
 
 def test_split_moves_flips_and_colour_to_the_batch():
-    per_image, per_batch = A.split(A.build("heavy", size=32))
+    per_image, per_batch = A.build("heavy", size=32).split_batchable()
     assert [op.name for op in per_image] == ["crop", "rotate", "shear", "local_warp"]
     assert [op.name for op in per_batch.ops] == ["flip", "color_jitter", "pca_color", "rgb_shift"]
     with pytest.raises(ValueError, match="rotate"):
-        A.BatchPipeline([A.Rotate()])
+        A.Pipeline([A.Rotate()]).apply_per_sample(batch_of(2), [[{"angle": 5.0}]] * 2)
+
+
+def test_probability_and_identity_live_in_the_base_classes():
+    # No op writes its own coin flip or identity shortcut: they implement make_params/transform.
+    for cls in A.OPS.values():
+        assert "draw" not in vars(cls) and "apply" not in vars(cls), cls
+        assert issubclass(cls, A.RandomOp) == ("p" in {f.name for f in dataclasses.fields(cls)}), cls
+    # The coin comes first and a skipped op still draws its values: another p for one op leaves
+    # the draws of the ops after it as they were.
+    for seed in range(20):
+        rare = A.Pipeline([A.Rotate(30, p=0.1), A.Shear(20, p=0.5)]).draw(gen(seed), (H, W))
+        often = A.Pipeline([A.Rotate(30, p=0.9), A.Shear(20, p=0.5)]).draw(gen(seed), (H, W))
+        assert rare[1] == often[1]
+    img = gradient()
+    for op in NEVER:  # a skipped draw hands back the image itself, untouched
+        assert op.apply(img, op.draw(gen(0), (H, W))) is img
+
+
+def test_draws_are_pinned():
+    # Cached augmented views are keyed by seed, not by draw: a change here silently changes what
+    # every cached view holds, so it must come with a new graft.augment.KERNELS.
+    pipe = A.build("heavy", size=64)
+    assert pipe.draw(gen(0), (300, 400)) == [
+        {"top": 7, "left": 32, "height": 261, "width": 309}, {"horizontal": True, "vertical": False},
+        {"angle": 0.0}, {"x": 0.0, "y": 0.0}, {"alpha": 3.0, "seed": 1025154433},
+        {"brightness": 1.2103977349950505, "contrast": 0.8047197854133809, "saturation": 0.7516864620015218},
+        {"alphas": [0.017528332277766262, -0.0931521099972562, -0.1505489670928174]},
+        {"offsets": [-6.609825228054504, -11.235937622532997, -6.512634232534796]},
+    ]
+    assert pipe.draw(gen(1), (300, 400)) == [
+        {"top": 38, "left": 50, "height": 138, "width": 118}, {"horizontal": True, "vertical": False},
+        {"angle": -2.237105901249916}, {"x": -4.281230266203644, "y": 6.07186409160861},
+        {"alpha": 0.0, "seed": 837695404},
+        {"brightness": 1.1308246931545276, "contrast": 0.8041335742421472, "saturation": 0.931497539691307},
+        {"alphas": [-0.004214706314638268, -0.08205757770783682, 0.03132995041068195]},
+        {"offsets": [0.0, 0.0, 0.0]},
+    ]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batched_on_gpu_matches_cpu_per_image():
-    bp = A.BatchPipeline(BATCH_OPS[:4])
+    bp = A.Pipeline(BATCH_OPS[:4])
     batch = batch_of(16, 224, 224)
-    params = bp.draw(gen(0), len(batch))
-    out = bp.apply(batch.cuda(), params).cpu()
-    ref = bp.apply(batch, params)
+    g = gen(0)
+    draws = [bp.draw(g, (224, 224)) for _ in range(len(batch))]
+    out = bp.apply_per_sample(batch.cuda(), draws).cpu()
+    ref = bp.apply_per_sample(batch, draws)
     assert (out.int() - ref.int()).abs().max() <= 1  # GPU float rounding may differ by one level
 
 
@@ -407,112 +375,3 @@ def test_config_round_trip_and_key():
         A.AugConfig({"twirl": {}})
     with pytest.raises(ValueError, match="valid: degrees, p, padding"):
         A.AugConfig({"rotate": {"degree": 15}})
-
-
-# ---------------------------------------------------------------- presets and overrides
-
-
-@pytest.mark.parametrize("preset", list(A.PRESETS))
-def test_presets_build(preset):
-    pipe = A.build(preset, size=32)
-    assert pipe.ops[0].name == "crop"
-    out = pipe(gradient(), gen(0))
-    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
-    json.dumps(pipe.describe())
-
-
-def test_none_preset_only_resizes_and_standard_is_default():
-    pipe = A.build("none", size=(24, 32))
-    assert [op.name for op in pipe.ops] == ["crop"]
-    img = gradient()
-    assert torch.equal(pipe(img, gen(0)), AF.resized_crop(img, 0, 0, H, W, (24, 32)))
-    assert A.build().describe() == A.build("standard").describe()
-    with pytest.raises(ValueError, match="valid presets: none, light, standard, heavy"):
-        A.build("medium")
-
-
-def test_parse_overrides():
-    parsed = A.parse_overrides(" flip=0.5, rotate=15,rgb_shift=8,crop_scale=0.35-1,rgb_shift_dist=uniform ")
-    assert parsed == {"flip": 0.5, "rotate": 15.0, "rgb_shift": 8.0, "crop_scale": (0.35, 1.0),
-                      "rgb_shift_dist": "uniform"}
-    assert A.parse_overrides("") == {}
-    d = A.build("light", "rotate=15,rgb_shift=8,crop_scale=0.35-1", size=32).describe()
-    assert d["rotate"]["degrees"] == 15.0 and d["rgb_shift"]["std"] == 8.0
-    assert d["crop"]["scale"] == [0.35, 1.0]
-    assert A.build("standard", {"rotate": 0}).describe().get("rotate") is None
-
-
-@pytest.mark.parametrize(
-    "text, needles",
-    [
-        ("rotat=15", ["'rotat'", "did you mean 'rotate'", "valid keys: crop_scale, crop_ratio"]),
-        ("flip=2", ["flip=2", "probability between 0 and 1"]),
-        ("rotate=abc", ["rotate=abc", "number between 0 and 180"]),
-        ("rotate=nan", ["rotate=nan"]),
-        ("crop_scale=0.35", ["crop_scale=0.35", "range low-high"]),
-        ("crop_scale=0.8-0.3", ["crop_scale=0.8-0.3"]),
-        ("crop_scale=0-1", ["crop_scale=0-1", "0 < low"]),
-        ("crop_scale=0.2-0.5-1", ["crop_scale=0.2-0.5-1"]),
-        ("rotate", ["'rotate' is not key=value", "valid keys"]),
-        ("rotate=15,rotate=20", ["'rotate' is given twice"]),
-        ("rgb_shift_dist=gauss", ["rgb_shift_dist=gauss", "one of normal, uniform"]),
-    ],
-)
-def test_parse_overrides_errors(text, needles):
-    with pytest.raises(ValueError) as info:
-        A.parse_overrides(text)
-    for needle in needles:
-        assert needle in str(info.value)
-
-
-def test_load_overrides_from_json_and_toml(tmp_path):
-    (tmp_path / "aug.json").write_text(json.dumps({"augment": {"rotate": 12, "crop_scale": [0.5, 1]}}))
-    (tmp_path / "aug.toml").write_text('rotate = 12\ncrop_scale = "0.5-1"\n')
-    for name in ("aug.json", "aug.toml"):
-        assert A.load_overrides(tmp_path / name) == {"rotate": 12.0, "crop_scale": (0.5, 1.0)}
-    (tmp_path / "bad.toml").write_text("flip = true\n")
-    with pytest.raises(ValueError, match="bad.toml: augment override flip=True"):
-        A.load_overrides(tmp_path / "bad.toml")
-    (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(GraftError, match="not valid JSON"):
-        A.load_overrides(tmp_path / "broken.json")
-    with pytest.raises(GraftError, match="cannot read"):
-        A.load_overrides(tmp_path / "missing.toml")
-    with pytest.raises(GraftError, match=".json or .toml"):
-        A.load_overrides(tmp_path / "aug.yaml")
-
-
-def test_preset_table_lists_every_preset_and_knob():
-    table = A.preset_table()
-    for word in [*A.PRESETS, *A.KNOBS, "standard*"]:
-        assert word in table
-
-
-def test_build_with_fitted_pca():
-    vals, vecs = A.fit_pca([gradient(), gradient(offset=30)])
-    d = A.build("standard", pca=(vals, vecs)).describe()
-    assert d["pca_color"]["eigvals"] == vals and d["pca_color"]["eigvecs"] == vecs
-    assert A.build("standard", pca={"eigvals": vals, "eigvecs": vecs}).describe() == d
-
-
-# ---------------------------------------------------------------- preview
-
-
-def test_preview_grid_layout_and_atomic_write(tmp_path):
-    photos = [gradient(), Image.fromarray(gradient(40, 40, offset=30).permute(1, 2, 0).numpy())]
-    pipe = A.build("heavy", size=24)
-    out = tmp_path / "sheet.png"
-    assert A.preview_grid(photos, pipe, out, n_draws=3, seed=1, cell=40) == out
-    row = A.preview.LABEL_H + 40
-    with Image.open(out) as sheet:
-        assert sheet.format == "PNG"
-        assert sheet.size == ((1 + 3) * 40, (len(photos) + len(pipe.ops)) * row)
-    assert [p.name for p in tmp_path.iterdir()] == ["sheet.png"]  # no temp file left behind
-    first = out.read_bytes()
-    A.preview_grid(photos, pipe.config(), out, n_draws=3, seed=1, cell=40)
-    assert out.read_bytes() == first  # same seed, same sheet
-
-    small = tmp_path / "small.png"
-    A.preview_grid(photos[:1], {"crop": {"size": 24}, "rotate": {"degrees": 10}}, small, n_draws=2, cell=40)
-    with Image.open(small) as sheet:
-        assert sheet.size == (3 * 40, (1 + 2) * row)

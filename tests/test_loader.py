@@ -105,10 +105,35 @@ def test_big_jpeg_is_stored_at_a_dct_reduction_that_keeps_detail(tmp_path):
 
 
 def test_batched_colour_ops_draw_per_sample_and_ignore_batch_company(samples):
-    _, batch_aug = split_for_device(build("heavy", size=64), seed=0)
+    _, batch_aug = split_for_device(build("heavy", size=64), 0, "cpu", "cpu")
     x = torch.full((3, 3, 64, 64), 128, dtype=torch.uint8)
     out = batch_aug(x, ["a", "b", "c"], epoch=0)
     assert not torch.equal(out[0], out[1]) and not torch.equal(out[1], out[2])
     alone = batch_aug(x[1:2], ["b"], epoch=0)
     assert torch.equal(alone[0], out[1])  # same image, same epoch: same draw whatever the batch
     assert not torch.equal(batch_aug(x[1:2], ["b"], epoch=1)[0], out[1])
+
+
+def test_aug_device_cpu_augments_before_the_batch_moves_to_the_trainer(monkeypatch):
+    # --aug-device cpu on a GPU machine used to run on the GPU: the batch was moved to the
+    # trainer's device first. "meta" stands in for a trainer device that is not the CPU.
+    from graft.augment import OPS
+
+    seen = []
+    for cls in (cls for cls in OPS.values() if cls.batchable):
+        def recording(self, img, params, _transform=cls.transform):
+            seen.append((self.name, img.device.type))
+            return _transform(self, img, params)
+
+        monkeypatch.setattr(cls, "transform", recording)
+    pipe = build("heavy", "flip=1,jitter_p=1,rgb_shift_p=1", size=32)
+    x = torch.arange(4 * 3 * 32 * 32).remainder(251).to(torch.uint8).view(4, 3, 32, 32)
+    _, on_cpu = split_for_device(pipe, 0, "cpu", "meta")
+    out = on_cpu(x, ["a", "b", "c", "d"], epoch=0)
+    assert out.device.type == "meta" and out.shape == x.shape and out.dtype == torch.uint8
+    assert {name for name, _ in seen} == {"flip", "color_jitter", "pca_color", "rgb_shift"}
+    assert {device for _, device in seen} == {"cpu"}
+    seen.clear()
+    _, on_trainer = split_for_device(build("light", size=32), 0, "meta", "meta")  # "cuda": on the trainer
+    on_trainer(x, ["a", "b", "c", "d"], epoch=0)
+    assert seen and {device for _, device in seen} == {"meta"}

@@ -1,9 +1,9 @@
 """Data augmentation for graft's training: random ops with a reproducible draw/apply split.
 
 Every op draws a few plain numbers from a torch.Generator and an image size (`draw`), then applies
-them with a deterministic kernel from graft.augment.functional (`apply`). Pipelines chain ops,
-presets name sensible strengths, `batched` runs flips and colour ops per sample on a batch's
-device, and `preview_grid` shows what a setting does.
+them with a deterministic kernel from graft.augment.functional (`apply`). Pipelines chain ops
+(and run flips and colour ops with one draw per sample on a batch's device), presets name
+sensible strengths, and `preview_grid` shows what a setting does.
 
     from graft.augment import build
     pipe = build("standard", "rotate=15,crop_scale=0.35-1", size=224)
@@ -13,9 +13,8 @@ device, and `preview_grid` shows what a setting does.
 from . import functional
 from ._color import IMAGENET_EIGVALS, IMAGENET_EIGVECS, ColorJitter, PCAColor, RGBShift, fit_pca
 from ._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
-from ._op import Op, sample_params
+from ._op import Op, RandomOp, stack_params
 from ._pipeline import OPS, AugConfig, Pipeline
-from .batched import BATCHABLE, BatchPipeline, split
 from .presets import (
     DEFAULT_PRESET,
     KNOBS,
@@ -29,11 +28,10 @@ from .presets import (
 from .preview import preview_grid
 
 # Bumped whenever a kernel's output changes for the same params (2: the loader's fused colour
-# run, rounding once); cached augmented views carry it in their key.
-KERNELS = 2
+# run, rounding once; 3: its geometry resampled once); cached augmented views carry it in their key.
+KERNELS = 3
 
 __all__ = [
-    "BATCHABLE",
     "DEFAULT_PRESET",
     "IMAGENET_EIGVALS",
     "IMAGENET_EIGVECS",
@@ -42,7 +40,6 @@ __all__ = [
     "OPS",
     "PRESETS",
     "AugConfig",
-    "BatchPipeline",
     "ColorJitter",
     "Flip",
     "LocalWarp",
@@ -50,6 +47,7 @@ __all__ = [
     "PCAColor",
     "Pipeline",
     "RGBShift",
+    "RandomOp",
     "RandomResizedCrop",
     "Rotate",
     "Shear",
@@ -61,6 +59,5 @@ __all__ = [
     "parse_overrides",
     "preset_table",
     "preview_grid",
-    "sample_params",
-    "split",
+    "stack_params",
 ]

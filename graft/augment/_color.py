@@ -4,8 +4,8 @@ AlexNet's PCA colour shift, plus `fit_pca` to measure a training set's colour pr
 Each op draws its parameters from a torch.Generator, then calls a kernel of
 graft.augment.functional (see graft.augment._op). `color_steps(params)` states the same change as
 steps of functional.color_twist, which the loader uses to run a chain of colour ops in one go.
-All three are also batchable: `draw_batch` and `apply_batch` give every sample of a batch its own
-draw (used by graft.augment.batched).
+All three are batchable: their kernels also take per-sample params, so a batch's samples each
+get their own draw (Pipeline.apply_per_sample).
 """
 
 import math
@@ -15,7 +15,7 @@ import torch
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from . import functional as AF
-from ._op import Op, check_range, sample_params, uniform
+from ._op import RandomOp, check_range, uniform
 
 # ImageNet's RGB principal axes as used by fb.resnet.torch and many ports (Lighting transform):
 # eigvecs[i] is the i-th eigenvector. How these eigenvalues were computed is not documented
@@ -28,13 +28,14 @@ IMAGENET_EIGVECS = [
 ]
 
 DISTRIBUTIONS = ("normal", "uniform")
+JITTERS = {"brightness": AF.adjust_brightness, "contrast": AF.adjust_contrast, "saturation": AF.adjust_saturation}
 
 
 @dataclass
-class ColorJitter(Op):
+class ColorJitter(RandomOp):
     """With probability `p`, scale brightness, contrast and saturation by factors drawn
     uniformly in [max(0, 1 - spread), 1 + spread], spread being `brightness`, `contrast`,
-    `saturation` (0 turns that one off). Applied in that fixed order with torchvision's kernels.
+    `saturation` (0 turns that one off). Applied in that fixed order, as torchvision's kernels.
     params: {"brightness": factor, "contrast": factor, "saturation": factor} (1.0 = unchanged).
     """
 
@@ -43,56 +44,39 @@ class ColorJitter(Op):
     saturation: float = 0.2
     p: float = 1.0
     name = "color_jitter"
+    unchanged = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0}
+    batchable = True
 
     def __post_init__(self):
-        for key in ("brightness", "contrast", "saturation"):
+        super().__post_init__()
+        for key in JITTERS:
             setattr(self, key, check_range(key, getattr(self, key), 0, math.inf))
-        self.p = check_range("p", self.p, 0, 1)
 
     @property
-    def is_identity(self) -> bool:
-        return self.p == 0 or self.brightness == self.contrast == self.saturation == 0
+    def zero_strength(self) -> bool:
+        return self.brightness == self.contrast == self.saturation == 0
 
-    def draw(self, generator, size=None) -> dict:
-        return sample_params(self.draw_batch(generator, 1), 0)
+    def make_params(self, generator, size=None) -> dict:
+        params = {}
+        for key, u in zip(JITTERS, uniform(generator, 3).tolist()):
+            spread = getattr(self, key)
+            lo, hi = max(0.0, 1 - spread), 1 + spread
+            params[key] = lo + (hi - lo) * u
+        return params
 
-    def apply(self, img, params):
-        if params["brightness"] != 1:
-            img = AF.adjust_brightness(img, params["brightness"])
-        if params["contrast"] != 1:
-            img = AF.adjust_contrast(img, params["contrast"])
-        if params["saturation"] != 1:
-            img = AF.adjust_saturation(img, params["saturation"])
+    def transform(self, img, params):
+        for key, kernel in JITTERS.items():
+            if torch.as_tensor(params[key]).ne(1).any():
+                img = kernel(img, params[key])
         return img
 
     def color_steps(self, params) -> list:
         """These params as steps of functional.color_twist (the loader's fused colour path)."""
-        return [(key, params[key]) for key in ("brightness", "contrast", "saturation")]
-
-    def draw_batch(self, generator, n: int) -> dict:
-        """One draw per sample: each key maps to (n,) float64 factors."""
-        u = uniform(generator, n, 4)
-        applied = u[:, 0] < self.p
-        params = {}
-        for i, key in enumerate(("brightness", "contrast", "saturation"), start=1):
-            spread = getattr(self, key)
-            lo, hi = max(0.0, 1 - spread), 1 + spread
-            params[key] = torch.where(applied, lo + (hi - lo) * u[:, i], torch.ones(n, dtype=torch.float64))
-        return params
-
-    def apply_batch(self, batch, params):
-        for key, kernel in (
-            ("brightness", AF.brightness_batch),
-            ("contrast", AF.contrast_batch),
-            ("saturation", AF.saturation_batch),
-        ):
-            if (params[key] != 1).any():
-                batch = kernel(batch, params[key])
-        return batch
+        return [(key, params[key]) for key in JITTERS]
 
 
 @dataclass
-class RGBShift(Op):
+class RGBShift(RandomOp):
     """With probability `p`, add an offset to each of R, G and B (0..255 pixel units), then clamp.
 
     std: standard deviation of each channel's offset. distribution: "normal", or "uniform" on
@@ -103,41 +87,35 @@ class RGBShift(Op):
     distribution: str = "normal"
     p: float = 0.5
     name = "rgb_shift"
+    unchanged = {"offsets": [0.0, 0.0, 0.0]}
+    batchable = True
 
     def __post_init__(self):
+        super().__post_init__()
         self.std = check_range("std", self.std, 0, 255)
-        self.p = check_range("p", self.p, 0, 1)
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
 
     @property
-    def is_identity(self) -> bool:
-        return self.std == 0 or self.p == 0
+    def zero_strength(self) -> bool:
+        return self.std == 0
 
-    def draw(self, generator, size=None) -> dict:
-        return sample_params(self.draw_batch(generator, 1), 0)
+    def make_params(self, generator, size=None) -> dict:
+        if self.distribution == "normal":
+            z = torch.randn(3, generator=generator, dtype=torch.float64)
+        else:
+            z = (uniform(generator, 3) * 2 - 1) * math.sqrt(3)
+        return {"offsets": (z * self.std).tolist()}
 
-    def apply(self, img, params):
+    def transform(self, img, params):
         return AF.rgb_shift(img, params["offsets"])
 
     def color_steps(self, params) -> list:
         return [("offset", params["offsets"])]
 
-    def draw_batch(self, generator, n: int) -> dict:
-        """One draw per sample: {"offsets": (n, 3) float64}."""
-        applied = uniform(generator, n) < self.p
-        if self.distribution == "normal":
-            z = torch.randn(n, 3, generator=generator, dtype=torch.float64)
-        else:
-            z = (uniform(generator, n, 3) * 2 - 1) * math.sqrt(3)
-        return {"offsets": z * self.std * applied.unsqueeze(1)}
-
-    def apply_batch(self, batch, params):
-        return AF.rgb_shift(batch, params["offsets"])
-
 
 @dataclass
-class PCAColor(Op):
+class PCAColor(RandomOp):
     """AlexNet's PCA colour augmentation (Krizhevsky et al., 2012, section 4.1).
 
     With probability `p`, every pixel, as RGB in 0..1, gets `sum_i alpha_i * eigvals[i] *
@@ -152,10 +130,12 @@ class PCAColor(Op):
     eigvecs: list[list[float]] | None = None
     p: float = 1.0
     name = "pca_color"
+    unchanged = {"alphas": [0.0, 0.0, 0.0]}
+    batchable = True
 
     def __post_init__(self):
+        super().__post_init__()
         self.sigma = check_range("sigma", self.sigma, 0, math.inf)
-        self.p = check_range("p", self.p, 0, 1)
         if (self.eigvals is None) != (self.eigvecs is None):
             raise ValueError("give both eigvals and eigvecs, or neither (for ImageNet's)")
         vals = IMAGENET_EIGVALS if self.eigvals is None else self.eigvals
@@ -169,26 +149,17 @@ class PCAColor(Op):
         self.eigvals, self.eigvecs = vals_t.tolist(), vecs_t.tolist()
 
     @property
-    def is_identity(self) -> bool:
-        return self.sigma == 0 or self.p == 0
+    def zero_strength(self) -> bool:
+        return self.sigma == 0
 
-    def draw(self, generator, size=None) -> dict:
-        return sample_params(self.draw_batch(generator, 1), 0)
+    def make_params(self, generator, size=None) -> dict:
+        return {"alphas": (torch.randn(3, generator=generator, dtype=torch.float64) * self.sigma).tolist()}
 
-    def apply(self, img, params):
+    def transform(self, img, params):
         return AF.pca_color(img, params["alphas"], self.eigvals, self.eigvecs)
 
     def color_steps(self, params) -> list:
         return [("offset", (255 * AF.pca_offsets(params["alphas"], self.eigvals, self.eigvecs)).tolist())]
-
-    def draw_batch(self, generator, n: int) -> dict:
-        """One draw per sample: {"alphas": (n, 3) float64}."""
-        applied = uniform(generator, n) < self.p
-        z = torch.randn(n, 3, generator=generator, dtype=torch.float64)
-        return {"alphas": z * self.sigma * applied.unsqueeze(1)}
-
-    def apply_batch(self, batch, params):
-        return AF.pca_color(batch, params["alphas"], self.eigvals, self.eigvecs)
 
 
 def fit_pca(images_or_pixels, pixels_per_image: int = 4096, seed: int = 0) -> tuple[list[float], list[list[float]]]:

@@ -11,19 +11,22 @@ import torch
 
 from . import functional as AF
 from .functional._geometry import check_padding
-from ._op import Op, check_pair, check_range, sample_params, uniform
+from ._op import Op, RandomOp, check_pair, check_range, uniform
 
 
 @dataclass
 class Flip(Op):
     """Mirror left-right with probability `horizontal_p` and top-bottom with `vertical_p`.
 
-    params: {"horizontal": bool, "vertical": bool}. Also batchable (per-sample draws).
+    params: {"horizontal": bool, "vertical": bool}. Batchable (one draw per sample).
     """
 
     horizontal_p: float = 0.5
     vertical_p: float = 0.0
     name = "flip"
+    unchanged = {"horizontal": False, "vertical": False}
+    batchable = True
+    fuses = "inner"
 
     def __post_init__(self):
         self.horizontal_p = check_range("horizontal_p", self.horizontal_p, 0, 1)
@@ -33,19 +36,15 @@ class Flip(Op):
     def is_identity(self) -> bool:
         return self.horizontal_p == 0 and self.vertical_p == 0
 
-    def draw(self, generator, size=None) -> dict:
-        return sample_params(self.draw_batch(generator, 1), 0)
+    def make_params(self, generator, size=None) -> dict:
+        u_h, u_v = uniform(generator, 2).tolist()
+        return {"horizontal": u_h < self.horizontal_p, "vertical": u_v < self.vertical_p}
 
-    def apply(self, img, params):
+    def transform(self, img, params):
         return AF.flip(img, params["horizontal"], params["vertical"])
 
-    def draw_batch(self, generator, n: int) -> dict:
-        """One draw per sample: {"horizontal": (n,) bool, "vertical": (n,) bool}."""
-        u = uniform(generator, n, 2)
-        return {"horizontal": u[:, 0] < self.horizontal_p, "vertical": u[:, 1] < self.vertical_p}
-
-    def apply_batch(self, batch, params):
-        return AF.flip_batch(batch, params["horizontal"], params["vertical"])
+    def source_map(self, params, size):
+        return AF.PointMap(AF.flip_matrix(size, params["horizontal"], params["vertical"]))
 
 
 @dataclass
@@ -67,6 +66,8 @@ class RandomResizedCrop(Op):
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     name = "crop"
+    fuses = "first"
+    interpolates = True
 
     def __post_init__(self):
         if isinstance(self.size, int):
@@ -82,7 +83,7 @@ class RandomResizedCrop(Op):
     def output_size(self, size):
         return (self.size, self.size) if isinstance(self.size, int) else self.size
 
-    def draw(self, generator, size) -> dict:
+    def make_params(self, generator, size) -> dict:
         h, w = int(size[0]), int(size[1])
         tries = uniform(generator, 10, 4).tolist()
         if self.scale[0] >= 1:
@@ -102,8 +103,11 @@ class RandomResizedCrop(Op):
             cw, ch = w, h
         return {"top": (h - ch) // 2, "left": (w - cw) // 2, "height": ch, "width": cw}
 
-    def apply(self, img, params):
+    def transform(self, img, params):
         return AF.resized_crop(img, params["top"], params["left"], params["height"], params["width"], self.size)
+
+    def source_map(self, params, size):
+        return AF.PointMap(AF.box_matrix(size, params["top"], params["left"], params["height"], params["width"]))
 
     @staticmethod
     def scale_params(params: dict, from_size, to_size) -> dict:
@@ -123,68 +127,80 @@ class RandomResizedCrop(Op):
 
 
 @dataclass
-class Rotate(Op):
-    """With probability `p`, rotate by an angle drawn uniformly in [-degrees, degrees].
-
-    Bilinear, same size. padding="reflect" (default) mirrors the image into the corners the
-    rotation uncovers; "zeros" leaves them black. params: {"angle": degrees, counter-clockwise}.
-    """
+class _CentredAffine(RandomOp):
+    """Rotation or shear about the image centre with probability `p`: torchvision's affine,
+    bilinear, same size. padding="reflect" (default) mirrors the image into the corners the
+    transform uncovers; "zeros" leaves them black."""
 
     degrees: float = 15.0
     p: float = 0.5
     padding: str = "reflect"
-    name = "rotate"
+    max_degrees = 180.0
+    interpolates = True
 
     def __post_init__(self):
-        self.degrees = check_range("degrees", self.degrees, 0, 180)
-        self.p = check_range("p", self.p, 0, 1)
+        super().__post_init__()
+        self.degrees = check_range("degrees", self.degrees, 0, self.max_degrees)
         check_padding(self.padding)
 
     @property
-    def is_identity(self) -> bool:
-        return self.degrees == 0 or self.p == 0
+    def zero_strength(self) -> bool:
+        return self.degrees == 0
 
-    def draw(self, generator, size=None) -> dict:
-        coin, u = uniform(generator, 2).tolist()
-        return {"angle": (2 * u - 1) * self.degrees + 0.0 if coin < self.p else 0.0}
+    def affine_args(self, params) -> tuple[float, tuple[float, float]]:
+        """(clockwise angle, (shear x, shear y)) in degrees, as functional.affine takes them."""
+        raise NotImplementedError
 
-    def apply(self, img, params):
-        return AF.rotate(img, params["angle"], self.padding)
+    def transform(self, img, params):
+        return AF.affine(img, *self.affine_args(params), padding=self.padding)
+
+    @property
+    def fuses(self):
+        return "inner" if self.padding == "reflect" else None  # zero fill is no map of points
+
+    def source_map(self, params, size):
+        return AF.PointMap(AF.affine_matrix(size, *self.affine_args(params)), reflect=size)
 
 
 @dataclass
-class Shear(Op):
+class Rotate(_CentredAffine):
+    """With probability `p`, rotate by an angle drawn uniformly in [-degrees, degrees].
+
+    Bilinear, same size; padding as in _CentredAffine. params: {"angle": degrees, counter-clockwise}.
+    """
+
+    name = "rotate"
+    unchanged = {"angle": 0.0}
+
+    def make_params(self, generator, size=None) -> dict:
+        return {"angle": (2 * uniform(generator, 1).item() - 1) * self.degrees + 0.0}
+
+    def affine_args(self, params):
+        return -params["angle"], (0.0, 0.0)  # functional.rotate's convention: affine turns clockwise
+
+
+@dataclass
+class Shear(_CentredAffine):
     """With probability `p`, shear along x and along y by angles each drawn uniformly in
     [-degrees, degrees] (torchvision's affine shear). Bilinear, same size; padding as in Rotate.
     params: {"x": degrees, "y": degrees}.
     """
 
     degrees: float = 10.0
-    p: float = 0.5
-    padding: str = "reflect"
     name = "shear"
+    unchanged = {"x": 0.0, "y": 0.0}
+    max_degrees = 60.0
 
-    def __post_init__(self):
-        self.degrees = check_range("degrees", self.degrees, 0, 60)
-        self.p = check_range("p", self.p, 0, 1)
-        check_padding(self.padding)
-
-    @property
-    def is_identity(self) -> bool:
-        return self.degrees == 0 or self.p == 0
-
-    def draw(self, generator, size=None) -> dict:
-        coin, ux, uy = uniform(generator, 3).tolist()
-        if coin >= self.p:
-            return {"x": 0.0, "y": 0.0}
+    def make_params(self, generator, size=None) -> dict:
+        ux, uy = uniform(generator, 2).tolist()
         return {"x": (2 * ux - 1) * self.degrees + 0.0, "y": (2 * uy - 1) * self.degrees + 0.0}
 
-    def apply(self, img, params):
-        return AF.shear(img, params["x"], params["y"], self.padding)
+    def affine_args(self, params):
+        return 0.0, (params["x"], params["y"])
 
 
 @dataclass
-class LocalWarp(Op):
+class LocalWarp(RandomOp):
     """With probability `p`, warp the image locally with a smooth random displacement field
     (elastic deformation, via torchvision's elastic).
 
@@ -201,21 +217,28 @@ class LocalWarp(Op):
     p: float = 0.25
     padding: str = "reflect"
     name = "local_warp"
+    unchanged = {"alpha": 0.0}
+    interpolates = True
 
     def __post_init__(self):
+        super().__post_init__()
         self.alpha = check_range("alpha", self.alpha, 0, math.inf)
         self.sigma = check_range("sigma", self.sigma, 0, math.inf)
-        self.p = check_range("p", self.p, 0, 1)
         check_padding(self.padding)
 
     @property
-    def is_identity(self) -> bool:
-        return self.alpha == 0 or self.p == 0
+    def zero_strength(self) -> bool:
+        return self.alpha == 0
 
-    def draw(self, generator, size=None) -> dict:
-        coin = uniform(generator, 1).item()
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
-        return {"alpha": self.alpha if coin < self.p else 0.0, "seed": seed}
+    def make_params(self, generator, size=None) -> dict:
+        return {"alpha": self.alpha, "seed": int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())}
 
-    def apply(self, img, params):
+    def transform(self, img, params):
         return AF.elastic(img, params["alpha"], self.sigma, params["seed"], self.padding)
+
+    @property
+    def fuses(self):
+        return "last" if self.padding == "reflect" else None
+
+    def source_map(self, params, size):
+        return AF.PointMap(field=AF.warp_planes(size, params["alpha"], self.sigma, params["seed"]), reflect=size)

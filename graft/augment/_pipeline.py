@@ -1,8 +1,9 @@
 """A sequence of augmentation ops driven by one generator, and its JSON-able config.
 
 `Pipeline` chains ops, keeping the draw/apply split across all of them (a loader can draw every
-op's parameters from the file's header size before decoding). `AugConfig` is the serialisable
-form stored in a run's JSON file; its `key()` names caches of augmented data.
+op's parameters from the file's header size before decoding); the same type runs a pipeline of
+batchable ops on a whole batch with one draw per sample. `AugConfig` is the serialisable form
+stored in a run's JSON file; its `key()` names caches of augmented data.
 """
 
 import dataclasses
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from ._color import ColorJitter, PCAColor, RGBShift
+from ._fused import apply_fused
 from ._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
-from ._op import Op
+from ._op import Op, stack_params
 
 # Every op by config name, in the order presets apply them: geometry first (the crop fixes the
 # size the others work at), then colour.
@@ -48,6 +50,41 @@ class Pipeline:
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(img, self.draw(generator, tuple(img.shape[-2:])))
+
+    def apply_fused(self, img: torch.Tensor, params: list[dict]) -> torch.Tensor:
+        """`apply` for one uint8 (3, H, W) image the fast way (the loader's): each run of geometric
+        ops resampled once, each run of colour ops in one float pass; equal to `apply` up to
+        interpolation and rounding (see graft.augment._fused)."""
+        return apply_fused(self.ops, img, params)
+
+    def apply_per_sample(self, batch: torch.Tensor, draws: list[list[dict]]) -> torch.Tensor:
+        """Apply sample i's own draw (`draws[i]`, as from `draw`) to each sample of an
+        (N, C, H, W) batch, uint8 or float 0..1, on the batch's device, in vectorised tensor
+        operations (torchvision's v2 transforms give a whole batch one draw, which correlates
+        it). Only batchable ops (flips, colour) can; the result equals `apply` per sample, bit
+        for bit for uint8 batches (float ones may differ in the last bit)."""
+        for op in self.ops:
+            if not op.batchable:
+                batchable = ", ".join(name for name, cls in OPS.items() if cls.batchable)
+                raise ValueError(
+                    f"augment op {op.name!r} cannot be applied per sample to a batch; batchable ops: {batchable}"
+                )
+        if batch.ndim != 4 or len(draws) != len(batch):
+            raise ValueError(
+                f"expected an (N, C, H, W) batch and N draws, got shape {tuple(batch.shape)} and {len(draws)} draws"
+            )
+        for k, op in enumerate(self.ops):
+            batch = op.apply(batch, stack_params([d[k] for d in draws]))
+        return batch
+
+    def split_batchable(self) -> tuple["Pipeline", "Pipeline"]:
+        """(the ops to run per image in the loader: crop, rotation, shear, warp; the batchable ops,
+        flips and colour, to run per sample on the batch afterwards), each keeping its relative
+        order. In the presets' order only flips move: moving a flip after rotation, shear or
+        warping leaves the distribution of outputs unchanged, since those draw angles and fields
+        symmetric about zero. (A colour op placed before geometry would see a slightly different
+        image once moved after it.)"""
+        return (Pipeline(op for op in self.ops if not op.batchable), Pipeline(op for op in self.ops if op.batchable))
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         for op in self.ops:

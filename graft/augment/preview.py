@@ -12,7 +12,8 @@ from torchvision.transforms.v2 import functional as F
 
 from graft._atomic import atomic_path
 
-from ._geometry import Flip, RandomResizedCrop
+from ._geometry import RandomResizedCrop
+from ._op import RandomOp
 from ._pipeline import AugConfig, Pipeline
 
 LABEL_H = 20  # pixels of label strip above every row of cells
@@ -90,7 +91,7 @@ def _central(photo: torch.Tensor, pipeline: Pipeline) -> torch.Tensor:
 
 def _always_applied(op):
     """The op with its probability raised to 1 (flips keep theirs), and a label note."""
-    if isinstance(op, Flip) or getattr(op, "p", 1.0) in (0.0, 1.0):
+    if not isinstance(op, RandomOp) or op.p in (0.0, 1.0):
         return op, ""
     return dataclasses.replace(op, p=1.0), " (shown with p=1)"
 

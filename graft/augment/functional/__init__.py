@@ -1,20 +1,20 @@
 """Deterministic augmentation kernels: explicit parameters in, image out, no randomness.
 
 graft.augment's op classes draw parameters and call these. torchvision.transforms.v2.functional
-does the work wherever it has the operation; what it lacks is written here and says so.
+does the work wherever it has the operation; what it lacks is written here and says so. Kernels of
+the batchable ops (flip, colour) take one image's parameters or one per sample of a batch. The
+geometric kernels are also stated as maps of points (`*_matrix`, `warp_planes`), which `resample`
+chains into one read of the source (the loader's path).
 """
 
 from ._color import (
     adjust_brightness,
     adjust_contrast,
     adjust_saturation,
-    brightness_batch,
     color_twist,
-    contrast_batch,
     pca_color,
     pca_offsets,
     rgb_shift,
-    saturation_batch,
     to_uint8,
 )
 from ._geometry import (
@@ -22,36 +22,35 @@ from ._geometry import (
     affine,
     elastic,
     flip,
-    flip_batch,
-    hflip,
     resized_crop,
     rotate,
     shear,
-    vflip,
     warp_field,
+    warp_planes,
 )
+from ._resample import PointMap, affine_matrix, box_matrix, flip_matrix, resample
 
 __all__ = [
     "PADDINGS",
+    "PointMap",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_saturation",
     "affine",
-    "brightness_batch",
+    "affine_matrix",
+    "box_matrix",
     "color_twist",
-    "contrast_batch",
     "elastic",
     "flip",
-    "flip_batch",
-    "hflip",
+    "flip_matrix",
     "pca_color",
     "pca_offsets",
+    "resample",
     "resized_crop",
     "rgb_shift",
     "rotate",
-    "saturation_batch",
     "shear",
     "to_uint8",
-    "vflip",
     "warp_field",
+    "warp_planes",
 ]

@@ -1,10 +1,12 @@
 """Deterministic colour kernels: every parameter is explicit, nothing is drawn at random.
 
-Brightness, contrast and saturation of one image are torchvision's own kernels. Hand-written here,
-because torchvision lacks them: a per-channel RGB offset, the PCA colour shift of AlexNet, and
-per-sample versions of brightness/contrast/saturation for a batch (torchvision applies one factor
-to a whole batch). The per-sample versions repeat torchvision's arithmetic step by step, in the
-same float32 operations, so their result equals the per-image kernel's bit for bit.
+One kernel per operation, for one image or a whole batch: each parameter is either one value for
+the image (or for every sample of a batch), or one value per sample of an (N, 3, H, W) batch
+(a leading sample dimension). torchvision applies one factor to a whole batch, so brightness,
+contrast and saturation are hand-written here: they repeat torchvision's arithmetic step by step,
+in the same float32 operations, so one image's result equals torchvision's adjust_* bit for bit
+on uint8 images, and a batch's equals each sample's on its own. Also hand-written, because
+torchvision lacks them: a per-channel RGB offset and the PCA colour shift of AlexNet.
 
 Also hand-written: `color_twist`, a whole run of those adjustments on one uint8 image in a few
 float passes instead of two dozen (the loader's worker-side path, where colour was half of each
@@ -16,11 +18,23 @@ Images are tensors shaped (..., 3, H, W): uint8 in 0..255 or float in 0..1.
 import math
 
 import torch
-from torchvision.transforms.v2 import functional as F
 
-adjust_brightness = F.adjust_brightness
-adjust_contrast = F.adjust_contrast
-adjust_saturation = F.adjust_saturation
+
+def adjust_brightness(img: torch.Tensor, factor) -> torch.Tensor:
+    """torchvision's adjust_brightness: scale every pixel by `factor` (a number, or one per sample)."""
+    out = img.mul(_per_sample(factor, img)).clamp_(0, _bound(img))
+    return out if img.is_floating_point() else to_uint8(out)
+
+
+def adjust_contrast(img: torch.Tensor, factor) -> torch.Tensor:
+    """torchvision's adjust_contrast: blend each image with its mean grey level."""
+    mean = _grayscale(img).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(img, mean, factor)
+
+
+def adjust_saturation(img: torch.Tensor, factor) -> torch.Tensor:
+    """torchvision's adjust_saturation: blend each image with its grey image."""
+    return _blend(img, _grayscale(img), factor)
 
 
 def rgb_shift(img: torch.Tensor, offsets) -> torch.Tensor:
@@ -142,30 +156,15 @@ def pca_color(img: torch.Tensor, alphas, eigvals, eigvecs) -> torch.Tensor:
     return rgb_shift(img, 255 * pca_offsets(alphas, eigvals, eigvecs))
 
 
-def brightness_batch(batch: torch.Tensor, factors) -> torch.Tensor:
-    """torchvision's adjust_brightness with one factor per sample of (N, 3, H, W)."""
-    out = batch.mul(_per_sample(factors, batch)).clamp_(0, _bound(batch))
-    return out if batch.is_floating_point() else to_uint8(out)
-
-
-def contrast_batch(batch: torch.Tensor, factors) -> torch.Tensor:
-    """torchvision's adjust_contrast with one factor per sample: blend with the image's mean grey."""
-    mean = _grayscale(batch).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(batch, mean, factors)
-
-
-def saturation_batch(batch: torch.Tensor, factors) -> torch.Tensor:
-    """torchvision's adjust_saturation with one factor per sample: blend with the grey image."""
-    return _blend(batch, _grayscale(batch), factors)
-
-
 def _bound(img: torch.Tensor) -> float:
     return 1.0 if img.is_floating_point() else 255.0
 
 
-def _per_sample(values, batch: torch.Tensor, dtype=None) -> torch.Tensor:
-    dtype = dtype or (batch.dtype if batch.is_floating_point() else torch.float32)
-    return torch.as_tensor(values, dtype=torch.float64).to(dtype).to(batch.device).view(-1, 1, 1, 1)
+def _per_sample(values, img: torch.Tensor) -> torch.Tensor:
+    """`values` in the compute dtype on img's device: a 0-d tensor for one value, else (N, 1, 1, 1)."""
+    dtype = img.dtype if img.is_floating_point() else torch.float32
+    t = torch.as_tensor(values, dtype=torch.float64).to(dtype).to(img.device)
+    return t.view(-1, 1, 1, 1) if t.ndim else t
 
 
 def _grayscale(img: torch.Tensor) -> torch.Tensor:

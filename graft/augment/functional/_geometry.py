@@ -1,15 +1,16 @@
 """Deterministic geometric kernels: every parameter is explicit, nothing is drawn at random.
 
 The op classes in graft.augment draw parameters and call these, so any augmented image can be
-recomputed from its parameters. torchvision.transforms.v2.functional does the resampling (flip,
-resized_crop, affine, elastic). Hand-written here, because torchvision lacks them: reflect padding
+recomputed from its parameters. torchvision.transforms.v2.functional does the resampling
+(resized_crop, affine, elastic). Hand-written here, because torchvision lacks them: reflect padding
 around affine and elastic (torchvision can only fill uncovered pixels with a constant), the
-displacement field of `elastic`, and a per-sample flip of a batch.
+displacement field of `elastic`, and a flip of some samples of a batch.
 
 Images are tensors shaped (..., C, H, W): uint8 in 0..255 or float in 0..1. A leading batch
-dimension gets the same parameters for every sample, except in `flip_batch`.
+dimension gets the same parameters for every sample, except where `flip` is given one per sample.
 """
 
+import functools
 import math
 
 import torch
@@ -19,34 +20,18 @@ from torchvision.transforms.v2.functional import InterpolationMode
 PADDINGS = ("reflect", "zeros")
 
 
-def hflip(img: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right (torchvision)."""
-    return F.horizontal_flip(img)
-
-
-def vflip(img: torch.Tensor) -> torch.Tensor:
-    """Mirror top-bottom (torchvision)."""
-    return F.vertical_flip(img)
-
-
-def flip(img: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
-    """Apply a left-right and/or a top-bottom mirror; with both False, `img` itself is returned."""
-    if horizontal:
-        img = F.horizontal_flip(img)
-    if vertical:
-        img = F.vertical_flip(img)
+def flip(img: torch.Tensor, horizontal, vertical) -> torch.Tensor:
+    """Mirror left-right where `horizontal` and top-bottom where `vertical` is True: each a bool
+    for the image (or a whole batch), or an (N,) bool mask, one per sample of an (N, C, H, W)
+    batch (hand-written: torchvision flips a whole batch or none of it). With nothing to mirror,
+    `img` itself is returned."""
+    for mask, dim in ((horizontal, -1), (vertical, -2)):
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        if mask.all():
+            img = img.flip(dim)
+        elif mask.any():
+            img = torch.where(mask.to(img.device).view(-1, 1, 1, 1), img.flip(dim), img)
     return img
-
-
-def flip_batch(batch: torch.Tensor, horizontal, vertical) -> torch.Tensor:
-    """Mirror each sample of an (N, C, H, W) batch whose entry in the (N,) bool masks is True.
-
-    Hand-written: torchvision flips either the whole batch or none of it.
-    """
-    h = torch.as_tensor(horizontal, dtype=torch.bool, device=batch.device).view(-1, 1, 1, 1)
-    v = torch.as_tensor(vertical, dtype=torch.bool, device=batch.device).view(-1, 1, 1, 1)
-    batch = torch.where(h, batch.flip(-1), batch)
-    return torch.where(v, batch.flip(-2), batch)
 
 
 def resized_crop(img: torch.Tensor, top: int, left: int, height: int, width: int, size) -> torch.Tensor:
@@ -102,28 +87,71 @@ def affine(img: torch.Tensor, angle: float = 0.0, shear=(0.0, 0.0), padding: str
 
 
 def warp_field(size, alpha: float, sigma: float, seed: int) -> torch.Tensor:
-    """The displacement field of `elastic`: (H, W, 2) float32 offsets (dx, dy) in pixels.
+    """The displacement field of `elastic`: (H, W, 2) float32 offsets (dx, dy) in pixels."""
+    return warp_planes(size, alpha, sigma, seed).permute(1, 2, 0).contiguous()
+
+
+def warp_planes(size, alpha: float, sigma: float, seed: int) -> torch.Tensor:
+    """`warp_field` as two (H, W) planes, (2, H, W): dx, then dy.
 
     Uniform noise in [-1, 1] from a CPU generator seeded with `seed` is smoothed by a Gaussian of
     standard deviation `sigma` pixels, then scaled so the root-mean-square displacement over the
     field is exactly `alpha` pixels. For speed the noise lives on a grid of one point per
-    sigma/2 pixels, is blurred there (kernel +-4 sigma, at most the grid's size) and resized
-    bicubically to (H, W): a field that smooth has no detail finer than that grid. Hand-written:
-    torchvision builds its field from the global random state inside ElasticTransform.
+    sigma/2 pixels, is blurred there (kernel +-4 sigma, at most the grid's size, reflect padding,
+    as torchvision's gaussian_blur) and resized bicubically to (H, W) (as torch's interpolate,
+    align_corners=False): a field that smooth has no detail finer than that grid. Blur and resize
+    are linear along each axis, so both are one precomputed matrix per axis and the field is two
+    small matrix products (a fifth of the cost of running them as image operations).
+    Hand-written: torchvision builds its field from the global random state inside ElasticTransform.
     """
     h, w = int(size[0]), int(size[1])
     step = max(1, int(sigma / 2))
     gh, gw = math.ceil(h / step), math.ceil(w / step)
     gen = torch.Generator().manual_seed(int(seed))
-    field = torch.rand(2, 1, gh, gw, generator=gen) * 2 - 1
-    if sigma > 0:
-        s = sigma / step
-        kernel = min(int(8 * s + 1) | 1, 2 * min(gh, gw) - 1)  # odd; the blur pads by reflection
-        field = F.gaussian_blur(field, [kernel, kernel], [s, s])
-    if step > 1:
-        field = torch.nn.functional.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)
-    field = field * (alpha / field.square().mean().sqrt())
-    return field.squeeze(1).permute(1, 2, 0).contiguous()
+    noise = torch.rand(2, 1, gh, gw, generator=gen) * 2 - 1
+    s = sigma / step
+    k = min(int(8 * s + 1) | 1, 2 * min(gh, gw) - 1) if sigma > 0 else 1  # odd; the blur reflects
+    rows, cols = _smooth_resize(gh, h, s, k), _smooth_resize(gw, w, s, k)
+    field = rows @ noise.squeeze(1) @ cols.T
+    return field.mul_(alpha * math.sqrt(field.numel()) / torch.linalg.vector_norm(field))
+
+
+@functools.lru_cache(maxsize=64)
+def _smooth_resize(n: int, out: int, s: float, k: int) -> torch.Tensor:
+    """(out, n) float32: a k-tap Gaussian blur of standard deviation s on an n-point axis (k odd,
+    k < 2n), then a bicubic resize to `out` points, as one matrix."""
+    blur = torch.eye(n, dtype=torch.float64)
+    if k > 1:
+        r = k // 2
+        x = torch.linspace(-r / math.sqrt(2), r / math.sqrt(2), k, dtype=torch.float64)
+        taps = torch.softmax(-(x / s) ** 2, dim=0)  # torchvision's _get_gaussian_kernel1d
+        blur = torch.zeros(n, n, dtype=torch.float64)
+        for i in range(n):
+            for t in range(k):
+                j = abs(i + t - r)  # reflect about the first sample ...
+                j = j if j < n else 2 * (n - 1) - j  # ... and about the last
+                blur[i, j] += taps[t]
+    if out == n:
+        return blur.to(torch.float32)
+    resize = torch.zeros(out, n, dtype=torch.float64)
+    for o in range(out):
+        src = (o + 0.5) * n / out - 0.5  # align_corners=False; not clamped (as torch's bicubic)
+        base = math.floor(src)
+        for m, weight in enumerate(_cubic_weights(src - base)):
+            resize[o, min(max(base - 1 + m, 0), n - 1)] += weight  # edge samples repeat
+    return (resize @ blur).to(torch.float32)
+
+
+def _cubic_weights(t: float, a: float = -0.75) -> tuple[float, float, float, float]:
+    """Keys' cubic convolution weights of the samples at -1, 0, 1, 2 for a point t in [0, 1)
+    (A = -0.75, as torch's bicubic)."""
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
 
 
 def elastic(img: torch.Tensor, alpha: float, sigma: float, seed: int, padding: str = "reflect") -> torch.Tensor:
