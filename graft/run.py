@@ -175,9 +175,9 @@ def save_val_predictions(run_dir, paths, labels, probabilities) -> None:
     """RUN/val_predictions.npz: each validation photo's path, true label and class probabilities
     as training scored them (a row of NaN for a photo that could not be read)."""
     with atomic_path(Path(run_dir) / VAL_PREDICTIONS) as tmp, open(tmp, "wb") as f:
-        np.savez(f, paths=np.array([str(p) for p in paths], dtype=str),
-                 labels=np.asarray(labels, dtype=np.int64),
-                 probabilities=np.asarray(probabilities, dtype=np.float32))
+        np.savez_compressed(f, paths=np.array([str(p) for p in paths], dtype=str),
+                            labels=np.asarray(labels, dtype=np.int64),
+                            probabilities=np.asarray(probabilities, dtype=np.float32))
 
 
 def read_val_predictions(run_dir) -> dict | None:
