@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
     augment_args(t)
     t.add_argument("--aug-device", default=d.aug_device, choices=["workers", "cpu", "cuda"],
                    help="fine-tuning: where flips and colour ops run: in the loader workers (default), or "
-                   "batched per sample on the trainer's device")
+                   "batched per sample on the consumer's CPU (cpu) or the trainer's GPU (cuda)")
     loader_args(t)
     output_args(t)
     t.set_defaults(run=run)
