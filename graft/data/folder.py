@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._digest import sha256_file
+from .._files import open_regular
 from ..errors import GraftError, ImageError
-from .images import SUPPORTED_EXTENSIONS, probe_image
+from .images import MAX_FILE_BYTES, SUPPORTED_EXTENSIONS, read_error, probe_file
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,20 @@ def scan_photos(root, *, val_split: float = 0.2) -> Dataset:
     train, val = split_by_hash(samples, len(classes), val_split)
     without_val = sorted(set(classes) - {classes[s.label] for s in val})
     if without_val:
-        logging.getLogger("graft").warning(
-            "class(es) %s have no validation photo at --val-split %g (too few photos): validation "
-            "figures will not cover them", ", ".join(without_val), val_split)
+        _warn_once(root, f"class(es) {', '.join(without_val)} have no validation photo at --val-split "
+                   f"{val_split:g} (too few photos): validation figures will not cover them")
     return Dataset(root, classes, train, val, skipped, "folders")
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(root: Path, message: str) -> None:
+    """One process scans the same photos more than once (train, then its report; calibrate):
+    the user is told about them once."""
+    if (str(root), message) not in _warned:
+        _warned.add((str(root), message))
+        logging.getLogger("graft").warning("%s", message)
 
 
 def scan_class_folders(root, *, classes: list[str] | None = None):
@@ -144,12 +155,23 @@ file_digest = sha256_file  # the content hash that names a photo
 
 
 def _identify(path: Path, label: int):
+    """Hash and probe one file: a Sample, or the ImageError saying why it is skipped.
+
+    Only a regular file of at most MAX_FILE_BYTES is read (a FIFO named x.jpg would block a plain
+    read forever, a symlink to /dev/zero never ends); it is hashed in blocks, not held whole."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return ImageError(path, f"cannot read file ({e.strerror or e})")
-    try:
-        _, size = probe_image(path, data)
+        with open_regular(path, max_bytes=MAX_FILE_BYTES) as f:
+            h = hashlib.sha256()
+            nbytes = 0
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                nbytes += len(block)
+                if nbytes > MAX_FILE_BYTES:  # grew since it was opened
+                    return ImageError(path, f"refused: grew past {MAX_FILE_BYTES >> 20} MB while it was read")
+            f.seek(0)
+            _, size = probe_file(path, f, nbytes)
     except ImageError as e:
         return e
-    return Sample(path, label, hashlib.sha256(data).hexdigest(), size)
+    except OSError as e:
+        return read_error(path, e)
+    return Sample(path, label, h.hexdigest(), size)

@@ -6,6 +6,11 @@ cases are handled once: EXIF orientation, every Pillow mode (CMYK, palette with 
 and content that does not match the extension. JPEGs are decoded at reduced resolution in the
 DCT domain (Pillow's `draft`) when the caller says how small it may be, which is most of the
 cost of a 12-megapixel photo.
+
+Only regular files are read (a FIFO, device or socket with an image's name is refused, never
+opened blocking: graft._files), at most MAX_FILE_BYTES of them, and decoding is bounded by a
+memory budget (`decode_budget`): a JPEG over it is decoded at a DCT reduction that fits, any
+other image over it is refused, already when its header is probed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .._files import FileTooLarge, NotRegularFile, open_regular
 from ..errors import ImageError
 
 # extension -> the Pillow format its content must have
@@ -34,25 +40,104 @@ _FORMATS = tuple(SUPPORTED_EXTENSIONS.values())
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 
+MAX_FILE_BYTES = 256 << 20  # no photo graft reads is this big; a bigger "photo" is not read at all
+DEFAULT_DECODE_BUDGET_MB = 192
+# Peak bytes per pixel of decoding an image of each mode and converting it to 8-bit RGB (to_rgb):
+# the decoded image, the intermediates of the conversion, the RGB result. Others: 16.
+_PEAK_BYTES_PER_PIXEL = {
+    "RGB": 3, "L": 4, "1": 4, "P": 4, "CMYK": 7, "YCbCr": 6, "LAB": 6, "HSV": 6, "RGBX": 7,
+    "I;16": 10, "I;16L": 10, "I;16B": 10, "I;16N": 10, "I": 12, "F": 12,
+    "RGBA": 15, "RGBa": 15, "LA": 17, "La": 17, "PA": 17,
+}
+
+
+def decode_budget() -> int:
+    """Bytes one image may take while it is decoded and converted (GRAFT_DECODE_BUDGET_MB, default
+    192): a 9400x9400 PNG of a few hundred KB must not cost graft a quarter of a gigabyte per
+    loader worker. 192 MB still decodes a 64-megapixel RGB PNG, and any JPEG (reduced)."""
+    try:
+        return max(1, int(float(os.environ.get("GRAFT_DECODE_BUDGET_MB", DEFAULT_DECODE_BUDGET_MB)) * (1 << 20)))
+    except ValueError:
+        return DEFAULT_DECODE_BUDGET_MB << 20
+
+
+def decode_cost(mode: str, size: tuple[int, int], orientation: int | None = None) -> int:
+    """Peak bytes of decoding an image of `mode` and `size` (w, h) to oriented 8-bit RGB."""
+    per_pixel = _PEAK_BYTES_PER_PIXEL.get(mode, 16)
+    if orientation not in (None, 1):
+        per_pixel += 3  # exif_transpose copies the image
+    return per_pixel * size[0] * size[1]
+
+
+def _cost(img: Image.Image, orientation: int | None) -> int:
+    # a palette image with transparency is converted through RGBA (to_rgb)
+    mode = "RGBA" if img.mode == "P" and "transparency" in img.info else img.mode
+    return decode_cost(mode, img.size, orientation)
+
+
+def _jpeg_reduction_for_budget(img: Image.Image, orientation: int | None, budget: int) -> int | None:
+    """Smallest DCT reduction (1, 2, 4, 8) that brings a JPEG's decode under `budget`, or None."""
+    w, h = img.size
+    for r in (1, 2, 4, 8):
+        if decode_cost(img.mode, (-(-w // r), -(-h // r)), orientation) <= budget:
+            return r
+    return None
+
+
+def _over_budget(path: Path, img: Image.Image, cost: int, budget: int) -> ImageError:
+    w, h = img.size
+    return ImageError(path, f"refused: decoding {w}x{h} {img.mode} pixels takes about {cost / 1e6:.0f} MB, "
+                            f"over the {budget / 1e6:.0f} MB budget for one image (GRAFT_DECODE_BUDGET_MB); "
+                            f"downscale it or save it as JPEG")
+
+
+def _check_budget(path: Path, img: Image.Image, orientation: int | None) -> None:
+    """Refuse at probe time what read_image could not decode within the budget."""
+    budget = decode_budget()
+    if img.format == "JPEG":
+        if _jpeg_reduction_for_budget(img, orientation, budget) is None:
+            w, h = img.size
+            raise _over_budget(path, img, decode_cost(img.mode, (-(-w // 8), -(-h // 8)), orientation), budget)
+        return
+    cost = _cost(img, orientation)
+    if cost > budget:
+        raise _over_budget(path, img, cost, budget)
+
+
+def read_error(path: Path, e: OSError) -> ImageError:
+    if isinstance(e, (NotRegularFile, FileTooLarge)):
+        return ImageError(path, f"refused: {e.strerror}")
+    return ImageError(path, f"cannot read file ({e.strerror or e})")
+
 
 def probe_image(path, data: bytes | None = None) -> tuple[str, tuple[int, int]]:
     """Check a file's header without decoding pixels; return (format, (width, height)).
 
-    Sizes are after EXIF orientation. Raises ImageError for empty files, non-images and
-    content whose format disagrees with the extension.
+    Sizes are after EXIF orientation. Raises ImageError for empty files, non-images, content
+    whose format disagrees with the extension, files that are not regular files or are too
+    big, and images whose decoding would exceed the memory budget.
     """
     path = Path(path)
-    if data is None:
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
-    if not data:
+    if data is not None:
+        return probe_file(path, io.BytesIO(data), len(data))
+    try:
+        f = open_regular(path, max_bytes=MAX_FILE_BYTES)
+    except OSError as e:
+        raise read_error(path, e) from None
+    with f:
+        return probe_file(path, f, os.fstat(f.fileno()).st_size)
+
+
+def probe_file(path: Path, fp, nbytes: int) -> tuple[str, tuple[int, int]]:
+    """probe_image on an open binary file `fp` of `nbytes` bytes (read from its start)."""
+    if not nbytes:
         raise ImageError(path, "empty file (0 bytes)")
-    img = _open(path, io.BytesIO(data))
+    img = _open(path, fp)
     _check_format(path, img)
-    _check_density(path, img, len(data))
-    return img.format, oriented_size(img, _orientation(img))
+    _check_density(path, img, nbytes)
+    orientation = _orientation(img)
+    _check_budget(path, img, orientation)
+    return img.format, oriented_size(img, orientation)
 
 
 def oriented_size(img: Image.Image, orientation: int | None) -> tuple[int, int]:
@@ -71,9 +156,9 @@ def read_image(
     """
     path = Path(path)
     try:
-        f = open(path, "rb")
+        f = open_regular(path, max_bytes=MAX_FILE_BYTES)
     except OSError as e:
-        raise ImageError(path, f"cannot read file ({e.strerror or e})") from None
+        raise read_error(path, e) from None
     with f:
         nbytes = os.fstat(f.fileno()).st_size
         if nbytes == 0:
@@ -84,11 +169,22 @@ def read_image(
         orientation = _orientation(img)
         if min_short_side is not None:
             min_size = draft_size_for_short_side(oriented_size(img, orientation), min_short_side)
-        if min_size is not None and img.format == "JPEG":
-            w, h = min_size
-            if orientation in _SWAPS_AXES:
-                w, h = h, w
-            img.draft("RGB", (max(1, int(w)), max(1, int(h))))
+        budget = decode_budget()
+        if img.format == "JPEG":
+            # the DCT reduction asked for (the largest keeping min_size), raised to one that fits the budget
+            w0, h0 = img.size
+            r = _jpeg_reduction_for_budget(img, orientation, budget)
+            if r is None:
+                raise _over_budget(path, img, _cost(img, orientation), budget)
+            want = (w0, h0) if min_size is None else min_size
+            if min_size is not None and orientation in _SWAPS_AXES:
+                want = (want[1], want[0])
+            want = (min(int(want[0]), w0 // r), min(int(want[1]), h0 // r))
+            if min_size is not None or r > 1:
+                img.draft("RGB", (max(1, want[0]), max(1, want[1])))
+        cost = _cost(img, orientation)
+        if cost > budget:
+            raise _over_budget(path, img, cost, budget)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # EXIF/ICC chatter is not the user's problem
@@ -110,10 +206,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img, dtype=np.float32)  # float32, in place: 4 bytes a pixel, not 3 x 8
         hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        arr *= np.float32(255.0 / hi)
+        arr += np.float32(0.5)
+        np.clip(arr, 0, 255, out=arr)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "RGBa", "La", "PA"):
