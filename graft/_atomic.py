@@ -81,8 +81,8 @@ def write_error(target, e: BaseException) -> GraftError:
         if isinstance(e, RuntimeError):  # "[enforce fail at inline_container.cc:672] . unexpected pos ..."
             why = "torch's writer failed (" + re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", why) + ")"
     folder = _existing_parent(target)
-    if code is None and _nearly_full(folder):
-        code = errno.ENOSPC
+    if code is None and (_nearly_full(folder) or _file_size_limited()):
+        code = errno.ENOSPC  # torch's writer says no more than "unexpected pos": the likely reason
     if code in _FULL:
         todo = f"the disk (or a size limit) is full: free space on {folder} or write elsewhere, then run again"
     elif code in _DENIED:
@@ -124,6 +124,16 @@ def _existing_parent(path: Path) -> Path:
     while not p.is_dir() and p != p.parent:
         p = p.parent
     return p
+
+
+def _file_size_limited() -> bool:
+    """A file size limit (`ulimit -f`) is set: writes past it fail (EFBIG)."""
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):
+        return False
 
 
 def _nearly_full(folder: Path) -> bool:

@@ -128,7 +128,8 @@ def _default(weights) -> BackboneSource:
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         target = net.state_dict()
         if set(source) != set(target):  # lukemelas names: pair in module order, shapes must agree
-            source = zip_state_dicts(lukemelas_ordered(source, what=what), target, what=what)
+            named = f"{what} in {info.source}"
+            source = zip_state_dicts(lukemelas_ordered(source, what=named), target, what=named)
         net.load_state_dict(source, strict=True)
         classifier = _strip_timm(net)
         return Backbone(net, spec="default", arch=DEFAULT_ARCH, preprocessing=DEFAULT_PREPROCESSING,

@@ -83,8 +83,9 @@ def read_state_dict(path, *, what: str) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # a file object: given a path named .safetensors, torch.load would hand it to safetensors
+            with open(path, "rb") as f:
+                sd = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsError(
             f"refusing to load {path} for {what}: it is a pickle that needs code to run, which graft "
