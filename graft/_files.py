@@ -47,7 +47,7 @@ def check_size(path, size: int, max_bytes: int | None) -> None:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 1e6:.3g} MB"
+    return f"{n / 2**20:.3g} MB"  # MB of 2**20 bytes, as the limits are set
 
 
 def open_regular(path, *, max_bytes: int | None = None):

@@ -61,9 +61,16 @@ def decode_budget() -> int:
         return DEFAULT_DECODE_BUDGET_MB << 20
 
 
-def decode_cost(mode: str, size: tuple[int, int], orientation: int | None = None) -> int:
+# Pillow opens every WebP through libwebp's animation decoder, which allocates two RGBA canvases
+# (the frame and the previous one) at once, before any pixel is asked for.
+_WEBP_DECODER_BYTES_PER_PIXEL = 8
+
+
+def decode_cost(mode: str, size: tuple[int, int], orientation: int | None = None, fmt: str | None = None) -> int:
     """Peak bytes of decoding an image of `mode` and `size` (w, h) to oriented 8-bit RGB."""
     per_pixel = _PEAK_BYTES_PER_PIXEL.get(mode, 16)
+    if fmt == "WEBP":
+        per_pixel += _WEBP_DECODER_BYTES_PER_PIXEL
     if orientation not in (None, 1):
         per_pixel += 3  # exif_transpose copies the image
     return per_pixel * size[0] * size[1]
@@ -72,7 +79,7 @@ def decode_cost(mode: str, size: tuple[int, int], orientation: int | None = None
 def _cost(img: Image.Image, orientation: int | None) -> int:
     # a palette image with transparency is converted through RGBA (to_rgb)
     mode = "RGBA" if img.mode == "P" and "transparency" in img.info else img.mode
-    return decode_cost(mode, img.size, orientation)
+    return decode_cost(mode, img.size, orientation, img.format)
 
 
 def _jpeg_reduction_for_budget(img: Image.Image, orientation: int | None, budget: int) -> int | None:
@@ -86,8 +93,8 @@ def _jpeg_reduction_for_budget(img: Image.Image, orientation: int | None, budget
 
 def _over_budget(path: Path, img: Image.Image, cost: int, budget: int) -> ImageError:
     w, h = img.size
-    return ImageError(path, f"refused: decoding {w}x{h} {img.mode} pixels takes about {cost / 1e6:.0f} MB, "
-                            f"over the {budget / 1e6:.0f} MB budget for one image (GRAFT_DECODE_BUDGET_MB); "
+    return ImageError(path, f"refused: decoding {w}x{h} {img.mode} pixels takes about {cost / 2**20:.0f} MB, "
+                            f"over the {budget / 2**20:.0f} MB budget for one image (GRAFT_DECODE_BUDGET_MB); "
                             f"downscale it or save it as JPEG")
 
 
@@ -132,9 +139,9 @@ def probe_file(path: Path, fp, nbytes: int) -> tuple[str, tuple[int, int]]:
     """probe_image on an open binary file `fp` of `nbytes` bytes (read from its start)."""
     if not nbytes:
         raise ImageError(path, "empty file (0 bytes)")
-    img = _open(path, fp)
+    img = _open(path, fp, nbytes)
     _check_format(path, img)
-    _check_density(path, img, nbytes)
+    _check_density(path, img.size, nbytes)
     orientation = _orientation(img)
     _check_budget(path, img, orientation)
     return img.format, oriented_size(img, orientation)
@@ -163,9 +170,9 @@ def read_image(
         nbytes = os.fstat(f.fileno()).st_size
         if nbytes == 0:
             raise ImageError(path, "empty file (0 bytes)")
-        img = _open(path, f)
+        img = _open(path, f, nbytes)
         _check_format(path, img)
-        _check_density(path, img, nbytes)
+        _check_density(path, img.size, nbytes)
         orientation = _orientation(img)
         if min_short_side is not None:
             min_size = draft_size_for_short_side(oriented_size(img, orientation), min_short_side)
@@ -228,7 +235,8 @@ def draft_size_for_short_side(size: tuple[int, int], short_side: int) -> tuple[i
     return math.ceil(w * scale), math.ceil(h * scale)
 
 
-def _open(path: Path, fp) -> Image.Image:
+def _open(path: Path, fp, nbytes: int) -> Image.Image:
+    _check_webp_canvas(path, fp, nbytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -239,6 +247,43 @@ def _open(path: Path, fp) -> Image.Image:
         raise ImageError(path, "not an image (no supported image format recognised)") from None
     except Exception as e:
         raise ImageError(path, _describe(e)) from None
+
+
+def webp_canvas(head: bytes) -> tuple[tuple[int, int], bool] | None:
+    """((width, height), has_alpha) from the first 30 bytes of a WebP file; None if not one."""
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        w = 1 + int.from_bytes(head[24:27], "little")
+        h = 1 + int.from_bytes(head[27:30], "little")
+        return (w, h), bool(head[20] & 0x10)
+    if chunk == b"VP8 ":
+        return (int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF), False
+    if chunk == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return (1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)), bool(bits >> 28 & 1)
+    return None
+
+
+def _check_webp_canvas(path: Path, fp, nbytes: int) -> None:
+    """Pillow allocates a WebP's canvases when it opens the file (found by fuzzing: 968 bytes
+    declaring 20x983054 pixels cost 150 MB before graft saw the size), so its header is read,
+    and the density and budget rules applied, before Pillow is given it."""
+    start = fp.tell()
+    head = fp.read(30)
+    fp.seek(start)
+    found = webp_canvas(head)
+    if found is None:
+        return
+    size, alpha = found
+    _check_density(path, size, nbytes)
+    cost = decode_cost("RGBA" if alpha else "RGB", size, None, "WEBP")
+    budget = decode_budget()
+    if cost > budget:
+        raise ImageError(path, f"refused: decoding {size[0]}x{size[1]} WebP pixels takes about "
+                               f"{cost / 2**20:.0f} MB, over the {budget / 2**20:.0f} MB budget for one "
+                               f"image (GRAFT_DECODE_BUDGET_MB); downscale it or save it as JPEG")
 
 
 def _check_format(path: Path, img: Image.Image) -> None:
@@ -253,12 +298,12 @@ def _check_format(path: Path, img: Image.Image) -> None:
         )
 
 
-def _check_density(path: Path, img: Image.Image, nbytes: int) -> None:
+def _check_density(path: Path, size: tuple[int, int], nbytes: int) -> None:
     """Refuse a small file that declares a huge canvas (found by fuzzing: a few hundred bytes
     declaring 80 megapixels, just under Pillow's bomb limit, cost seconds and gigabytes to
     decode). Real photos hold well under 1,000 pixels per byte; flat graphics compress better,
     hence the generous 5,000 and the 2-megapixel floor."""
-    w, h = img.size
+    w, h = size
     if w * h > 2_000_000 and w * h > 5_000 * nbytes:
         raise ImageError(path, f"refused: declares {w}x{h} pixels in only {nbytes} bytes "
                                f"(damaged, or a decompression bomb)")
