@@ -2,13 +2,19 @@
 reading back the JSON files graft writes, with one-line errors.
 
 A run killed at any moment therefore leaves either the old file or the new one, never half of
-one, and temp files (`.tmp-*`) are never read by graft. A failed write (disk full) raises a
-GraftError naming the file and leaves the previous file in place.
+one, and temp files (`.tmp-*`) are never read by graft. This is also graft's one error path for
+writes: whatever the writer inside `atomic_path` is (Python, safetensors, torch.save), a failure to
+write (disk full, a file size limit, no permission, a read-only disk, a folder that is a file)
+becomes one GraftError that names the file and says what to do, the temp file is removed and the
+previous file stays in place.
 """
 
 import contextlib
+import errno
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -16,27 +22,79 @@ from .errors import GraftError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give: a run's files are as readable as any other
+
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+# torch's C++ writer reports a failed write without errno (e.g. "unexpected pos 704 vs 598")
+_TORCH_WRITE = re.compile(r"inline_container|PytorchStreamWriter|file write failed|unexpected pos", re.I)
 
 
 @contextlib.contextmanager
 def atomic_path(target):
     """Yield a temp path in the target's folder; on success it is renamed onto `target`."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are as readable as any other
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=target.suffix, dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        if tmp is not None:
+            _unlink(tmp)
+        raise write_error(target, e) from e
     try:
         yield Path(tmp)
+        # after the writer: mkstemp makes 0600, and some writers (safetensors) replace the file
+        # with one of their own, 0600 too
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except OSError as e:
+    except BaseException as e:
         _unlink(tmp)
-        raise GraftError(f"could not write {target}: {e.strerror or e}") from e
-    except BaseException:
-        _unlink(tmp)
+        if is_write_failure(e):
+            raise write_error(target, e) from e
         raise
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """An expected failure to write a file (not a bug): OSError, safetensors' SafetensorError,
+    torch's RuntimeError from its file writer."""
+    if isinstance(e, OSError):
+        return True
+    if type(e).__name__ == "SafetensorError":  # also raised for bad input (a bug): only I/O counts
+        return bool(re.search(r"I/O error|os error", str(e)))
+    return isinstance(e, RuntimeError) and bool(_TORCH_WRITE.search(str(e)))
+
+
+def write_error(target, e: BaseException) -> GraftError:
+    """One line: which file could not be written, why, and what to do."""
+    target = Path(target)
+    code = getattr(e, "errno", None)
+    if code is None:  # SafetensorError / RuntimeError: "... (os error 28)", or nothing
+        m = re.search(r"os error (\d+)", str(e))
+        code = int(m.group(1)) if m else None
+    if isinstance(e, OSError) and e.strerror:
+        why = e.strerror
+    else:
+        why = " ".join(str(e).split()) or type(e).__name__
+        if isinstance(e, RuntimeError):  # "[enforce fail at inline_container.cc:672] . unexpected pos ..."
+            why = "torch's writer failed (" + re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", why) + ")"
+    folder = _existing_parent(target)
+    if code is None and (_nearly_full(folder) or _file_size_limited()):
+        code = errno.ENOSPC  # torch's writer says no more than "unexpected pos": the likely reason
+    if code in _FULL:
+        todo = f"the disk (or a size limit) is full: free space on {folder} or write elsewhere, then run again"
+    elif code in _DENIED:
+        todo = f"no permission to write in {folder}: make it writable or write elsewhere"
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        todo = f"a part of {target.parent} is a file, not a folder: choose another path"
+    elif code is None:
+        todo = f"the disk may be full or failing: check {folder}, or write elsewhere"
+    else:
+        todo = f"check {folder}, or write elsewhere"
+    return GraftError(f"could not write {target}: {why}; {todo}")
 
 
 def write_bytes(target, data: bytes) -> None:
@@ -44,8 +102,47 @@ def write_bytes(target, data: bytes) -> None:
         Path(tmp).write_bytes(data)
 
 
+def json_safe(obj):
+    """`obj` with every NaN or infinity replaced by None: JSON has no such numbers (Python's json
+    writes `NaN`, which other readers reject), and a missing figure is null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(target, obj) -> None:
-    write_bytes(target, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Strict JSON (no NaN/Infinity: those become null), written atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
+    write_bytes(target, (text + "\n").encode())
+
+
+def _existing_parent(path: Path) -> Path:
+    p = path.parent
+    while not p.is_dir() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _file_size_limited() -> bool:
+    """A file size limit (`ulimit -f`) is set: writes past it fail (EFBIG)."""
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):
+        return False
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < (1 << 20)
 
 
 def read_json(path, *, missing: str):
@@ -61,5 +158,7 @@ def read_json(path, *, missing: str):
 
 
 def _unlink(path) -> None:
+    if path is None:
+        return
     with contextlib.suppress(OSError):
         os.unlink(path)

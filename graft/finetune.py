@@ -8,7 +8,8 @@ The lecture's data-size ladder past the frozen-feature head:
 
 What experts expect of the loop: AdamW, linear warm-up then cosine decay, a lower learning rate
 for pretrained layers than for the new top, label smoothing, gradient clipping, early stopping on
-validation loss with the best epoch kept. A checkpoint (model, optimiser, scheduler, RNG state,
+validation loss with the best epoch kept (with no validation photo: every epoch runs and the last
+is kept, as for the head, graft.head). A checkpoint (model, optimiser, scheduler, RNG state,
 position) is written atomically after every epoch, so `resume=True` continues a killed run and
 ends with the same weights as an uninterrupted one: every random draw is a function of (seed,
 epoch, image), never of which worker or which process did the work.
@@ -297,10 +298,15 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
             h["val_loss"].append(val_loss)
             h["val_accuracy"].append(val_acc)
             h["epoch_s"].append(round(time.perf_counter() - t_epoch, 4))
-            if progress:
+            if progress and val_loss is None:
+                log.info("epoch %d/%d: train loss %.4f (no validation photo)", epoch + 1, cfg.epochs,
+                         h["train_loss"][-1])
+            elif progress:
                 log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f", epoch + 1, cfg.epochs,
                          h["train_loss"][-1], val_loss, val_acc)
-            if val_loss < state["best_loss"] - 1e-6:
+            if val_loss is None:  # nothing to choose on: the last epoch is the result, no early stop
+                state["best_epoch"], best_state = epoch, None
+            elif val_loss < state["best_loss"] - 1e-6:
                 state["best_loss"], state["best_epoch"] = val_loss, epoch
                 best_state = {k_: v.detach().clone() for k_, v in net.state_dict().items()}
             state.update(epoch=epoch + 1, step=0, loss_sum=0.0, seen=0)
@@ -324,6 +330,9 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
 
 
 def _validate(net, z_val, val_batches, y_val, device, pre):
+    """(loss, accuracy) on the validation photos; (None, None) when there are none."""
+    if not len(y_val):
+        return None, None
     net.eval()
     logits = []
     with torch.no_grad(), _autocast(device):

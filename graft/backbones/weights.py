@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .._digest import sha256_file as _file_sha256
+from .._files import kind_of
 from ..errors import WeightsError
 
 
@@ -41,6 +42,9 @@ def sha256_file(path) -> str:
 def verify(path, *, what: str) -> str:
     """Hash `path`; raise WeightsError if the manifest or its name says it should be different."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = kind_of(path.stat().st_mode)
+        raise WeightsError(f"weights file {path} for {what} is not a regular file but {kind}")
     if not path.is_file():
         raise WeightsError(f"weights file for {what} not found: {path}")
     digest = sha256_file(path)
@@ -64,28 +68,66 @@ def verify(path, *, what: str) -> str:
 
 
 def read_state_dict(path, *, what: str) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, or a torch file with weights_only=True (no code can run)."""
+    """Load a safetensors file, or a torch file with weights_only=True (no code can run).
+
+    The format is told by the content, not the suffix; a file that is neither is refused by name
+    before any loader sees it (torch.load on a text file says only "101")."""
     path = Path(path)
+    kind = sniff_weights(path)
+    if kind is None:
+        raise WeightsError(
+            f"{path} is not a weights file: neither safetensors nor a PyTorch checkpoint "
+            f"({_preview(path)}); pass a .safetensors file or a .pth/.pt state dict for {what}")
     try:
-        if path.suffix == ".safetensors":
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             sd = load_file(str(path), device="cpu")
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+        else:  # a file object: given a path named .safetensors, torch.load would hand it to safetensors
+            with open(path, "rb") as f:
+                sd = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightsError(
             f"refusing to load {path} for {what}: it is a pickle that needs code to run, which graft "
             f"never executes ({str(e).splitlines()[0][:200]}); convert it to safetensors"
         ) from None
     except Exception as e:
-        raise WeightsError(f"cannot read weights file {path} for {what}: {e}") from None
+        raise WeightsError(f"cannot read weights file {path} for {what} (a damaged {kind} file?): "
+                           f"{one_line(e)}") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path} for {what} does not hold a state dict of tensors")
     return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def sniff_weights(path) -> str | None:
+    """"safetensors", "torch" (zip, or a legacy pickle) or None, from the first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+        size = os.fstat(f.fileno()).st_size
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"
+    return None
+
+
+def _preview(path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if not head:
+        return "it is empty"
+    return f"it begins {head!r}"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's whole message on one line (loaders' messages span lines and lists)."""
+    msg = " ".join(str(e).split())
+    if not msg or msg.isdigit() or len(msg) < 8:
+        return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+    return msg
 
 
 def offline() -> bool:

@@ -9,7 +9,7 @@ feature cache's key.
 What is read, and what is left out, is decided once, by `class_folders` and `class_files`: hidden
 entries, files next to the class folders, symbolic links to folders (not followed), loops and
 unsupported extensions (a pipe or device named like a photo is then refused unread by
-`read_bytes`). `graft train` and `graft check` both walk with them, so they always agree on which
+`graft._files.open_regular`). `graft train` and `graft check` both walk with them, so they always agree on which
 files a folder holds.
 """
 
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._digest import sha256_file
+from .._files import open_regular
 from ..errors import GraftError, ImageError
-from .images import SUPPORTED_EXTENSIONS, probe_image, read_bytes
+from .images import MAX_FILE_BYTES, SUPPORTED_EXTENSIONS, probe_file, read_error
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,8 @@ def scan_photos(root, *, val_split: float = 0.2) -> Dataset:
     train, val = split_by_hash(samples, len(classes), val_split)
     without_val = sorted(set(classes) - {classes[s.label] for s in val})
     if without_val:
-        logging.getLogger("graft").warning(
-            "class(es) %s have no validation photo at --val-split %g (too few photos): validation "
-            "figures will not cover them", ", ".join(without_val), val_split)
+        _warn_once(root, f"class(es) {', '.join(without_val)} have no validation photo at --val-split "
+                   f"{val_split:g} (too few photos): validation figures will not cover them")
     return Dataset(root, classes, train, val, skipped, "folders")
 
 
@@ -72,6 +72,17 @@ def photo_layout(root, val_split: float = 0.2) -> tuple[Path, str]:
     if not 0.0 < val_split < 1.0:
         raise GraftError(f"--val-split must be between 0 and 1, got {val_split}")
     return root, "train/val" if (root / "train").is_dir() and (root / "val").is_dir() else "folders"
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(root: Path, message: str) -> None:
+    """One process scans the same photos more than once (train, then its report; calibrate):
+    the user is told about them once."""
+    if (str(root), message) not in _warned:
+        _warned.add((str(root), message))
+        logging.getLogger("graft").warning("%s", message)
 
 
 def scan_class_folders(root, *, classes: list[str] | None = None):
@@ -157,12 +168,26 @@ file_digest = sha256_file  # the content hash that names a photo
 
 
 def _identify(path: Path, label: int):
+    """Hash and probe one file: a Sample, or the ImageError saying why it is skipped.
+
+    Only a regular file of at most MAX_FILE_BYTES is read (a FIFO named x.jpg would block a plain
+    read forever, a symlink to /dev/zero never ends); it is hashed in blocks, not held whole."""
     try:
-        data = read_bytes(path)
-        _, size = probe_image(path, data)
+        with open_regular(path, max_bytes=MAX_FILE_BYTES) as f:
+            h = hashlib.sha256()
+            nbytes = 0
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                nbytes += len(block)
+                if nbytes > MAX_FILE_BYTES:  # grew since it was opened
+                    return ImageError(path, f"refused: grew past {MAX_FILE_BYTES >> 20} MB while it was read", "too_large")
+            f.seek(0)
+            _, size = probe_file(path, f, nbytes)
     except ImageError as e:
         return e
-    return Sample(path, label, hashlib.sha256(data).hexdigest(), size)
+    except OSError as e:
+        return read_error(path, e)
+    return Sample(path, label, h.hexdigest(), size)
 
 
 def spread_over_classes(samples: list[Sample], n: int) -> list[Sample]:
@@ -286,7 +311,7 @@ def _kind(entry: os.DirEntry, path: Path, skips: list[Skip]) -> str | None:
                                   f"symbolic link loop: it points to {target}, a folder that contains it"))
                 return None
         return "dir"
-    return "file"  # a pipe or device among the photos is refused by read_bytes, unread
+    return "file"  # a pipe or device among the photos is refused unread by open_regular
 
 
 def _link_target(path: Path) -> str:
