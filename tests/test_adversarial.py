@@ -616,7 +616,7 @@ def _write_model(d: Path):
     from torch import nn
 
     from graft.backbones import resolve_backbone
-    from graft.model import save_run
+    from graft.run import save_run
 
     save_run(d / "run", head=nn.Linear(1280, 50), classes=[f"c{i}" for i in range(50)],
              source=resolve_backbone("default"), strategy="head")
