@@ -101,10 +101,10 @@ def train(
         raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
     torch.manual_seed(seed)
     source = resolve_backbone(backbone, weights)  # configuration errors first, before any scanning
-    data = scan_photos(photos, val_split=val_split)
+    cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    data = scan_photos(photos, val_split=val_split, cache_dir=cache_root)
     if dist.is_main:
         _warn_leakage(data)
-    cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache = FeatureCache(cache_root, cache_namespace(source))
     out = Path(out)
 
@@ -307,7 +307,7 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
     if (photos / "val").is_dir() and (photos / "train").is_dir():
         photos = photos / "val"
     meta = read_run_meta(run)
-    classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"])
+    classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"], cache_dir=cache_dir)
     feats, ok, head, more = run_features(run, samples, cache_dir=cache_dir, weights=weights, batch_size=batch_size,
                                          workers=workers, progress=progress)
     skipped += more

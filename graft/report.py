@@ -137,7 +137,7 @@ def write_report(run_dir, photos=None, *, cache_dir=None, weights=None, workers:
     if photos is not None:
         from .data import scan_photos
 
-        data = scan_photos(photos, val_split=_val_split(meta))
+        data = scan_photos(photos, val_split=_val_split(meta), cache_dir=_cache_root(run_dir, cache_dir))
     sections.append(_gallery_section(run_dir, meta, metrics, data, cache_dir=cache_dir, weights=weights,
                                      workers=workers))
     sections.append(_augmentation_section(meta, metrics, data))

@@ -9,15 +9,17 @@ feature cache's key.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._digest import sha256_file
-from ..errors import GraftError, ImageError
-from .images import SUPPORTED_EXTENSIONS, probe_image
+from ..errors import GraftError
+from .digests import DigestIndex
+from .images import SUPPORTED_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -38,18 +40,21 @@ class Dataset:
     layout: str = "folders"  # "train/val" or "folders" (split by hash)
 
 
-def scan_photos(root, *, val_split: float = 0.2) -> Dataset:
-    """Find classes and samples under `root`; see the module docstring for the layouts."""
+def scan_photos(root, *, val_split: float = 0.2, cache_dir=None) -> Dataset:
+    """Find classes and samples under `root`; see the module docstring for the layouts.
+
+    Digests are remembered in the cache folder `cache_dir` (default: graft's cache), so a rescan
+    reads only new or changed photos (graft.data.digests)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise GraftError(f"photo folder not found: {root}")
     if not 0.0 < val_split < 1.0:
         raise GraftError(f"--val-split must be between 0 and 1, got {val_split}")
     if (root / "train").is_dir() and (root / "val").is_dir():
-        classes, train, skipped = scan_class_folders(root / "train")
-        _, val, skipped_val = scan_class_folders(root / "val", classes=classes)
+        classes, train, skipped = scan_class_folders(root / "train", cache_dir=cache_dir)
+        _, val, skipped_val = scan_class_folders(root / "val", classes=classes, cache_dir=cache_dir)
         return Dataset(root, classes, train, val, skipped + skipped_val, "train/val")
-    classes, samples, skipped = scan_class_folders(root)
+    classes, samples, skipped = scan_class_folders(root, cache_dir=cache_dir)
     train, val = split_by_hash(samples, len(classes), val_split)
     without_val = sorted(set(classes) - {classes[s.label] for s in val})
     if without_val:
@@ -59,7 +64,7 @@ def scan_photos(root, *, val_split: float = 0.2) -> Dataset:
     return Dataset(root, classes, train, val, skipped, "folders")
 
 
-def scan_class_folders(root, *, classes: list[str] | None = None):
+def scan_class_folders(root, *, classes: list[str] | None = None, cache_dir=None):
     """Read `root/<class>/*`. With `classes` given (validation / evaluation), folders must match.
 
     Returns (classes, samples, skipped). Unusable files are skipped, not fatal; a class left
@@ -86,24 +91,42 @@ def scan_class_folders(root, *, classes: list[str] | None = None):
                 f"{root} has folder(s) {', '.join(extra)} that are not classes of this model "
                 f"({', '.join(classes)})"
             )
-    files: list[tuple[Path, int]] = []
+    index = DigestIndex(root, cache_dir)
+    results: list = []  # per usable-looking file: a Sample, or an ("bad", reason) with its path
+    todo: list[tuple[int, Path, str, int]] = []  # (position in results, path, rel, label) to read
     skipped: list[dict] = []
     for label, name in enumerate(classes):
         for p in sorted((root / name).rglob("*")):
-            if any(part.startswith(".") for part in p.relative_to(root).parts) or p.is_dir():
+            rel = p.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            try:
+                st = p.stat()
+            except OSError as e:  # a dangling link, or gone since the listing
+                st, why = None, f"cannot read file ({e.strerror or e})"
+            if st is not None and stat.S_ISDIR(st.st_mode):
                 continue
             if p.suffix.lower() not in SUPPORTED_EXTENSIONS:
                 skipped.append({"path": str(p), "reason": f"not a supported image type ({p.suffix or 'no extension'})"})
                 continue
-            files.append((p, label))
-    with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
-        results = list(pool.map(lambda item: _identify(*item), files))
+            if st is None:
+                skipped.append({"path": str(p), "reason": why})
+                continue
+            known = index.lookup(str(rel), st)
+            if known is None:
+                todo.append((len(results), p, str(rel), label))
+            results.append((p, label, known))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashing releases the GIL
+        for (pos, p, rel, label), (found, entry) in zip(todo, pool.map(lambda t: index.identify(t[1], t[2]), todo)):
+            index.record(rel, entry)
+            results[pos] = (p, label, found)
+    index.save()
     samples = []
-    for r in results:
-        if isinstance(r, ImageError):
-            skipped.append({"path": r.path, "reason": r.reason})
+    for p, label, (kind, *rest) in results:
+        if kind == "bad":
+            skipped.append({"path": str(p), "reason": rest[0]})
         else:
-            samples.append(r)
+            samples.append(Sample(p, label, rest[0], tuple(rest[1])))
     counts = [0] * len(classes)
     for s in samples:
         counts[s.label] += 1
@@ -125,8 +148,11 @@ def split_by_hash(samples: list[Sample], n_classes: int, val_split: float):
     its highest-hash photo trains. A class with no validation photo is reported by the caller.
     """
     train, val = [], []
+    by_class: list[list[Sample]] = [[] for _ in range(n_classes)]
+    for s in samples:
+        by_class[s.label].append(s)
     for label in range(n_classes):
-        members = sorted((s for s in samples if s.label == label), key=lambda s: s.digest)
+        members = sorted(by_class[label], key=lambda s: s.digest)
         in_val = [s for s in members if hash_fraction(s.digest) < val_split]
         if in_val and len(in_val) == len(members):
             in_val = in_val[:-1]
@@ -141,15 +167,3 @@ def hash_fraction(digest: str) -> float:
 
 
 file_digest = sha256_file  # the content hash that names a photo
-
-
-def _identify(path: Path, label: int):
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        return ImageError(path, f"cannot read file ({e.strerror or e})")
-    try:
-        _, size = probe_image(path, data)
-    except ImageError as e:
-        return e
-    return Sample(path, label, hashlib.sha256(data).hexdigest(), size)
