@@ -23,7 +23,8 @@ from .data.images import SUPPORTED_EXTENSIONS
 from .errors import GraftError
 from .evaluate import classification_metrics
 from .extract import ExtractStats, cache_namespace, extract_features
-from .head import HeadConfig, train_head
+from .feature_rows import FeatureRows, with_views
+from .head import HeadConfig, memory_budget, predict_labels, train_head
 from .model import load_run, read_run_meta, run_features, save_run
 
 log = logging.getLogger("graft")
@@ -110,10 +111,10 @@ def train(
 
     stats = ExtractStats()
     samples = data.train + data.val
-    feats, ok, stats = extract_features(
+    _, ok, stats = extract_features(
         source.build, [s.digest for s in samples], [s.path for s in samples], cache,
         load=source.preprocessing.load, batch_size=batch_size, workers=workers,
-        progress=progress, desc="extracting features", stats=stats, dist=dist,
+        progress=progress, desc="extracting features", stats=stats, dist=dist, keep=False,
     )
     skipped = data.skipped + stats.skipped
     if dist.is_main:
@@ -128,7 +129,9 @@ def train(
                    val=[samples[i] for i in val_idx])
 
     # --- the new softmax on cached features: the head strategy, and everyone's baseline ----------
-    x_train = feats[train_idx]
+    # rows stay in the cache until the head reads them (in memory below the budget, as always)
+    x_train = FeatureRows(cache, [samples[i].digest for i in train_idx])
+    x_val = FeatureRows(cache, [samples[i].digest for i in val_idx])
     aug_info = None
     if aug_views:
         from .augmentation import resolve_augmentation
@@ -138,8 +141,9 @@ def train(
                                         train_samples=kept.train, cache_dir=cache_root)
         views = extract_views(source, kept.train, cache, pipeline, aug_views, seed=seed, batch_size=batch_size,
                               workers=workers, progress=progress, stats=stats,
-                              decoded_dir=cache_root / "decoded" if decode_once else None, dist=dist)
-        x_train = np.concatenate([x_train[:, None], views], axis=1)  # the clean view is one of them
+                              decoded_dir=cache_root / "decoded" if decode_once else None, dist=dist,
+                              keep=False)
+        x_train = with_views(x_train, views, cache)  # the clean view is one of them
         aug_info = {"preset": augment or "light", "views": aug_views, "key": pipeline.config().key(),
                     "pipeline": pipeline.describe()}
     if strategy == "head" and not dist.is_main:  # features are shared; the head trains once, on rank 0
@@ -148,10 +152,11 @@ def train(
     head_cfg = HeadConfig(epochs=epochs or 100, lr=lr or 1e-3, weight_decay=weight_decay, batch_size=batch_size,
                           label_smoothing=label_smoothing, patience=15 if patience is None else patience,
                           seed=seed)
-    fit = train_head(x_train, y[train_idx], feats[val_idx], y[val_idx], len(data.classes), head_cfg,
+    if x_train.nbytes + x_val.nbytes <= memory_budget():
+        x_train, x_val = np.asarray(x_train), np.asarray(x_val)
+    fit = train_head(x_train, y[train_idx], x_val, y[val_idx], len(data.classes), head_cfg,
                      progress=progress)
-    with torch.no_grad():
-        probe_pred = fit.head(torch.from_numpy(feats[val_idx])).argmax(1).numpy()
+    probe_pred = predict_labels(fit.head, x_val)
     probe = classification_metrics(y[val_idx], probe_pred, data.classes)
     choice = choose_strategy(strategy, kept, probe["accuracy"], train_stages=train_stages)
 
