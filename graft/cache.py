@@ -60,15 +60,19 @@ class FeatureCache:
         self._arrays: dict[Path, np.ndarray] = {}
         self._bad: set[Path] = set()
         self._layouts: dict[Path, tuple[int, int]] = {}  # verified shards: (data offset, dim)
+        self.written: list[Path] = []  # shards this instance wrote, in order
         self.refresh()
 
     # -- reading ------------------------------------------------------------------------------------
-    def refresh(self) -> None:
-        """Pick up shards written since (by this or another process)."""
+    def refresh(self, extra=()) -> None:
+        """Pick up shards written since (by this or another process). `extra`: shard paths known to
+        exist (another node's, by name), read even when the directory listing does not show them
+        yet: NFS clients cache listings for up to a minute, while opening a named file is fresh."""
         if not self.dir.is_dir():
             return
         known = {p for p, _ in self._index.values()} | self._bad
-        for shard in sorted(self.dir.glob("*.safetensors")):
+        listed = set(self.dir.glob("*.safetensors")) | {Path(p) for p in extra}
+        for shard in sorted(listed):
             if shard.name.startswith(".") or shard in known:
                 continue
             try:
@@ -190,6 +194,7 @@ class FeatureCache:
             save_file({"features": features}, str(tmp), metadata=meta)
         for row, name in enumerate(names):
             self._index[name] = (shard, row)
+        self.written.append(shard)
 
 
 def _read_header(path: Path, mmap: bool = False):

@@ -82,12 +82,15 @@ def extract_features(
     if missing and dist is not None and dist.enabled:
         mine = dist.shard(missing)
         before = (stats.misses, stats.forward_batches)
+        n_written = len(cache.written)
         with cache.extraction_lock(shared=True):
             _compute_missing(get_backbone, names, paths, cache, mine, feats, ok, load=load, batch_size=batch_size,
                              workers=workers, progress=progress and dist.is_main, desc=desc, stats=stats,
                              forward=forward, keep=keep, engine=engine)
-            dist.barrier()
-            cache.refresh()
+            # every rank's new shards, by name (a collective: it waits for all ranks): on another
+            # node the shared folder's listing may lag, opening a named file does not
+            written = dist.gather_lists([str(p) for p in cache.written[n_written:]])
+            cache.refresh(extra=written)
             feats, still = _lookup(cache, names, keep)
         ok[still] = False  # files no rank could read; their reasons are gathered below
         stats.skipped = dist.gather_lists(stats.skipped)

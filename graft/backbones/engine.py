@@ -31,6 +31,7 @@ import torch
 
 from .._atomic import atomic_path
 from ..errors import GraftError
+from ._base import Backbone
 
 log = logging.getLogger("graft")
 
@@ -85,13 +86,12 @@ def extraction_engine(backbone, *, n_images: int, cache_root, engine: str | None
     """The engine that computes `backbone`'s pooled features for `n_images` images (see module)."""
     engine = requested(engine)
     torch_engine = Engine(backbone)
-    if engine == "torch" or custom_forward:
+    if engine == "torch" or custom_forward or not isinstance(backbone, Backbone):
+        return torch_engine  # (a bare module has no identity to key an export by)
+    if not all(p.device.type == "cpu" for p in backbone.parameters()):
         return torch_engine
-    on_cpu = all(p.device.type == "cpu" for p in backbone.parameters())
-    if not on_cpu:
-        return torch_engine
-    if engine == "auto" and n_images < (MIN_IMAGES_EXPORTED if onnx_path(backbone, cache_root).is_file()
-                                        else MIN_IMAGES):
+    if engine == "auto" and (n_images < MIN_IMAGES_EXPORTED or (
+            n_images < MIN_IMAGES and not onnx_path(backbone, cache_root).is_file())):
         return torch_engine
     try:
         import onnxruntime  # noqa: F401
