@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import graft  # noqa: E402,F401  (applies the malloc tuning, as the CLI does)
 from graft.backbones import Backbone, WeightsInfo, load_backbone  # noqa: E402
 from graft.backbones import engine as eng  # noqa: E402
-from graft.preprocess import Preprocessing  # noqa: E402
+from graft.backbones.preprocess import Preprocessing  # noqa: E402
 
 SIZES = {"lite1": 240, "lite2": 260}
 

@@ -277,7 +277,7 @@ def measure(n: int, root: Path, args) -> dict:
 
 
 def _cached_entries(ns: Path) -> int:
-    from graft.cache import _read_header
+    from graft.cache.features import _read_header
 
     return sum(len(_read_header(s)[0]) for s in ns.glob("*.safetensors") if not s.name.startswith("."))
 

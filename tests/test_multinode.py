@@ -56,7 +56,7 @@ def _two_nodes(photos, cache, outs, args, timeout=600):
 
 
 def _entries_per_namespace(cache: Path) -> dict[str, list[str]]:
-    from graft.cache import _read_header
+    from graft.cache.features import _read_header
 
     out = {}
     for ns in sorted(d for d in cache.iterdir() if (d / "namespace.json").is_file()):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path
+from ..cache.layout import ENGINES, touch
 from ..errors import GraftError
 from ._base import Backbone
 
@@ -134,7 +135,7 @@ def onnx_path(backbone, cache_root) -> Path:
              "output": "pooled"}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in backbone.arch)
-    return Path(cache_root).expanduser() / "engines" / f"{slug}-{key}.onnx"
+    return Path(cache_root).expanduser() / ENGINES / f"{slug}-{key}.onnx"
 
 
 def intra_op_threads() -> int:
@@ -168,6 +169,7 @@ def _session(backbone, path: Path, threads: int):
 
     if not path.is_file():
         export(backbone, path)
+    touch(path)  # a use, for `graft cache prune`'s least-recently-used order
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -38,7 +38,7 @@ from pathlib import Path
 from .._atomic import write_bytes
 from .._files import open_regular
 from ..errors import IMAGE_ERROR_CODES, ImageError
-from ..cache.layout import DIGESTS
+from ..cache.layout import DIGESTS, touch
 from .images import MAX_FILE_BYTES, probe_file, read_error
 
 log = logging.getLogger("graft")
@@ -96,6 +96,7 @@ class DigestIndex:
                         self.path)
             self.changed = True
             return {}
+        touch(self.path)  # a use (a warm scan rewrites nothing), for `graft cache prune`
         return entries
 
     def lookup(self, rel: str, st: os.stat_result):
