@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path
-from ..cache.layout import ENGINES, touch
+from ..cache.layout import ENGINES as ENGINES_DIR, touch
 from ..errors import GraftError
 from ._base import Backbone
 
@@ -135,7 +135,7 @@ def onnx_path(backbone, cache_root) -> Path:
              "output": "pooled"}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in backbone.arch)
-    return Path(cache_root).expanduser() / ENGINES / f"{slug}-{key}.onnx"
+    return Path(cache_root).expanduser() / ENGINES_DIR / f"{slug}-{key}.onnx"
 
 
 def intra_op_threads() -> int:
