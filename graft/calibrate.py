@@ -202,7 +202,7 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
     if not 0.0 < float(novelty_quantile) <= 1.0:
         raise GraftError(f"novelty quantile must be in (0, 1], got {novelty_quantile}")
     classes = list(meta["classes"])
-    data = photos_split(meta, photos_val)
+    data = photos_split(meta, photos_val, cache_dir=cache_dir)
     val, train, skipped = data.val, data.train, list(data.skipped)
     if not val:
         raise GraftError(f"no validation photos found in {photos_val} for this run; calibration needs "

@@ -20,6 +20,7 @@ class Context:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this machine (world / nodes under `torchrun --nnodes`)
 
     @property
     def enabled(self) -> bool:
@@ -28,6 +29,11 @@ class Context:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def cpu_threads(self) -> int:
+        """This process's share of this machine's cores (not of all nodes' processes)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // max(1, self.local_world))
 
     def shard(self, items: list) -> list:
         """This rank's share of `items` (every world-th item, starting at its rank)."""
@@ -72,7 +78,7 @@ def context() -> Context:
             dist.init_process_group("nccl")
         else:
             dist.init_process_group("gloo")
-    _context = Context(rank, world, local_rank)
+    _context = Context(rank, world, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     return _context
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .backbones.engine import extraction_engine
 from .cache import FeatureCache
 from .loader import image_loader
 
@@ -56,6 +57,8 @@ def extract_features(
     stats: ExtractStats | None = None,
     forward: Callable | None = None,
     dist=None,
+    keep: bool = True,
+    engine: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ExtractStats]:
     """Features for entries `names` (files `paths`); returns (features, ok_mask, stats).
 
@@ -66,21 +69,29 @@ def extract_features(
 
     Under torchrun (`dist`, a graft.distributed.Context with several ranks) each rank computes
     its share of the missing entries into the shared cache, then every rank reads them all.
+
+    `engine` computes the pooled features: "auto", "torch" or "onnxruntime"
+    (graft.backbones.engine; the cached values agree within 1e-4 whichever runs).
+    `keep=False` returns None for the features: they are computed and checked but left in the
+    cache, for graft.cache.rows to read when needed, so memory does not grow with the data.
     """
     stats = stats or ExtractStats()
     t0 = time.perf_counter()
-    feats, missing = cache.get(names)
+    feats, missing = _lookup(cache, names, keep)
     ok = np.ones(len(names), bool)
     if missing and dist is not None and dist.enabled:
         mine = dist.shard(missing)
         before = (stats.misses, stats.forward_batches)
+        n_written = len(cache.written)
         with cache.extraction_lock(shared=True):
             _compute_missing(get_backbone, names, paths, cache, mine, feats, ok, load=load, batch_size=batch_size,
                              workers=workers, progress=progress and dist.is_main, desc=desc, stats=stats,
-                             forward=forward)
-            dist.barrier()
-            cache.refresh()
-            feats, still = cache.get(names)
+                             forward=forward, keep=keep, engine=engine)
+            # every rank's new shards, by name (a collective: it waits for all ranks): on another
+            # node the shared folder's listing may lag, opening a named file does not
+            written = dist.gather_lists([str(p) for p in cache.written[n_written:]])
+            cache.refresh(extra=written)
+            feats, still = _lookup(cache, names, keep)
         ok[still] = False  # files no rank could read; their reasons are gathered below
         stats.skipped = dist.gather_lists(stats.skipped)
         misses, batches = dist.sum(stats.misses - before[0], stats.forward_batches - before[1])
@@ -91,23 +102,32 @@ def extract_features(
     if missing:
         with cache.extraction_lock():
             cache.refresh()  # another process may have computed some while we waited
-            feats, missing = cache.get(names)
+            feats, missing = _lookup(cache, names, keep)
             feats = _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, load=load,
                                      batch_size=batch_size, workers=workers, progress=progress, desc=desc,
-                                     stats=stats, forward=forward)
+                                     stats=stats, forward=forward, keep=keep, engine=engine)
     stats.hits += len(names) - len(missing)
     stats.seconds += time.perf_counter() - t0
-    if feats is None:
+    if feats is None and keep:
         feats = np.zeros((len(names), 0), np.float32)
     return feats, ok, stats
 
 
+def _lookup(cache: FeatureCache, names: list[str], keep: bool):
+    """(features or None, positions that miss); with `keep=False` nothing is gathered."""
+    if keep:
+        return cache.get(names)
+    return None, [i for i, name in enumerate(names) if cache.locate(name) is None]
+
+
 def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, load, batch_size, workers,
-                     progress, desc, stats, forward):
+                     progress, desc, stats, forward, keep=True, engine=None):
     if not missing:
         return feats
     backbone = get_backbone()
     backbone.eval()
+    run = extraction_engine(backbone, n_images=len(missing), cache_root=cache.dir.parent, engine=engine,
+                            custom_forward=forward is not None)
     pre = backbone.preprocessing
     loader = image_loader([paths[i] for i in missing], load, batch_size=batch_size, workers=workers)
     from tqdm.auto import tqdm
@@ -122,15 +142,18 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
                 stats.skipped.append({"path": e.path, "reason": e.reason, "code": e.code})
                 ok[missing[i]] = False
             if batch is not None:
-                x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
-                out = (forward(backbone, x) if forward else backbone(x)).flatten(1).float().cpu().numpy()
+                x = pre.normalize(batch)
+                if run.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out = (forward(backbone, x) if forward else run(x)).flatten(1).float().cpu().numpy()
                 stats.forward_batches += 1
                 stats.compute_s += time.perf_counter() - t_got
                 rows = [missing[i] for i in idx]
                 cache.put([names[r] for r in rows], out)
-                if feats is None:
-                    feats = np.zeros((len(names), out.shape[1]), np.float32)
-                feats[rows] = out
+                if keep:
+                    if feats is None:
+                        feats = np.zeros((len(names), out.shape[1]), np.float32)
+                    feats[rows] = out
             stats.misses += len(idx)
             bar.update(len(idx) + len(errors))
             t_wait = time.perf_counter()
@@ -140,8 +163,9 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
 
 def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, seed: int,
                   batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                  stats: ExtractStats | None = None, decoded_dir=None, dist=None) -> np.ndarray:
-    """Features of `k` augmented draws of each sample: (N, k, D), cached like clean features.
+                  stats: ExtractStats | None = None, decoded_dir=None, dist=None, keep: bool = True):
+    """Features of `k` augmented draws of each sample: (N, k, D), cached like clean features
+    (with `keep=False`, a graft.cache.rows.FeatureRows over them instead of an array).
 
     View v of an image is keyed by its content hash, the augmentation config's key (and the
     kernels' version), the seed and v, and drawn from a random stream seeded by the same, so
@@ -164,5 +188,9 @@ def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, see
     feats, _, _ = extract_features(source.build, names, items, cache,
                                    load=AugmentedLoad(pipeline, source.preprocessing, decoded),
                                    batch_size=batch_size, workers=workers, progress=progress,
-                                   desc=f"augmented views x{k}", stats=stats, dist=dist)
+                                   desc=f"augmented views x{k}", stats=stats, dist=dist, keep=keep)
+    if not keep:
+        from .cache.rows import FeatureRows
+
+        return FeatureRows(cache, [names[i * k:(i + 1) * k] for i in range(len(samples))])
     return feats.reshape(len(samples), k, -1)

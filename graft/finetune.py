@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -131,8 +130,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     torch.manual_seed(cfg.seed)
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, cores // dist.world))
+        torch.set_num_threads(dist.cpu_threads())  # per machine: with --nnodes 2, world is twice local
     k, cut = plan_stages(backbone, cfg)
     if cfg.from_scratch:
         reinitialise(backbone)

@@ -217,7 +217,7 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
     if (photos / "val").is_dir() and (photos / "train").is_dir():
         photos = photos / "val"
     meta = read_run_meta(run)
-    classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"])
+    classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"], cache_dir=cache_dir)
     feats, ok, head, more = run_features(run, samples, cache_dir=cache_dir, weights=weights, batch_size=batch_size,
                                          workers=workers, progress=progress)
     skipped += more

@@ -150,11 +150,12 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
     return (feats if feats is not None else np.zeros((len(samples), 0), np.float32)), ok, model.head, skipped
 
 
-def photos_split(meta: dict, photos):
+def photos_split(meta: dict, photos, *, cache_dir=None):
     """The run's train/val split of `photos` found again exactly as training drew it: the same
     content-hash share (model.json's training.val_split), or PHOTOS/train + PHOTOS/val. A plain
     class folder given to a run trained on train/ + val/ is all validation. -> graft.data.Dataset
-    with the run's classes (a GraftError if the photos have others)."""
+    with the run's classes (a GraftError if the photos have others). `cache_dir`: where the
+    photos' digest index lives (graft.data.digests; default: graft's cache)."""
     from .data import Dataset, scan_class_folders, scan_photos
 
     photos = Path(photos).expanduser()
@@ -162,9 +163,9 @@ def photos_split(meta: dict, photos):
     classes = list(meta["classes"])
     split_layout = (photos / "train").is_dir() and (photos / "val").is_dir()
     if training.get("layout") == "train/val" and not split_layout:
-        _, val, skipped = scan_class_folders(photos, classes=classes)
+        _, val, skipped = scan_class_folders(photos, classes=classes, cache_dir=cache_dir)
         return Dataset(photos, classes, [], val, skipped)
-    data = scan_photos(photos, val_split=float(training.get("val_split", 0.2)))
+    data = scan_photos(photos, val_split=float(training.get("val_split", 0.2)), cache_dir=cache_dir)
     if data.classes != classes:
         raise GraftError(f"{photos} has classes {', '.join(data.classes)}; the run was trained on "
                          f"{', '.join(classes)}: give the photos the run was trained on")

@@ -53,6 +53,23 @@ def test_usage_lists_each_area(warm):
     assert len(feats.entries) == len(list(feats.path.glob("*.safetensors")))
 
 
+def test_the_digest_index_is_listed_and_prunable_and_a_rescan_rebuilds_it(warm):
+    """The photos' digest index (graft.data.digests) is graft's: listed, pruned like the rest,
+    and a scan after pruning reads the photos again and writes it back with the same digests."""
+    from graft.data import scan_photos
+
+    photos, cache, _ = warm
+    digests = {a.kind: a for a in usage(cache)}["digests"]
+    idx = [p for _, _, p in digests.entries]
+    assert len(idx) == 1 and idx[0].suffix == ".idx" and "digest" in digests.what
+    before = scan_photos(photos, cache_dir=cache)
+    res = prune(cache, max_bytes=0)
+    assert str(idx[0]) in res.paths and not idx[0].exists()
+    after = scan_photos(photos, cache_dir=cache)
+    assert idx[0].is_file()
+    assert [(s.path, s.digest) for s in after.train + after.val] == [(s.path, s.digest) for s in before.train + before.val]
+
+
 def test_pruned_shards_are_recomputed_and_results_do_not_change(warm, default_backbone, caplog):
     photos, cache, first = warm
     ns = next(a for a in usage(cache) if a.kind == "features").path

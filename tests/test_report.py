@@ -174,6 +174,7 @@ def test_report_is_built_without_reading_the_photos(report_run, tmp_path, monkey
     through the backbone. Only the gallery's thumbnails open photos, and here the photos are gone."""
     import graft.data.folder
     import graft.data.images
+    import graft.data.digests
 
     run = _copy_run(report_run.run, tmp_path / "run")
     shutil.copy(report_run.run / "val_predictions.npz", run / "val_predictions.npz")
@@ -187,8 +188,8 @@ def test_report_is_built_without_reading_the_photos(report_run, tmp_path, monkey
         opened.append(str(path))
         raise OSError(f"{path}: no such file")
 
-    for name in ("scan_class_folders", "_identify"):
-        monkeypatch.setattr(graft.data.folder, name, no_scan)
+    monkeypatch.setattr(graft.data.folder, "scan_class_folders", no_scan)
+    monkeypatch.setattr(graft.data.digests.DigestIndex, "identify", no_scan)
     monkeypatch.setattr(graft.data.images, "read_image", gone)
     with isolated_env(report_run.root), count_backbone_forwards() as calls:
         text = write_report(run, workers=0).read_text(encoding="utf-8")

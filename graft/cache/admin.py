@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GraftError
-from .layout import DECODED, DEMO, EXTRACT_LOCK, NAMESPACE_DIR, NAMESPACE_FILE, PCA, cache_root
+from .layout import DECODED, DEMO, DIGESTS, ENGINES, EXTRACT_LOCK, NAMESPACE_DIR, NAMESPACE_FILE, PCA, cache_root
 
-# Files prune may delete, by area: feature shards, decoded photos, fitted PCA colour axes.
-PRUNABLE = {"features": "*.safetensors", "decoded": "*.npy", "pca": "*.json"}
+# Files prune may delete, by area: feature shards, decoded photos, fitted PCA colour axes, photo
+# digest indexes (the next scan reads those photos again) and ONNX exports (exported again).
+PRUNABLE = {"features": "*.safetensors", "decoded": "*.npy", "pca": "*.json", "digests": "*.idx",
+            "engines": "*.onnx"}
 
 
 def last_used(st: os.stat_result) -> float:
@@ -40,7 +42,7 @@ class Area:
     """One part of the cache: a feature namespace, the decoded photos, the PCA fits, the demo."""
 
     path: Path
-    kind: str  # "features", "decoded", "pca", "demo", "other"
+    kind: str  # "features", "decoded", "pca", "digests", "engines", "demo", "other"
     what: str  # for features: backbone, weights digest, activation
     files: int = 0
     bytes: int = 0
@@ -60,7 +62,7 @@ def usage(root=None) -> list[Area]:
     """Every area of the cache under `root` (default: graft's cache), largest first.
 
     Only graft's own folders hold prunable files: feature namespaces (`<arch>-<key>` with a
-    `namespace.json`), `decoded` and `pca`. Anything else found there, and symlinked folders,
+    `namespace.json`), `decoded`, `pca`, `digests` and `engines`. Anything else found there, and symlinked folders,
     are listed as "other" and never pruned.
     """
     root = cache_root(root)
@@ -96,6 +98,10 @@ def _describe(sub: Path) -> tuple[str, str]:
         return "decoded", "photos decoded once, cropped from in later epochs"
     if sub.name == PCA:
         return "pca", "PCA colour axes fitted on training sets"
+    if sub.name == DIGESTS:
+        return "digests", "photo digest indexes: a rescan reads only changed photos"
+    if sub.name == ENGINES:
+        return "engines", "backbones exported to ONNX for onnxruntime"
     if sub.name == DEMO:
         return "demo", "graft demo's photos"
     ns = sub / NAMESPACE_FILE

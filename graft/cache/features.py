@@ -48,15 +48,20 @@ class FeatureCache:
         self._index: dict[str, tuple[Path, int]] = {}
         self._arrays: dict[Path, np.ndarray] = {}
         self._bad: set[Path] = set()
+        self._layouts: dict[Path, tuple[int, int]] = {}  # verified shards: (data offset, dim)
+        self.written: list[Path] = []  # shards this instance wrote, in order
         self.refresh()
 
     # -- reading ------------------------------------------------------------------------------------
-    def refresh(self) -> None:
-        """Pick up shards written since (by this or another process)."""
+    def refresh(self, extra=()) -> None:
+        """Pick up shards written since (by this or another process). `extra`: shard paths known to
+        exist (another node's, by name), read even when the directory listing does not show them
+        yet: NFS clients cache listings for up to a minute, while opening a named file is fresh."""
         if not self.dir.is_dir():
             return
         known = {p for p, _ in self._index.values()} | self._bad
-        for shard in sorted(self.dir.glob("*.safetensors")):
+        listed = set(self.dir.glob("*.safetensors")) | {Path(p) for p in extra}
+        for shard in sorted(listed):
             if shard.name.startswith(".") or shard in known:
                 continue
             try:
@@ -91,6 +96,25 @@ class FeatureCache:
             out[i] = arr[hit[1]]
         return out, missing
 
+    def locate(self, name: str) -> tuple[Path, int, int, int] | None:
+        """(shard, row, data offset, dim) of an entry whose shard passed its checksum, or None.
+
+        For readers that stream rows themselves (graft.cache.rows): the shard is verified once
+        but not kept mapped, so neither open files nor resident pages grow with the cache."""
+        hit = self._index.get(name)
+        if hit is None:
+            return None
+        layout = self._layouts.get(hit[0])
+        if layout is None:
+            mapped = hit[0] in self._arrays
+            arr = self._array(hit[0])
+            if arr is None:
+                return None
+            if not mapped:
+                del self._arrays[hit[0]]
+            layout = self._layouts[hit[0]] = (int(arr.offset), int(arr.shape[1]))
+        return hit[0], hit[1], *layout
+
     def _array(self, shard: Path) -> np.ndarray | None:
         arr = self._arrays.get(shard)
         if arr is not None or shard in self._bad:
@@ -113,6 +137,7 @@ class FeatureCache:
     def _forget(self, shard: Path) -> None:
         """Drop a shard from the index, so its entries count as missing."""
         self._bad.add(shard)
+        self._layouts.pop(shard, None)
         self._index = {k: v for k, v in self._index.items() if v[0] != shard}
 
     def _discard(self, shard: Path, why: str) -> None:
@@ -158,6 +183,7 @@ class FeatureCache:
             save_file({"features": features}, str(tmp), metadata=meta)
         for row, name in enumerate(names):
             self._index[name] = (shard, row)
+        self.written.append(shard)
 
 
 def _read_header(path: Path, mmap: bool = False):

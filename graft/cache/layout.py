@@ -4,6 +4,8 @@
         <arch>-<key>/       a feature namespace (FeatureCache): shards + namespace.json + .extract.lock
         decoded/            photos decoded once (graft.data.decoded)
         pca/                PCA colour axes fitted on training sets (graft.train.augmentation)
+        digests/            each photo folder's digest index (graft.data.digests): one .idx per folder
+        engines/            backbones exported to ONNX for onnxruntime (graft.backbones.engine)
         demo-photos/        `graft demo`'s photo set (never pruned)
 
 Every part can be recomputed; `graft cache` (graft.cache.admin) lists and prunes it.
@@ -21,6 +23,8 @@ from pathlib import Path
 ENV = "GRAFT_CACHE_DIR"
 DECODED = "decoded"
 PCA = "pca"
+DIGESTS = "digests"
+ENGINES = "engines"
 DEMO = "demo-photos"
 NAMESPACE_FILE = "namespace.json"
 EXTRACT_LOCK = ".extract.lock"  # held while a run computes missing entries (and by prune)

@@ -28,8 +28,8 @@ def add_parser(subparsers) -> None:
     pr = sub.add_parser("prune", help="delete the least recently used cache files")
     common(pr, True)
     pr.add_argument("--older-than", metavar="AGE", help="delete files unused for AGE (e.g. 30d, 12h, 2w, 90min)")
-    pr.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until shards, decoded photos and "
-                    "PCA fits take at most SIZE (e.g. 2G)")
+    pr.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until shards, decoded photos, "
+                    "PCA fits, digest indexes and ONNX exports take at most SIZE (e.g. 2G)")
     pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     p.set_defaults(run=run)
 

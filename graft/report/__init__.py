@@ -43,7 +43,7 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
     metrics = read_json(run_dir / "metrics.json",
                         missing=f"{run_dir / 'metrics.json'} not found: the run did not finish; train it with `graft train`")
     if data is None and photos is not None:
-        data = photos_split(meta, photos)
+        data = photos_split(meta, photos, cache_dir=_cache_root(run_dir, cache_dir))
     preds, note = _gallery_predictions(run_dir, meta, metrics, data, cache_dir=cache_dir, weights=weights,
                                        workers=workers)
     parts = [header(run_dir, meta, metrics), curves(metrics), confusion(metrics),
@@ -106,7 +106,7 @@ def val_predictions(run_dir, photos, *, cache_dir=None, weights=None, batch_size
     from ..run import photos_split, read_run_meta
 
     meta = read_run_meta(run_dir)
-    return _recomputed(run_dir, meta, photos_split(meta, photos), cache_dir=cache_dir, weights=weights,
+    return _recomputed(run_dir, meta, photos_split(meta, photos, cache_dir=_cache_root(run_dir, cache_dir)), cache_dir=cache_dir, weights=weights,
                        batch_size=batch_size, workers=workers)
 
 

@@ -18,12 +18,13 @@ import torch
 from ..backbones import BackboneSource, resolve_backbone
 from ..cache import FeatureCache, cache_root
 from ..cache.layout import DECODED
+from ..cache.rows import FeatureRows, with_views
 from ..check import skip_quick_errors
 from ..data import Dataset, scan_photos
 from ..data.placeholders import RefuseNonPhotos
 from ..errors import GraftError
 from ..features import ExtractStats, cache_namespace, extract_features
-from ..head import train_head
+from ..head import memory_budget, predict_logits, train_head
 from ..metrics import classification_metrics
 from ..strategy import StrategyChoice
 from .augmentation import describe, resolve_augmentation
@@ -52,12 +53,14 @@ class Job:
     def decoded_dir(self) -> Path | None:
         return self.cache_root / DECODED if self.cfg.decode_once else None
 
-    def extract(self, samples, cache: FeatureCache, desc: str, forward=None) -> tuple[np.ndarray, np.ndarray]:
-        """-> (rows of `samples` in `cache`, ok mask), computing what is missing."""
+    def extract(self, samples, cache: FeatureCache, desc: str, forward=None,
+                keep: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
+        """-> (rows of `samples` in `cache`, ok mask), computing what is missing; with
+        `keep=False` the rows stay in the cache (None) for graft.cache.rows to read."""
         feats, ok, _ = extract_features(
             self.source.build, [s.digest for s in samples], [s.path for s in samples], cache,
             load=RefuseNonPhotos(self.source.preprocessing.load), batch_size=self.cfg.batch_size, workers=self.cfg.workers,
-            progress=self.progress, desc=desc, stats=self.stats, forward=forward, dist=self.dist)
+            progress=self.progress, desc=desc, stats=self.stats, forward=forward, dist=self.dist, keep=keep)
         return feats, ok
 
     def pipeline(self, use: str, train_samples):
@@ -76,12 +79,13 @@ class Job:
 @dataclass
 class Features:
     """The usable photos and their frozen features (`x_train` (N, D), or (N, 1 + K, D) with K
-    augmented views: the clean one first)."""
+    augmented views: the clean one first): arrays below the head's memory budget, else
+    graft.cache.rows.FeatureRows whose rows stay in the cache until the head reads them."""
 
     data: Dataset  # photos that could be read
-    x_train: np.ndarray
+    x_train: np.ndarray | FeatureRows
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: np.ndarray | FeatureRows
     y_val: np.ndarray
     skipped: list
     augmentation: dict | None = None  # the views' augmentation
@@ -129,7 +133,7 @@ def scan(job: Job, photos) -> Dataset:
     what `graft check` would call an error and the scan already shows (a val photo that copies a
     training photo, an absurd aspect ratio): train and check agree on what is unusable. The
     placeholders check finds in the pixels are refused where extraction decodes them."""
-    data = scan_photos(photos, val_split=job.cfg.val_split)
+    data = scan_photos(photos, val_split=job.cfg.val_split, cache_dir=job.cache_root)
     return skip_quick_errors(data, input_size=job.source.preprocessing.size)
 
 
@@ -139,7 +143,7 @@ def features(job: Job, data: Dataset) -> Features:
     """Every photo's frozen features from the cache (computing only what is missing), and with
     --aug-views those of K augmented draws of each training photo."""
     samples = data.train + data.val
-    feats, ok = job.extract(samples, job.cache, "extracting features")
+    _, ok = job.extract(samples, job.cache, "extracting features", keep=False)
     skipped = data.skipped + job.stats.skipped
     if job.dist.is_main:
         for item in skipped:
@@ -151,9 +155,15 @@ def features(job: Job, data: Dataset) -> Features:
     require_every_class(data.classes, y[train_idx], "training")
     kept = Dataset(data.root, data.classes, [samples[i] for i in train_idx], [samples[i] for i in val_idx],
                    data.skipped, data.layout)
-    out = Features(kept, feats[train_idx], y[train_idx], feats[val_idx], y[val_idx], skipped)
+    x_train = FeatureRows(job.cache, [samples[i].digest for i in train_idx])
+    x_val = FeatureRows(job.cache, [samples[i].digest for i in val_idx])
+    out = Features(kept, x_train, y[train_idx], x_val, y[val_idx], skipped)
     if job.cfg.aug_views:
         out.x_train, out.augmentation = _with_views(job, kept.train, out.x_train)
+    if out.x_train.nbytes + out.x_val.nbytes <= memory_budget():  # in memory, as always
+        out.x_train, out.x_val = np.asarray(out.x_train), np.asarray(out.x_val)
+        if not len(out.x_val):  # no validation photo: (0, D), as the head expects
+            out.x_val = np.zeros((0, out.x_train.shape[-1]), np.float32)
     return out
 
 
@@ -164,8 +174,8 @@ def _with_views(job: Job, train, x_train):
     preset, pipeline = job.pipeline("views", train)
     views = extract_views(job.source, train, job.cache, pipeline, k, seed=job.cfg.seed,
                           batch_size=job.cfg.batch_size, workers=job.cfg.workers, progress=job.progress,
-                          stats=job.stats, decoded_dir=job.decoded_dir, dist=job.dist)
-    return np.concatenate([x_train[:, None], views], axis=1), describe(preset, pipeline, views=k)
+                          stats=job.stats, decoded_dir=job.decoded_dir, dist=job.dist, keep=False)
+    return with_views(x_train, views, job.cache), describe(preset, pipeline, views=k)
 
 
 def require_every_class(classes, labels, what) -> None:
@@ -183,8 +193,7 @@ def probe(job: Job, f: Features) -> Fitted:
     started = time.perf_counter()
     cfg = job.cfg.head_config()
     fit = train_head(f.x_train, f.y_train, f.x_val, f.y_val, len(f.data.classes), cfg, progress=job.progress)
-    with torch.no_grad():
-        logits = fit.head(torch.from_numpy(f.x_val)).numpy()
+    logits = predict_logits(fit.head, f.x_val)
     loop = {"data_wait_s": round(job.stats.wait_s, 4), "step_s": round(job.stats.compute_s, 4)}  # of extraction
     return Fitted("head", fit.head, fit.best_epoch, fit.epochs_run, fit.history, {"head": cfg.to_json()},
                   f.augmentation, loop, started, val_logits=logits)

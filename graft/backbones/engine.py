@@ -1,0 +1,202 @@
+"""Which runtime computes the frozen backbone's pooled features: torch, or onnxruntime on the CPU.
+
+On this machine's CPU onnxruntime runs EfficientNet-Lite0's forward pass 2x faster than torch
+eager, even with graft's malloc tuning and channels_last (`bench/engine.py` measures both,
+interleaved in one run). So for extraction on the CPU, when onnxruntime is installed, graft
+exports the frozen backbone to ONNX once per (architecture, weights digest, preprocessing, torch
+version) into `<cache>/engines/` and runs that; on a GPU, for other activations than the pooled
+features (the fine-tuning boundary), or for a few images (the export and session cost more than
+they save), torch runs.
+
+The feature cache's key does not name the engine, so the engines must agree: every session
+is checked when built, on a fixed random batch, against torch's forward pass of the very
+backbone object in hand, and is used only if no output differs by more than `TOLERANCE`;
+otherwise graft warns once and uses torch. (tests/test_engine.py checks the same on real photos.)
+
+`engine`: "auto" (the rule above), "torch" or "onnxruntime" (ONNX whatever the count; still
+checked, still falls back); default from GRAFT_ENGINE, else "auto".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+import weakref
+from pathlib import Path
+import numpy as np
+import torch
+
+from .._atomic import atomic_path
+from ..cache.layout import ENGINES as ENGINES_DIR, touch
+from ..errors import GraftError
+from ._base import Backbone
+
+log = logging.getLogger("graft")
+
+ENGINES = ("auto", "torch", "onnxruntime")
+TOLERANCE = 1e-4  # max |difference| of any feature between the engines
+OPSET = 17
+# Below this many images to compute, "auto" keeps torch: on first use the export (about 20 s on
+# 2 busy cores) costs what onnxruntime saves on ~8 batches of 32; later, building the session
+# and checking it costs what it saves on ~2 (bench/engine.py prints both).
+MIN_IMAGES = 256
+MIN_IMAGES_EXPORTED = 64
+
+# backbone object -> {(onnx file, threads): OrtEngine, or None when its check failed}
+_sessions: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+class Engine:
+    """`forward(x)`: a normalised float32 batch (N, 3, S, S) -> pooled features (N, D) tensor."""
+
+    name = "torch"
+    channels_last = True  # the input layout the engine is fastest with
+
+    def __init__(self, backbone):
+        self.backbone = backbone
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+
+class OrtEngine(Engine):
+    name = "onnxruntime"
+    channels_last = False  # ONNX takes NCHW; a channels_last tensor would be copied first
+
+    def __init__(self, session, path: Path):
+        self.session, self.path = session, path
+        self.input = session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input: arr})[0])
+
+
+def requested(engine: str | None = None) -> str:
+    engine = engine or os.environ.get("GRAFT_ENGINE") or "auto"
+    if engine not in ENGINES:
+        raise GraftError(f"unknown extraction engine {engine!r}; available: {', '.join(ENGINES)}")
+    return engine
+
+
+def extraction_engine(backbone, *, n_images: int, cache_root, engine: str | None = None,
+                      custom_forward: bool = False) -> Engine:
+    """The engine that computes `backbone`'s pooled features for `n_images` images (see module)."""
+    engine = requested(engine)
+    torch_engine = Engine(backbone)
+    if engine == "torch" or custom_forward or not isinstance(backbone, Backbone):
+        return torch_engine  # (a bare module has no identity to key an export by)
+    if not all(p.device.type == "cpu" for p in backbone.parameters()):
+        return torch_engine
+    if engine == "auto" and (n_images < MIN_IMAGES_EXPORTED or (
+            n_images < MIN_IMAGES and not onnx_path(backbone, cache_root).is_file())):
+        return torch_engine
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        if engine == "onnxruntime":
+            log.warning("onnxruntime is not installed (pip install onnxruntime): extracting with torch")
+        return torch_engine
+    ort = ort_engine(backbone, cache_root)
+    return ort if ort is not None else torch_engine
+
+
+def ort_engine(backbone, cache_root) -> OrtEngine | None:
+    """An onnxruntime session for `backbone` that passed the check, or None (warned once)."""
+    path = onnx_path(backbone, cache_root)
+    threads = intra_op_threads()
+    known = _sessions.setdefault(backbone, {})
+    key = (str(path), threads)
+    if key in known:
+        return known[key]
+    engine = None
+    try:
+        session = _session(backbone, path, threads)
+        diff = self_check(backbone, OrtEngine(session, path))
+        if diff <= TOLERANCE:
+            engine = OrtEngine(session, path)
+        else:
+            log.warning("onnxruntime's features differ from torch's by %.2g (> %g) for %s: extracting with torch",
+                        diff, TOLERANCE, backbone.arch)
+    except Exception as e:  # an exporter or runtime failure is never fatal: torch still works
+        log.warning("cannot run %s with onnxruntime (%s): extracting with torch", backbone.arch,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+    known[key] = engine
+    return engine
+
+
+def onnx_path(backbone, cache_root) -> Path:
+    """One file per (architecture, weights digest, preprocessing, exporter): what fixes the graph."""
+    ident = {"arch": backbone.arch, "weights_digest": backbone.weights.digest,
+             "preprocessing": backbone.preprocessing.to_json(), "torch": torch.__version__, "opset": OPSET,
+             "output": "pooled"}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in backbone.arch)
+    return Path(cache_root).expanduser() / ENGINES_DIR / f"{slug}-{key}.onnx"
+
+
+def intra_op_threads() -> int:
+    """The cores this process may use (torchrun's OMP_NUM_THREADS when it splits a machine)."""
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def self_check(backbone, engine: Engine, batch: int = 2) -> float:
+    """Max |difference| between `engine` and torch's forward of `backbone` on a fixed random batch."""
+    s = backbone.preprocessing.size
+    x = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(20240613))
+    was = backbone.training
+    backbone.eval()
+    with torch.inference_mode():
+        ref = backbone(x.contiguous(memory_format=torch.channels_last)).flatten(1).float()
+        got = engine(x).flatten(1).float()
+    backbone.train(was)
+    if ref.shape != got.shape:
+        return float("inf")
+    return float((ref - got).abs().max())
+
+
+def _session(backbone, path: Path, threads: int):
+    import onnxruntime as ort
+
+    if not path.is_file():
+        export(backbone, path)
+    touch(path)  # a use, for `graft cache prune`'s least-recently-used order
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception:  # a damaged file (a disk full, a foreign write): export again, once
+        export(backbone, path)
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def export(backbone, path: Path) -> Path:
+    """Write `backbone`'s pooled-feature graph (any batch size) to `path`, atomically."""
+    s = backbone.preprocessing.size
+    example = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(0))
+    was = backbone.training
+    backbone.eval()
+    try:
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer chatter
+            # the TorchScript-based exporter: the torch.export-based one needs onnxscript
+            torch.onnx.export(backbone, (example,), str(tmp), dynamo=False, opset_version=OPSET,
+                              input_names=["input"], output_names=["features"],
+                              dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
+                              do_constant_folding=True)
+    finally:
+        backbone.train(was)
+    log.info("exported %s to %s for onnxruntime", backbone.arch, path)
+    return path
