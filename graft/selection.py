@@ -227,9 +227,9 @@ class HeadChoice:
             "cv_balanced_accuracy": {k: self.cv["balanced_accuracy"][k] for k in ("mean", "std")},
             "folds": self.folds, "chosen_by": self.score, "class_weight": self.class_weight,
             "balance": self.balance,
-            "candidates": [{k: r.get(k) for k in ("solver", "strength", "epochs", "log_loss")}
+            "candidates": [{k: r[k] for k in ("solver", "strength", "epochs", "curve") if k in r}
                            | {"cv_accuracy": r["accuracy"]["mean"], "cv_accuracy_std": r["accuracy"]["std"],
-                              "cv_balanced_accuracy": r["balanced_accuracy"]["mean"]}
+                              "cv_balanced_accuracy": r["balanced_accuracy"]["mean"], "log_loss": r["log_loss"]}
                            for r in self.candidates],
         }
 
@@ -277,16 +277,23 @@ def choose_head(x, y, n_classes: int, *, solvers=SOLVERS, strengths=None, head_c
                       score, None if weights is None else [round(float(w), 6) for w in weights], why, oof)
 
 
-def fit_and_hold_out(feats, y, train_idx, val_idx, n_classes: int, classes: list[str], **kw):
+def fit_and_hold_out(feats, y, train_idx, val_idx, n_classes: int, classes: list[str], *, keys=None,
+                     views=None, **kw):
     """-> (HeadChoice, validation metrics): every choice on the training rows, then the
-    validation rows predicted once. What the train step calls for a frozen-backbone head."""
+    validation rows predicted once. What the train step calls for a frozen-backbone head.
+
+    `feats` (N, D) and `y` cover training and validation photos; `keys` their content digests;
+    `views` (len(train_idx), K, D): augmented views of the training rows, trained on beside
+    the clean features. Other keywords go to `choose_head`."""
     from .evaluate import classification_metrics
 
     feats = np.asarray(feats)
     y = np.asarray(y, dtype=int)
     train_idx, val_idx = np.asarray(train_idx, dtype=int), np.asarray(val_idx, dtype=int)
-    keys = kw.pop("keys", None)
-    choice = choose_head(feats[train_idx], y[train_idx], n_classes,
+    x_train = feats[train_idx]
+    if views is not None:
+        x_train = np.concatenate([x_train[:, None], np.asarray(views, dtype=np.float32)], axis=1)
+    choice = choose_head(x_train, y[train_idx], n_classes,
                          keys=None if keys is None else [keys[i] for i in train_idx], **kw)
     with torch.no_grad():
         pred = choice.head(torch.from_numpy(np.ascontiguousarray(_clean(feats[val_idx]), dtype=np.float32)))
