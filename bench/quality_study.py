@@ -12,9 +12,12 @@ features:
   auto         whichever of the two refits cross-validated better (graft.selection.choose_head)
 plus each backbone's cold extraction time for train/ (what a cold `graft train` given train/
 pays) and for val/. Then an imbalance check: an uneven subsample of train/ (one class cut to a
-quarter), scored on all of val/ with balance none vs auto.
+quarter), scored on all of val/ with balance none vs auto. Optional: `--flip lite1,lite2` adds
+heads trained on clean + mirrored views (and flip test-time augmentation); `--cold-train
+lite0,lite1` times a cold `graft train` CLI run per backbone, in a fresh process and cache.
 
     .venv/bin/python bench/quality_study.py [--backbones lite0,lite1,lite2,lite0+lite2] [--cache DIR]
+                                            [--flip lite1,lite2] [--cold-train lite0,lite1,lite2]
 
 Without --cache the features go to a fresh temporary cache, so extraction times are cold.
 Times on a shared machine are inflated; the load average is printed beside them.
@@ -98,6 +101,29 @@ def held_out(head, x, y, classes) -> dict:
             "errors": int((pred != y).sum())}
 
 
+def cold_train(spec, root, tmp) -> dict:
+    """One cold `graft train PHOTOS/train --backbone SPEC --strategy head` (today's head, its
+    report included) in a fresh process with an empty cache: wall and CPU seconds, the figure
+    it reports, and its accuracy on val/ by `graft.evaluate` afterwards (not timed)."""
+    import json
+    import subprocess
+
+    graft = str(Path(sys.executable).with_name("graft"))
+    run, cache = Path(tmp) / f"run-{spec}", Path(tmp) / f"cold-cache-{spec}"
+    env = {**os.environ, "GRAFT_CACHE_DIR": str(cache)}
+    la, c0, t = load_avg(), os.times(), time.perf_counter()
+    subprocess.run([graft, "train", str(root / "train"), "--out", str(run), "--backbone", spec,
+                    "--strategy", "head", "--quiet"], env=env, check=True)
+    wall, c1 = time.perf_counter() - t, os.times()
+    cpu = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+    metrics = json.loads((run / "metrics.json").read_text())
+    import graft as g
+
+    ev = g.evaluate(run, root / "val", cache_dir=cache)
+    return {"backbone": spec, "cold_wall_s": round(wall, 2), "cold_cpu_s": round(cpu, 2), "load_avg_before": la,
+            "reported_val_accuracy": round(metrics["val_accuracy"], 4), "held_out": round(ev["accuracy"], 4)}
+
+
 def load_avg() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -155,6 +181,7 @@ def main():
     ap.add_argument("--backbones", default="lite0,lite1,lite2,lite0+lite2")
     ap.add_argument("--cache", default=None, help="feature cache to use (default: a fresh one: cold times)")
     ap.add_argument("--imbalance-backbones", default="lite0,lite2")
+    ap.add_argument("--cold-train", default="", help="backbones to time a cold `graft train` with (e.g. lite0,lite1)")
     ap.add_argument("--flip", default="", help="backbones to also try with mirrored views (e.g. lite1,lite2)")
     args = ap.parse_args()
     root = need_hymenoptera()
@@ -222,8 +249,16 @@ def main():
                 print(f"{r['backbone']:12s} {str(r['train_counts']):14s} {r['balance']:8s} {str(r['weighted']):8s} "
                       f"{r['cv']:7.4f} {r['cv_balanced']:7.4f} {r['accuracy']:8.4f} {r['balanced_accuracy']:6.4f}"
                       f"  {r['chosen']}")
+        cold = [cold_train(spec, root, tmp) for spec in args.cold_train.split(",") if spec]
+        if cold:
+            print(f"\ncold `graft train train/ --strategy head` (today's head), fresh process and cache, "
+                  f"{os.cpu_count()} cores")
+            for r in cold:
+                print(f"{r['backbone']:12s} wall {r['cold_wall_s']:6.1f} s  CPU {r['cold_cpu_s']:6.1f} s  "
+                      f"reported {r['reported_val_accuracy']:.4f}  held-out {r['held_out']:.4f}  "
+                      f"(load avg {r['load_avg_before']} before)")
     print("\nno other real multi-class photo set is available here: the imbalance check reuses ants/bees")
-    emit({"rows": rows, "extraction": timing, "imbalance": imb, "load_avg_end": load_avg(),
+    emit({"rows": rows, "extraction": timing, "imbalance": imb, "cold_train": cold, "load_avg_end": load_avg(),
           "n_train": len(train_samples), "n_val": len(val_samples)})
 
 
