@@ -254,7 +254,10 @@ def choose_head(x, y, n_classes: int, *, solvers=SOLVERS, strengths=None, head_c
     y = np.asarray(y, dtype=int)
     weights, why = class_weights(y, n_classes, balance)
     score = "balanced_accuracy" if weights is not None else "accuracy"
-    folds = stratified_folds(y, k, keys=keys, seed=seed)
+    try:
+        folds = stratified_folds(y, k, keys=keys, seed=seed)
+    except NotEnoughPhotos:  # a class with one photo: nothing to cross-validate with
+        return _without_cv(x, y, n_classes, weights, why, score)
     rows: list[dict] = []
     pool: list[tuple[dict, np.ndarray, Callable[[], nn.Linear]]] = []  # (row, oof logits, refit)
     if "lbfgs" in solvers:
@@ -275,6 +278,23 @@ def choose_head(x, y, n_classes: int, *, solvers=SOLVERS, strengths=None, head_c
     return HeadChoice(head, win["solver"], win.get("strength"), win.get("epochs"),
                       {k: win[k] for k in ("accuracy", "balanced_accuracy", "log_loss")}, rows, len(folds),
                       score, None if weights is None else [round(float(w), 6) for w in weights], why, oof)
+
+
+# The L2 strength used when there is nothing to cross-validate with: the middle of the strengths
+# chosen on hymenoptera by lite0/lite1/lite2 (0.01-0.03; bench/quality_study.py).
+FALLBACK_STRENGTH = 0.03
+
+
+def _without_cv(x, y, n_classes, weights, why, score) -> HeadChoice:
+    """Too few photos to cross-validate: the probe at FALLBACK_STRENGTH, and no cv figure."""
+    from .probe import fit_probe
+
+    head = fit_probe(x, y, n_classes, FALLBACK_STRENGTH, class_weight=weights).head
+    nothing = {"mean": None, "std": None, "folds": []}
+    return HeadChoice(head, "lbfgs", FALLBACK_STRENGTH, None,
+                      {"accuracy": nothing, "balanced_accuracy": nothing, "log_loss": None}, [], 0, score,
+                      None if weights is None else [round(float(w), 6) for w in weights],
+                      why + "; a class has a single training photo: no cross-validation, default L2 strength")
 
 
 def fit_and_hold_out(feats, y, train_idx, val_idx, n_classes: int, classes: list[str], *, keys=None,

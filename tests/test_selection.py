@@ -174,3 +174,14 @@ def test_selection_cannot_see_the_validation_photos():
     assert torch.equal(choice2.head.weight, choice.head.weight)
     assert val["accuracy"] > 0.8 and val2["accuracy"] < 0.5  # the held-out figure did see them
     assert val["n"] == len(val_idx) and "balanced_accuracy" in val
+
+
+def test_a_class_with_one_photo_gets_the_default_probe_and_no_cv_figure():
+    from graft.selection import FALLBACK_STRENGTH
+
+    x, y = clouds(n_per_class=(12, 1), d=8, sep=3.0)
+    c = choose_head(x, y, 2, balance="none")
+    assert (c.solver, c.strength, c.folds, c.candidates) == ("lbfgs", FALLBACK_STRENGTH, 0, [])
+    j = c.to_json()
+    assert j["cv_accuracy"] == {"mean": None, "std": None} and "single training photo" in j["balance"]
+    assert c.head(torch.from_numpy(x)).shape == (13, 2)
