@@ -185,3 +185,19 @@ def test_a_class_with_one_photo_gets_the_default_probe_and_no_cv_figure():
     j = c.to_json()
     assert j["cv_accuracy"] == {"mean": None, "std": None} and "single training photo" in j["balance"]
     assert c.head(torch.from_numpy(x)).shape == (13, 2)
+
+
+def test_fit_and_hold_out_trains_on_views_of_the_training_rows_only():
+    x, y = clouds(n_per_class=(20, 20), d=10, sep=3.0)
+    val_idx = np.arange(len(y))[::5]
+    train_idx = np.setdiff1d(np.arange(len(y)), val_idx)
+    rng = np.random.default_rng(2)
+    views = x[train_idx][:, None] + rng.normal(0, 0.5, (len(train_idx), 3, 10)).astype(np.float32)
+    cfg = HeadConfig(epochs=10, patience=3)
+    plain, _ = fit_and_hold_out(x, y, train_idx, val_idx, 2, ["a", "b"], head_cfg=cfg, solvers=("lbfgs",))
+    viewed, val = fit_and_hold_out(x, y, train_idx, val_idx, 2, ["a", "b"], head_cfg=cfg, solvers=("lbfgs",),
+                                   views=views)
+    assert not torch.equal(plain.head.weight, viewed.head.weight)
+    assert val["n"] == len(val_idx) and val["accuracy"] > 0.8
+    with pytest.raises(ValueError):  # one set of views per training row, not per photo
+        fit_and_hold_out(x, y, train_idx, val_idx, 2, ["a", "b"], views=np.zeros((len(y), 3, 10), np.float32))
