@@ -53,6 +53,20 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
                      + (f' <span class="muted">&mdash; {esc(m["strategy_reason"])}</span>' if m.get("strategy_reason") else "")),
         ("images", f"{esc(m.get('n_train', '?'))} train, {esc(n_val if n_val is not None else '?')} val"),
     ]
+    cv = m.get("cv_accuracy") or {}
+    if cv.get("mean") is not None:
+        head = m.get("head") or {}
+        rows.append(("cv accuracy", f'<span id="cv-accuracy">{fmt3(cv["mean"])}</span> &plusmn; {fmt3(cv.get("std"))} '
+                     f'<span class="muted">&mdash; {esc(head.get("folds", "?"))}-fold cross-validation on the training '
+                     f'photos: what chose the head ({esc(head.get("solver", "?"))}'
+                     + (f', L2 {head["strength"]:.3g}' if head.get("strength") is not None else "")
+                     + (f', {head["epochs"]} epochs' if head.get("epochs") else "")
+                     + "); the validation accuracy above is on photos nothing was chosen on</span>"))
+    if m.get("val_balanced_accuracy") is not None:
+        rows.append(("balanced accuracy", f"val {fmt3(m['val_balanced_accuracy'])}"
+                     + (f", cv {fmt3((m.get('cv_balanced_accuracy') or {}).get('mean'))}"
+                        if (m.get("cv_balanced_accuracy") or {}).get("mean") is not None else "")
+                     + ' <span class="muted">(mean per-class recall)</span>'))
     if m.get("probe_val_accuracy") is not None and strategy != "head":
         rows.append(("linear probe", f"val accuracy {fmt3(m['probe_val_accuracy'])} (new softmax on frozen features, "
                                      "the baseline fine-tuning is measured against)"))
@@ -72,7 +86,7 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
     return f"""<header>
 <div class="title"><h1>graft report <span class="muted">&middot; {esc(run_dir.resolve().name)}</span></h1></div>
 <div class="hero">
-  <div class="big"><div class="label">validation accuracy</div>
+  <div class="big"><div class="label">validation accuracy <span class="muted">(held out, predicted once)</span></div>
     <div class="value" id="val-accuracy">{fmt3(acc)}</div><div class="muted">{esc(correct)}</div></div>
   <table class="facts">{table}</table>
 </div>

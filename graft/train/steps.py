@@ -105,6 +105,7 @@ class Fitted:
     cut: int | None = None
     model: torch.nn.Module | None = None  # the whole Classifier, when it fine-tuned
     finetune: dict | None = None  # metrics.json's "finetune" entry
+    selection: dict | None = None  # how the head was chosen on the training photos (HeadChoice.to_json())
 
 
 # --- 0. start ---------------------------------------------------------------------------------------
@@ -179,15 +180,52 @@ def require_every_class(classes, labels, what) -> None:
 
 def probe(job: Job, f: Features) -> Fitted:
     """The new softmax on the cached features: the head strategy's classifier, and the linear
-    probe that `auto` decides with and fine-tuning is measured against."""
+    probe that `auto` decides with and fine-tuning is measured against.
+
+    Everything about it (solver, L2 strength or number of epochs, class weights) is chosen by
+    stratified k-fold cross-validation on the TRAINING photos only (graft.selection), and the
+    winner is refitted on all of them; the validation photos are predicted once, here, for the
+    reported val_accuracy and never used to choose anything."""
+    from ..selection import choose_head
+
     started = time.perf_counter()
     cfg = job.cfg.head_config()
-    fit = train_head(f.x_train, f.y_train, f.x_val, f.y_val, len(f.data.classes), cfg, progress=job.progress)
+    choice = choose_head(f.x_train, f.y_train, len(f.data.classes), solvers=job.cfg.solvers(), head_cfg=cfg,
+                         balance=job.cfg.balance, keys=[s.digest for s in f.data.train], seed=job.cfg.seed)
     with torch.no_grad():
-        logits = fit.head(torch.from_numpy(f.x_val)).numpy()
+        logits = choice.head(torch.from_numpy(np.ascontiguousarray(f.x_val, dtype=np.float32))).numpy()
     loop = {"data_wait_s": round(job.stats.wait_s, 4), "step_s": round(job.stats.compute_s, 4)}  # of extraction
-    return Fitted("head", fit.head, fit.best_epoch, fit.epochs_run, fit.history, {"head": cfg.to_json()},
-                  f.augmentation, loop, started, val_logits=logits)
+    curve = next((r.get("curve") for r in choice.candidates if r.get("solver") == "adamw"), None) or []
+    history = {"train_loss": [], "val_loss": [], "val_accuracy": [], "cv_loss": curve}
+    epochs = choice.epochs or 0
+    record = {"head": {**cfg.to_json(), "solver": choice.solver, "strength": choice.strength,
+                       "epochs": choice.epochs, "class_weight": choice.class_weight}}
+    return Fitted("head", choice.head, epochs, epochs, history, record, f.augmentation, loop, started,
+                  val_logits=logits, selection=choice.to_json())
+
+
+def cv_accuracy(fitted: Fitted) -> float:
+    """The probe's cross-validated accuracy on the training photos: what `auto` reads (0 when a
+    class had a single photo and nothing could be cross-validated)."""
+    mean = (fitted.selection or {}).get("cv_accuracy", {}).get("mean")
+    return float(mean) if mean is not None else 0.0
+
+
+def inner_split(data: Dataset, share: float, seed: int = 0) -> Dataset:
+    """Fine-tuning's early-stopping photos, carved from the TRAINING photos: per class, the
+    `share` with the lowest hash of (seed, content digest), at least one when the class has two
+    or more photos. A hash of its own (not the train/val hash, which placed every training
+    photo above val_split), so the carve does not depend on file order."""
+    import hashlib
+
+    train, held = [], []
+    for label in range(len(data.classes)):
+        members = sorted((s for s in data.train if s.label == label),
+                         key=lambda s: hashlib.sha256(f"inner:{seed}:{s.digest}".encode()).digest())
+        n = min(max(int(round(share * len(members))), 1), len(members) - 1) if len(members) > 1 else 0
+        held += members[:n]
+        train += members[n:]
+    return Dataset(data.root, data.classes, train, held, data.skipped, data.layout)
 
 
 def accuracy(f: Features, logits: np.ndarray) -> dict:
@@ -211,7 +249,11 @@ def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
                            forward=forward)[0]
 
     started = time.perf_counter()
-    res = finetune(built, f.data, cfg, run_dir=job.out, pipeline=pipeline, workers=job.cfg.workers,
+    # Early stopping and the best epoch are chosen on an inner split of the training photos, never
+    # on the validation photos; the model kept is the best inner-split epoch's (trained on the
+    # other 1 - inner_split of the training photos: the cheap option, no second fine-tuning).
+    inner = inner_split(f.data, job.cfg.inner_split, job.cfg.seed)
+    res = finetune(built, inner, cfg, run_dir=job.out, pipeline=pipeline, workers=job.cfg.workers,
                    resume=job.cfg.resume, progress=job.progress, extract=boundary_activations,
                    boundary_cache=job.cfg.boundary_cache, aug_device=job.cfg.aug_device,
                    decoded_dir=job.decoded_dir, dist=job.dist)
@@ -222,7 +264,10 @@ def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
                   {"finetune": cfg.to_json()}, describe(preset, pipeline) if pipeline is not None else None,
                   loop, started, backbone=res.model.backbone, cut=res.model.cut, model=res.model,
                   finetune={**cfg.to_json(), "boundary_cache": res.boundary_cache,
-                            "resumed_from_epoch": res.resumed_from})
+                            "resumed_from_epoch": res.resumed_from,
+                            "early_stopping_on": f"inner split of the training photos ({len(inner.val)} photos, "
+                                                 f"{job.cfg.inner_split:g} by content hash)",
+                            "trained_on": len(inner.train)})
 
 
 def score_val(job: Job, f: Features, fitted: Fitted) -> np.ndarray:
