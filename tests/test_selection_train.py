@@ -52,3 +52,15 @@ def test_reported_val_accuracy_is_graft_evaluate_on_the_val_photos(split_runs):
     assert m["val_accuracy"] == pytest.approx(ev["accuracy"])
     assert m["cv_accuracy"]["mean"] is not None and 0 <= m["cv_accuracy"]["std"] <= 1
     assert m["val_balanced_accuracy"] == pytest.approx(ev["balanced_accuracy"])
+
+
+def test_final_trains_on_the_val_photos_and_reports_no_held_out_figure(split_runs, default_backbone):
+    root, photos, cache, runs = split_runs
+    with isolated_env(root):
+        m = graft.train(photos, root / "run-final", backbone=default_backbone, cache_dir=cache, workers=0,
+                        progress=False, report=False, final=True).metrics
+    assert m["val_accuracy"] is None and m["val_balanced_accuracy"] is None and "no held-out" in m["val_note"]
+    assert m["n_train"] == runs["clean"]["n_train"] + runs["clean"]["n_val"] and m["n_val"] == 0
+    assert m["cv_accuracy"]["mean"] is not None
+    assert json.loads((root / "run-final" / "metrics.json").read_text())["val_accuracy"] is None
+

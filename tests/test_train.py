@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import graft
+from graft.backbones import DEFAULT_ARCH
 from conftest import count_backbone_forwards, fixed_batch, isolated_env, make_photo
 
 N = 20  # trained_run: 2 classes x 10
@@ -60,7 +61,7 @@ def test_run_folder_files(trained_run, default_backbone):
     meta = json.loads((run / "model.json").read_text())
     assert meta["classes"] == ["blue", "red"] and meta["strategy"] == "head"
     assert meta["backbone"]["weights_digest"] == default_backbone.weights.digest
-    assert meta["backbone"]["arch"] == "timm:tf_efficientnet_lite0" and meta["backbone"]["stored"] is False
+    assert meta["backbone"]["arch"] == DEFAULT_ARCH and meta["backbone"]["stored"] is False
     assert meta["preprocessing"]["size"] == 224
     tensors = load_file(str(run / "model.safetensors"))
     assert set(tensors) == {"head.weight", "head.bias"}  # only the head for the head strategy

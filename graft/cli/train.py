@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
                    help="the head's solver: lbfgs (logistic regression, L2 strength by cross-validation), adamw "
                    "(epochs by cross-validation), or auto (default): whichever cross-validates better on the "
                    "training photos")
+    t.add_argument("--final", action="store_true",
+                   help="a model for deployment: after choosing everything on the training photos' "
+                   "cross-validation, also train on the validation photos (no held-out accuracy then)")
     augment_args(t)
     t.add_argument("--aug-device", default=d.aug_device, choices=["workers", "cpu", "cuda"],
                    help="fine-tuning: where flips and colour ops run: in the loader workers (default), or "
@@ -79,7 +82,7 @@ def run(args) -> int:
                    augment=args.augment, aug=args.aug, aug_views=args.aug_views,
                    train_stages=args.train_stages, new_hidden=hidden_sizes(args.new_hidden),
                    from_scratch=args.from_scratch, resume=args.resume, aug_device=args.aug_device,
-                   balance=args.balance, solver=args.solver,
+                   balance=args.balance, solver=args.solver, final=args.final,
                    progress=not args.quiet and not args.json)
     if not context().is_main:  # under torchrun only rank 0 reports
         return 0

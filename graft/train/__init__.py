@@ -57,6 +57,7 @@ def train(
     balance: str = _D.balance,
     solver: str = _D.solver,
     inner_split: float = _D.inner_split,
+    final: bool = _D.final,
     report: bool = _D.report,
     progress: bool = _D.progress,
 ) -> TrainResult:
@@ -80,6 +81,12 @@ def train(
     the frozen prefix's activations come from the cache; `aug_device="cpu"|"cuda"` runs flips and
     colour ops per sample on the trainer's device instead; `decode_once` keeps decoded photos in
     the cache folder so later epochs skip JPEG decoding). `resume` continues a killed run.
+
+    Everything chosen (the head's solver, L2 strength or epochs, class weights `balance`, the
+    strategy under auto, fine-tuning's early stopping) is chosen on the training photos only;
+    the validation photos are predicted once for val_accuracy. `final=True` trains on the
+    validation photos too (a model for deployment): then no held-out figure exists and
+    val_accuracy is None.
     """
     settings = dict(locals())  # exactly the keywords above
     photos, out = settings.pop("photos"), settings.pop("out")

@@ -63,8 +63,10 @@ def build_metrics(job: Job, f: Features, common: dict, fitted: Fitted, *, train_
     return {
         # val_*: the validation photos, predicted once at the end and never used to choose anything.
         # cv_*: k-fold cross-validation on the training photos, what chose the head (mean, spread over folds).
-        "val_accuracy": val["accuracy"],
-        "val_balanced_accuracy": val["balanced_accuracy"],
+        "val_accuracy": None if job.cfg.final else val["accuracy"],
+        "val_balanced_accuracy": None if job.cfg.final else val["balanced_accuracy"],
+        **({"val_note": "--final: the validation photos were trained on, so no held-out figure exists; "
+                        "cv_accuracy is the training photos' own estimate"} if job.cfg.final else {}),
         "cv_accuracy": sel.get("cv_accuracy"),
         "cv_balanced_accuracy": sel.get("cv_balanced_accuracy"),
         "head": {k: sel.get(k) for k in ("solver", "strength", "epochs", "folds", "chosen_by", "class_weight",

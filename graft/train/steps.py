@@ -150,6 +150,8 @@ def features(job: Job, data: Dataset) -> Features:
     val_idx = [i for i in range(n_train, len(samples)) if ok[i]]
     y = np.array([s.label for s in samples])
     require_every_class(data.classes, y[train_idx], "training")
+    if job.cfg.final:  # a deployment model: the validation photos are trained on too
+        train_idx, val_idx = train_idx + val_idx, []
     kept = Dataset(data.root, data.classes, [samples[i] for i in train_idx], [samples[i] for i in val_idx],
                    data.skipped, data.layout)
     out = Features(kept, feats[train_idx], y[train_idx], feats[val_idx], y[val_idx], skipped)
