@@ -64,3 +64,28 @@ def test_final_trains_on_the_val_photos_and_reports_no_held_out_figure(split_run
     assert m["cv_accuracy"]["mean"] is not None
     assert json.loads((root / "run-final" / "metrics.json").read_text())["val_accuracy"] is None
 
+
+
+def test_fine_tuning_early_stops_on_an_inner_split_of_the_training_photos():
+    import hashlib
+    from pathlib import Path
+
+    from graft.data import Dataset
+    from graft.data.folder import Sample
+    from graft.train.steps import inner_split
+
+    def sample(label, i):
+        return Sample(Path(f"{label}-{i}.jpg"), label, hashlib.sha256(f"{label}:{i}".encode()).hexdigest())
+
+    train = [sample(c, i) for c, n in ((0, 40), (1, 2), (2, 1)) for i in range(n)]
+    val = [sample(0, 100), sample(1, 100)]
+    data = Dataset(Path("."), ["a", "b", "c"], train, val)
+    inner = inner_split(data, 0.15)
+    held = {s.digest for s in inner.val}
+    assert held and held <= {s.digest for s in train}  # carved from the training photos only
+    assert not held & {s.digest for s in val}
+    assert sorted(s.digest for s in inner.train + inner.val) == sorted(s.digest for s in train)
+    assert [sum(s.label == c for s in inner.val) for c in range(3)] == [6, 1, 0]  # 15% of 40; a class keeps one
+    assert [s.digest for s in inner_split(data, 0.15).val] == [s.digest for s in inner.val]  # deterministic
+    reordered = Dataset(Path("."), data.classes, train[::-1], val)
+    assert sorted(s.digest for s in inner_split(reordered, 0.15).val) == sorted(held)  # not the file order
