@@ -89,3 +89,19 @@ def test_fine_tuning_early_stops_on_an_inner_split_of_the_training_photos():
     assert [s.digest for s in inner_split(data, 0.15).val] == [s.digest for s in inner.val]  # deterministic
     reordered = Dataset(Path("."), data.classes, train[::-1], val)
     assert sorted(s.digest for s in inner_split(reordered, 0.15).val) == sorted(held)  # not the file order
+
+
+def test_backbone_auto_stays_within_its_budget_and_chooses_on_training_photos(tmp_path):
+    photos = tmp_path / "photos"
+    make_photo_folder(photos / "train", per_class=6, seed=41)
+    make_photo_folder(photos / "val", per_class=2, seed=42)
+    with isolated_env(tmp_path):
+        m = graft.train(photos, tmp_path / "run", backbone="auto", budget=1e-3, cache_dir=tmp_path / "cache",
+                        workers=0, progress=False, report=False).metrics
+    table = {r["backbone"]: r for r in m["backbone_candidates"]}
+    assert list(table) == ["lite0", "lite1", "lite2"]
+    assert table["lite0"]["chosen"] and table["lite0"]["computed"] == 12  # training photos only, never val/
+    assert "budget" in table["lite1"]["skipped"] and "budget" in table["lite2"]["skipped"]
+    assert m["backbone"]["spec"] == "lite0"
+    assert table["lite0"]["cv_accuracy"] == m["cv_accuracy"]["mean"]
+    assert m["cache"]["misses"] == 4  # the val photos; the training photos came from auto's extraction

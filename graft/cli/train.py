@@ -58,6 +58,9 @@ def add_parser(subparsers) -> None:
                    help="the head's solver: lbfgs (logistic regression, L2 strength by cross-validation), adamw "
                    "(epochs by cross-validation), or auto (default): whichever cross-validates better on the "
                    "training photos")
+    t.add_argument("--budget", type=duration, default=d.budget, metavar="SECONDS|Nm",
+                   help="--backbone auto: seconds (or e.g. 2m) of feature extraction the candidates lite0, lite1, "
+                   f"lite2 may cost, estimated from lite0's measured rate (default {d.budget:g} s)")
     t.add_argument("--final", action="store_true",
                    help="a model for deployment: after choosing everything on the training photos' "
                    "cross-validation, also train on the validation photos (no held-out accuracy then)")
@@ -82,7 +85,7 @@ def run(args) -> int:
                    augment=args.augment, aug=args.aug, aug_views=args.aug_views,
                    train_stages=args.train_stages, new_hidden=hidden_sizes(args.new_hidden),
                    from_scratch=args.from_scratch, resume=args.resume, aug_device=args.aug_device,
-                   balance=args.balance, solver=args.solver, final=args.final,
+                   balance=args.balance, solver=args.solver, final=args.final, budget=args.budget,
                    progress=not args.quiet and not args.json)
     if not context().is_main:  # under torchrun only rank 0 reports
         return 0
@@ -91,6 +94,18 @@ def run(args) -> int:
     elif not args.quiet:
         print(train_summary(result.metrics, result.run_dir))
     return 0
+
+
+def duration(text: str) -> float:
+    """--budget: 90, 90s, 2m, 1h."""
+    mult = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower(), None)
+    try:
+        value = float(text[:-1] if mult else text) * (mult or 1)
+    except ValueError:
+        raise GraftError(f"--budget takes seconds like 90, 90s or 2m, got {text!r}") from None
+    if value <= 0:
+        raise GraftError(f"--budget must be positive, got {text!r}")
+    return value
 
 
 def hidden_sizes(text: str) -> tuple:

@@ -62,6 +62,17 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
                      + (f', L2 {head["strength"]:.3g}' if head.get("strength") is not None else "")
                      + (f', {head["epochs"]} epochs' if head.get("epochs") else "")
                      + "); the validation accuracy above is on photos nothing was chosen on</span>"))
+    if m.get("backbone_candidates"):
+        cells = []
+        for r in m["backbone_candidates"]:
+            if r.get("skipped"):
+                cells.append(f"{esc(r['backbone'])}: {esc(r['skipped'])}")
+            else:
+                cells.append(("<b>" if r.get("chosen") else "") + f"{esc(r['backbone'])}: cv {fmt3(r['cv_accuracy'])} "
+                             f"&plusmn; {fmt3(r['cv_accuracy_std'])}, extraction {r['extraction_s']:.1f} s"
+                             + ("</b>" if r.get("chosen") else ""))
+        rows.append(("backbone (auto)", '<span id="backbone-candidates">' + "<br>".join(cells)
+                     + '</span> <span class="muted">(chosen by cross-validation on the training photos)</span>'))
     if m.get("val_balanced_accuracy") is not None:
         rows.append(("balanced accuracy", f"val {fmt3(m['val_balanced_accuracy'])}"
                      + (f", cv {fmt3((m.get('cv_balanced_accuracy') or {}).get('mean'))}"

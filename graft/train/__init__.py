@@ -20,7 +20,7 @@ from __future__ import annotations
 from ..strategy import choose_strategy
 from .config import TrainConfig, TrainResult
 from .record import summary, write
-from .steps import cv_accuracy, features, fine_tune, probe, scan, score_val, start
+from .steps import choose_backbone, cv_accuracy, features, fine_tune, probe, scan, score_val, start
 
 __all__ = ["train", "run_recipe", "TrainConfig", "TrainResult"]
 
@@ -57,6 +57,7 @@ def train(
     balance: str = _D.balance,
     solver: str = _D.solver,
     inner_split: float = _D.inner_split,
+    budget: float = _D.budget,
     final: bool = _D.final,
     report: bool = _D.report,
     progress: bool = _D.progress,
@@ -98,6 +99,8 @@ def run_recipe(photos, out, cfg: TrainConfig) -> TrainResult:
     sharing the extraction and the fine-tuning; rank 0 alone scores and writes the run."""
     job = start(cfg, out)
     data = scan(job, photos)
+    if cfg.backbone == "auto":  # chosen by cross-validation on the training photos, within --budget
+        job = choose_backbone(job, data)
     feats = features(job, data)
     if cfg.strategy == "head" and not job.dist.is_main:  # features are shared; the head trains once, on rank 0
         return TrainResult(job.out, {"rank": job.dist.rank, "strategy": "head",

@@ -49,6 +49,7 @@ class TrainConfig:
     balance: str = "auto"  # "auto": weight classes equally when the largest has > 3x the smallest; "none"
     solver: str = "auto"  # the head's solver: "auto" (chosen by CV on the training photos), "lbfgs", "adamw"
     inner_split: float = 0.15  # fine-tuning: share of the TRAINING photos (by content hash) early stopping watches
+    budget: float = 300.0  # --backbone auto: seconds of feature extraction the candidates may cost
     final: bool = False  # deployment model: the validation photos are trained on too (no held-out figure)
     report: bool = True  # write RUN/report.html
     progress: bool = True  # progress bars

@@ -31,6 +31,7 @@ def summary(job: Job, f: Features, choice: StrategyChoice, probe_cv: float, prob
         "probe_cv_accuracy": probe_cv,
         **({"probe_val_accuracy": accuracy(f, probe.val_logits)["accuracy"]} if probe is not None else {}),
         "backbone": {"spec": src.spec, "arch": src.arch, "weights_digest": src.weights.digest},
+        **({"backbone_candidates": job.backbone_candidates} if job.backbone_candidates is not None else {}),
     }
 
 

@@ -43,6 +43,7 @@ class Job:
     stats: ExtractStats = field(default_factory=ExtractStats)
     started: float = field(default_factory=time.perf_counter)
     _pipelines: dict = field(default_factory=dict)
+    backbone_candidates: list | None = None  # --backbone auto: each candidate's cv figures and cost
 
     @property
     def cache_root(self) -> Path:
@@ -118,7 +119,7 @@ def start(cfg: TrainConfig, out) -> Job:
     started = time.perf_counter()
     dist = context()  # several processes under torchrun, else one
     torch.manual_seed(cfg.seed)
-    source = resolve_backbone(cfg.backbone, cfg.weights)
+    source = resolve_backbone(AUTO_CANDIDATES[0][0] if cfg.backbone == "auto" else cfg.backbone, cfg.weights)
     cache = FeatureCache(cache_root(cfg.cache_dir), cache_namespace(source))
     return Job(cfg, Path(out), dist, source, cache, cfg.progress and dist.is_main, started=started)
 
@@ -132,6 +133,61 @@ def scan(job: Job, photos) -> Dataset:
     placeholders check finds in the pixels are refused where extraction decodes them."""
     data = scan_photos(photos, val_split=job.cfg.val_split)
     return skip_quick_errors(data, input_size=job.source.preprocessing.size)
+
+
+# --- 1b. backbone (--backbone auto) -------------------------------------------------------------------
+
+# The bundled candidates and their extraction cost relative to lite0 (hymenoptera, cold CPU-seconds:
+# lite0 19.9, lite1 23.3, lite2 25.5; bench/quality_study.py), cheapest first: ties go to the cheaper.
+# The concatenation lite0+lite2 (cost 2.35) cross-validated no better than lite2 alone there and
+# cannot yet be trained by graft train, so it is not a candidate here.
+AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
+
+
+def choose_backbone(job: Job, data: Dataset) -> Job:
+    """--backbone auto: each bundled backbone whose extraction of the training photos fits in
+    --budget seconds (estimated from lite0's measured rate x its relative cost) is cross-validated
+    on the TRAINING photos' cached features (graft.selection.choose_head); the best mean cv
+    accuracy wins, ties to the cheaper. The winner's features are then in the cache."""
+    from ..selection import choose_head
+
+    cfg = job.cfg
+    table, spent, rate = [], 0.0, None
+    y = np.array([s.label for s in data.train])
+    for spec, factor in AUTO_CANDIDATES:
+        source = resolve_backbone(spec)
+        cache = FeatureCache(job.cache_root, cache_namespace(source))
+        estimate = None if rate is None else rate * factor * len(data.train)
+        if estimate is not None and spent + estimate > cfg.budget:
+            table.append({"backbone": spec, "skipped": f"estimated {estimate:.0f} s of extraction would pass "
+                                                       f"--budget {cfg.budget:g} s ({spent:.0f} s spent)"})
+            continue
+        stats = ExtractStats()
+        feats, ok, _ = extract_features(
+            source.build, [s.digest for s in data.train], [s.path for s in data.train], cache,
+            load=RefuseNonPhotos(source.preprocessing.load), batch_size=cfg.batch_size, workers=cfg.workers,
+            progress=job.progress, desc=f"extracting {spec}", stats=stats, dist=job.dist)
+        spent += stats.seconds
+        if rate is None:  # lite0's seconds per photo, measured (a warm cache costs nothing: no estimate)
+            rate = stats.seconds / max(stats.misses, 1) / factor if stats.misses else 0.0
+        rows = np.flatnonzero(ok)
+        choice = choose_head(feats[rows], y[rows], len(data.classes), solvers=cfg.solvers(),
+                             head_cfg=cfg.head_config(), balance=cfg.balance,
+                             keys=[data.train[i].digest for i in rows], seed=cfg.seed)
+        cv = choice.to_json()
+        table.append({"backbone": spec, "cv_accuracy": cv["cv_accuracy"]["mean"],
+                      "cv_accuracy_std": cv["cv_accuracy"]["std"], "extraction_s": round(stats.seconds, 3),
+                      "computed": stats.misses, "relative_cost": factor})
+    scored = [r for r in table if r.get("cv_accuracy") is not None]
+    if not scored:
+        raise GraftError("--backbone auto: no candidate could be cross-validated (too few training photos per class)")
+    best = max(scored, key=lambda r: (r["cv_accuracy"], -r["relative_cost"]))
+    for r in table:
+        r["chosen"] = r is best
+    job.source = resolve_backbone(best["backbone"])
+    job.cache = FeatureCache(job.cache_root, cache_namespace(job.source))
+    job.backbone_candidates = table
+    return job
 
 
 # --- 2. features ------------------------------------------------------------------------------------
