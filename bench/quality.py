@@ -12,7 +12,7 @@ cache). Configurations, interleaved cold then warm:
              here; bench/quality_study.py's "today" row re-creates it on cached features.
   default    the new default (lite1, solver chosen by CV)
   lite2      --backbone lite2
-  auto       --backbone auto: not built yet (see the final report); the row says so.
+  auto       --backbone auto (lite0/lite1/lite2 by cross-validation on graft's training photos)
 
     .venv/bin/python bench/quality.py [--configs today,default,lite2]
 
@@ -35,7 +35,7 @@ CONFIGS = {
     "today": {"backbone": "lite0", "solver": "adamw"},
     "default": {},
     "lite2": {"backbone": "lite2"},
-    "auto": None,  # --backbone auto is not implemented yet
+    "auto": {"backbone": "auto"},
 }
 
 
