@@ -69,6 +69,9 @@ def main() -> None:
                 "n_train": m["n_train"], "n_val": m["n_val"], "n_held_out": ev["n"],
                 "cold_s": round(walls[0], 1), "warm_s": round(walls[1], 1),
             }
+            if m.get("backbone_candidates"):
+                rows[name]["candidates"] = m["backbone_candidates"]
+            print(f"# {name}: {rows[name]}", flush=True)
     load = os.getloadavg()[0]
     print(f"{'config':<9}{'backbone':<10}{'solver':<8}{'held-out':>9}{'reported':>9}{'cv':>7}{'cold s':>8}{'warm s':>8}")
     for name, r in rows.items():
