@@ -104,10 +104,41 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
 </header>"""
 
 
+def selection_curves(m: dict) -> str:
+    """A head chosen by cross-validation on the training photos: each L2 strength's cv accuracy
+    and the AdamW head's cv loss per epoch (no validation photo is in either)."""
+    cands = m.get("candidates") or []
+    lb = sorted((c["strength"], c["cv_accuracy"]) for c in cands if c.get("solver") == "lbfgs")
+    curve = (m.get("history") or {}).get("cv_loss") or []
+    fig = figure(10, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    if lb:
+        ax1.semilogx([s for s, _ in lb], [a for _, a in lb], marker="o", ms=3, color="#3b6fb6",
+                     label="L-BFGS probe, cv accuracy")
+        ax1.legend(fontsize=8)
+    ax1.set_xlabel("L2 strength")
+    ax1.set_title("cross-validated accuracy (training photos)")
+    if curve:
+        ax2.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, color="#d9822b", label="AdamW head, cv loss")
+        ax2.legend(fontsize=8)
+        ax2.xaxis.get_major_locator().set_params(integer=True)
+    ax2.set_xlabel("epoch")
+    ax2.set_title("cross-validated loss (training photos)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    head = m.get("head") or {}
+    note = (f'<p class="muted">chosen: {esc(head.get("solver", "?"))}; every point is {esc(head.get("folds", "?"))}-fold '
+            "cross-validation on the training photos, then the winner was refitted on all of them.</p>")
+    return section("Training curves", img_tag(png_of(fig), "training and validation curves", "chart") + note)
+
+
 def curves(m: dict) -> str:
     h = m.get("history") or {}
     tl, vl, va = h.get("train_loss") or [], h.get("val_loss") or [], h.get("val_accuracy") or []
     if not (tl or vl or va):
+        if m.get("candidates"):
+            return selection_curves(m)
         return section("Training curves", '<p class="muted">metrics.json has no training history.</p>')
     fig = figure(10, 3.6)
     ax1, ax2 = fig.subplots(1, 2)
