@@ -116,7 +116,8 @@ class HeadTrainer:
     """One epoch at a time, so callers can feed fresh features per epoch (views, benchmarks)."""
 
     def __init__(self, x_train, y_train, x_val, y_val, n_classes: int, cfg: HeadConfig | None = None,
-                 *, budget: int | None = None):
+                 *, budget: int | None = None, class_weight=None):
+        """`class_weight` (n_classes,): per-class loss weights, so uneven classes count equally."""
         self.cfg = cfg = cfg or HeadConfig()
         self.gen = torch.Generator().manual_seed(cfg.seed)
         budget = memory_budget(budget)
@@ -141,7 +142,8 @@ class HeadTrainer:
         nn.init.zeros_(self.layer.weight)  # logistic regression: zero is a fine, deterministic start
         nn.init.zeros_(self.layer.bias)
         self.opt = _FunctionalAdamW(list(self.layer.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        weight = None if class_weight is None else torch.as_tensor(np.asarray(class_weight), dtype=torch.float32)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
         self.best = (math.inf, -1, copy.deepcopy(self.layer.state_dict()))
         self.epoch = 0

@@ -196,8 +196,13 @@ def read_val_predictions(run_dir) -> dict | None:
 
 
 def _recorded_weights(info: dict):
-    """A --weights file recorded in the run; the default's packaged file is found afresh."""
-    return None if info["spec"] == "default" else info["weights_source"]
+    """A --weights file recorded in the run; a bundled backbone's packaged file (default, lite0,
+    lite1, lite2) is found afresh, so a run does not pin one site-packages path (the digest
+    check still proves it is the same file)."""
+    from .backbones import BUNDLED
+
+    packaged = info["spec"] == "default" or info["spec"] in BUNDLED
+    return None if packaged else info["weights_source"]
 
 
 def _prefixed(tensors: dict, prefix: str) -> dict:

@@ -53,7 +53,7 @@ def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages
     for s in data.train:
         counts[s.label] += 1
     per_class = min(counts)
-    probe = f"linear probe val accuracy {probe_accuracy:.3f}"
+    probe = f"linear probe cross-validated accuracy {probe_accuracy:.3f} on the training photos"
     if per_class < 250:
         return StrategyChoice("head", train_stages,
                               f"{per_class} training images in the smallest class (< 250): little data, "

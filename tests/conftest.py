@@ -101,7 +101,7 @@ def fixed_batch() -> "torch.Tensor":  # noqa: F821
 
 @pytest.fixture(scope="session")
 def default_backbone():
-    """The real default backbone (EfficientNet-Lite0 with ImageNet weights), built once."""
+    """The real default backbone (EfficientNet-Lite1 with ImageNet weights since issue 11), built once."""
     from graft.backbones import load_backbone
 
     return load_backbone()

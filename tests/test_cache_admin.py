@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import graft
+from graft.backbones import DEFAULT_ARCH
 from conftest import make_photo_folder
 from graft.cache import FeatureCache
 from graft.cache.admin import parse_age, parse_size, prune, usage
@@ -48,7 +49,7 @@ def test_usage_lists_each_area(warm):
     feats = areas["features"]
     assert feats.files == len(list(feats.path.glob("*.safetensors"))) + 2  # + namespace.json, lock
     assert feats.bytes == sum(f.stat().st_size for f in feats.path.iterdir())
-    assert "tf_efficientnet_lite0" in feats.what and "pooled" in feats.what
+    assert DEFAULT_ARCH.partition(":")[2] in feats.what and "pooled" in feats.what
     assert time.time() - feats.last_used < 600
     assert len(feats.entries) == len(list(feats.path.glob("*.safetensors")))
 
@@ -211,7 +212,7 @@ def test_cli_info_and_prune(warm):
                                      env=env).stdout)
     assert info["root"] == str(cache) and info["bytes"] == sum(a["bytes"] for a in info["areas"])
     text = subprocess.run([GRAFT, "cache"], capture_output=True, text=True, check=True, env=env).stdout
-    assert "features" in text and "tf_efficientnet_lite0" in text
+    assert "features" in text and DEFAULT_ARCH.partition(":")[2] in text
     dry = subprocess.run([GRAFT, "cache", "--json", "prune", "--max-size", "0", "--dry-run"], capture_output=True,
                          text=True, check=True, env=env)
     assert json.loads(dry.stdout)["paths"] and list(cache.rglob("*.safetensors"))

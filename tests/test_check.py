@@ -425,7 +425,7 @@ def test_train_skips_what_check_calls_an_error(tmp_path, default_backbone):
         except ImageError as e:
             decode_skips[s.path.name] = e.code
         else:
-            assert tuple(x.shape) == (3, 224, 224)
+            assert tuple(x.shape) == (3, DEFAULT_PREPROCESSING.size, DEFAULT_PREPROCESSING.size)
     assert decode_skips == {"cut.jpg": "truncated", "imageNotFound.gif": "not_a_photo",
                             "placeholder.png": "not_a_photo"}
     skipped_by_train = {Path(d["path"]).name for d in kept.skipped} | set(decode_skips)

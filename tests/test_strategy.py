@@ -104,7 +104,7 @@ def test_train_auto_on_a_tiny_folder_picks_head(tmp_path):
     m = json.loads((res.run_dir / "metrics.json").read_text())
     assert m["strategy"] == "head"
     assert "6 training images" in m["strategy_reason"] and "250" in m["strategy_reason"]
-    assert f"{m['probe_val_accuracy']:.3f}" in m["strategy_reason"]
+    assert f"{m['probe_cv_accuracy']:.3f}" in m["strategy_reason"]  # cv on the training photos, not val
     assert "finetune" not in m
     meta = json.loads((res.run_dir / "model.json").read_text())
     assert meta["strategy"] == "head" and meta["backbone"]["stored"] is False

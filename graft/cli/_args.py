@@ -7,7 +7,8 @@ from ..errors import GraftError
 
 def backbone_args(p) -> None:
     p.add_argument("--backbone", "-b", default="default", metavar="SPEC",
-                   help="default (EfficientNet-Lite0, ImageNet, ships with graft), timm:<model> or tv:<model>")
+                   help="default (= lite1), lite0, lite1, lite2 (EfficientNet-Lite0/1/2, ImageNet, ship with "
+                   "graft; see README 'Which backbone to pick'), timm:<model> or tv:<model>")
     p.add_argument("--weights", metavar="FILE", help="local weights file for the backbone (.safetensors or .pth)")
 
 

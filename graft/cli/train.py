@@ -51,6 +51,19 @@ def add_parser(subparsers) -> None:
     t.add_argument("--aug-views", type=int, default=d.aug_views, metavar="K",
                    help="head strategy: also cache the features of K augmented draws of every training "
                    "image and sample among them each epoch (default 0: no augmentation)")
+    t.add_argument("--balance", default=d.balance, choices=["auto", "none"],
+                   help="auto (default): weight the loss so each class counts equally when the largest class "
+                   "has more than 3x the photos of the smallest; none: never")
+    t.add_argument("--solver", default=d.solver, choices=["auto", "lbfgs", "adamw"],
+                   help="the head's solver: lbfgs (logistic regression, L2 strength by cross-validation), adamw "
+                   "(epochs by cross-validation), or auto (default): whichever cross-validates better on the "
+                   "training photos")
+    t.add_argument("--budget", type=duration, default=d.budget, metavar="SECONDS|Nm",
+                   help="--backbone auto: seconds (or e.g. 2m) of feature extraction the candidates lite0, lite1, "
+                   f"lite2 may cost, estimated from lite0's measured rate (default {d.budget:g} s)")
+    t.add_argument("--final", action="store_true",
+                   help="a model for deployment: after choosing everything on the training photos' "
+                   "cross-validation, also train on the validation photos (no held-out accuracy then)")
     augment_args(t)
     t.add_argument("--aug-device", default=d.aug_device, choices=["workers", "cpu", "cuda"],
                    help="fine-tuning: where flips and colour ops run: in the loader workers (default), or "
@@ -72,6 +85,7 @@ def run(args) -> int:
                    augment=args.augment, aug=args.aug, aug_views=args.aug_views,
                    train_stages=args.train_stages, new_hidden=hidden_sizes(args.new_hidden),
                    from_scratch=args.from_scratch, resume=args.resume, aug_device=args.aug_device,
+                   balance=args.balance, solver=args.solver, final=args.final, budget=args.budget,
                    progress=not args.quiet and not args.json)
     if not context().is_main:  # under torchrun only rank 0 reports
         return 0
@@ -80,6 +94,18 @@ def run(args) -> int:
     elif not args.quiet:
         print(train_summary(result.metrics, result.run_dir))
     return 0
+
+
+def duration(text: str) -> float:
+    """--budget: 90, 90s, 2m, 1h."""
+    mult = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower(), None)
+    try:
+        value = float(text[:-1] if mult else text) * (mult or 1)
+    except ValueError:
+        raise GraftError(f"--budget takes seconds like 90, 90s or 2m, got {text!r}") from None
+    if value <= 0:
+        raise GraftError(f"--budget must be positive, got {text!r}")
+    return value
 
 
 def hidden_sizes(text: str) -> tuple:
@@ -96,9 +122,18 @@ def hidden_sizes(text: str) -> tuple:
 def train_summary(m: dict, run_dir) -> str:
     t = m["timings"]
     c = m["cache"]
-    correct = round(m["val_accuracy"] * m["n_val"]) if m["n_val"] else 0
+    val = m["val_accuracy"]
+    correct = round(val * m["n_val"]) if m["n_val"] and val is not None else 0
+    cv = m.get("cv_accuracy") or {}
+    head = m.get("head") or {}
     rows = [
-        ("val accuracy", f"{m['val_accuracy']:.3f}  ({correct}/{m['n_val']})"),
+        ("val accuracy", (f"{val:.3f}  ({correct}/{m['n_val']}, validation photos predicted once, never chosen on)"
+                          if val is not None else f"none ({m.get('val_note', 'no held-out photos')})")),
+        *([("cv accuracy", f"{cv['mean']:.3f} +- {cv['std']:.3f}  ({head.get('folds')}-fold on the training photos: "
+                           f"what chose the head)")] if cv.get("mean") is not None else []),
+        *([("head", f"{head['solver']}" + (f", L2 {head['strength']:.3g}" if head.get("strength") is not None else "")
+                    + (f", {head['epochs']} epochs" if head.get("epochs") else "") + f"; {head.get('balance')}")]
+          if head.get("solver") else []),
         ("images", f"{m['n_train']} train, {m['n_val']} val, {len(m['classes'])} classes"),
         ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']})"),
         ("strategy", f"{m['strategy']}: {m['strategy_reason']}"),

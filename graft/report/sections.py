@@ -53,6 +53,31 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
                      + (f' <span class="muted">&mdash; {esc(m["strategy_reason"])}</span>' if m.get("strategy_reason") else "")),
         ("images", f"{esc(m.get('n_train', '?'))} train, {esc(n_val if n_val is not None else '?')} val"),
     ]
+    cv = m.get("cv_accuracy") or {}
+    if cv.get("mean") is not None:
+        head = m.get("head") or {}
+        rows.append(("cv accuracy", f'<span id="cv-accuracy">{fmt3(cv["mean"])}</span> &plusmn; {fmt3(cv.get("std"))} '
+                     f'<span class="muted">&mdash; {esc(head.get("folds", "?"))}-fold cross-validation on the training '
+                     f'photos: what chose the head ({esc(head.get("solver", "?"))}'
+                     + (f', L2 {head["strength"]:.3g}' if head.get("strength") is not None else "")
+                     + (f', {head["epochs"]} epochs' if head.get("epochs") else "")
+                     + "); the validation accuracy above is on photos nothing was chosen on</span>"))
+    if m.get("backbone_candidates"):
+        cells = []
+        for r in m["backbone_candidates"]:
+            if r.get("skipped"):
+                cells.append(f"{esc(r['backbone'])}: {esc(r['skipped'])}")
+            else:
+                cells.append(("<b>" if r.get("chosen") else "") + f"{esc(r['backbone'])}: cv {fmt3(r['cv_accuracy'])} "
+                             f"&plusmn; {fmt3(r['cv_accuracy_std'])}, extraction {r['extraction_s']:.1f} s"
+                             + ("</b>" if r.get("chosen") else ""))
+        rows.append(("backbone (auto)", '<span id="backbone-candidates">' + "<br>".join(cells)
+                     + '</span> <span class="muted">(chosen by cross-validation on the training photos)</span>'))
+    if m.get("val_balanced_accuracy") is not None:
+        rows.append(("balanced accuracy", f"val {fmt3(m['val_balanced_accuracy'])}"
+                     + (f", cv {fmt3((m.get('cv_balanced_accuracy') or {}).get('mean'))}"
+                        if (m.get("cv_balanced_accuracy") or {}).get("mean") is not None else "")
+                     + ' <span class="muted">(mean per-class recall)</span>'))
     if m.get("probe_val_accuracy") is not None and strategy != "head":
         rows.append(("linear probe", f"val accuracy {fmt3(m['probe_val_accuracy'])} (new softmax on frozen features, "
                                      "the baseline fine-tuning is measured against)"))
@@ -72,17 +97,48 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
     return f"""<header>
 <div class="title"><h1>graft report <span class="muted">&middot; {esc(run_dir.resolve().name)}</span></h1></div>
 <div class="hero">
-  <div class="big"><div class="label">validation accuracy</div>
+  <div class="big"><div class="label">validation accuracy <span class="muted">(held out, predicted once)</span></div>
     <div class="value" id="val-accuracy">{fmt3(acc)}</div><div class="muted">{esc(correct)}</div></div>
   <table class="facts">{table}</table>
 </div>
 </header>"""
 
 
+def selection_curves(m: dict) -> str:
+    """A head chosen by cross-validation on the training photos: each L2 strength's cv accuracy
+    and the AdamW head's cv loss per epoch (no validation photo is in either)."""
+    cands = m.get("candidates") or []
+    lb = sorted((c["strength"], c["cv_accuracy"]) for c in cands if c.get("solver") == "lbfgs")
+    curve = (m.get("history") or {}).get("cv_loss") or []
+    fig = figure(10, 3.6)
+    ax1, ax2 = fig.subplots(1, 2)
+    if lb:
+        ax1.semilogx([s for s, _ in lb], [a for _, a in lb], marker="o", ms=3, color="#3b6fb6",
+                     label="L-BFGS probe, cv accuracy")
+        ax1.legend(fontsize=8)
+    ax1.set_xlabel("L2 strength")
+    ax1.set_title("cross-validated accuracy (training photos)")
+    if curve:
+        ax2.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, color="#d9822b", label="AdamW head, cv loss")
+        ax2.legend(fontsize=8)
+        ax2.xaxis.get_major_locator().set_params(integer=True)
+    ax2.set_xlabel("epoch")
+    ax2.set_title("cross-validated loss (training photos)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    head = m.get("head") or {}
+    note = (f'<p class="muted">chosen: {esc(head.get("solver", "?"))}; every point is {esc(head.get("folds", "?"))}-fold '
+            "cross-validation on the training photos, then the winner was refitted on all of them.</p>")
+    return section("Training curves", img_tag(png_of(fig), "training and validation curves", "chart") + note)
+
+
 def curves(m: dict) -> str:
     h = m.get("history") or {}
     tl, vl, va = h.get("train_loss") or [], h.get("val_loss") or [], h.get("val_accuracy") or []
     if not (tl or vl or va):
+        if m.get("candidates"):
+            return selection_curves(m)
         return section("Training curves", '<p class="muted">metrics.json has no training history.</p>')
     fig = figure(10, 3.6)
     ax1, ax2 = fig.subplots(1, 2)

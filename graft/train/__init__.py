@@ -20,7 +20,7 @@ from __future__ import annotations
 from ..strategy import choose_strategy
 from .config import TrainConfig, TrainResult
 from .record import summary, write
-from .steps import accuracy, features, fine_tune, probe, scan, score_val, start
+from .steps import choose_backbone, cv_accuracy, features, fine_tune, probe, scan, score_val, start
 
 __all__ = ["train", "run_recipe", "TrainConfig", "TrainResult"]
 
@@ -54,6 +54,11 @@ def train(
     boundary_cache: bool = _D.boundary_cache,
     aug_device: str = _D.aug_device,
     decode_once: bool = _D.decode_once,
+    balance: str = _D.balance,
+    solver: str = _D.solver,
+    inner_split: float = _D.inner_split,
+    budget: float = _D.budget,
+    final: bool = _D.final,
     report: bool = _D.report,
     progress: bool = _D.progress,
 ) -> TrainResult:
@@ -77,6 +82,12 @@ def train(
     the frozen prefix's activations come from the cache; `aug_device="cpu"|"cuda"` runs flips and
     colour ops per sample on the trainer's device instead; `decode_once` keeps decoded photos in
     the cache folder so later epochs skip JPEG decoding). `resume` continues a killed run.
+
+    Everything chosen (the head's solver, L2 strength or epochs, class weights `balance`, the
+    strategy under auto, fine-tuning's early stopping) is chosen on the training photos only;
+    the validation photos are predicted once for val_accuracy. `final=True` trains on the
+    validation photos too (a model for deployment): then no held-out figure exists and
+    val_accuracy is None.
     """
     settings = dict(locals())  # exactly the keywords above
     photos, out = settings.pop("photos"), settings.pop("out")
@@ -88,17 +99,21 @@ def run_recipe(photos, out, cfg: TrainConfig) -> TrainResult:
     sharing the extraction and the fine-tuning; rank 0 alone scores and writes the run."""
     job = start(cfg, out)
     data = scan(job, photos)
+    if cfg.backbone == "auto":  # chosen by cross-validation on the training photos, within --budget
+        job = choose_backbone(job, data)
     feats = features(job, data)
     if cfg.strategy == "head" and not job.dist.is_main:  # features are shared; the head trains once, on rank 0
         return TrainResult(job.out, {"rank": job.dist.rank, "strategy": "head",
                                      "cache": {"misses": job.stats.misses}})
     linear_probe = probe(job, feats)
-    probe_accuracy = accuracy(feats, linear_probe.val_logits)["accuracy"]
-    choice = choose_strategy(cfg.strategy, feats.data, probe_accuracy, train_stages=cfg.train_stages)
-    common = summary(job, feats, choice, probe_accuracy)
+    probe_cv = cv_accuracy(linear_probe)  # chosen on the training photos: never the val figure
+    choice = choose_strategy(cfg.strategy, feats.data, probe_cv, train_stages=cfg.train_stages)
+    common = summary(job, feats, choice, probe_cv, linear_probe)
     fitted = linear_probe if choice.strategy == "head" else fine_tune(job, feats, choice)
     if not job.dist.is_main:  # rank 0 evaluates and writes; the weights are the same on every rank
         return TrainResult(job.out, {"rank": job.dist.rank, **common, "history": fitted.history})
+    if fitted.selection is None:
+        fitted.selection = linear_probe.selection
     if fitted.val_logits is None:
         fitted.val_logits = score_val(job, feats, fitted)
     return TrainResult(job.out, write(job, feats, common, fitted))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import GraftError
 from ..finetune import FinetuneConfig
 from ..head import HeadConfig
 from ..strategy import StrategyChoice, check_request
@@ -45,12 +46,26 @@ class TrainConfig:
     boundary_cache: bool = True  # cache the frozen stages' activations when nothing is augmented
     aug_device: str = "workers"  # where flips and colour ops run when fine-tuning: workers, cpu, cuda
     decode_once: bool = True  # keep decoded photos in the cache so later epochs skip decoding
+    balance: str = "auto"  # "auto": weight classes equally when the largest has > 3x the smallest; "none"
+    solver: str = "auto"  # the head's solver: "auto" (chosen by CV on the training photos), "lbfgs", "adamw"
+    inner_split: float = 0.15  # fine-tuning: share of the TRAINING photos (by content hash) early stopping watches
+    budget: float = 300.0  # --backbone auto: seconds of feature extraction the candidates may cost
+    final: bool = False  # deployment model: the validation photos are trained on too (no held-out figure)
     report: bool = True  # write RUN/report.html
     progress: bool = True  # progress bars
 
     def __post_init__(self):
         check_request(self.strategy, from_scratch=self.from_scratch)  # before any photo is read
         object.__setattr__(self, "new_hidden", tuple(self.new_hidden or ()))
+        if self.balance not in ("auto", "none"):
+            raise GraftError(f"balance must be auto or none, not {self.balance!r}")
+        if self.solver not in ("auto", "lbfgs", "adamw"):
+            raise GraftError(f"solver must be auto, lbfgs or adamw, not {self.solver!r}")
+
+    def solvers(self) -> tuple[str, ...]:
+        from ..selection import SOLVERS
+
+        return SOLVERS if self.solver == "auto" else (self.solver,)
 
     def preset(self, use: str) -> str:
         """The augmentation preset for `use`: "finetune" or "views"."""

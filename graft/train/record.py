@@ -16,8 +16,10 @@ from .steps import Features, Fitted, Job, accuracy
 log = logging.getLogger("graft")
 
 
-def summary(job: Job, f: Features, choice: StrategyChoice, probe_accuracy: float) -> dict:
-    """What every rank knows once the strategy is chosen (all a follower rank returns)."""
+def summary(job: Job, f: Features, choice: StrategyChoice, probe_cv: float, probe: Fitted | None = None) -> dict:
+    """What every rank knows once the strategy is chosen (all a follower rank returns).
+    `probe_cv_accuracy`: the linear probe's cross-validated accuracy on the training photos (what
+    `auto` chose the strategy with)."""
     src = job.source
     return {
         "classes": f.data.classes,
@@ -26,8 +28,10 @@ def summary(job: Job, f: Features, choice: StrategyChoice, probe_accuracy: float
         "skipped": f.skipped,
         "strategy": choice.strategy,
         "strategy_reason": choice.reason,
-        "probe_val_accuracy": probe_accuracy,
+        "probe_cv_accuracy": probe_cv,
+        **({"probe_val_accuracy": accuracy(f, probe.val_logits)["accuracy"]} if probe is not None else {}),
         "backbone": {"spec": src.spec, "arch": src.arch, "weights_digest": src.weights.digest},
+        **({"backbone_candidates": job.backbone_candidates} if job.backbone_candidates is not None else {}),
     }
 
 
@@ -56,8 +60,19 @@ def build_metrics(job: Job, f: Features, common: dict, fitted: Fitted, *, train_
     """metrics.json: validation figures, what was trained and how, the cache, and the timings."""
     val = accuracy(f, fitted.val_logits)
     history, stats = fitted.history, job.stats
+    sel = fitted.selection or {}
     return {
-        "val_accuracy": val["accuracy"],
+        # val_*: the validation photos, predicted once at the end and never used to choose anything.
+        # cv_*: k-fold cross-validation on the training photos, what chose the head (mean, spread over folds).
+        "val_accuracy": None if job.cfg.final else val["accuracy"],
+        "val_balanced_accuracy": None if job.cfg.final else val["balanced_accuracy"],
+        **({"val_note": "--final: the validation photos were trained on, so no held-out figure exists; "
+                        "cv_accuracy is the training photos' own estimate"} if job.cfg.final else {}),
+        "cv_accuracy": sel.get("cv_accuracy"),
+        "cv_balanced_accuracy": sel.get("cv_balanced_accuracy"),
+        "head": {k: sel.get(k) for k in ("solver", "strength", "epochs", "folds", "chosen_by", "class_weight",
+                                         "balance")} if sel else None,
+        "candidates": sel.get("candidates"),
         "val_loss": history["val_loss"][fitted.best_epoch - 1] if history["val_loss"] else None,
         "per_class": val["per_class"],
         "confusion": val["confusion"],

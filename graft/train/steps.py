@@ -24,7 +24,7 @@ from ..data import Dataset, scan_photos
 from ..data.placeholders import RefuseNonPhotos
 from ..errors import GraftError
 from ..features import ExtractStats, cache_namespace, extract_features
-from ..head import memory_budget, predict_logits, train_head
+from ..head import memory_budget, predict_logits
 from ..metrics import classification_metrics
 from ..strategy import StrategyChoice
 from .augmentation import describe, resolve_augmentation
@@ -44,6 +44,7 @@ class Job:
     stats: ExtractStats = field(default_factory=ExtractStats)
     started: float = field(default_factory=time.perf_counter)
     _pipelines: dict = field(default_factory=dict)
+    backbone_candidates: list | None = None  # --backbone auto: each candidate's cv figures and cost
 
     @property
     def cache_root(self) -> Path:
@@ -109,6 +110,7 @@ class Fitted:
     cut: int | None = None
     model: torch.nn.Module | None = None  # the whole Classifier, when it fine-tuned
     finetune: dict | None = None  # metrics.json's "finetune" entry
+    selection: dict | None = None  # how the head was chosen on the training photos (HeadChoice.to_json())
 
 
 # --- 0. start ---------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ def start(cfg: TrainConfig, out) -> Job:
     started = time.perf_counter()
     dist = context()  # several processes under torchrun, else one
     torch.manual_seed(cfg.seed)
-    source = resolve_backbone(cfg.backbone, cfg.weights)
+    source = resolve_backbone(AUTO_CANDIDATES[0][0] if cfg.backbone == "auto" else cfg.backbone, cfg.weights)
     cache = FeatureCache(cache_root(cfg.cache_dir), cache_namespace(source))
     return Job(cfg, Path(out), dist, source, cache, cfg.progress and dist.is_main, started=started)
 
@@ -135,6 +137,61 @@ def scan(job: Job, photos) -> Dataset:
     placeholders check finds in the pixels are refused where extraction decodes them."""
     data = scan_photos(photos, val_split=job.cfg.val_split, cache_dir=job.cache_root)
     return skip_quick_errors(data, input_size=job.source.preprocessing.size)
+
+
+# --- 1b. backbone (--backbone auto) -------------------------------------------------------------------
+
+# The bundled candidates and their extraction cost relative to lite0 (hymenoptera, cold CPU-seconds:
+# lite0 19.9, lite1 23.3, lite2 25.5; bench/quality_study.py), cheapest first: ties go to the cheaper.
+# The concatenation lite0+lite2 (cost 2.35) cross-validated no better than lite2 alone there and
+# cannot yet be trained by graft train, so it is not a candidate here.
+AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
+
+
+def choose_backbone(job: Job, data: Dataset) -> Job:
+    """--backbone auto: each bundled backbone whose extraction of the training photos fits in
+    --budget seconds (estimated from lite0's measured rate x its relative cost) is cross-validated
+    on the TRAINING photos' cached features (graft.selection.choose_head); the best mean cv
+    accuracy wins, ties to the cheaper. The winner's features are then in the cache."""
+    from ..selection import choose_head
+
+    cfg = job.cfg
+    table, spent, rate = [], 0.0, None
+    y = np.array([s.label for s in data.train])
+    for spec, factor in AUTO_CANDIDATES:
+        source = resolve_backbone(spec)
+        cache = FeatureCache(job.cache_root, cache_namespace(source))
+        estimate = None if rate is None else rate * factor * len(data.train)
+        if estimate is not None and spent + estimate > cfg.budget:
+            table.append({"backbone": spec, "skipped": f"estimated {estimate:.0f} s of extraction would pass "
+                                                       f"--budget {cfg.budget:g} s ({spent:.0f} s spent)"})
+            continue
+        stats = ExtractStats()
+        feats, ok, _ = extract_features(
+            source.build, [s.digest for s in data.train], [s.path for s in data.train], cache,
+            load=RefuseNonPhotos(source.preprocessing.load), batch_size=cfg.batch_size, workers=cfg.workers,
+            progress=job.progress, desc=f"extracting {spec}", stats=stats, dist=job.dist)
+        spent += stats.seconds
+        if rate is None:  # lite0's seconds per photo, measured (a warm cache costs nothing: no estimate)
+            rate = stats.seconds / max(stats.misses, 1) / factor if stats.misses else 0.0
+        rows = np.flatnonzero(ok)
+        choice = choose_head(feats[rows], y[rows], len(data.classes), solvers=cfg.solvers(),
+                             head_cfg=cfg.head_config(), balance=cfg.balance,
+                             keys=[data.train[i].digest for i in rows], seed=cfg.seed)
+        cv = choice.to_json()
+        table.append({"backbone": spec, "cv_accuracy": cv["cv_accuracy"]["mean"],
+                      "cv_accuracy_std": cv["cv_accuracy"]["std"], "extraction_s": round(stats.seconds, 3),
+                      "computed": stats.misses, "relative_cost": factor})
+    scored = [r for r in table if r.get("cv_accuracy") is not None]
+    if not scored:
+        raise GraftError("--backbone auto: no candidate could be cross-validated (too few training photos per class)")
+    best = max(scored, key=lambda r: (r["cv_accuracy"], -r["relative_cost"]))
+    for r in table:
+        r["chosen"] = r is best
+    job.source = resolve_backbone(best["backbone"])
+    job.cache = FeatureCache(job.cache_root, cache_namespace(job.source))
+    job.backbone_candidates = table
+    return job
 
 
 # --- 2. features ------------------------------------------------------------------------------------
@@ -153,6 +210,8 @@ def features(job: Job, data: Dataset) -> Features:
     val_idx = [i for i in range(n_train, len(samples)) if ok[i]]
     y = np.array([s.label for s in samples])
     require_every_class(data.classes, y[train_idx], "training")
+    if job.cfg.final:  # a deployment model: the validation photos are trained on too
+        train_idx, val_idx = train_idx + val_idx, []
     kept = Dataset(data.root, data.classes, [samples[i] for i in train_idx], [samples[i] for i in val_idx],
                    data.skipped, data.layout)
     x_train = FeatureRows(job.cache, [samples[i].digest for i in train_idx])
@@ -189,14 +248,51 @@ def require_every_class(classes, labels, what) -> None:
 
 def probe(job: Job, f: Features) -> Fitted:
     """The new softmax on the cached features: the head strategy's classifier, and the linear
-    probe that `auto` decides with and fine-tuning is measured against."""
+    probe that `auto` decides with and fine-tuning is measured against.
+
+    Everything about it (solver, L2 strength or number of epochs, class weights) is chosen by
+    stratified k-fold cross-validation on the TRAINING photos only (graft.selection), and the
+    winner is refitted on all of them; the validation photos are predicted once, here, for the
+    reported val_accuracy and never used to choose anything."""
+    from ..selection import choose_head
+
     started = time.perf_counter()
     cfg = job.cfg.head_config()
-    fit = train_head(f.x_train, f.y_train, f.x_val, f.y_val, len(f.data.classes), cfg, progress=job.progress)
-    logits = predict_logits(fit.head, f.x_val)
+    choice = choose_head(f.x_train, f.y_train, len(f.data.classes), solvers=job.cfg.solvers(), head_cfg=cfg,
+                         balance=job.cfg.balance, keys=[s.digest for s in f.data.train], seed=job.cfg.seed)
+    logits = predict_logits(choice.head, f.x_val)
     loop = {"data_wait_s": round(job.stats.wait_s, 4), "step_s": round(job.stats.compute_s, 4)}  # of extraction
-    return Fitted("head", fit.head, fit.best_epoch, fit.epochs_run, fit.history, {"head": cfg.to_json()},
-                  f.augmentation, loop, started, val_logits=logits)
+    curve = next((r.get("curve") for r in choice.candidates if r.get("solver") == "adamw"), None) or []
+    history = {"train_loss": [], "val_loss": [], "val_accuracy": [], "cv_loss": curve}
+    epochs = choice.epochs or 0
+    record = {"head": {**cfg.to_json(), "solver": choice.solver, "strength": choice.strength,
+                       "epochs": choice.epochs, "class_weight": choice.class_weight}}
+    return Fitted("head", choice.head, epochs, epochs, history, record, f.augmentation, loop, started,
+                  val_logits=logits, selection=choice.to_json())
+
+
+def cv_accuracy(fitted: Fitted) -> float:
+    """The probe's cross-validated accuracy on the training photos: what `auto` reads (0 when a
+    class had a single photo and nothing could be cross-validated)."""
+    mean = (fitted.selection or {}).get("cv_accuracy", {}).get("mean")
+    return float(mean) if mean is not None else 0.0
+
+
+def inner_split(data: Dataset, share: float, seed: int = 0) -> Dataset:
+    """Fine-tuning's early-stopping photos, carved from the TRAINING photos: per class, the
+    `share` with the lowest hash of (seed, content digest), at least one when the class has two
+    or more photos. A hash of its own (not the train/val hash, which placed every training
+    photo above val_split), so the carve does not depend on file order."""
+    import hashlib
+
+    train, held = [], []
+    for label in range(len(data.classes)):
+        members = sorted((s for s in data.train if s.label == label),
+                         key=lambda s: hashlib.sha256(f"inner:{seed}:{s.digest}".encode()).digest())
+        n = min(max(int(round(share * len(members))), 1), len(members) - 1) if len(members) > 1 else 0
+        held += members[:n]
+        train += members[n:]
+    return Dataset(data.root, data.classes, train, held, data.skipped, data.layout)
 
 
 def accuracy(f: Features, logits: np.ndarray) -> dict:
@@ -220,7 +316,11 @@ def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
                            forward=forward)[0]
 
     started = time.perf_counter()
-    res = finetune(built, f.data, cfg, run_dir=job.out, pipeline=pipeline, workers=job.cfg.workers,
+    # Early stopping and the best epoch are chosen on an inner split of the training photos, never
+    # on the validation photos; the model kept is the best inner-split epoch's (trained on the
+    # other 1 - inner_split of the training photos: the cheap option, no second fine-tuning).
+    inner = inner_split(f.data, job.cfg.inner_split, job.cfg.seed)
+    res = finetune(built, inner, cfg, run_dir=job.out, pipeline=pipeline, workers=job.cfg.workers,
                    resume=job.cfg.resume, progress=job.progress, extract=boundary_activations,
                    boundary_cache=job.cfg.boundary_cache, aug_device=job.cfg.aug_device,
                    decoded_dir=job.decoded_dir, dist=job.dist)
@@ -231,7 +331,10 @@ def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
                   {"finetune": cfg.to_json()}, describe(preset, pipeline) if pipeline is not None else None,
                   loop, started, backbone=res.model.backbone, cut=res.model.cut, model=res.model,
                   finetune={**cfg.to_json(), "boundary_cache": res.boundary_cache,
-                            "resumed_from_epoch": res.resumed_from})
+                            "resumed_from_epoch": res.resumed_from,
+                            "early_stopping_on": f"inner split of the training photos ({len(inner.val)} photos, "
+                                                 f"{job.cfg.inner_split:g} by content hash)",
+                            "trained_on": len(inner.train)})
 
 
 def score_val(job: Job, f: Features, fitted: Fitted) -> np.ndarray:

@@ -1,0 +1,90 @@
+"""graft.features_multi: `lite0+lite1` features are each part's cached features side by side,
+every part in its own cache namespace (nothing recomputed), and fine-tuning one is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import count_backbone_forwards, make_photo_folder
+from graft.backbones import resolve_backbone
+from graft.cache import FeatureCache
+from graft.data import scan_class_folders
+from graft.errors import GraftError
+from graft.features import cache_namespace, extract_features
+from graft.features_multi import (concat_batches, concat_features, require_frozen, resolve_concat,
+                                  split_spec)
+
+
+@pytest.fixture
+def samples(tmp_path):
+    root = make_photo_folder(tmp_path / "photos", per_class=2)
+    (root / "red" / "broken.jpg").write_bytes(b"not a jpeg")
+    _, found, skipped = scan_class_folders(root)
+    return found, skipped
+
+
+@pytest.fixture(scope="module")
+def source():
+    """lite0+lite1, resolved once: its parts keep their network once built."""
+    return resolve_concat("lite0+lite1")
+
+
+def alone(src, samples, cache_root):
+    cache = FeatureCache(cache_root, cache_namespace(src))
+    return extract_features(src.build, [s.digest for s in samples], [s.path for s in samples], cache,
+                            load=src.preprocessing.load, workers=0, progress=False)
+
+
+def test_concatenation_is_each_part_side_by_side_and_reuses_each_cache(source, samples, tmp_path):
+    found, _ = samples
+    cache_root = tmp_path / "cache"
+    lite0, ok0, _ = alone(source.parts[0], found, cache_root)  # lite0 already cached, as after a lite0 run
+    feats, ok, stats = concat_features(source, found, cache_root, workers=0, progress=False)
+    assert stats.parts["lite0"].misses == 0 and stats.parts["lite0"].hits == len(found)
+    assert stats.parts["lite1"].misses == len(found)  # only the new part ran
+    lite1, ok1, st1 = alone(resolve_backbone("lite1"), found, cache_root)  # as a lite1 run would
+    assert st1.misses == 0  # ...into lite1's own namespace, which a lite1 run reads
+    assert feats.shape == (len(found), lite0.shape[1] + lite1.shape[1]) == (len(found), 2560)
+    np.testing.assert_array_equal(feats, np.concatenate([lite0, lite1], axis=1))
+    assert ok.all() and ok0.all() and ok1.all()
+    with count_backbone_forwards() as calls:  # warm, from the spec alone: no network is built or run
+        again, _, stats2 = concat_features("lite0+lite1", found, cache_root, workers=0, progress=False)
+    assert calls == [] and stats2.misses == 0
+    np.testing.assert_array_equal(again, feats)
+
+    # a photo is kept only if every part read it, and reported once, not once per part
+    broken = found[0].__class__(found[0].path.with_name("broken.jpg"), 1, "f" * 64)
+    feats2, ok2, stats3 = concat_features(source, [*found, broken], cache_root, workers=0, progress=False)
+    assert ok2[:-1].all() and not ok2[-1] and not feats2[-1].any()
+    np.testing.assert_array_equal(feats2[:-1], feats)
+    assert [s["path"] for s in stats3.skipped] == [str(broken.path)]
+
+
+def test_uncached_prediction_matches_the_cached_features(source, samples, tmp_path):
+    found, _ = samples
+    feats, _, _ = concat_features(source, found, tmp_path / "cache", workers=0, progress=False)
+    paths = [s.path for s in found] + [found[0].path.with_name("broken.jpg")]
+    direct, ok, skipped = concat_batches([p.build() for p in source.parts], paths, workers=0)
+    np.testing.assert_allclose(direct[:-1], feats, rtol=1e-4, atol=1e-4)
+    assert ok[:-1].all() and not ok[-1] and len(skipped) == 1
+    d = source.describe([1280, 1280])
+    assert d["spec"] == "lite0+lite1" and [p["spec"] for p in d["parts"]] == ["lite0", "lite1"]
+    assert d["parts"][1]["preprocessing"]["size"] == 240 and d["parts"][0]["feature_dim"] == 1280
+
+
+def test_bad_specs_and_fine_tuning_are_one_clear_line():
+    with pytest.raises(GraftError, match="empty part"):
+        split_spec("lite0+")
+    with pytest.raises(GraftError, match="twice"):
+        split_spec("lite0+lite0")
+    with pytest.raises(GraftError, match="unknown backbone"):
+        resolve_concat("lite0+lite9")
+    with pytest.raises(GraftError, match="--weights"):
+        resolve_concat("lite0+lite2", weights="x.pth")
+    for strategy in ("partial", "full"):
+        with pytest.raises(GraftError) as e:
+            require_frozen("lite0+lite2", strategy)
+        assert "\n" not in str(e.value) and "--strategy head" in str(e.value)
+    require_frozen("lite0+lite2", "head")
+    require_frozen("lite2", "full")  # a single backbone fine-tunes as before

@@ -1,0 +1,107 @@
+"""Through graft.train: everything chosen (solver, L2 strength, epochs, strategy) is chosen on the
+training photos only, and the reported val_accuracy is what graft.evaluate measures on the same
+validation photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import graft
+from conftest import isolated_env, make_photo_folder
+
+
+@pytest.fixture(scope="module")
+def split_runs(tmp_path_factory, default_backbone):
+    """PHOTOS/train + PHOTOS/val trained twice: as generated, and with every val label swapped."""
+    root = tmp_path_factory.mktemp("sel")
+    photos = root / "photos"
+    make_photo_folder(photos / "train", per_class=10, seed=3)
+    make_photo_folder(photos / "val", per_class=4, seed=4)
+    corrupt = root / "corrupt"
+    shutil.copytree(photos / "train", corrupt / "train")
+    shutil.copytree(photos / "val" / "blue", corrupt / "val" / "red")  # val labels swapped after the split
+    shutil.copytree(photos / "val" / "red", corrupt / "val" / "blue")
+    cache = root / "cache"
+    runs = {}
+    with isolated_env(root):
+        for name, folder in (("clean", photos), ("corrupt", corrupt)):
+            runs[name] = graft.train(folder, root / f"run-{name}", backbone=default_backbone, cache_dir=cache,
+                                     workers=0, progress=False, report=False).metrics
+    return root, photos, cache, runs
+
+
+def test_corrupting_val_labels_changes_no_choice(split_runs):
+    _, _, _, runs = split_runs
+    clean, corrupt = runs["clean"], runs["corrupt"]
+    assert clean["head"]["solver"] in ("lbfgs", "adamw")
+    for key in ("head", "candidates", "cv_accuracy", "cv_balanced_accuracy", "strategy", "probe_cv_accuracy"):
+        assert clean[key] == corrupt[key], key
+    # the val figures did see the swap: the choice was blind to it, not the measurement
+    assert corrupt["val_accuracy"] == pytest.approx(1 - clean["val_accuracy"])
+
+
+def test_reported_val_accuracy_is_graft_evaluate_on_the_val_photos(split_runs):
+    root, photos, cache, runs = split_runs
+    with isolated_env(root):
+        ev = graft.evaluate(root / "run-clean", photos / "val", cache_dir=cache, workers=0)
+    m = json.loads((root / "run-clean" / "metrics.json").read_text())
+    assert ev["n"] == m["n_val"] == 8
+    assert m["val_accuracy"] == pytest.approx(ev["accuracy"])
+    assert m["cv_accuracy"]["mean"] is not None and 0 <= m["cv_accuracy"]["std"] <= 1
+    assert m["val_balanced_accuracy"] == pytest.approx(ev["balanced_accuracy"])
+
+
+def test_final_trains_on_the_val_photos_and_reports_no_held_out_figure(split_runs, default_backbone):
+    root, photos, cache, runs = split_runs
+    with isolated_env(root):
+        m = graft.train(photos, root / "run-final", backbone=default_backbone, cache_dir=cache, workers=0,
+                        progress=False, report=False, final=True).metrics
+    assert m["val_accuracy"] is None and m["val_balanced_accuracy"] is None and "no held-out" in m["val_note"]
+    assert m["n_train"] == runs["clean"]["n_train"] + runs["clean"]["n_val"] and m["n_val"] == 0
+    assert m["cv_accuracy"]["mean"] is not None
+    assert json.loads((root / "run-final" / "metrics.json").read_text())["val_accuracy"] is None
+
+
+
+def test_fine_tuning_early_stops_on_an_inner_split_of_the_training_photos():
+    import hashlib
+    from pathlib import Path
+
+    from graft.data import Dataset
+    from graft.data.folder import Sample
+    from graft.train.steps import inner_split
+
+    def sample(label, i):
+        return Sample(Path(f"{label}-{i}.jpg"), label, hashlib.sha256(f"{label}:{i}".encode()).hexdigest())
+
+    train = [sample(c, i) for c, n in ((0, 40), (1, 2), (2, 1)) for i in range(n)]
+    val = [sample(0, 100), sample(1, 100)]
+    data = Dataset(Path("."), ["a", "b", "c"], train, val)
+    inner = inner_split(data, 0.15)
+    held = {s.digest for s in inner.val}
+    assert held and held <= {s.digest for s in train}  # carved from the training photos only
+    assert not held & {s.digest for s in val}
+    assert sorted(s.digest for s in inner.train + inner.val) == sorted(s.digest for s in train)
+    assert [sum(s.label == c for s in inner.val) for c in range(3)] == [6, 1, 0]  # 15% of 40; a class keeps one
+    assert [s.digest for s in inner_split(data, 0.15).val] == [s.digest for s in inner.val]  # deterministic
+    reordered = Dataset(Path("."), data.classes, train[::-1], val)
+    assert sorted(s.digest for s in inner_split(reordered, 0.15).val) == sorted(held)  # not the file order
+
+
+def test_backbone_auto_stays_within_its_budget_and_chooses_on_training_photos(tmp_path):
+    photos = tmp_path / "photos"
+    make_photo_folder(photos / "train", per_class=6, seed=41)
+    make_photo_folder(photos / "val", per_class=2, seed=42)
+    with isolated_env(tmp_path):
+        m = graft.train(photos, tmp_path / "run", backbone="auto", budget=1e-3, cache_dir=tmp_path / "cache",
+                        workers=0, progress=False, report=False).metrics
+    table = {r["backbone"]: r for r in m["backbone_candidates"]}
+    assert list(table) == ["lite0", "lite1", "lite2"]
+    assert table["lite0"]["chosen"] and table["lite0"]["computed"] == 12  # training photos only, never val/
+    assert "budget" in table["lite1"]["skipped"] and "budget" in table["lite2"]["skipped"]
+    assert m["backbone"]["spec"] == "lite0"
+    assert table["lite0"]["cv_accuracy"] == m["cv_accuracy"]["mean"]
+    assert m["cache"]["misses"] == 4  # the val photos; the training photos came from auto's extraction
