@@ -1,6 +1,6 @@
 """Scan a photo folder into labelled samples, each identified by the SHA-256 of its content.
 
-Two layouts are accepted: `ROOT/train/<class>/*` + `ROOT/val/<class>/*`, or `ROOT/<class>/*`, in
+Two folder layouts are accepted (and label files, see labels.py): `ROOT/train/<class>/*` + `ROOT/val/<class>/*`, or `ROOT/<class>/*`, in
 which case the validation split is drawn per class from each file's content hash (the idea of
 TensorFlow's retrain.py, which hashed names): a photo's side depends on nothing but its bytes, so
 adding photos later never moves an old photo between train and val. The content hash is also the
@@ -41,22 +41,30 @@ class Dataset:
 def scan_photos(root, *, val_split: float = 0.2) -> Dataset:
     """Find classes and samples under `root`; see the module docstring for the layouts."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise GraftError(f"photo folder not found: {root}")
     if not 0.0 < val_split < 1.0:
         raise GraftError(f"--val-split must be between 0 and 1, got {val_split}")
+    from .labels import is_label_file, scan_label_file
+
+    if is_label_file(root):
+        return scan_label_file(root, val_split=val_split)
+    if not root.is_dir():
+        raise GraftError(f"photo folder (or .csv/.jsonl label file) not found: {root}")
     if (root / "train").is_dir() and (root / "val").is_dir():
         classes, train, skipped = scan_class_folders(root / "train")
         _, val, skipped_val = scan_class_folders(root / "val", classes=classes)
         return Dataset(root, classes, train, val, skipped + skipped_val, "train/val")
     classes, samples, skipped = scan_class_folders(root)
     train, val = split_by_hash(samples, len(classes), val_split)
+    warn_classes_without_val(classes, val, val_split)
+    return Dataset(root, classes, train, val, skipped, "folders")
+
+
+def warn_classes_without_val(classes: list[str], val: list[Sample], val_split: float) -> None:
     without_val = sorted(set(classes) - {classes[s.label] for s in val})
     if without_val:
         logging.getLogger("graft").warning(
             "class(es) %s have no validation photo at --val-split %g (too few photos): validation "
             "figures will not cover them", ", ".join(without_val), val_split)
-    return Dataset(root, classes, train, val, skipped, "folders")
 
 
 def scan_class_folders(root, *, classes: list[str] | None = None):
@@ -96,14 +104,8 @@ def scan_class_folders(root, *, classes: list[str] | None = None):
                 skipped.append({"path": str(p), "reason": f"not a supported image type ({p.suffix or 'no extension'})"})
                 continue
             files.append((p, label))
-    with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
-        results = list(pool.map(lambda item: _identify(*item), files))
-    samples = []
-    for r in results:
-        if isinstance(r, ImageError):
-            skipped.append({"path": r.path, "reason": r.reason})
-        else:
-            samples.append(r)
+    samples, more = identify(files)
+    skipped += more
     counts = [0] * len(classes)
     for s in samples:
         counts[s.label] += 1
@@ -134,6 +136,20 @@ def split_by_hash(samples: list[Sample], n_classes: int, val_split: float):
         val += in_val
         train += [s for s in members if id(s) not in chosen]
     return train, val
+
+
+def identify(files: list[tuple[Path, int]]) -> tuple[list[Sample], list[dict]]:
+    """Read, probe and hash each (path, label): the one door from a listed file to a Sample,
+    whether the list came from folders or a label file. Returns (samples, skipped)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
+        results = list(pool.map(lambda item: _identify(*item), files))
+    samples, skipped = [], []
+    for r in results:
+        if isinstance(r, ImageError):
+            skipped.append({"path": r.path, "reason": r.reason})
+        else:
+            samples.append(r)
+    return samples, skipped
 
 
 def hash_fraction(digest: str) -> float:
