@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:
         "novelty threshold on the validation photos of PHOTOS (the photos RUN was trained on); "
         "`graft predict RUN ... --reject auto` then answers `unknown` for photos of neither class.")
     run_arg(p)
-    p.add_argument("photos", metavar="PHOTOS", help="the photo folder RUN was trained on")
+    p.add_argument("photos", metavar="PHOTOS", help="the photo folder (or label file) RUN was trained on")
     p.add_argument("--target-accuracy", type=float, default=0.99, metavar="A",
                    help="accuracy wanted on the photos not refused as unknown (default 0.99)")
     p.add_argument("--novelty-quantile", type=float, default=0.99, metavar="Q",

@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
         "check", help="scan a photo folder for problems before training",
         description="Scan PHOTOS (as graft train reads it) for unusable files, train/val leakage, "
         "duplicates, placeholders, likely mislabelled photos and more. Exit status 1 if there are errors.")
-    c.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (or train/ + val/)")
+    c.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (or train/ + val/), or a .csv/.jsonl label file")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     c.add_argument("--quick", action="store_true",
                    help="skip the deep checks (placeholder images, mislabelled photos: needs backbone features)")

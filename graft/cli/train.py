@@ -17,8 +17,10 @@ def add_parser(subparsers) -> None:
     d = TrainConfig  # every default shown here is TrainConfig's (or the trainer's, for None)
     t = subparsers.add_parser("train", help="train a classifier on a folder of photos",
                               description="Train a classifier on PHOTOS: PHOTOS/<class>/* (a validation "
-                              "split is drawn by content hash) or PHOTOS/train/<class>/* + PHOTOS/val/<class>/*.")
-    t.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders")
+                              "split is drawn by content hash), PHOTOS/train/<class>/* + PHOTOS/val/<class>/*, "
+                              "or a label file labels.csv / labels.jsonl with columns path,label[,split] "
+                              "(paths relative to the file; split: train, val or test).")
+    t.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders, or a .csv/.jsonl label file")
     t.add_argument("--out", "-o", required=True, metavar="RUN", help="run folder to write (model, metrics)")
     backbone_args(t)
     t.add_argument("--strategy", default=d.strategy, choices=list(STRATEGIES),
