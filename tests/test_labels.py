@@ -115,3 +115,106 @@ def test_bad_jsonl_line_names_its_line(tmp_path):
     path.write_text('{"path": "a.png", "label": "x"}\n{oops\n')
     with pytest.raises(GraftError, match=r"l\.jsonl:2: not valid JSON"):
         scan_photos(path)
+
+
+# --- through graft.train, evaluate, check and the command line -------------------------------------
+
+def _photo_tree(root: Path) -> list[tuple[str, str, str]]:
+    """PHOTOS/train/<class>/* + PHOTOS/val/<class>/* + PHOTOS/test/<class>/* of generated
+    photos the real backbone separates; returns (relative path, class, split) rows."""
+    from conftest import make_photo
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for split, n in (("train", 6), ("val", 3), ("test", 2)):
+        for cls in ("blue", "red"):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                rel = f"{split}/{cls}/{cls}{i}.jpg"
+                make_photo(rng, cls).save(root / rel, format="JPEG")
+                rows.append((rel, cls, split))
+    return rows
+
+
+def test_train_from_csv_matches_the_folder_tree(tmp_path):
+    import graft
+    from graft.check import check_photos
+
+    photos = tmp_path / "photos"
+    rows = _photo_tree(photos)
+    labels = _write_csv(photos / "labels.csv", ["path", "label", "split"], rows)
+    tree = tmp_path / "tree"  # the same photos as a train/ + val/ folder tree (no test/)
+    for rel, _, split in rows:
+        if split != "test":
+            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tree / rel).write_bytes((photos / rel).read_bytes())
+    a = graft.train(labels, tmp_path / "run-csv", strategy="head", workers=0, progress=False, report=False)
+    b = graft.train(tree, tmp_path / "run-tree", strategy="head", workers=0, progress=False, report=False)
+    for key in ("classes", "n_train", "n_val", "per_class", "confusion"):
+        assert a.metrics[key] == b.metrics[key], key
+    assert (a.metrics["n_train"], a.metrics["n_val"]) == (12, 6)  # test rows are held out
+    assert a.metrics["cache"]["hits"] == 0 and b.metrics["cache"]["misses"] == 0  # same photos, same cache keys
+    meta = json.loads((a.run_dir / "model.json").read_text())
+    assert meta["training"]["layout"] == "labels:split"
+
+    # evaluate scores the test rows; check reads the file as train does
+    m = graft.evaluate(a.run_dir, labels, workers=0)
+    assert m["n"] == 4 and [v["support"] for v in m["per_class"].values()] == [2, 2]
+    report = check_photos(labels, deep=False)
+    assert report["layout"] == "labels:split"
+    assert report["counts"] == {"blue": {"train": 6, "val": 3}, "red": {"train": 6, "val": 3}}
+    assert report["summary"]["errors"] == 0
+
+
+def test_check_of_a_label_file_names_broken_photos(tmp_path):
+    from graft.check import check_photos, format_report
+
+    photos = tmp_path / "photos"
+    rows = [r for r in _photo_tree(photos) if r[2] == "train"]
+    (photos / "train/red/broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    rows.append(("train/red/broken.jpg", "red", "train"))
+    labels = _write_csv(photos / "labels.csv", ["path", "label"], [(r, c) for r, c, _ in rows])
+    report = check_photos(labels, deep=False)
+    assert report["layout"] == "labels"
+    errors = [d for d in report["findings"] if d["level"] == "error"]
+    assert [Path(d["path"]).name for d in errors] == ["broken.jpg"]
+    assert "train/red/broken.jpg" in format_report(report)  # relative to the label file's folder
+
+
+BAD_FILES = {  # name -> (header, rows, words the one error line must hold)
+    "no-path": (["file", "label"], [("train/red/red0.jpg", "red")], ["no 'path' column", "bad.csv"]),
+    "bad-split": (["path", "label", "split"], [("train/red/red0.jpg", "red", "dev")], ["unknown split 'dev'", ":2"]),
+    "missing": (["path", "label"], [("train/red/red0.jpg", "red"), ("gone.jpg", "blue")],
+                ["not found", "gone.jpg", "line 3"]),
+}
+
+
+def test_bad_csvs_one_line_exit_2_through_the_cli(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    _photo_tree(tmp_path)
+    graft_exe = str(Path(sys.executable).with_name("graft"))
+    env = {**os.environ, "GRAFT_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    procs = {}
+    for name, (header, rows, _) in BAD_FILES.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        if name != "no-path":
+            for rel, *_ in rows:
+                if (tmp_path / rel).exists():
+                    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (folder / rel).write_bytes((tmp_path / rel).read_bytes())
+        csv_path = _write_csv(folder / "bad.csv", header, rows)
+        procs[name] = subprocess.Popen([graft_exe, "train", str(csv_path), "--out", str(folder / "run")],
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for name, p in procs.items():
+        stdout, stderr = p.communicate(timeout=600)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert p.returncode == 2, stderr
+        assert "Traceback" not in stderr and stdout == ""
+        assert len(lines) == 1 and lines[0].startswith("graft: error: "), stderr
+        for w in BAD_FILES[name][2]:
+            assert w in lines[0], (w, lines[0])
+        assert not (tmp_path / name / "run").exists()
