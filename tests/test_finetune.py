@@ -437,7 +437,20 @@ def _resume_check(env, photos, root, name, extra):
     ref_m = json.loads((ref / "metrics.json").read_text())
     assert m["history"]["val_loss"] == ref_m["history"]["val_loss"]
     assert m["val_accuracy"] == ref_m["val_accuracy"]
+    # the training log continues across the kill: one row per epoch, as if never interrupted
+    same = ("stage", "epoch", "train_loss", "val_loss", "val_accuracy", "lr", "lr_backbone")
+    ref_log, log = _log_rows(ref), _log_rows(run)
+    assert [[r[k] for k in same] for r in log] == [[r[k] for k in same] for r in ref_log]
+    assert [int(r["epoch"]) for r in log if r["stage"] == "finetune"] == list(range(1, EPOCHS + 1))
+    assert all(0 <= float(r["data_wait_share"]) <= 1 for r in log if r["stage"] == "finetune")
     return ref_m, m, run
+
+
+def _log_rows(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -447,9 +460,16 @@ def resumed_augmented(resume_env):
 
 
 def test_resume_after_kill_equals_uninterrupted(resume_env):
-    ref_m, m, _ = _resume_check(resume_env.env, resume_env.photos, resume_env.root, "boundary",
-                                ["--augment", "none", "--workers", "0"])
+    ref_m, m, run = _resume_check(resume_env.env, resume_env.photos, resume_env.root, "boundary",
+                                  ["--augment", "none", "--workers", "0", "--log", "tensorboard"])
     assert ref_m["finetune"]["boundary_cache"] is True and m["finetune"]["boundary_cache"] is True
+    # TensorBoard, append-only, got each epoch once: before the kill, and after it only the new ones
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("finetune/val_loss")] == list(range(1, EPOCHS + 1))
+    assert [s.value for s in acc.Scalars("finetune/val_loss")] == pytest.approx(m["history"]["val_loss"], abs=1e-5)
 
 
 def test_resume_after_kill_equals_uninterrupted_with_augmentation(resumed_augmented):

@@ -55,6 +55,7 @@ def train(
     aug_device: str = _D.aug_device,
     decode_once: bool = _D.decode_once,
     report: bool = _D.report,
+    log=_D.log,
     progress: bool = _D.progress,
 ) -> TrainResult:
     """Train a classifier on `photos` and write it to the run folder `out`.
@@ -77,6 +78,10 @@ def train(
     the frozen prefix's activations come from the cache; `aug_device="cpu"|"cuda"` runs flips and
     colour ops per sample on the trainer's device instead; `decode_once` keeps decoded photos in
     the cache folder so later epochs skip JPEG decoding). `resume` continues a killed run.
+
+    `photos` may also be a label file (.csv or .jsonl, columns path,label[,split]; graft.data.labels).
+    Every epoch of the head and of fine-tuning adds a row to RUN/log.csv as it ends; `log=
+    "tensorboard"` also writes TensorBoard event files to RUN/tensorboard/ (graft.train.log).
     """
     settings = dict(locals())  # exactly the keywords above
     photos, out = settings.pop("photos"), settings.pop("out")
@@ -87,6 +92,14 @@ def run_recipe(photos, out, cfg: TrainConfig) -> TrainResult:
     """The steps in order (see the module docstring). Under torchrun every rank runs them,
     sharing the extraction and the fine-tuning; rank 0 alone scores and writes the run."""
     job = start(cfg, out)
+    try:
+        return _steps(job, photos, cfg)
+    finally:
+        if job.epoch_log is not None:
+            job.epoch_log.close()
+
+
+def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
     data = scan(job, photos)
     feats = features(job, data)
     if cfg.strategy == "head" and not job.dist.is_main:  # features are shared; the head trains once, on rank 0

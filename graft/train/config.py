@@ -13,6 +13,7 @@ from pathlib import Path
 from ..finetune import FinetuneConfig
 from ..head import HeadConfig
 from ..strategy import StrategyChoice, check_request
+from .log import parse_log_kinds, require_tensorboard
 
 # The augmentation preset of cached views of a frozen backbone when none is asked for: on
 # hymenoptera light views beat clean features where standard ones only matched them
@@ -46,11 +47,15 @@ class TrainConfig:
     aug_device: str = "workers"  # where flips and colour ops run when fine-tuning: workers, cpu, cuda
     decode_once: bool = True  # keep decoded photos in the cache so later epochs skip decoding
     report: bool = True  # write RUN/report.html
+    log: object = "csv"  # per-epoch log: "csv" (RUN/log.csv, always written) or "tensorboard" (also RUN/tensorboard/)
     progress: bool = True  # progress bars
 
     def __post_init__(self):
         check_request(self.strategy, from_scratch=self.from_scratch)  # before any photo is read
         object.__setattr__(self, "new_hidden", tuple(self.new_hidden or ()))
+        object.__setattr__(self, "log", parse_log_kinds(self.log))
+        if "tensorboard" in self.log:
+            require_tensorboard()
 
     def preset(self, use: str) -> str:
         """The augmentation preset for `use`: "finetune" or "views"."""

@@ -67,8 +67,24 @@ def build_metrics(job: Job, f: Features, common: dict, fitted: Fitted, *, train_
         "history": history,
         **({"finetune": fitted.finetune} if fitted.finetune is not None else {}),
         "augmentation": fitted.augmentation,
+        **({"log": job.epoch_log.files()} if job.epoch_log is not None else {}),
         "cache": {"hits": stats.hits, "misses": stats.misses, "dir": str(job.cache.dir),
-                  "forward_batches": stats.forward_batches},
+                  "forward_batches": stats.forward_batches, **decoded_photos(job, f)},
         "timings": {"extract_s": round(stats.seconds, 4), "train_s": round(train_s, 4),
                     "total_s": round(time.perf_counter() - job.started, 4), **fitted.loop_timings},
     }
+
+
+def decoded_photos(job: Job, f: Features) -> dict:
+    """What the photos decoded once (fine-tuning, augmented views) left in the cache: this data
+    set's share and the whole folder's, so the summary can say what a run costs on disk."""
+    folder = job.decoded_dir
+    if folder is None or not folder.is_dir():
+        return {}
+    from ..cache.admin import folder_bytes
+    from ..data.decoded import stored_bytes
+
+    files, size = stored_bytes(folder, [s.digest for s in f.data.train + f.data.val])
+    if not files:
+        return {}
+    return {"decoded": {"dir": str(folder), "files": files, "bytes": size, "folder_bytes": folder_bytes(folder)}}

@@ -28,6 +28,7 @@ from ..metrics import classification_metrics
 from ..strategy import StrategyChoice
 from .augmentation import describe, resolve_augmentation
 from .config import TrainConfig
+from .log import TrainingLog
 
 log = logging.getLogger("graft")
 
@@ -40,6 +41,7 @@ class Job:
     source: BackboneSource
     cache: FeatureCache  # the backbone's pooled features
     progress: bool
+    epoch_log: TrainingLog | None = None  # RUN/log.csv and friends (rank 0 only)
     stats: ExtractStats = field(default_factory=ExtractStats)
     started: float = field(default_factory=time.perf_counter)
     _pipelines: dict = field(default_factory=dict)
@@ -119,7 +121,8 @@ def start(cfg: TrainConfig, out) -> Job:
     torch.manual_seed(cfg.seed)
     source = resolve_backbone(cfg.backbone, cfg.weights)
     cache = FeatureCache(cache_root(cfg.cache_dir), cache_namespace(source))
-    return Job(cfg, Path(out), dist, source, cache, cfg.progress and dist.is_main, started=started)
+    epochs_log = TrainingLog(out, cfg.log, resume=cfg.resume) if dist.is_main else None
+    return Job(cfg, Path(out), dist, source, cache, cfg.progress and dist.is_main, epoch_log=epochs_log, started=started)
 
 
 # --- 1. scan ----------------------------------------------------------------------------------------
@@ -182,7 +185,8 @@ def probe(job: Job, f: Features) -> Fitted:
     probe that `auto` decides with and fine-tuning is measured against."""
     started = time.perf_counter()
     cfg = job.cfg.head_config()
-    fit = train_head(f.x_train, f.y_train, f.x_val, f.y_val, len(f.data.classes), cfg, progress=job.progress)
+    fit = train_head(f.x_train, f.y_train, f.x_val, f.y_val, len(f.data.classes), cfg, progress=job.progress,
+                     on_epoch=job.epoch_log.on_epoch("head") if job.epoch_log else None)
     with torch.no_grad():
         logits = fit.head(torch.from_numpy(f.x_val)).numpy()
     loop = {"data_wait_s": round(job.stats.wait_s, 4), "step_s": round(job.stats.compute_s, 4)}  # of extraction
@@ -214,7 +218,8 @@ def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
     res = finetune(built, f.data, cfg, run_dir=job.out, pipeline=pipeline, workers=job.cfg.workers,
                    resume=job.cfg.resume, progress=job.progress, extract=boundary_activations,
                    boundary_cache=job.cfg.boundary_cache, aug_device=job.cfg.aug_device,
-                   decoded_dir=job.decoded_dir, dist=job.dist)
+                   decoded_dir=job.decoded_dir, dist=job.dist,
+                   on_epoch=job.epoch_log.on_epoch("finetune") if job.epoch_log else None)
     if res.boundary_cache and job.dist.is_main:
         log.info("frozen stages' activations came from the boundary cache: only the trainable stages ran")
     loop = {k: res.timings[k] for k in ("data_wait_s", "step_s", "val_s")}
