@@ -134,6 +134,29 @@ def test_partial_metrics_and_model_json(partial_run, partial_aug_run):
     assert partial_aug_run.metrics["augmentation"]["preset"] == "light"
 
 
+def test_train_summary_names_the_report_the_decoded_photos_and_a_better_probe(partial_run, partial_aug_run):
+    """What `graft train` prints after a fine-tune: the report's path, the decoded photos the run
+    left in the cache (augmented fine-tuning decodes each training photo once), and, when the
+    frozen head scored higher, that it did."""
+    from graft.cli.train import train_summary
+    from graft.data.decoded import stored_bytes
+
+    m = partial_aug_run.metrics
+    decoded = m["cache"]["decoded"]
+    assert decoded["files"] == m["n_train"] and decoded["bytes"] > 0  # the 12 training photos, once each
+    assert decoded["folder_bytes"] >= decoded["bytes"]
+    assert stored_bytes(decoded["dir"], []) == (0, 0)
+    text = train_summary(m, partial_aug_run.run)
+    assert str(partial_aug_run.run / "report.html") in text and (partial_aug_run.run / "report.html").is_file()
+    assert "decoded photos" in text and decoded["dir"] in text
+    assert str(partial_aug_run.run / "log.csv") in text
+    assert "decoded" not in partial_run.metrics["cache"]  # boundary cache: no photo was decoded for training
+    worse = {**partial_run.metrics, "probe_val_accuracy": 0.954, "val_accuracy": 0.935}
+    assert "the frozen head was better: 0.954 vs 0.935" in train_summary(worse, partial_run.run)
+    better = {**partial_run.metrics, "probe_val_accuracy": 0.9, "val_accuracy": 0.935}
+    assert "frozen head was better" not in train_summary(better, partial_run.run)
+
+
 def test_partial_saved_run_is_the_trained_model(partial_run, tiny):
     tensors = load_file(str(partial_run.run / "model.safetensors"))
     state = partial_run.backbone.state_dict()  # trained in place: it holds the best epoch's weights

@@ -55,8 +55,15 @@ def calibration_summary(cal: dict, run_dir) -> str:
     ]
     if cal.get("novelty"):
         n = cal["novelty"]
-        nearest = "nearest" if n["k"] == 1 else f"{n['k']}th nearest"
+        nearest = "nearest" if n["k"] == 1 else f"{ordinal(n['k'])} nearest"
         lines.append(f"  novelty          cosine distance to the {nearest} of {n['n_reference']} "
                      f"training photos above {n['threshold']:.4f} -> unknown")
     lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}")
     return "\n".join(lines)
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 22nd, 23rd, 101st."""
+    n = int(n)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
