@@ -128,6 +128,11 @@ def test_calibration_json(calibrated):
     assert cal["curve"][-1]["coverage"] == 1.0
     assert cal["novelty"]["n_reference"] == 32 and cal["novelty"]["threshold"] > 0
     assert (calibrated.run / "calibration.safetensors").is_file()
+    unknown = cal["val_unknown"]  # what each check would refuse among the validation photos
+    assert unknown["n_val"] == cal["n_val"]
+    assert unknown["confidence"] == round(cal["n_val"] * (1 - cal["coverage_at_threshold"]))
+    assert 0 <= unknown["novelty"] <= cal["n_val"]
+    assert max(unknown["confidence"], unknown["novelty"]) <= unknown["either"] <= unknown["confidence"] + unknown["novelty"]
 
 
 def test_known_photos_get_their_class_and_odd_ones_unknown(calibrated):
@@ -210,7 +215,8 @@ def test_predict_reject_auto_says_the_probabilities_are_calibrated(calibrated, c
 
 
 def test_ordinals_in_the_calibration_summary(calibrated):
-    from graft.cli.calibrate import calibration_summary, ordinal
+    from graft.cli.calibrate import calibration_summary
+    from graft.report.page import ordinal
 
     assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == [
         "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]

@@ -43,6 +43,7 @@ def run(args) -> int:
 
 def calibration_summary(cal: dict, run_dir) -> str:
     from ..calibrate import CALIBRATION_JSON
+    from ..report.page import ordinal
 
     reach = "reached" if cal["target_reached"] else "NOT reached (best reachable)"
     lines = [
@@ -61,9 +62,3 @@ def calibration_summary(cal: dict, run_dir) -> str:
     lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}")
     return "\n".join(lines)
 
-
-def ordinal(n: int) -> str:
-    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 22nd, 23rd, 101st."""
-    n = int(n)
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"

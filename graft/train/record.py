@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,8 +20,14 @@ log = logging.getLogger("graft")
 def summary(job: Job, f: Features, choice: StrategyChoice, probe_accuracy: float) -> dict:
     """What every rank knows once the strategy is chosen (all a follower rank returns)."""
     src = job.source
+    counts = {c: {"train": 0, "val": 0} for c in f.data.classes}
+    for side, samples in (("train", f.data.train), ("val", f.data.val)):
+        for s in samples:
+            counts[f.data.classes[s.label]][side] += 1
     return {
+        "photos": str(Path(f.data.root).absolute()),  # the folder or label file trained on
         "classes": f.data.classes,
+        "class_counts": counts,
         "n_train": len(f.data.train),
         "n_val": len(f.data.val),
         "skipped": f.skipped,
@@ -39,7 +46,8 @@ def write(job: Job, f: Features, common: dict, fitted: Fitted) -> dict:
              extra={"training": {**fitted.config, "val_split": job.cfg.val_split, "layout": f.data.layout},
                     "augmentation": fitted.augmentation})
     probs = torch.from_numpy(fitted.val_logits).float().softmax(1).numpy()
-    save_val_predictions(job.out, [s.path for s in f.data.val], f.y_val, probs)
+    # absolute: the report links each photo, and may be rebuilt from another folder
+    save_val_predictions(job.out, [Path(s.path).absolute() for s in f.data.val], f.y_val, probs)
     metrics = build_metrics(job, f, common, fitted, train_s=time.perf_counter() - fitted.started)
     write_json(job.out / "metrics.json", metrics)
     if job.cfg.report:
