@@ -21,6 +21,8 @@ out) and its training photos, and writes `RUN/calibration.json` (+ `RUN/calibrat
 
 A prediction (graft.inference) is `unknown` when its confidence is below tau or its novelty above
 the threshold; it still lists the top-k classes with their (temperature-scaled) probabilities.
+calibration.json also says how many validation photos each check would call `unknown`
+(`val_unknown`), each photo left out of its own neighbours as a new one would be.
 """
 
 from __future__ import annotations
@@ -251,11 +253,16 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
         "skipped": skipped,
         "warnings": warnings,
     }
+    refused = confidence < choice["threshold"]
+    result["val_unknown"] = {"n_val": int(len(val_ok)), "confidence": int(refused.sum()), "novelty": None,
+                             "either": int(refused.sum())}
     if novelty:
         index = {id(s): i for i, s in enumerate(samples)}
         rows = np.array([index[id(s)] for s in reference], dtype=int)
         rows = rows[ok[rows]]
-        result["novelty"] = _fit_novelty(run_dir, torch.from_numpy(feats[rows]), novelty_quantile)
+        result["novelty"], loo, unit = _fit_novelty(run_dir, torch.from_numpy(feats[rows]), novelty_quantile)
+        far = _val_novelty(feats, val_ok, rows, loo, unit, result["novelty"]["k"]) > result["novelty"]["threshold"]
+        result["val_unknown"].update(novelty=int(far.sum()), either=int((far | refused).sum()))
     write_json(run_dir / CALIBRATION_JSON, result)
     for w in warnings:
         log.warning("%s", w)
@@ -269,7 +276,23 @@ def _subsample(samples: list, n: int) -> list:
     return [samples[i] for i in keep]
 
 
-def _fit_novelty(run_dir: Path, reference: torch.Tensor, quantile: float) -> dict:
+def _val_novelty(feats, val_ok, rows, loo, unit, k) -> np.ndarray:
+    """Each readable validation photo's novelty left out of its own neighbours, as a new photo
+    like it would score: its leave-one-out distance when it is a reference photo, else its
+    distance to the reference."""
+    at = {int(r): j for j, r in enumerate(rows)}
+    out = np.empty(len(val_ok))
+    missing = [j for j, i in enumerate(val_ok) if int(i) not in at]
+    for j, i in enumerate(val_ok):
+        if int(i) in at:
+            out[j] = loo[at[int(i)]]
+    if missing:
+        queries = _unit(torch.from_numpy(feats[val_ok[missing]]).float())  # as Novelty.distance sees a photo
+        out[missing] = knn_distance(queries, unit, k)
+    return out
+
+
+def _fit_novelty(run_dir: Path, reference: torch.Tensor, quantile: float) -> tuple[dict, np.ndarray, torch.Tensor]:
     from safetensors.torch import save_file
 
     if len(reference) < 2:
@@ -290,7 +313,7 @@ def _fit_novelty(run_dir: Path, reference: torch.Tensor, quantile: float) -> dic
         "reference_distance": {"median": float(np.median(loo)), "max": float(loo.max())},
         "file": REFERENCE_FILE,
         "sha256": sha256_file(run_dir / REFERENCE_FILE),
-    }
+    }, loo, unit
 
 
 def _thin(curve: list[dict], keep_threshold: float) -> list[dict]:

@@ -107,7 +107,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, workers=None,
              resume: bool = False, progress: bool = True, extract=None,
              boundary_cache: bool = True, aug_device: str = "workers", decoded_dir=None,
-             dist=None) -> FinetuneResult:
+             dist=None, on_epoch=None) -> FinetuneResult:
     """Fine-tune on `data` (graft.data.Dataset with ok samples); see the module docstring.
 
     `pipeline`: augmentation for training images (None: clean preprocessing, and then the frozen
@@ -121,6 +121,11 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     each rank trains on its share of every epoch's order (batch size per rank), losses are
     summed across ranks, and only rank 0 writes checkpoints. A checkpoint can be resumed with a
     different number of processes (from the last epoch boundary).
+
+    `on_epoch(epoch, scalars)`, if given, is called as each epoch ends, before its checkpoint
+    (epoch counted from 1; scalars: train_loss, val_loss, val_accuracy, lr (the new top's),
+    lr_backbone, epoch_s, data_wait_s, step_s, val_s, data_wait_share), so a log of the run
+    grows while it runs; a resumed run calls it again from the epoch it resumes.
     """
     from .distributed import Context
 
@@ -238,6 +243,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
         while state["epoch"] < cfg.epochs:
             epoch = state["epoch"]
             t_epoch = time.perf_counter()
+            at_start = dict(timings)
             net.train()
             bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        unit="step", disable=not progress, leave=False)
@@ -302,6 +308,8 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
             elif progress:
                 log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val accuracy %.4f", epoch + 1, cfg.epochs,
                          h["train_loss"][-1], val_loss, val_acc)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, _epoch_scalars(h, timings, at_start, opt))
             if val_loss is None:  # nothing to choose on: the last epoch is the result, no early stop
                 state["best_epoch"], best_state = epoch, None
             elif val_loss < state["best_loss"] - 1e-6:
@@ -325,6 +333,17 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     model = Classifier(net.backbone, net.head, data.classes, cut=cut).eval()
     return FinetuneResult(model, state["best_epoch"] + 1, len(state["history"]["val_loss"]), state["history"],
                           timings, use_boundary, resumed_from)
+
+
+def _epoch_scalars(h: dict, timings: dict, at_start: dict, opt) -> dict:
+    """One epoch's row of the training log: its losses, accuracy, learning rates at its end,
+    and its share of the timings (the trainer's waits for data against its computing)."""
+    spent = {k: timings[k] - at_start[k] for k in ("data_wait_s", "step_s", "val_s")}
+    busy = spent["data_wait_s"] + spent["step_s"]
+    groups = opt.param_groups
+    return {"train_loss": h["train_loss"][-1], "val_loss": h["val_loss"][-1], "val_accuracy": h["val_accuracy"][-1],
+            "lr": groups[0]["lr"], "lr_backbone": groups[1]["lr"] if len(groups) > 1 else None,
+            "epoch_s": h["epoch_s"][-1], **spent, "data_wait_share": spent["data_wait_s"] / busy if busy else None}
 
 
 def _validate(net, z_val, val_batches, y_val, device, pre):

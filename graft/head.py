@@ -228,14 +228,25 @@ class HeadTrainer:
 
 
 def train_head(x_train, y_train, x_val, y_val, n_classes: int, cfg: HeadConfig | None = None,
-               *, progress: bool = False, budget: int | None = None) -> HeadResult:
-    """Train the new softmax layer with early stopping; returns the best epoch's layer."""
+               *, progress: bool = False, budget: int | None = None, on_epoch=None) -> HeadResult:
+    """Train the new softmax layer with early stopping; returns the best epoch's layer.
+
+    `on_epoch(epoch, scalars)`, if given, is called as each epoch ends (epoch counted from 1;
+    scalars: train_loss, val_loss, val_accuracy, lr, epoch_s), for a log that grows as it runs."""
+    import time
+
     trainer = HeadTrainer(x_train, y_train, x_val, y_val, n_classes, cfg, budget=budget)
     from tqdm.auto import tqdm
 
     with tqdm(total=trainer.cfg.epochs, desc="head", unit="epoch", disable=not progress, leave=False) as bar:
         for _ in range(trainer.cfg.epochs):
+            t0 = time.perf_counter()
             go_on = trainer.run_epoch()
+            if on_epoch is not None:
+                h = trainer.history
+                on_epoch(trainer.epoch, {"train_loss": h["train_loss"][-1], "val_loss": h["val_loss"][-1],
+                                         "val_accuracy": h["val_accuracy"][-1], "lr": trainer.cfg.lr,
+                                         "epoch_s": time.perf_counter() - t0})
             bar.update(1)
             loss, acc = trainer.history["val_loss"][-1], trainer.history["val_accuracy"][-1]
             if loss is not None:

@@ -18,7 +18,8 @@ import torch
 
 from ._atomic import atomic_path
 from .calibrate import CALIBRATION_JSON, Novelty, calibrate_run, load_calibration, load_novelty, softmax
-from .data import scan_class_folders
+from .data import is_label_file, scan_class_folders
+from .data.labels import evaluation_photos
 from .data.images import SUPPORTED_EXTENSIONS
 from .errors import GraftError
 from .metrics import classification_metrics
@@ -209,15 +210,20 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
              workers: int | None = None, progress: bool = False) -> dict:
     """Accuracy, per-class figures and confusion matrix of a run on labelled photos.
 
-    `photos` is `<dir>/<class>/*` with the run's classes (or a folder whose `val/` is that).
+    `photos` is `<dir>/<class>/*` with the run's classes (or a folder whose `val/` is that), or
+    a label file (path,label[,split]): its rows with split=test when it has any, else every row.
     Frozen-backbone runs reuse the feature cache, so evaluating on the validation photos after
     training makes no forward pass through the backbone.
     """
-    photos = Path(photos)
+    photos = Path(photos).expanduser()
     if (photos / "val").is_dir() and (photos / "train").is_dir():
         photos = photos / "val"
     meta = read_run_meta(run)
-    classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"], cache_dir=cache_dir)
+    if is_label_file(photos):
+        data = evaluation_photos(photos, meta["classes"])
+        classes, samples, skipped = data.classes, data.val, data.skipped
+    else:
+        classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"], cache_dir=cache_dir)
     feats, ok, head, more = run_features(run, samples, cache_dir=cache_dir, weights=weights, batch_size=batch_size,
                                          workers=workers, progress=progress)
     skipped += more

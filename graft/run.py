@@ -156,13 +156,13 @@ def photos_split(meta: dict, photos, *, cache_dir=None):
     class folder given to a run trained on train/ + val/ is all validation. -> graft.data.Dataset
     with the run's classes (a GraftError if the photos have others). `cache_dir`: where the
     photos' digest index lives (graft.data.digests; default: graft's cache)."""
-    from .data import Dataset, scan_class_folders, scan_photos
+    from .data import Dataset, is_label_file, scan_class_folders, scan_photos
 
     photos = Path(photos).expanduser()
     training = meta.get("training") or {}
     classes = list(meta["classes"])
     split_layout = (photos / "train").is_dir() and (photos / "val").is_dir()
-    if training.get("layout") == "train/val" and not split_layout:
+    if training.get("layout") == "train/val" and not split_layout and not is_label_file(photos):
         _, val, skipped = scan_class_folders(photos, classes=classes, cache_dir=cache_dir)
         return Dataset(photos, classes, [], val, skipped)
     data = scan_photos(photos, val_split=float(training.get("val_split", 0.2)), cache_dir=cache_dir)

@@ -128,6 +128,11 @@ def test_calibration_json(calibrated):
     assert cal["curve"][-1]["coverage"] == 1.0
     assert cal["novelty"]["n_reference"] == 32 and cal["novelty"]["threshold"] > 0
     assert (calibrated.run / "calibration.safetensors").is_file()
+    unknown = cal["val_unknown"]  # what each check would refuse among the validation photos
+    assert unknown["n_val"] == cal["n_val"]
+    assert unknown["confidence"] == round(cal["n_val"] * (1 - cal["coverage_at_threshold"]))
+    assert 0 <= unknown["novelty"] <= cal["n_val"]
+    assert max(unknown["confidence"], unknown["novelty"]) <= unknown["either"] <= unknown["confidence"] + unknown["novelty"]
 
 
 def test_known_photos_get_their_class_and_odd_ones_unknown(calibrated):
@@ -189,3 +194,32 @@ def test_calibrate_cli(calibrated, capsys):
     assert args.run(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["target_accuracy"] == 0.95 and printed["temperature"] == pytest.approx(calibrated.cal["temperature"])
+
+
+def test_predict_reject_auto_says_the_probabilities_are_calibrated(calibrated, capsys):
+    from graft.cli import predict as predict_cli
+
+    parser = argparse.ArgumentParser(prog="graft")
+    predict_cli.add_parser(parser.add_subparsers(dest="command"))
+    red = str(calibrated.known / "red0.jpg")
+    for extra in ([], ["--json"]):
+        args = parser.parse_args(["predict", str(calibrated.run), red, "--reject", "auto", "--workers", "0", *extra])
+        assert args.run(args) == 0
+        captured = capsys.readouterr()
+        t = json.loads((calibrated.run / "calibration.json").read_text())["temperature"]
+        notes = [line for line in captured.err.splitlines() if "calibrated" in line]
+        assert len(notes) == 1 and f"T={t:.3f}" in notes[0], captured.err
+    args = parser.parse_args(["predict", str(calibrated.run), red, "--workers", "0"])
+    assert args.run(args) == 0
+    assert "calibrated" not in capsys.readouterr().err  # plain probabilities: nothing to say
+
+
+def test_ordinals_in_the_calibration_summary(calibrated):
+    from graft.cli.calibrate import calibration_summary
+    from graft.report.page import ordinal
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
+    cal = {**calibrated.cal, "novelty": {**calibrated.cal["novelty"], "k": 3}}
+    text = calibration_summary(cal, calibrated.run)
+    assert "3rd nearest" in text and "3th" not in text

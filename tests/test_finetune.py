@@ -134,6 +134,29 @@ def test_partial_metrics_and_model_json(partial_run, partial_aug_run):
     assert partial_aug_run.metrics["augmentation"]["preset"] == "light"
 
 
+def test_train_summary_names_the_report_the_decoded_photos_and_a_better_probe(partial_run, partial_aug_run):
+    """What `graft train` prints after a fine-tune: the report's path, the decoded photos the run
+    left in the cache (augmented fine-tuning decodes each training photo once), and, when the
+    frozen head scored higher, that it did."""
+    from graft.cli.train import train_summary
+    from graft.data.decoded import stored_bytes
+
+    m = partial_aug_run.metrics
+    decoded = m["cache"]["decoded"]
+    assert decoded["files"] == m["n_train"] and decoded["bytes"] > 0  # the 12 training photos, once each
+    assert decoded["folder_bytes"] >= decoded["bytes"]
+    assert stored_bytes(decoded["dir"], []) == (0, 0)
+    text = train_summary(m, partial_aug_run.run)
+    assert str(partial_aug_run.run / "report.html") in text and (partial_aug_run.run / "report.html").is_file()
+    assert "decoded photos" in text and decoded["dir"] in text
+    assert str(partial_aug_run.run / "log.csv") in text
+    assert "decoded" not in partial_run.metrics["cache"]  # boundary cache: no photo was decoded for training
+    worse = {**partial_run.metrics, "probe_val_accuracy": 0.954, "val_accuracy": 0.935}
+    assert "the frozen head was better: 0.954 vs 0.935" in train_summary(worse, partial_run.run)
+    better = {**partial_run.metrics, "probe_val_accuracy": 0.9, "val_accuracy": 0.935}
+    assert "frozen head was better" not in train_summary(better, partial_run.run)
+
+
 def test_partial_saved_run_is_the_trained_model(partial_run, tiny):
     tensors = load_file(str(partial_run.run / "model.safetensors"))
     state = partial_run.backbone.state_dict()  # trained in place: it holds the best epoch's weights
@@ -437,7 +460,20 @@ def _resume_check(env, photos, root, name, extra):
     ref_m = json.loads((ref / "metrics.json").read_text())
     assert m["history"]["val_loss"] == ref_m["history"]["val_loss"]
     assert m["val_accuracy"] == ref_m["val_accuracy"]
+    # the training log continues across the kill: one row per epoch, as if never interrupted
+    same = ("stage", "epoch", "train_loss", "val_loss", "val_accuracy", "lr", "lr_backbone")
+    ref_log, log = _log_rows(ref), _log_rows(run)
+    assert [[r[k] for k in same] for r in log] == [[r[k] for k in same] for r in ref_log]
+    assert [int(r["epoch"]) for r in log if r["stage"] == "finetune"] == list(range(1, EPOCHS + 1))
+    assert all(0 <= float(r["data_wait_share"]) <= 1 for r in log if r["stage"] == "finetune")
     return ref_m, m, run
+
+
+def _log_rows(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -447,9 +483,16 @@ def resumed_augmented(resume_env):
 
 
 def test_resume_after_kill_equals_uninterrupted(resume_env):
-    ref_m, m, _ = _resume_check(resume_env.env, resume_env.photos, resume_env.root, "boundary",
-                                ["--augment", "none", "--workers", "0"])
+    ref_m, m, run = _resume_check(resume_env.env, resume_env.photos, resume_env.root, "boundary",
+                                  ["--augment", "none", "--workers", "0", "--log", "tensorboard"])
     assert ref_m["finetune"]["boundary_cache"] is True and m["finetune"]["boundary_cache"] is True
+    # TensorBoard, append-only, got each epoch once: before the kill, and after it only the new ones
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("finetune/val_loss")] == list(range(1, EPOCHS + 1))
+    assert [s.value for s in acc.Scalars("finetune/val_loss")] == pytest.approx(m["history"]["val_loss"], abs=1e-5)
 
 
 def test_resume_after_kill_equals_uninterrupted_with_augmentation(resumed_augmented):

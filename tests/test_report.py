@@ -42,18 +42,33 @@ class ReportParser(HTMLParser):
         self.texts: dict[str, str] = {}  # element id -> text
         self.tags: list[str] = []
         self.cards: list[str] = []  # class attribute of each gallery card
+        self.thumbs: list[dict] = []  # each card's thumbnail: {"card", "href" of the link around it}
+        self.names: list[dict] = []  # each card's file name link: {"card", "href", "text"}
+        self.h2: list[str] = []
+        self._links: list[str | None] = []  # hrefs of the <a> elements open now
         self._open: list[tuple[str, object]] = []  # (tag, key) of elements whose text is collected
         self._buf: dict = {}
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         self.tags.append(tag)
+        if tag == "a":
+            self._links.append(a.get("href"))
         if tag == "img":
             self.imgs.append(a)
+            if self.cards and self._in_card:
+                self.thumbs.append({"card": self.cards[-1], "href": self._links[-1] if self._links else None})
         if tag == "figure" and "card" in (a.get("class") or "").split():
             self.cards.append(a["class"])
+            self._in_card = True
         key = None
-        if tag == "td" and "data-metric" in a:
+        if tag == "a" and "fname" in (a.get("class") or "").split():
+            key = ("name", len(self.names))
+            self.names.append({"card": self.cards[-1] if self.cards else None, "href": a.get("href"), "text": ""})
+        elif tag == "h2":
+            key = ("h2", len(self.h2))
+            self.h2.append("")
+        elif tag == "td" and "data-metric" in a:
             key = ("cell", (a["data-class"], a["data-metric"]))
         elif a.get("id"):
             key = ("id", a["id"])
@@ -65,11 +80,22 @@ class ReportParser(HTMLParser):
         for _, key in self._open:
             self._buf[key] += data
 
+    _in_card = False
+
     def handle_endtag(self, tag):
+        if tag == "figure":
+            self._in_card = False
         if self._open and self._open[-1][0] == tag:
             _, (kind, name) = self._open.pop()
             text = self._buf.pop((kind, name)).strip()
-            (self.cells if kind == "cell" else self.texts)[name] = text
+            if kind == "name":
+                self.names[name]["text"] = text
+            elif kind == "h2":
+                self.h2[name] = text
+            else:
+                (self.cells if kind == "cell" else self.texts)[name] = text
+        if tag == "a" and self._links:
+            self._links.pop()
 
 
 def parse(text: str) -> ReportParser:
@@ -81,14 +107,26 @@ def parse(text: str) -> ReportParser:
 
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory):
+    """The run, then `graft calibrate` and `graft check --apply-to` on it, as a user would: the
+    report training wrote is rebuilt by check with the calibration and the findings."""
+    from graft.calibrate import calibrate_run
+    from graft.check import check_photos
+    from graft.cli.check import apply_to
+    from graft.run import read_run_meta
+
     root = tmp_path_factory.mktemp("report")
     photos = make_photo_folder(root / "photos", per_class=8, seed=11)
+    (photos / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")  # training skips it
+    shutil.copy(photos / "blue" / "blue003.jpg", photos / "blue" / "blue003 copy.jpg")  # check warns: duplicate
     with isolated_env(root):
         result = graft.train(photos, root / "run", strategy="head", cache_dir=root / "cache", workers=0,
                              aug_views=1, augment="light", progress=False)
-        path = write_report(result.run_dir, photos=photos, workers=0)
+        calibrate_run(result.run_dir, photos, cache_dir=root / "cache", workers=0)
+        check = check_photos(photos, deep=False)
+        apply_to(check, result.run_dir, read_run_meta(result.run_dir), photos)
+    path = result.run_dir / "report.html"
     return types.SimpleNamespace(root=root, photos=photos, run=result.run_dir, metrics=result.metrics,
-                                 path=path, html=path.read_text(encoding="utf-8"))
+                                 path=path, html=path.read_text(encoding="utf-8"), check=check)
 
 
 def _copy_run(run: Path, dest: Path, **metric_changes) -> Path:
@@ -105,7 +143,8 @@ def _copy_run(run: Path, dest: Path, **metric_changes) -> Path:
 def test_every_picture_is_an_embedded_png_and_nothing_is_fetched(report_run):
     assert report_run.path == report_run.run / "report.html"
     p = parse(report_run.html)
-    charts = {"training and validation curves", "confusion matrix", "where the time went", "augmentation preview"}
+    charts = {"training and validation curves", "confusion matrix", "where the time went", "augmentation preview",
+              "reliability diagram"}
     assert charts <= {img.get("alt") for img in p.imgs}
     assert len(p.cards) > 0 and len(p.imgs) == len(charts) + len(p.cards)  # + one thumbnail per card
     for img in p.imgs:
@@ -119,6 +158,7 @@ def test_every_picture_is_an_embedded_png_and_nothing_is_fetched(report_run):
         assert img.get("alt")
     assert "script" not in p.tags and "link" not in p.tags and "iframe" not in p.tags
     assert "http://" not in report_run.html and "https://" not in report_run.html
+    assert "<a " in report_run.html and all(h.startswith(("file:", "log.csv")) for h in _hrefs(report_run.html))
     assert not list(report_run.run.glob(".tmp-*"))  # written atomically, nothing left behind
 
 
@@ -137,6 +177,69 @@ def test_figures_equal_metrics_json(report_run):
     for key in ("extract_s", "train_s", "total_s", "data_wait_s", "step_s"):
         assert f"<code>{key}</code>" in report_run.html and f"{m['timings'][key]:.2f} s" in report_run.html
     assert f"<b>{m['cache']['hits']}</b> hit(s), <b>{m['cache']['misses']}</b> miss(es)" in report_run.html
+
+
+def _hrefs(text: str) -> list[str]:
+    import re
+
+    return [html.unescape(h) for h in re.findall(r'href="([^"]*)"', text)]
+
+
+def _photo_of(href: str) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    url = urlparse(href)
+    assert url.scheme == "file", href
+    return Path(unquote(url.path))
+
+
+def test_one_photo_per_class_and_every_thumbnail_links_to_its_photo(report_run):
+    p = parse(report_run.html)
+    m = report_run.metrics
+    assert p.cards.count("card example") == len(m["classes"]) == 2
+    assert len(p.thumbs) == len(p.cards) == len(p.names)  # every card: a linked thumbnail and a linked name
+    for thumb, name in zip(p.thumbs, p.names):
+        assert thumb["href"] == name["href"], (thumb, name)
+        photo = _photo_of(thumb["href"])
+        assert photo.is_file() and photo.is_relative_to(report_run.photos)
+        assert name["text"] == str(photo.relative_to(report_run.photos))  # the whole name, not cut
+    examples = [n for n in p.names if n["card"] == "card example"]
+    assert sorted(n["text"].split("/")[0] for n in examples) == m["classes"]
+    for c, n in m["class_counts"].items():
+        assert f"{n['train']} train, {n['val']} val" in report_run.html
+
+
+def test_calibration_and_check_sections(report_run):
+    p = parse(report_run.html)
+    assert {"One photo per class", "Calibration: what predict --reject auto does", "Photo check"} <= set(p.h2)
+    cal = json.loads((report_run.run / "calibration.json").read_text())
+    assert p.texts["temperature"] == f"{cal['temperature']:.3f}"
+    unknown = cal["val_unknown"]
+    assert p.texts["val-unknown"] == f"{unknown['either']} of {unknown['n_val']}"
+    assert 'alt="reliability diagram"' in report_run.html
+    s = report_run.check["summary"]
+    assert p.texts["check-summary"].endswith(f"{s['errors']} error(s), {s['warnings']} warning(s), "
+                                             f"{s['infos']} note(s).")
+    assert "<code>duplicate</code>" in report_run.html  # the copied photo, found by check
+    skipped = report_run.metrics["skipped"]
+    assert [(Path(x["path"]).name, x["code"]) for x in skipped] == [("broken.jpg", "not_an_image")]
+    assert "Skipped files (1)" in report_run.html and "red/broken.jpg" in report_run.html
+    assert "no-check" not in p.texts and 'id="no-check"' not in report_run.html
+
+
+def test_reliability_bins():
+    import numpy as np
+
+    from graft.report.calibration import reliability
+
+    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.6, 0.4], [0.6, 0.4]])
+    labels = np.array([0, 1, 0, 0])
+    centres, acc, conf, n, ece = reliability(probs, labels)
+    assert n.sum() == 4 and n[9] == 2 and n[5] == 2
+    assert acc[9] == pytest.approx(0.5) and acc[5] == pytest.approx(1.0)
+    assert ece == pytest.approx((2 * abs(0.5 - 0.95) + 2 * abs(1.0 - 0.6)) / 4)
+    _, _, conf_t, _, _ = reliability(probs, labels, temperature=2.0)  # a higher temperature: less sure
+    assert conf_t[conf_t > 0].max() < 0.95
 
 
 def test_gallery_and_augmentation_preview(report_run):
@@ -212,6 +315,7 @@ def test_without_photos_and_with_fine_tuning_metrics(report_run, tmp_path):
         finetune={"train_stages": 2, "lr": 0.001, "batch_size": 32, "epochs": 2, "boundary_cache": True},
         timings={**m["timings"], "val_s": 0.25},
         skipped=[{"path": "photos/red/<bad>&.jpg", "reason": "not an image"}],
+        probe_val_accuracy=0.954, val_accuracy=0.935,
     )
     (run / "report.html").write_text("stale")
     text = write_report(run).read_text(encoding="utf-8")
@@ -221,7 +325,9 @@ def test_without_photos_and_with_fine_tuning_metrics(report_run, tmp_path):
     assert "<code>val_s</code>" in text and "0.25 s" in text
     assert "photos/red/&lt;bad&gt;&amp;.jpg" in text and "Skipped files (1)" in text
     assert "frozen stages from the boundary cache" in text and "linear probe" in text
-    assert p.texts["val-accuracy"] == fmt3(m["val_accuracy"])
+    assert p.texts["probe-better"] == "the frozen head was better: 0.954 vs 0.935"
+    assert p.texts["val-accuracy"] == "0.935"
+    assert 'id="no-check"' in text and "Not calibrated" in text  # no check.json, no calibration.json
     for img in p.imgs:
         assert img["src"].startswith(DATA_PNG)
 
@@ -250,7 +356,15 @@ window.addEventListener("load", function () {
       return {w: im.naturalWidth, h: im.naturalHeight, complete: im.complete, alt: im.alt};
     }),
     accuracy: document.getElementById("val-accuracy").textContent.trim(),
-    cells: cells
+    cells: cells,
+    headings: Array.from(document.querySelectorAll("h2")).map(function (h) { return h.textContent.trim(); }),
+    thumbs: Array.from(document.querySelectorAll("figure.card img")).map(function (im) {
+      var a = im.closest("a");
+      return a ? a.href : null;
+    }),
+    names: Array.from(document.querySelectorAll("figure.card a.fname")).map(function (a) {
+      return {href: a.href, text: a.textContent, clipped: a.scrollWidth > a.clientWidth + 1};
+    })
   });
   document.body.appendChild(out);
 });
@@ -277,3 +391,13 @@ def test_a_real_browser_renders_every_picture(report_run, tmp_path):
     assert check["accuracy"] == f"{m['val_accuracy']:.3f}"
     assert check["cells"] == {f"{c}/{k}": f"{v[k]:.3f}" for c, v in m["per_class"].items()
                               for k in ("precision", "recall", "f1")}
+    # the new sections render, and as the browser sees them every thumbnail links to its photo,
+    # the same one its file name names and links, shown whole
+    assert {"One photo per class", "Calibration: what predict --reject auto does", "Photo check"} <= set(check["headings"])
+    cards = parse(report_run.html).cards
+    assert len(check["thumbs"]) == len(check["names"]) == len(cards) >= 2
+    for href, name in zip(check["thumbs"], check["names"]):
+        assert href is not None and href == name["href"]
+        photo = _photo_of(href)
+        assert photo.is_file() and name["text"] == str(photo.relative_to(report_run.photos))
+        assert not name["clipped"], name

@@ -93,6 +93,20 @@ def usage(root=None) -> list[Area]:
     return sorted(areas, key=lambda a: -a.bytes)
 
 
+def folder_bytes(path) -> int:
+    """Bytes of the regular files under one cache folder (not following links): what one area,
+    such as the decoded photos, takes without walking the whole cache."""
+    total = 0
+    for f in Path(path).rglob("*"):
+        try:
+            st = f.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
+
+
 def _describe(sub: Path) -> tuple[str, str]:
     if sub.name == DECODED:
         return "decoded", "photos decoded once, cropped from in later epochs"

@@ -28,14 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from ..data.folder import Dataset, photo_layout
+from ..data.folder import Dataset
+from ..data.source import photo_layout
 from ..data.placeholders import non_photo_reason
 from ..errors import GraftError
 from .duplicates import exact_leaks, find_duplicates, leak_reason
 from .findings import CODES, LEVELS, Findings, relative
 from .inspect import extreme_aspect, inspect
 from .mislabel import find_mislabelled, neighbour_agreement, oof_probabilities
-from .walk import assign_splits, class_checks, collect
+from .walk import assign_splits, class_checks, collect, collect_listed
 
 __all__ = ["CODES", "LEVELS", "check_photos", "format_report", "quick_errors", "skip_quick_errors",
            "neighbour_agreement", "oof_probabilities"]
@@ -46,7 +47,8 @@ GROUPED_LEVELS = ("info",)  # notes that repeat word for word print as one line 
 
 def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default", val_split: float = 0.2,
                  progress: bool = False, workers: int | None = None, input_size: int | None = None) -> dict:
-    """Scan `photos` (a folder `graft train` accepts) and report its problems; see the module doc.
+    """Scan `photos` (a folder or label file `graft train` accepts) and report its problems; see
+    the module doc.
 
     Returns {"root", "layout", "classes", "counts": {class: {"train", "val"}}, "findings":
     [{"level", "code", "path", "message"}], "summary": {"errors", "warnings", "infos"}}.
@@ -56,8 +58,12 @@ def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default
     `workers` is the number of decoding processes for feature extraction (default: automatic).
     """
     root, layout = photo_layout(photos, val_split)
-    findings = Findings(root)
-    classes, files = collect(root, layout, findings)
+    if layout == "labels":  # paths in messages are relative to the file's folder, as in the file
+        findings = Findings(root.parent)
+        classes, files, layout = collect_listed(root, findings)
+    else:
+        findings = Findings(root)
+        classes, files = collect(root, layout, findings)
     input_size = int(input_size or _input_size(backbone, resolve=deep))
 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
@@ -166,21 +172,27 @@ def format_report(report: dict) -> str:
             continue
         lines.append("")
         lines.append(f"{title} ({len(items)}):")
-        groups = _repeats(items, Path(report["root"])) if level in GROUPED_LEVELS else [[d] for d in items]
+        groups = _repeats(items, _base(report)) if level in GROUPED_LEVELS else [[d] for d in items]
         for group in groups:
             d = group[0]
             if len(group) == 1:
                 lines.append(f"  {level}: [{d['code']}] {d['message']}")
                 continue
-            names = ", ".join(relative(g["path"], report["root"]) for g in group[:3])
+            names = ", ".join(relative(g["path"], _base(report)) for g in group[:3])
             more = f" and {len(group) - 3} more" if len(group) > 3 else ""
             lines.append(f"  {level}: [{d['code']}] {len(group)} files ({names}{more}): "
-                         f"{_problem(d, Path(report['root']))}")
+                         f"{_problem(d, _base(report))}")
     s = report["summary"]
     lines.append("")
     lines.append(f"{s['errors']} error(s), {s['warnings']} warning(s)"
                  + (": fix the errors before training" if s["errors"] else ""))
     return "\n".join(lines)
+
+
+def _base(report: dict) -> Path:
+    """What finding messages are relative to: the folder checked, or a label file's folder."""
+    root = Path(report["root"])
+    return root.parent if report["layout"].startswith("labels") else root
 
 
 def _problem(finding: dict, root: Path) -> str:

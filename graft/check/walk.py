@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.folder import Sample, class_files, class_folders, split_by_hash
+from ..data.labels import listed_photos
 from .findings import Findings
 from .inspect import PhotoFile
 
@@ -51,6 +52,16 @@ def collect(root: Path, layout: str, findings: Findings) -> tuple[list[str], lis
     return classes, files
 
 
+def collect_listed(label_file: Path, findings: Findings) -> tuple[list[str], list[PhotoFile], str]:
+    """Classes, files and layout ("labels:split" with a split column, else "labels") of a label
+    file, as graft train reads it: rows with split=test are not checked (train never reads them)."""
+    classes, listed = listed_photos(label_file)
+    has_split = any(split for _, _, split in listed)
+    files = [PhotoFile(p, findings.rel(p), classes[label], label, (split or "train") if has_split else None)
+             for p, label, split in listed if split != "test"]
+    return classes, files, "labels:split" if has_split else "labels"
+
+
 def _class_mismatch(root: Path, train: list[str], val: list[str], findings: Findings) -> None:
     for c in train:
         if c not in val:
@@ -64,7 +75,7 @@ def _class_mismatch(root: Path, train: list[str], val: list[str], findings: Find
 
 def assign_splits(files: list[PhotoFile], n_classes: int, layout: str, val_split: float) -> None:
     """The side of each probed file, exactly as graft.data.scan_photos decides it."""
-    if layout == "train/val":
+    if layout in ("train/val", "labels:split"):
         for f in files:
             f.split = f.split_dir
         return

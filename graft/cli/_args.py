@@ -66,3 +66,12 @@ def per_class_table(per_class: dict) -> str:
     for name, v in per_class.items():
         lines.append(f"{name:<{width}}  {v['precision']:>9.3f}  {v['recall']:>6.3f}  {v['support']:>7d}")
     return "\n".join(lines)
+
+
+def human(n: float) -> str:
+    """Bytes as people read them: 129.4 MB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if round(n, 1) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"

@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..errors import GraftError
+from ._args import human
 
 
 def add_parser(subparsers) -> None:
@@ -90,14 +91,6 @@ def _info(args, root) -> int:
         files = f"{a.files} file" + ("" if a.files == 1 else "s")
         print(f"  {human(a.bytes):>9}  {files:>11}  used {age:>9}  {a.path.name}  ({a.kind}: {a.what})")
     return 0
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if round(n, 1) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
 
 
 def _age(seconds: float) -> str:

@@ -15,7 +15,7 @@ def add_parser(subparsers) -> None:
         "novelty threshold on the validation photos of PHOTOS (the photos RUN was trained on); "
         "`graft predict RUN ... --reject auto` then answers `unknown` for photos of neither class.")
     run_arg(p)
-    p.add_argument("photos", metavar="PHOTOS", help="the photo folder RUN was trained on")
+    p.add_argument("photos", metavar="PHOTOS", help="the photo folder (or label file) RUN was trained on")
     p.add_argument("--target-accuracy", type=float, default=0.99, metavar="A",
                    help="accuracy wanted on the photos not refused as unknown (default 0.99)")
     p.add_argument("--novelty-quantile", type=float, default=0.99, metavar="Q",
@@ -43,6 +43,7 @@ def run(args) -> int:
 
 def calibration_summary(cal: dict, run_dir) -> str:
     from ..calibrate import CALIBRATION_JSON
+    from ..report.page import ordinal
 
     reach = "reached" if cal["target_reached"] else "NOT reached (best reachable)"
     lines = [
@@ -55,8 +56,9 @@ def calibration_summary(cal: dict, run_dir) -> str:
     ]
     if cal.get("novelty"):
         n = cal["novelty"]
-        nearest = "nearest" if n["k"] == 1 else f"{n['k']}th nearest"
+        nearest = "nearest" if n["k"] == 1 else f"{ordinal(n['k'])} nearest"
         lines.append(f"  novelty          cosine distance to the {nearest} of {n['n_reference']} "
                      f"training photos above {n['threshold']:.4f} -> unknown")
     lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}")
     return "\n".join(lines)
+

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -12,7 +13,7 @@ def add_parser(subparsers) -> None:
         "check", help="scan a photo folder for problems before training",
         description="Scan PHOTOS (as graft train reads it) for unusable files, train/val leakage, "
         "duplicates, placeholders, likely mislabelled photos and more. Exit status 1 if there are errors.")
-    c.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (or train/ + val/)")
+    c.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (or train/ + val/), or a .csv/.jsonl label file")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     c.add_argument("--quick", action="store_true",
                    help="skip the deep checks (placeholder images, mislabelled photos: needs backbone features)")
@@ -21,13 +22,43 @@ def add_parser(subparsers) -> None:
                    help="backbone for the features of the deep check (default: default)")
     c.add_argument("--val-split", type=float, default=0.2, metavar="F",
                    help="as for graft train, to know which photos will be in val (default 0.2)")
+    c.add_argument("--apply-to", metavar="RUN", default=None,
+                   help="also keep the findings in the run folder RUN trained on these photos (RUN/check.json) "
+                   "and rebuild RUN/report.html, which then shows them")
     c.set_defaults(run=run)
 
 
 def run(args) -> int:
     from ..check import check_photos, format_report
 
+    if args.apply_to:
+        from ..run import read_run_meta
+
+        meta = read_run_meta(args.apply_to)  # before the check: a wrong RUN is said at once
     report = check_photos(args.photos, deep=not args.quick, cache_dir=args.cache_dir, backbone=args.backbone,
                           val_split=args.val_split, progress=not args.json and not getattr(args, "quiet", False))
+    if args.apply_to:
+        saved = apply_to(report, args.apply_to, meta, args.photos)
     print(json.dumps(report, indent=None) if args.json else format_report(report))
+    if args.apply_to and not args.json:
+        print(f"saved these findings to {saved}; {Path(args.apply_to) / 'report.html'} shows them")
     return 1 if report["summary"]["errors"] else 0
+
+
+def apply_to(report: dict, run_dir, meta: dict, photos) -> Path:
+    """Keep `report` in RUN/check.json (paths absolute, so the report's links work from anywhere)
+    and rebuild RUN/report.html. The run must have the classes the photos have."""
+    from .._atomic import write_json
+    from ..errors import GraftError
+    from ..report import CHECK_JSON, write_report
+
+    if report["classes"] != list(meta["classes"]):
+        raise GraftError(f"{run_dir} was trained on classes {', '.join(meta['classes'])}, but {photos} has "
+                         f"{', '.join(report['classes']) or 'none'}: give the photos it was trained on")
+    kept = {**report, "root": str(Path(report["root"]).absolute()),
+            "findings": [{**d, "path": str(Path(d["path"]).absolute())} for d in report["findings"]]}
+    out = Path(run_dir) / CHECK_JSON
+    write_json(out, kept)
+    if (Path(run_dir) / "metrics.json").is_file():
+        write_report(run_dir, photos=photos)
+    return out

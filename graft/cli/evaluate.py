@@ -10,9 +10,10 @@ from ._args import cache_dir_arg, loader_args, output_args, per_class_table, run
 def add_parser(subparsers) -> None:
     ev = subparsers.add_parser("evaluate", help="accuracy of a run on labelled photos",
                                description="Accuracy, per-class precision/recall and the confusion matrix of "
-                               "RUN on PHOTOS/<class>/* (the run's classes).")
+                               "RUN on PHOTOS/<class>/* (the run's classes), or on a label file: its rows with split=test when "
+                               "it has any, else every row.")
     run_arg(ev, help=None)
-    ev.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (e.g. PHOTOS/val)")
+    ev.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (e.g. PHOTOS/val), or a .csv/.jsonl label file")
     cache_dir_arg(ev)
     weights_arg(ev)
     loader_args(ev)

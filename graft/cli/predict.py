@@ -36,6 +36,7 @@ def run(args) -> int:
                              photos=args.calibrate_on, weights=args.weights, workers=n_workers,
                              progress=not args.quiet)
         if not args.quiet:
+            say_calibrated(args)
             print(f"wrote {out}")
         return 0
     if parse_reject(args.reject) is None:
@@ -44,12 +45,34 @@ def run(args) -> int:
         results = predict_with_reject(args.run_dir, args.images, topk=args.topk, reject=args.reject,
                                       photos=args.calibrate_on, weights=args.weights, workers=n_workers,
                                       progress=not args.quiet and not args.json)
+    if not args.quiet:
+        say_calibrated(args)
     if args.json:
         print(json.dumps(results))
         return 0
     for r in results:
         print(format_result(r))
     return 0 if any("predictions" in r for r in results) else 1
+
+
+def say_calibrated(args) -> None:
+    """With --reject auto the probabilities shown are temperature-scaled: one line on stderr says
+    so, since the same photo then shows another number than a plain `graft predict`."""
+    from ..inference import parse_reject
+
+    if parse_reject(args.reject) != "auto":
+        return
+    import sys
+    from pathlib import Path
+
+    from .._atomic import read_json
+    from ..calibrate import CALIBRATION_JSON
+
+    path = Path(args.run_dir) / CALIBRATION_JSON
+    cal = read_json(path, missing=f"{path} not found")
+    t = float(cal["temperature"])
+    print(f"graft: probabilities are calibrated: logits divided by temperature T={t:.3f} ({path}), so they "
+          f"differ from `graft predict` without --reject auto", file=sys.stderr)
 
 
 def format_result(r: dict) -> str:

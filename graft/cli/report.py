@@ -12,7 +12,7 @@ def add_parser(subparsers) -> None:
         "With --photos (the folder it was trained on) it also shows the augmentation preview, and "
         "the most confidently wrong validation photos of runs that did not store their predictions.")
     run_arg(p)
-    p.add_argument("--photos", metavar="PHOTOS", default=None, help="the photo folder the run was trained on")
+    p.add_argument("--photos", metavar="PHOTOS", default=None, help="the photo folder (or label file) the run was trained on")
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: the one the run used)")
     weights_arg(p)
     p.add_argument("--open", action="store_true", help="open the report in a web browser")

@@ -10,15 +10,17 @@ from ..finetune import FinetuneConfig
 from ..head import HeadConfig
 from ..strategy import STRATEGIES
 from ..train.config import TrainConfig
-from ._args import augment_args, backbone_args, loader_args, output_args, per_class_table, table, workers
+from ._args import augment_args, backbone_args, human, loader_args, output_args, per_class_table, table, workers
 
 
 def add_parser(subparsers) -> None:
     d = TrainConfig  # every default shown here is TrainConfig's (or the trainer's, for None)
     t = subparsers.add_parser("train", help="train a classifier on a folder of photos",
                               description="Train a classifier on PHOTOS: PHOTOS/<class>/* (a validation "
-                              "split is drawn by content hash) or PHOTOS/train/<class>/* + PHOTOS/val/<class>/*.")
-    t.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders")
+                              "split is drawn by content hash), PHOTOS/train/<class>/* + PHOTOS/val/<class>/*, "
+                              "or a label file labels.csv / labels.jsonl with columns path,label[,split] "
+                              "(paths relative to the file; split: train, val or test).")
+    t.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders, or a .csv/.jsonl label file")
     t.add_argument("--out", "-o", required=True, metavar="RUN", help="run folder to write (model, metrics)")
     backbone_args(t)
     t.add_argument("--strategy", default=d.strategy, choices=list(STRATEGIES),
@@ -68,6 +70,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--aug-device", default=d.aug_device, choices=["workers", "cpu", "cuda"],
                    help="fine-tuning: where flips and colour ops run: in the loader workers (default), or "
                    "batched per sample on the consumer's CPU (cpu) or the trainer's GPU (cuda)")
+    t.add_argument("--log", default="csv", metavar="csv|tensorboard",
+                   help="per-epoch log of the head and fine-tuning epochs: RUN/log.csv is always written; "
+                   "tensorboard also writes RUN/tensorboard/ (needs pip install 'graft[tensorboard]')")
     loader_args(t)
     output_args(t)
     t.set_defaults(run=run)
@@ -86,7 +91,7 @@ def run(args) -> int:
                    train_stages=args.train_stages, new_hidden=hidden_sizes(args.new_hidden),
                    from_scratch=args.from_scratch, resume=args.resume, aug_device=args.aug_device,
                    balance=args.balance, solver=args.solver, final=args.final, budget=args.budget,
-                   progress=not args.quiet and not args.json)
+                   log=args.log, progress=not args.quiet and not args.json)
     if not context().is_main:  # under torchrun only rank 0 reports
         return 0
     if args.json:
@@ -120,7 +125,9 @@ def hidden_sizes(text: str) -> tuple:
 
 
 def train_summary(m: dict, run_dir) -> str:
+    run_dir = Path(run_dir)
     t = m["timings"]
+    decoded = m["cache"].get("decoded")
     c = m["cache"]
     val = m["val_accuracy"]
     correct = round(val * m["n_val"]) if m["n_val"] and val is not None else 0
@@ -145,6 +152,21 @@ def train_summary(m: dict, run_dir) -> str:
           if m.get("finetune", {}).get("boundary_cache") else []),
         ("skipped", f"{len(m['skipped'])} file(s)" + ("  (see warnings above)" if m["skipped"] else "")),
         ("total", f"{t['total_s']:.2f} s"),
-        ("model", str(Path(run_dir) / "model.json")),
+        *_probe_comparison(m),
+        ("model", str(run_dir / "model.json")),
+        *([("report", str(run_dir / "report.html"))] if (run_dir / "report.html").is_file() else []),
+        *([("log", ", ".join(str(run_dir / name) for name in m["log"].values()))] if m.get("log") else []),
+        *([("decoded photos", f"{human(decoded['bytes'])} of this data set kept in {decoded['dir']} "
+                              f"({human(decoded['folder_bytes'])} in all) so later epochs and runs skip decoding; "
+                              f"`graft cache prune` frees it")] if decoded else []),
     ]
     return "\n".join([table(rows), "", per_class_table(m["per_class"])])
+
+
+def _probe_comparison(m: dict) -> list[tuple[str, str]]:
+    """A fine-tune that scored below the linear probe it started from says so."""
+    probe, acc = m.get("probe_val_accuracy"), m.get("val_accuracy")
+    if m.get("strategy") == "head" or probe is None or acc is None or not acc < probe:
+        return []
+    return [("note", f"the frozen head was better: {probe:.3f} vs {acc:.3f} (graft train --strategy head "
+                     "keeps it)")]

@@ -161,6 +161,20 @@ class DecodedCache:
                 pass
 
 
+def stored_bytes(root, digests) -> tuple[int, int]:
+    """(files, bytes) the decoded photos with these content hashes take under `root`: what a run
+    on them left in the cache (every reduction it stored)."""
+    files = size = 0
+    for d in set(digests):
+        for entry in Path(root).glob(f"{d[:2]}/{d}-r*.npy"):
+            try:
+                size += entry.stat().st_size
+                files += 1
+            except OSError:  # pruned meanwhile
+                pass
+    return files, size
+
+
 def _map_rgb(entry: Path, nbytes: int) -> np.ndarray:
     """Memory-map an HxWx3 uint8 entry read-only, holding no file descriptor, after checking its
     header, size and SHA-256 (DamagedEntry if any is wrong)."""

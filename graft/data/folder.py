@@ -1,7 +1,7 @@
 """Scan a photo folder into labelled samples, each identified by the SHA-256 of its content.
 
-Two layouts are accepted: `ROOT/train/<class>/*` + `ROOT/val/<class>/*`, or `ROOT/<class>/*`, in
-which case the validation split is drawn per class from each file's content hash (the idea of
+Two folder layouts are accepted (label files are the other door, labels.py; source.py says which
+PHOTOS names): `ROOT/train/<class>/*` + `ROOT/val/<class>/*`, or `ROOT/<class>/*`, in which case the validation split is drawn per class from each file's content hash (the idea of
 TensorFlow's retrain.py, which hashed names): a photo's side depends on nothing but its bytes, so
 adding photos later never moves an old photo between train and val. The content hash is also the
 feature cache's key.
@@ -55,43 +55,37 @@ class Dataset:
     layout: str = "folders"  # "train/val" or "folders" (split by hash)
 
 
-def scan_photos(root, *, val_split: float = 0.2, cache_dir=None) -> Dataset:
-    """Find classes and samples under `root`; see the module docstring for the layouts.
+def scan_folder(root: Path, layout: str, *, val_split: float = 0.2, cache_dir=None) -> Dataset:
+    """Find classes and samples under the folder `root` laid out as `layout` ("train/val" or
+    "folders", see graft.data.source.photo_layout and the module docstring).
 
     Digests are remembered in the cache folder `cache_dir` (default: graft's cache), so a rescan
     reads only new or changed photos (graft.data.digests)."""
-    root, layout = photo_layout(root, val_split)
     if layout == "train/val":
         classes, train, skipped = scan_class_folders(root / "train", cache_dir=cache_dir)
         _, val, skipped_val = scan_class_folders(root / "val", classes=classes, cache_dir=cache_dir)
         return Dataset(root, classes, train, val, skipped + skipped_val, "train/val")
     classes, samples, skipped = scan_class_folders(root, cache_dir=cache_dir)
     train, val = split_by_hash(samples, len(classes), val_split)
-    without_val = sorted(set(classes) - {classes[s.label] for s in val})
-    if without_val:
-        _warn_once(root, f"class(es) {', '.join(without_val)} have no validation photo at --val-split "
-                   f"{val_split:g} (too few photos): validation figures will not cover them")
+    warn_classes_without_val(classes, val, val_split)
     return Dataset(root, classes, train, val, skipped, "folders")
 
 
-def photo_layout(root, val_split: float = 0.2) -> tuple[Path, str]:
-    """(root, "train/val" or "folders") for a photo folder; a missing one or a bad split is an error."""
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise GraftError(f"photo folder not found: {root}")
-    if not 0.0 < val_split < 1.0:
-        raise GraftError(f"--val-split must be between 0 and 1, got {val_split}")
-    return root, "train/val" if (root / "train").is_dir() and (root / "val").is_dir() else "folders"
+def warn_classes_without_val(classes: list[str], val: list[Sample], val_split: float) -> None:
+    without_val = sorted(set(classes) - {classes[s.label] for s in val})
+    if without_val:
+        _warn_once(f"class(es) {', '.join(without_val)} have no validation photo at --val-split "
+                   f"{val_split:g} (too few photos): validation figures will not cover them")
 
 
-_warned: set[tuple[str, str]] = set()
+_warned: set[str] = set()
 
 
-def _warn_once(root: Path, message: str) -> None:
+def _warn_once(message: str) -> None:
     """One process scans the same photos more than once (train, then its report; calibrate):
     the user is told about them once."""
-    if (str(root), message) not in _warned:
-        _warned.add((str(root), message))
+    if message not in _warned:
+        _warned.add(message)
         logging.getLogger("graft").warning("%s", message)
 
 
@@ -208,6 +202,20 @@ def _gc_paused():
     finally:
         if was:
             gc.enable()
+
+
+def identify(files: list[tuple[Path, int]]) -> tuple[list[Sample], list[dict]]:
+    """Read, probe and hash each (path, label): the one door from a listed file to a Sample,
+    whether the list came from folders or a label file. Returns (samples, skipped)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
+        results = list(pool.map(lambda item: _identify(*item), files))
+    samples, skipped = [], []
+    for r in results:
+        if isinstance(r, ImageError):
+            skipped.append({"path": r.path, "reason": r.reason, "code": r.code})
+        else:
+            samples.append(r)
+    return samples, skipped
 
 
 def hash_fraction(digest: str) -> float:

@@ -2,17 +2,20 @@
 
 Built from RUN/metrics.json, RUN/model.json and RUN/val_predictions.npz (the validation photos'
 probabilities as training scored them, so the report needs neither a forward pass nor the photos
-scanned again): the header figures, training curves, the confusion matrix, per-class precision
-and recall, the most confidently wrong validation photos, the augmentation preview (given the
-training photos), where the time went, and the skipped files. Every picture is an embedded PNG
-(data: URI), the CSS is inline and the page has no script, so the file can be mailed, archived
-or opened offline as it is.
+scanned again): the header figures (and whether the frozen head beat a fine-tune), one photo per
+class, training curves, the confusion matrix, per-class precision and recall, the most
+confidently wrong validation photos, the calibration (RUN/calibration.json, `graft calibrate`),
+the photo check (what training skipped, and RUN/check.json from `graft check PHOTOS --apply-to
+RUN`), the augmentation preview (given the training photos) and where the time went. Every
+picture is an embedded PNG (data: URI), the CSS is inline and the page has no script, so the file
+can be mailed, archived or opened offline as it is; thumbnails and file names link to the photos
+(file://), shown whole.
 
     graft report RUN [--photos PHOTOS] [--open]
     graft.report.write_report("runs/cats", photos="PHOTOS")
 
-page.py: the page, escaping, charts' canvas; sections.py: what comes from the JSON files;
-gallery.py: what shows photos.
+page.py: the page, escaping, links, charts' canvas; sections.py: what comes from metrics.json;
+gallery.py: what shows photos; calibration.py: the calibration; findings.py: the photo check.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from pathlib import Path
 
 from .._atomic import atomic_path, read_json
 from ..errors import GraftError
-from .gallery import augmentation, gallery
+from .calibration import calibration
+from .findings import CHECK_JSON, check_findings
+from .gallery import augmentation, examples, gallery
 from .page import esc, fmt3, page
-from .sections import confusion, curves, header, skipped, timings
+from .sections import confusion, curves, header, timings
 
-__all__ = ["write_report", "val_predictions", "stored_val_predictions", "fmt3"]
+__all__ = ["write_report", "val_predictions", "stored_val_predictions", "fmt3", "CHECK_JSON"]
 
 
 def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=None,
@@ -44,10 +49,14 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
                         missing=f"{run_dir / 'metrics.json'} not found: the run did not finish; train it with `graft train`")
     if data is None and photos is not None:
         data = photos_split(meta, photos, cache_dir=_cache_root(run_dir, cache_dir))
+    from ..run import read_val_predictions
+
     preds, note = _gallery_predictions(run_dir, meta, metrics, data, cache_dir=cache_dir, weights=weights,
                                        workers=workers)
-    parts = [header(run_dir, meta, metrics), curves(metrics), confusion(metrics),
-             gallery(run_dir, preds, note), augmentation(meta, metrics, data), timings(metrics), skipped(metrics)]
+    root = metrics.get("photos") or (data.root if data is not None else None)
+    parts = [header(run_dir, meta, metrics), examples(metrics, data, preds), curves(metrics), confusion(metrics),
+             gallery(run_dir, preds, note, root), calibration(run_dir, read_val_predictions(run_dir)),
+             check_findings(run_dir, metrics), augmentation(meta, metrics, data), timings(metrics)]
     text = page(f"graft report: {run_dir.resolve().name}", "\n".join(s for s in parts if s))
     out = run_dir / "report.html"
     with atomic_path(out) as tmp:

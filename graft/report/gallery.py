@@ -1,5 +1,6 @@
-"""The report's sections that show photos: the most confidently wrong validation photos (from
-the predictions training stored, see graft.report) and the augmentation preview."""
+"""The report's sections that show photos: one photo per class, the most confidently wrong
+validation photos (from the predictions training stored, see graft.report) and the augmentation
+preview. Every thumbnail and file name links to its photo (file://), names shown whole."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import GraftError
-from .page import esc, img_tag, section
+from .page import esc, file_href, img_tag, section, shown_name
 
 log = logging.getLogger("graft")
 
@@ -32,14 +33,22 @@ def _thumb_png(path) -> bytes:
     return buf.getvalue()
 
 
-def _card(p: dict, kind: str) -> str:
+def _thumb(path) -> str:
+    """The photo's thumbnail, linked to the photo itself."""
     try:
-        thumb = img_tag(_thumb_png(p["path"]), Path(p["path"]).name)
+        inner = img_tag(_thumb_png(path), Path(path).name)
     except Exception as e:  # the file changed since: show the caption anyway
-        thumb = f'<div class="nothumb">{esc(type(e).__name__)}</div>'
-    name = Path(p["path"]).name
-    return f"""<figure class="card {kind}" title="{esc(p['path'])}">{thumb}
-<figcaption><div class="fname">{esc(name)}</div>
+        inner = f'<div class="nothumb">{esc(type(e).__name__)}</div>'
+    return f'<a class="photo" href="{file_href(path)}">{inner}</a>'
+
+
+def _name(path, root) -> str:
+    return f'<a class="fname" href="{file_href(path)}">{esc(shown_name(path, root))}</a>'
+
+
+def _card(p: dict, kind: str, root=None) -> str:
+    return f"""<figure class="card {kind}" title="{esc(p['path'])}">{_thumb(p['path'])}
+<figcaption>{_name(p['path'], root)}
 <div>true <b>{esc(p['true'])}</b></div>
 <div>predicted <b>{esc(p['pred'])}</b></div>
 <div>score <span class="prob">{p['probability']:.3f}</span></div>
@@ -47,7 +56,35 @@ def _card(p: dict, kind: str) -> str:
 </figcaption></figure>"""
 
 
-def gallery(run_dir, preds: list[dict] | None, note: str) -> str:
+def examples(m: dict, data, preds: list[dict] | None) -> str:
+    """One photo of each class, so a reader sees what the classes are: the training photo that
+    comes first by content hash (the same one every time), or without the photos at hand a
+    validation photo the run got right (else any of that class)."""
+    classes = m.get("classes") or []
+    if not classes:
+        return ""
+    picked: dict[str, str] = {}
+    if data is not None:
+        for s in sorted(data.train, key=lambda s: s.digest):
+            picked.setdefault(data.classes[s.label], str(s.path))
+    for p in sorted(preds or [], key=lambda p: not p["correct"]):
+        picked.setdefault(p["true"], p["path"])
+    if not picked:
+        return section("One photo per class", '<p class="muted">No photo to show: rebuild this report with '
+                                              "<code>--photos PHOTOS</code>.</p>")
+    counts = m.get("class_counts") or {}
+    cards = []
+    for c in classes:
+        if c not in picked:
+            continue
+        n = counts.get(c)
+        count = f'<div class="muted">{n["train"]} train, {n["val"]} val</div>' if n else ""
+        cards.append(f"""<figure class="card example" title="{esc(picked[c])}">{_thumb(picked[c])}
+<figcaption><div><b>{esc(c)}</b></div>{_name(picked[c], m.get("photos"))}{count}</figcaption></figure>""")
+    return section("One photo per class", f'<div class="gallery examples">{"".join(cards)}</div>')
+
+
+def gallery(run_dir, preds: list[dict] | None, note: str, root=None) -> str:
     """The most confidently wrong validation photos, then the closest calls among the right ones.
     `preds`: graft.report's prediction items; `note` says where they come from, or with `preds`
     None why there are none (default: the photos are needed)."""
@@ -61,14 +98,14 @@ def gallery(run_dir, preds: list[dict] | None, note: str) -> str:
     close = sorted((p for p in preds if p["correct"]), key=lambda p: p["true_probability"])
     body = [f'<p class="muted">{note}</p>']
     if wrong:
-        body.append(f'<div class="gallery">{"".join(_card(p, "wrong") for p in wrong[:GALLERY_WRONG])}</div>')
+        body.append(f'<div class="gallery">{"".join(_card(p, "wrong", root) for p in wrong[:GALLERY_WRONG])}</div>')
         if len(wrong) > GALLERY_WRONG:
             body.append(f'<p class="muted">... and {len(wrong) - GALLERY_WRONG} more wrong.</p>')
     else:
         body.append("<p>No validation photo is misclassified.</p>")
     if close:
         body.append("<h3>Closest calls among the right ones</h3>")
-        body.append(f'<div class="gallery">{"".join(_card(p, "close") for p in close[:GALLERY_CLOSE])}</div>')
+        body.append(f'<div class="gallery">{"".join(_card(p, "close", root) for p in close[:GALLERY_CLOSE])}</div>')
     return section(title, "\n".join(body))
 
 

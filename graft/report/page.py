@@ -21,6 +21,12 @@ def fmt3(x) -> str:
     return f"{float(x):.3f}"
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 22nd, 23rd, 101st."""
+    n = int(n)
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def esc(x) -> str:
     return html.escape(str(x), quote=True)
 
@@ -33,6 +39,29 @@ def img_tag(png: bytes, alt: str, cls: str = "", width: int | None = None) -> st
     w = f' width="{width}"' if width else ""
     c = f' class="{cls}"' if cls else ""
     return f'<img{c} src="{data_uri(png)}" alt="{esc(alt)}"{w}>'
+
+
+def file_href(path) -> str:
+    """A file:// link to a photo (absolute, percent-encoded), for the reader's browser to open."""
+    from pathlib import Path
+
+    return esc(Path(path).absolute().as_uri())
+
+
+def shown_name(path, root=None) -> str:
+    """How a photo is named on the page: its path under the photo folder (or the label file's
+    folder) when it lies there, else its whole path; never cut short."""
+    from pathlib import Path
+
+    path = Path(path)
+    if root:
+        base = Path(root)
+        base = base.parent if base.suffix.lower() in (".csv", ".jsonl") else base
+        try:
+            return str(path.absolute().relative_to(base.absolute()))
+        except ValueError:
+            pass
+    return str(path)
 
 
 def figure(w: float, h: float):
@@ -91,11 +120,15 @@ figure.card { margin:0; width:160px; background:#fafbfc; border:1px solid var(--
               border-top:4px solid var(--bad); border-radius:8px; padding:8px; font-size:12.5px; }
 figure.card.close { border-top-color:var(--warn); }
 figure.card img { display:block; margin:0 auto 6px; max-width:128px; max-height:128px; border-radius:4px; }
-figure.card .fname { color:var(--muted); overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+figure.card .fname { display:block; color:var(--accent); word-break:break-all; margin-bottom:2px; }
+figure.card.example { border-top-color:var(--accent); }
+figure.card a.photo { display:block; }
 figure.card .prob { font-weight:700; color:var(--bad); } figure.card.close .prob { color:var(--warn); }
 .nothumb { height:96px; display:flex; align-items:center; justify-content:center; color:var(--muted); }
 details pre { font-size:12px; background:#f0f2f5; padding:8px; border-radius:6px; overflow:auto; }
 footer { color:var(--muted); font-size:12px; text-align:center; }
+table.grid td.path { word-break:break-all; }
+.note { background:#fff8e6; border-left:4px solid var(--warn); padding:6px 10px; margin:8px 0; }
 """
 
 
@@ -107,6 +140,7 @@ def page(title: str, body: str) -> str:
 <style>{CSS}</style>
 </head><body><main>
 {body}
-<footer>written by graft {esc(__version__)} &middot; self-contained: every picture is embedded in this file</footer>
+<footer>written by graft {esc(__version__)} &middot; self-contained: every picture is embedded in this file
+(file names link to the photos on this machine)</footer>
 </main></body></html>
 """

@@ -1,5 +1,5 @@
 """The report's sections that come from metrics.json and model.json alone: the header figures,
-training curves, confusion matrix and per-class figures, timings, skipped files."""
+training curves, confusion matrix and per-class figures, timings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime as _dt
 import math
 from pathlib import Path
 
-from .page import esc, figure, fmt3, img_tag, png_of, section
+from .page import esc, figure, file_href, fmt3, img_tag, png_of, section
 
 # metrics["timings"] keys, in display order, with what each one measures
 TIMING_KEYS = {
@@ -79,8 +79,16 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
                         if (m.get("cv_balanced_accuracy") or {}).get("mean") is not None else "")
                      + ' <span class="muted">(mean per-class recall)</span>'))
     if m.get("probe_val_accuracy") is not None and strategy != "head":
-        rows.append(("linear probe", f"val accuracy {fmt3(m['probe_val_accuracy'])} (new softmax on frozen features, "
+        probe = m["probe_val_accuracy"]
+        rows.append(("linear probe", f"val accuracy {fmt3(probe)} (new softmax on frozen features, "
                                      "the baseline fine-tuning is measured against)"))
+        if isinstance(acc, (int, float)) and acc < probe:
+            rows.append(("note", f'<span class="warn" id="probe-better">the frozen head was better: {fmt3(probe)} vs '
+                                 f"{fmt3(acc)}</span> <span class=\"muted\">(fine-tuning did not pay off here: "
+                                 "<code>--strategy head</code> keeps the frozen head, more epochs or photos may "
+                                 "change it)</span>"))
+    if m.get("photos"):
+        rows.append(("photos", f'<a href="{file_href(m["photos"])}"><code>{esc(m["photos"])}</code></a>'))
     if m.get("best_epoch") is not None:
         rows.append(("epochs", f"best epoch {esc(m['best_epoch'])} of {esc(m.get('epochs_run', '?'))}"
                      + (f", val loss {m['val_loss']:.4f}" if isinstance(m.get("val_loss"), (int, float)) else "")))
@@ -167,6 +175,11 @@ def curves(m: dict) -> str:
     if epoch_s:
         note = (f'<p class="muted">{len(epoch_s)} epochs, {sum(epoch_s) / len(epoch_s):.2f} s each on average '
                 f"(first {epoch_s[0]:.2f} s).</p>")
+    files = m.get("log") or {}
+    if files:
+        links = ", ".join(f'<a href="{esc(name)}"><code>{esc(name)}</code></a>' for name in files.values())
+        note += (f'<p class="muted">Every epoch of the head and of fine-tuning, as it ended: {links} in the run '
+                 "folder" + (" (<code>tensorboard --logdir</code> it)" if "tensorboard" in files else "") + ".</p>")
     return section("Training curves", img_tag(png_of(fig), "training and validation curves", "chart") + note)
 
 
@@ -262,13 +275,3 @@ def timings(m: dict) -> str:
         return ""
     return section("Where the time went", '<div class="row">' + "".join(parts[:2]) + "</div>" + "".join(parts[2:]))
 
-
-def skipped(m: dict) -> str:
-    skipped = m.get("skipped") or []
-    if not skipped:
-        return section("Skipped files", '<p class="muted">None: every photo found was used.</p>')
-    rows = "".join(f"<tr><td><code>{esc(s.get('path', '?'))}</code></td><td>{esc(s.get('reason', ''))}</td></tr>"
-                   for s in skipped)
-    return section(f"Skipped files ({len(skipped)})",
-                    f'<table class="grid skipped"><thead><tr><th>file</th><th>reason</th></tr></thead>'
-                    f"<tbody>{rows}</tbody></table>")

@@ -60,6 +60,7 @@ def train(
     budget: float = _D.budget,
     final: bool = _D.final,
     report: bool = _D.report,
+    log=_D.log,
     progress: bool = _D.progress,
 ) -> TrainResult:
     """Train a classifier on `photos` and write it to the run folder `out`.
@@ -88,6 +89,10 @@ def train(
     the validation photos are predicted once for val_accuracy. `final=True` trains on the
     validation photos too (a model for deployment): then no held-out figure exists and
     val_accuracy is None.
+
+    `photos` may also be a label file (.csv or .jsonl, columns path,label[,split]; graft.data.labels).
+    Every epoch of the head and of fine-tuning adds a row to RUN/log.csv as it ends; `log=
+    "tensorboard"` also writes TensorBoard event files to RUN/tensorboard/ (graft.train.log).
     """
     settings = dict(locals())  # exactly the keywords above
     photos, out = settings.pop("photos"), settings.pop("out")
@@ -98,6 +103,14 @@ def run_recipe(photos, out, cfg: TrainConfig) -> TrainResult:
     """The steps in order (see the module docstring). Under torchrun every rank runs them,
     sharing the extraction and the fine-tuning; rank 0 alone scores and writes the run."""
     job = start(cfg, out)
+    try:
+        return _steps(job, photos, cfg)
+    finally:
+        if job.epoch_log is not None:
+            job.epoch_log.close()
+
+
+def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
     data = scan(job, photos)
     if cfg.backbone == "auto":  # chosen by cross-validation on the training photos, within --budget
         job = choose_backbone(job, data)

@@ -14,6 +14,7 @@ from ..errors import GraftError
 from ..finetune import FinetuneConfig
 from ..head import HeadConfig
 from ..strategy import StrategyChoice, check_request
+from .log import parse_log_kinds, require_tensorboard
 
 # The augmentation preset of cached views of a frozen backbone when none is asked for: on
 # hymenoptera light views beat clean features where standard ones only matched them
@@ -52,6 +53,7 @@ class TrainConfig:
     budget: float = 300.0  # --backbone auto: seconds of feature extraction the candidates may cost
     final: bool = False  # deployment model: the validation photos are trained on too (no held-out figure)
     report: bool = True  # write RUN/report.html
+    log: object = "csv"  # per-epoch log: "csv" (RUN/log.csv, always written) or "tensorboard" (also RUN/tensorboard/)
     progress: bool = True  # progress bars
 
     def __post_init__(self):
@@ -61,6 +63,9 @@ class TrainConfig:
             raise GraftError(f"balance must be auto or none, not {self.balance!r}")
         if self.solver not in ("auto", "lbfgs", "adamw"):
             raise GraftError(f"solver must be auto, lbfgs or adamw, not {self.solver!r}")
+        object.__setattr__(self, "log", parse_log_kinds(self.log))
+        if "tensorboard" in self.log:
+            require_tensorboard()
 
     def solvers(self) -> tuple[str, ...]:
         from ..selection import SOLVERS

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,8 +22,14 @@ def summary(job: Job, f: Features, choice: StrategyChoice, probe_cv: float, prob
     `probe_cv_accuracy`: the linear probe's cross-validated accuracy on the training photos (what
     `auto` chose the strategy with)."""
     src = job.source
+    counts = {c: {"train": 0, "val": 0} for c in f.data.classes}
+    for side, samples in (("train", f.data.train), ("val", f.data.val)):
+        for s in samples:
+            counts[f.data.classes[s.label]][side] += 1
     return {
+        "photos": str(Path(f.data.root).absolute()),  # the folder or label file trained on
         "classes": f.data.classes,
+        "class_counts": counts,
         "n_train": len(f.data.train),
         "n_val": len(f.data.val),
         "skipped": f.skipped,
@@ -43,7 +50,8 @@ def write(job: Job, f: Features, common: dict, fitted: Fitted) -> dict:
              extra={"training": {**fitted.config, "val_split": job.cfg.val_split, "layout": f.data.layout},
                     "augmentation": fitted.augmentation})
     probs = torch.from_numpy(fitted.val_logits).float().softmax(1).numpy()
-    save_val_predictions(job.out, [s.path for s in f.data.val], f.y_val, probs)
+    # absolute: the report links each photo, and may be rebuilt from another folder
+    save_val_predictions(job.out, [Path(s.path).absolute() for s in f.data.val], f.y_val, probs)
     metrics = build_metrics(job, f, common, fitted, train_s=time.perf_counter() - fitted.started)
     write_json(job.out / "metrics.json", metrics)
     if job.cfg.report:
@@ -82,8 +90,24 @@ def build_metrics(job: Job, f: Features, common: dict, fitted: Fitted, *, train_
         "history": history,
         **({"finetune": fitted.finetune} if fitted.finetune is not None else {}),
         "augmentation": fitted.augmentation,
+        **({"log": job.epoch_log.files()} if job.epoch_log is not None else {}),
         "cache": {"hits": stats.hits, "misses": stats.misses, "dir": str(job.cache.dir),
-                  "forward_batches": stats.forward_batches},
+                  "forward_batches": stats.forward_batches, **decoded_photos(job, f)},
         "timings": {"extract_s": round(stats.seconds, 4), "train_s": round(train_s, 4),
                     "total_s": round(time.perf_counter() - job.started, 4), **fitted.loop_timings},
     }
+
+
+def decoded_photos(job: Job, f: Features) -> dict:
+    """What the photos decoded once (fine-tuning, augmented views) left in the cache: this data
+    set's share and the whole folder's, so the summary can say what a run costs on disk."""
+    folder = job.decoded_dir
+    if folder is None or not folder.is_dir():
+        return {}
+    from ..cache.admin import folder_bytes
+    from ..data.decoded import stored_bytes
+
+    files, size = stored_bytes(folder, [s.digest for s in f.data.train + f.data.val])
+    if not files:
+        return {}
+    return {"decoded": {"dir": str(folder), "files": files, "bytes": size, "folder_bytes": folder_bytes(folder)}}

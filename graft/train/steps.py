@@ -29,6 +29,7 @@ from ..metrics import classification_metrics
 from ..strategy import StrategyChoice
 from .augmentation import describe, resolve_augmentation
 from .config import TrainConfig
+from .log import TrainingLog
 
 log = logging.getLogger("graft")
 
@@ -41,6 +42,7 @@ class Job:
     source: BackboneSource
     cache: FeatureCache  # the backbone's pooled features
     progress: bool
+    epoch_log: TrainingLog | None = None  # RUN/log.csv and friends (rank 0 only)
     stats: ExtractStats = field(default_factory=ExtractStats)
     started: float = field(default_factory=time.perf_counter)
     _pipelines: dict = field(default_factory=dict)
@@ -125,7 +127,8 @@ def start(cfg: TrainConfig, out) -> Job:
     torch.manual_seed(cfg.seed)
     source = resolve_backbone(AUTO_CANDIDATES[0][0] if cfg.backbone == "auto" else cfg.backbone, cfg.weights)
     cache = FeatureCache(cache_root(cfg.cache_dir), cache_namespace(source))
-    return Job(cfg, Path(out), dist, source, cache, cfg.progress and dist.is_main, started=started)
+    epochs_log = TrainingLog(out, cfg.log, resume=cfg.resume) if dist.is_main else None
+    return Job(cfg, Path(out), dist, source, cache, cfg.progress and dist.is_main, epoch_log=epochs_log, started=started)
 
 
 # --- 1. scan ----------------------------------------------------------------------------------------
@@ -264,6 +267,9 @@ def probe(job: Job, f: Features) -> Fitted:
     loop = {"data_wait_s": round(job.stats.wait_s, 4), "step_s": round(job.stats.compute_s, 4)}  # of extraction
     curve = next((r.get("curve") for r in choice.candidates if r.get("solver") == "adamw"), None) or []
     history = {"train_loss": [], "val_loss": [], "val_accuracy": [], "cv_loss": curve}
+    if job.epoch_log is not None:  # the head's epochs are its cross-validated AdamW curve
+        for epoch, loss in enumerate(curve, 1):
+            job.epoch_log.epoch("head", epoch, cv_loss=loss)
     epochs = choice.epochs or 0
     record = {"head": {**cfg.to_json(), "solver": choice.solver, "strength": choice.strength,
                        "epochs": choice.epochs, "class_weight": choice.class_weight}}
@@ -323,7 +329,8 @@ def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
     res = finetune(built, inner, cfg, run_dir=job.out, pipeline=pipeline, workers=job.cfg.workers,
                    resume=job.cfg.resume, progress=job.progress, extract=boundary_activations,
                    boundary_cache=job.cfg.boundary_cache, aug_device=job.cfg.aug_device,
-                   decoded_dir=job.decoded_dir, dist=job.dist)
+                   decoded_dir=job.decoded_dir, dist=job.dist,
+                   on_epoch=job.epoch_log.on_epoch("finetune") if job.epoch_log else None)
     if res.boundary_cache and job.dist.is_main:
         log.info("frozen stages' activations came from the boundary cache: only the trainable stages ran")
     loop = {k: res.timings[k] for k in ("data_wait_s", "step_s", "val_s")}

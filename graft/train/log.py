@@ -1,0 +1,138 @@
+"""Per-epoch training log that a user's usual tools read: `RUN/log.csv` (always) and TensorBoard
+event files (`RUN/tensorboard/`, with the optional `tensorboard` package: `--log tensorboard`).
+
+metrics.json is the run's summary, written at the end; a fine-tune of minutes to hours needs a
+record that grows while it runs. Each epoch that ends adds one row for its stage ("head": the
+new softmax on cached features, "finetune"): losses, accuracy, learning rates, timings and the
+share of the epoch spent waiting for data. The CSV is rewritten atomically each epoch (a few
+hundred rows at most), so a killed run leaves a complete file, never half a row; a resumed run
+starts from the rows on disk and replaces an epoch it runs again rather than doubling it.
+
+TensorBoard files are append-only, so they are kept honest another way: a fresh run removes the
+event files an earlier run into the same folder wrote (graft names its own `*.graft`, so it
+never touches another program's), and a resumed run sends TensorBoard only the epochs its log
+did not hold yet.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+
+from .._atomic import write_bytes
+from ..errors import GraftError
+
+log = logging.getLogger("graft")
+
+LOG_KINDS = ("csv", "tensorboard")
+CSV_FILE = "log.csv"
+TENSORBOARD_DIR = "tensorboard"
+EVENTS_SUFFIX = ".graft"  # the end of every event file graft writes: what a fresh run may remove
+COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "lr", "lr_backbone", "epoch_s",
+           "data_wait_s", "step_s", "val_s", "data_wait_share"]
+
+
+def parse_log_kinds(value) -> tuple[str, ...]:
+    """"csv", "tensorboard", "csv,tensorboard", or a sequence of those; csv is always written."""
+    if value is None or value == "":
+        return ("csv",)
+    kinds = [k.strip().lower() for k in (value.split(",") if isinstance(value, str) else value) if k.strip()]
+    unknown = [k for k in kinds if k not in LOG_KINDS]
+    if unknown:
+        raise GraftError(f"--log: unknown kind(s) {', '.join(unknown)}; use {' or '.join(LOG_KINDS)}")
+    return tuple(dict.fromkeys(["csv", *kinds]))
+
+
+def require_tensorboard() -> None:
+    """Fail before training when --log tensorboard cannot be honoured."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise GraftError("--log tensorboard needs the tensorboard package: pip install 'graft[tensorboard]' "
+                         "(or pip install tensorboard), or use --log csv") from None
+
+
+class TrainingLog:
+    """`log.epoch("finetune", 3, train_loss=..., val_loss=...)` as each epoch ends. Nothing is
+    written before the first epoch, so a run refused at the start leaves no file behind."""
+
+    def __init__(self, run_dir, kinds=("csv",), *, resume: bool = False):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / CSV_FILE
+        self.kinds = parse_log_kinds(kinds)
+        if "tensorboard" in self.kinds:
+            require_tensorboard()
+        self.resume = resume
+        self.rows: list[dict] = self._read() if resume else []
+        self._logged_before = {(r["stage"], int(r["epoch"])) for r in self.rows}
+        self._tb = None
+
+    def files(self) -> dict:
+        """What the log writes, relative to the run folder (recorded in metrics.json)."""
+        return {"csv": CSV_FILE, **({"tensorboard": TENSORBOARD_DIR} if "tensorboard" in self.kinds else {})}
+
+    def on_epoch(self, stage: str):
+        """The callback graft.head.train_head and graft.finetune.finetune call: (epoch, scalars)."""
+        return lambda epoch, scalars: self.epoch(stage, epoch, **scalars)
+
+    def epoch(self, stage: str, epoch: int, **scalars) -> None:
+        row = {"stage": stage, "epoch": int(epoch)}
+        row.update({k: _finite(v) for k, v in scalars.items()})
+        at = next((i for i, r in enumerate(self.rows) if (r["stage"], int(r["epoch"])) == (stage, int(epoch))), None)
+        if at is None:
+            self.rows.append(row)
+        else:  # an epoch run again (resumed, or the head before a resumed fine-tune) keeps its place
+            self.rows[at] = row
+        self._write_csv()
+        if "tensorboard" in self.kinds and (stage, int(epoch)) not in self._logged_before:
+            tb = self._writer()
+            for k, v in row.items():
+                if k not in ("stage", "epoch") and v is not None:
+                    tb.add_scalar(f"{stage}/{k}", v, int(epoch))
+            tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def _writer(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            folder = self.run_dir / TENSORBOARD_DIR
+            if not self.resume and folder.is_dir():  # an earlier run's curves would mix with these
+                for old in folder.glob(f"events.out.tfevents.*{EVENTS_SUFFIX}"):
+                    old.unlink(missing_ok=True)
+            self._tb = SummaryWriter(log_dir=str(folder), filename_suffix=EVENTS_SUFFIX)
+        return self._tb
+
+    def _write_csv(self) -> None:
+        columns = COLUMNS + sorted({k for r in self.rows for k in r} - set(COLUMNS))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+        write_bytes(self.path, buf.getvalue().encode())
+
+    def _read(self) -> list[dict]:
+        try:
+            with open(self.path, newline="") as f:
+                rows = [{k: v for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+            return [r for r in rows if r.get("stage") and str(r.get("epoch", "")).isdigit()]
+        except FileNotFoundError:
+            return []
+        except (OSError, csv.Error, UnicodeDecodeError, KeyError, ValueError) as e:
+            log.warning("could not read %s (%s): the log starts afresh", self.path, e)
+            return []
+
+
+def _finite(v):
+    if v is None:
+        return None
+    v = float(v)
+    return round(v, 6) if math.isfinite(v) else None

@@ -1,0 +1,86 @@
+"""graft.train.log: one CSV row per epoch and stage (read back), TensorBoard scalars read back
+from the event file, resume keeps earlier rows, non-finite values become empty cells."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from graft.errors import GraftError
+from graft.train.log import TrainingLog, parse_log_kinds
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_one_row_per_epoch_and_resume(tmp_path):
+    log = TrainingLog(tmp_path, "csv")
+    for e in range(1, 4):
+        log.epoch("finetune", e, train_loss=1.0 / e, val_loss=float("nan"), val_accuracy=0.5 + e / 10, lr=1e-3)
+    rows = _rows(tmp_path / "log.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[1]["train_loss"] == "0.5" and rows[0]["val_loss"] == ""
+    resumed = TrainingLog(tmp_path, "csv", resume=True)
+    resumed.epoch("finetune", 3, train_loss=0.2)  # the epoch that was cut short is replaced, not doubled
+    resumed.epoch("finetune", 4, train_loss=0.1)
+    assert [r["epoch"] for r in _rows(tmp_path / "log.csv")] == ["1", "2", "3", "4"]
+    assert TrainingLog(tmp_path, "csv").rows == []  # a fresh run starts a fresh log
+
+
+def test_tensorboard_events_read_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = TrainingLog(tmp_path, "tensorboard")
+    for e in range(1, 6):
+        log.epoch("head", e, train_loss=1.0 / e, val_accuracy=e / 10)
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    steps = [s.step for s in acc.Scalars("head/train_loss")]
+    assert steps == [1, 2, 3, 4, 5]
+    assert acc.Scalars("head/val_accuracy")[-1].value == pytest.approx(0.5)
+    assert len(_rows(tmp_path / "log.csv")) == 5  # csv is always written too
+
+
+def test_log_kinds():
+    assert parse_log_kinds(None) == ("csv",)
+    assert parse_log_kinds("tensorboard") == ("csv", "tensorboard")
+    with pytest.raises(GraftError, match="unknown kind"):
+        parse_log_kinds("wandb")
+
+
+def test_a_real_head_run_logs_one_row_per_epoch(trained_run, tmp_path):
+    """graft.train (warm cache, head) with --log tensorboard: the CSV and the event file both hold
+    one entry per epoch the head ran, with the history metrics.json keeps."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import graft
+    from conftest import isolated_env
+
+    with isolated_env(tmp_path):
+        result = graft.train(trained_run.photos, tmp_path / "run", cache_dir=trained_run.cache, strategy="head",
+                             epochs=12, patience=0, workers=0, progress=False, report=False, log="tensorboard")
+    m = result.metrics
+    assert m["epochs_run"] == 12 and m["log"] == {"csv": "log.csv", "tensorboard": "tensorboard"}
+    rows = _rows(result.run_dir / "log.csv")
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [("head", e) for e in range(1, 13)]
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx(m["history"]["val_loss"], abs=1e-6)
+    assert all(float(r["lr"]) == pytest.approx(1e-3) and float(r["epoch_s"]) >= 0 for r in rows)
+    acc = EventAccumulator(str(result.run_dir / "tensorboard"))
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("head/val_accuracy")] == list(range(1, 13))
+    assert [s.value for s in acc.Scalars("head/train_loss")] == pytest.approx(m["history"]["train_loss"], abs=1e-5)
+
+    # a second, fresh run into the same folder replaces graft's event files instead of mixing with them
+    with isolated_env(tmp_path):
+        graft.train(trained_run.photos, tmp_path / "run", cache_dir=trained_run.cache, strategy="head",
+                    epochs=4, patience=0, workers=0, progress=False, report=False, log="tensorboard")
+    acc = EventAccumulator(str(result.run_dir / "tensorboard"))
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("head/val_accuracy")] == [1, 2, 3, 4]
+    assert len(_rows(result.run_dir / "log.csv")) == 4
