@@ -110,7 +110,7 @@ def center_crop_array(arr: np.ndarray, size: int) -> np.ndarray:
         arr = np.pad(arr, ((ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2), (0, 0)))
         h, w = arr.shape[:2]
     top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
-    return np.ascontiguousarray(arr[top:top + size, left:left + size])
+    return arr[top:top + size, left:left + size].copy()  # writable and contiguous
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
