@@ -361,8 +361,9 @@ def cmd_export(args) -> int:
     elif not args.quiet:
         doc = json.loads(meta_file.read_text())
         entry = doc["files"][out.name]
+        cal = "calibration" if doc["calibration"] else "no calibration"
         print(f"wrote {out} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:16]}...)\n"
-              f"      {meta_file} (classes, preprocessing, {'calibration' if doc['calibration'] else 'no calibration'})")
+              f"      {meta_file} (classes, preprocessing, {cal})")
         if args.format == "onnx" and doc.get("client"):
             client = out.parent / doc["client"]["file"]
             print(f"      {client} (reference client: python {client} {out} PHOTO...)")
