@@ -36,7 +36,7 @@ def preprocess(path, pre):
     w, h, r, s = *img.size, pre["resize"], pre["size"]
     long = int(r * max(w, h) / min(w, h))  # the long side is truncated, as torchvision does
     img = img.resize((r, long) if w <= h else (long, r), RESAMPLE[pre["interpolation"]])
-    left, top = round((img.width - s) / 2), round((img.height - s) / 2)
+    left, top = round((img.width - s) / 2), round((img.height - s) / 2)  # resize >= size: inside
     return np.asarray(img.crop((left, top, left + s, top + s)))
 
 

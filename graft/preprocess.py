@@ -30,7 +30,8 @@ from .data.images import read_image
 RECIPE = 2
 
 # Above this many pixels the full resized image is not made (only shapes thinner than about
-# 1:250 get there): the crop's region alone is resized, which matches to within a few levels.
+# 1:250 get there, e.g. 20000x60): the crop's region alone is resized (Pillow's `box`), which
+# is not bit-equal to resizing everything (a level here and there) but needs no 60 MB canvas.
 MAX_RESIZED_PIXELS = 1 << 24
 
 _PIL_INTERPOLATION = {

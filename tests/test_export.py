@@ -242,7 +242,7 @@ def _torchvision(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     from torchvision.transforms.v2 import functional as F
 
     resized = F.resize(img, [pre.resize], InterpolationMode(pre.interpolation), antialias=True)
-    return np.asarray(F.center_crop(resized, [pre.size]))
+    return np.array(F.center_crop(resized, [pre.size]))
 
 
 @pytest.mark.parametrize("pre", [Preprocessing(224, 256, "bicubic"), Preprocessing(240, 274, "bilinear"),
@@ -259,6 +259,16 @@ def test_eval_preprocessing_is_torchvisions_resize_and_center_crop(pre):
         assert got.shape == (pre.size, pre.size, 3)
         assert np.array_equal(got, _torchvision(img, pre)), (w, h)
         assert torch.equal(pre.crop(img), torch.from_numpy(got).permute(2, 0, 1))
+
+
+def test_a_very_thin_image_is_cropped_without_the_full_resize():
+    """20000x60 would resize to 85333x256: only the crop's region is resized, within a level."""
+    pre = Preprocessing()
+    img = make_photo(np.random.default_rng(1), "red", size=(20000, 60))
+    got = pre.crop_array(img).astype(int)
+    ref = _torchvision(img, pre).astype(int)
+    assert got.shape == ref.shape == (224, 224, 3)
+    assert abs(got - ref).max() <= 1 and abs(got - ref).mean() < 0.01
 
 
 def test_eval_preprocessing_decodes_the_whole_jpeg(tmp_path):
