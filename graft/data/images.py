@@ -5,7 +5,9 @@ cases are handled once: EXIF orientation, every Pillow mode (CMYK, palette with 
 16-bit, grayscale) to 8-bit RGB, GIF/WebP first frame, truncated files, decompression bombs,
 and content that does not match the extension. JPEGs are decoded at reduced resolution in the
 DCT domain (Pillow's `draft`) when the caller says how small it may be, which is most of the
-cost of a 12-megapixel photo.
+cost of a 12-megapixel photo: training augmentation, thumbnails and checks ask for that. The
+evaluation preprocessing (graft.preprocess) does not: its pixels must be the standard recipe's,
+which decodes the whole file.
 """
 
 from __future__ import annotations
@@ -146,7 +148,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def draft_size_for_short_side(size: tuple[int, int], short_side: int) -> tuple[int, int]:
-    """The (w, h) an image of `size` has when its shorter side is scaled to `short_side`."""
+    """The least (w, h) a draft decode of an image of `size` must keep for its shorter side to
+    still cover `short_side` (rounded up: a draft may be larger, never smaller)."""
     w, h = size
     scale = short_side / min(w, h)
     return math.ceil(w * scale), math.ceil(h * scale)
