@@ -47,7 +47,11 @@ class Preprocessing:
 
     def load(self, path) -> torch.Tensor:
         """Read, resize the shorter side, centre-crop: a uint8 (3, size, size) tensor."""
-        img = read_image(path, min_short_side=self.resize)
+        return self.prepare(read_image(path, min_short_side=self.resize))
+
+    def prepare(self, img: Image.Image) -> torch.Tensor:
+        """`load` for an image already decoded to RGB (graft.predictor's in-memory inputs): one
+        function after decoding, so a photo and its file go through the same pixels."""
         tw, th = draft_size_for_short_side(img.size, self.resize)
         if (tw, th) == img.size:
             return center_crop(pil_to_tensor(img), self.size)
