@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _calibrate.add_cli(sub)
     _report.add_cli(sub)
     _cache_admin.add_cli(sub)
+    __import__("graft.serve_cli").serve_cli.add_parser(sub)  # i12-deploy: temporary, see graft/serve_cli.py
 
     d = sub.add_parser("demo", help="train and evaluate on a small photo set that ships with graft's dependencies",
                        description="Builds a demo set from scikit-image's bundled photos (train crops and "
@@ -371,7 +372,7 @@ def cmd_cache(args) -> int:
 
 COMMANDS = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate, "demo": cmd_demo,
             "augment": cmd_augment, "export": cmd_export, "calibrate": cmd_calibrate, "check": cmd_check,
-            "report": cmd_report, "cache": cmd_cache}
+            "report": cmd_report, "cache": cmd_cache, "serve": lambda args: args.handler(args)}
 
 if __name__ == "__main__":
     sys.exit(main())

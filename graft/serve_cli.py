@@ -1,0 +1,35 @@
+"""`graft serve RUN`'s command line (the server itself is graft.serve)."""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers):
+    """Register `graft serve`; the handler is in `set_defaults(handler=...)` (RUN is `args.run`)."""
+    p = subparsers.add_parser(
+        "serve", help="serve a run over HTTP, with a web page to try it",
+        description="Load RUN once and answer POST /predict (multipart files or raw image bytes; JSON "
+        "out), GET /model, GET /health, and GET / (a page to drop photos on). Requests that arrive "
+        "together share one forward pass (micro-batching).")
+    p.add_argument("run", metavar="RUN", help="run folder written by graft train")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000, help="(default 8000; 0 picks a free one)")
+    p.add_argument("--max-upload", default="20MB", metavar="SIZE",
+                   help="largest request body, e.g. 20MB (default), 512KB; larger ones get 413")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS",
+                   help="how long the first waiting photo waits for others to share its forward pass (default 5)")
+    p.add_argument("--max-batch", type=int, default=16, metavar="N",
+                   help="most photos in one forward pass (default 16; 1 serves one photo per pass)")
+    p.add_argument("--reject", default=None, metavar="auto|none|P",
+                   help="answer `unknown` as `graft predict --reject` does (default: auto when RUN is "
+                   "calibrated, else none)")
+    p.add_argument("--weights", metavar="FILE", help="backbone weights file, if not where training found it")
+    p.set_defaults(handler=cmd_serve)
+    return p
+
+
+def cmd_serve(args) -> int:
+    from .serve import cli_config, serve
+
+    serve(args.run, host=args.host, port=args.port, config=cli_config(args), weights=args.weights)
+    return 0
