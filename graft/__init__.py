@@ -14,5 +14,6 @@ tune_malloc()  # before torch allocates anything; see graft/_malloc.py and bench
 from .api import evaluate, predict, train  # noqa: E402
 from .cache_admin import prune as prune_cache, usage as cache_usage  # noqa: E402
 from .errors import GraftError  # noqa: E402
+from .predictor import Predictor  # noqa: E402
 
-__all__ = ["train", "predict", "evaluate", "cache_usage", "prune_cache", "GraftError", "__version__"]
+__all__ = ["train", "predict", "evaluate", "Predictor", "cache_usage", "prune_cache", "GraftError", "__version__"]

@@ -82,10 +82,12 @@ class BatchStats:
     photos: int = 0
     largest: int = 0
     sizes: Counter = field(default_factory=Counter)
+    forward_s: float = 0.0  # time in forward passes (the inference thread busy)
 
     def to_json(self) -> dict:
         return {"batches": self.batches, "photos": self.photos, "largest_batch": self.largest,
-                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())}}
+                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+                "forward_s": round(self.forward_s, 4)}
 
 
 class Batcher:
@@ -147,6 +149,7 @@ class Batcher:
             batch = await self._collect()
             if not batch:
                 continue
+            t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._forward, batch)
             except Exception as e:  # a bug, not bad input: every waiting request hears of it
@@ -156,6 +159,7 @@ class Batcher:
                         it.future.set_exception(e)
                 continue
             s = self.stats
+            s.forward_s += time.perf_counter() - t0
             s.batches, s.photos, s.largest = s.batches + 1, s.photos + len(batch), max(s.largest, len(batch))
             s.sizes[len(batch)] += 1
             for it, r in zip(batch, results):
@@ -387,12 +391,16 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def serve(run, *, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          weights=None, log_level: str = "info") -> None:
-    """Load `run` once and serve it until interrupted."""
+          weights=None, threads: int | None = None, log_level: str = "info") -> None:
+    """Load `run` once and serve it until interrupted. `threads`: the forward pass's torch
+    threads (default torch's, one per core); on a machine shared with other busy processes, 1
+    avoids threads waiting for each other at every layer (bench/serve_load.py)."""
     import uvicorn
 
     sock = listen(host, port)  # first: a port in use is said before seconds of loading
     try:
+        if threads:
+            torch.set_num_threads(threads)
         app = create_app(Predictor(run, weights=weights), config)
         card = app.state.card
         log.info("serving %s (%s; classes %s; reject %s) on http://%s:%d/", run, card["backbone"]["spec"],
@@ -404,6 +412,8 @@ def serve(run, *, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig
 
 
 def cli_config(args) -> ServeConfig:
+    if args.threads is not None and args.threads < 1:
+        raise GraftError(f"--threads must be at least 1, got {args.threads}")
     if args.max_batch < 1:
         raise GraftError(f"--max-batch must be at least 1, got {args.max_batch}")
     if args.batch_window_ms < 0:

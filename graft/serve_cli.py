@@ -23,13 +23,24 @@ def add_parser(subparsers):
     p.add_argument("--reject", default=None, metavar="auto|none|P",
                    help="answer `unknown` as `graft predict --reject` does (default: auto when RUN is "
                    "calibrated, else none)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads for the forward pass (default: one per core; 1 on a busy shared machine)")
     p.add_argument("--weights", metavar="FILE", help="backbone weights file, if not where training found it")
     p.set_defaults(handler=cmd_serve)
     return p
 
 
 def cmd_serve(args) -> int:
+    import os
+    import sys
+
+    if "torch" not in sys.modules:  # OpenMP reads it once, when torch loads (so: while graft's
+        # CLI imports torch lazily). Waiting OpenMP threads sleep instead of spinning: a server
+        # shares its cores with its own decoding threads and often with other programs, and on a
+        # busy 2-core machine a batch-1 forward pass took 3.2 s with spinning threads, 0.18 s without.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from .serve import cli_config, serve
 
-    serve(args.run, host=args.host, port=args.port, config=cli_config(args), weights=args.weights)
+    serve(args.run, host=args.host, port=args.port, config=cli_config(args), weights=args.weights,
+          threads=args.threads)
     return 0
