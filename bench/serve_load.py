@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile

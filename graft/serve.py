@@ -5,19 +5,20 @@
     GET  /model    the model card: classes, backbone, held-out accuracy, calibration, limits
     GET  /health   liveness and the batching counters
 
-Why micro-batching: on a CPU one forward pass of 16 photos costs far less than 16 passes of one,
-so requests that arrive within `batch_window_ms` of each other (or while the previous batch
-runs) share one pass, up to `max_batch`. The pass runs in one dedicated thread and decoding in a
-small thread pool, so the event loop only moves bytes and never waits for the network.
+Why micro-batching: one forward pass of several photos costs less per photo than passes of one
+(per-layer overheads and thread hand-offs are paid once per pass; on a GPU, far less), so
+requests that arrive within `batch_window_ms` of each other, or while the previous pass runs,
+share one pass, up to `max_batch`. The pass runs in one dedicated thread and decoding in a small
+thread pool, so the event loop only moves bytes and never waits for the model.
 
-Bad input gets a status and a one-line message, never a crash: the content decides, not the
-declared type. 415: the bytes are not an image format graft reads (JPEG, PNG, WebP, BMP, GIF);
-422: they are one, but cannot be decoded safely
-(truncated, damaged, or a decompression bomb: too many pixels, or a huge canvas in a few bytes);
-413: the request body is over `max_upload` (checked on Content-Length before reading, and while
-the body streams in, so an oversized upload is never held in memory); 400: no image sent. Of
-several photos in one request, any usable one makes the answer 200 (the others are error
-entries with their own "status"); if none is usable the status is 422 if any was 422, else 415.
+Bad input gets a status and a one-line message, never a crash; the content decides, not the
+declared type. 415: the bytes are not an image format graft reads (JPEG, PNG, WebP, BMP, GIF).
+422: they are one, but cannot be decoded safely (truncated, damaged, or a decompression bomb:
+too many pixels, or a huge canvas in a few bytes). 413: the request body is over `max_upload`
+(checked on Content-Length before reading, and again while the body streams in; the rest is
+read and discarded, so an oversized upload is never held in memory). 400: no image, or a malformed
+form. Of several photos in one request, any usable one makes the answer 200 (the others are
+error entries with their own "status"); if none is, 422 if any was 422, else 415.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import os
 import socket
@@ -286,8 +286,6 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> Starl
             uploads = await _uploads(request, cfg.max_upload)
         except UploadTooLarge:
             return _error(413, _too_large(cfg.max_upload))
-        except BadImage as e:
-            return _error(e.status, e.message)
         except ClientDisconnect:
             return _error(400, "the client went away before the upload was complete")
         if not uploads:

@@ -280,6 +280,44 @@ def test_concurrent_requests_share_forward_passes(served):
     assert health["largest_batch"] > 1 and health["largest_batch"] <= 8
 
 
+def test_the_event_loop_answers_while_a_forward_pass_runs(served):
+    """The forward pass runs off the event loop: with one held inside it, /health and /model
+    still answer (were the loop blocked, they would time out)."""
+    import copy
+
+    inside, release = threading.Event(), threading.Event()
+    held = copy.copy(served.predictor)  # the same model and lock, its own forward
+    real = served.predictor.forward
+
+    def forward(batch):
+        inside.set()
+        assert release.wait(120)
+        return real(batch)
+
+    held.forward = forward
+    with ServerThread(create_app(held, ServeConfig(batch_window_ms=0))) as srv, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, srv.url + "/predict", content=jpeg("red", 30), timeout=120)
+        try:
+            assert inside.wait(120)
+            assert httpx.get(srv.url + "/health", timeout=30).json()["batches"] == 0
+            assert httpx.get(srv.url + "/model", timeout=30).status_code == 200
+            assert not pending.done()
+        finally:
+            release.set()
+        r = pending.result(120)
+    assert r.status_code == 200 and r.json()["results"][0]["predictions"][0]["class"] == "red"
+
+
+def test_malformed_requests_get_json_errors(client):
+    r = client.post("/predict", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400 and "error" in r.json()
+    too_many = [("file", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(70)]
+    r = client.post("/predict", files=too_many)
+    assert r.status_code == 400 and "Too many files" in r.json()["error"]
+    assert client.post("/predict?topk=lots", content=jpeg()).status_code == 400
+    assert client.get("/predict").status_code == 405
+
+
 # --- the command line --------------------------------------------------------------------------
 
 def test_graft_serve_command(trained_run, tmp_path):
