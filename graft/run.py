@@ -8,22 +8,28 @@ found again from its spec and must hash to the recorded digest, so a 5 KB head d
 18 MB copy of unchanged weights along. Strategies that train the backbone store it whole.
 `val_predictions.npz` keeps the validation photos' probabilities as training computed them, so
 the report needs neither the photos nor a forward pass.
+
+Reading a run's description (`read_run_meta`) imports no torch: graft.predictor runs a fresh
+ONNX export of the run without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from ._atomic import atomic_path, read_json, write_json
 from ._version import __version__
-from .backbones import Backbone, BackboneSource, rebuild_backbone, resolve_backbone
 from .backbones.preprocess import Preprocessing
-from .classifier import Classifier
 from .errors import GraftError
-from .head import head_from_spec, head_spec
+
+if TYPE_CHECKING:  # the network's modules import torch: loaded where a network is built
+    from torch import nn
+
+    from .backbones import Backbone, BackboneSource
+    from .classifier import Classifier
 
 FORMAT = 1
 VAL_PREDICTIONS = "val_predictions.npz"
@@ -34,6 +40,8 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
              extra: dict | None = None) -> None:
     """Write model.safetensors then model.json (the json last: it is what marks a run complete)."""
     from safetensors.torch import save_file
+
+    from .head import head_spec
 
     run_dir = Path(run_dir)
     tensors = {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
@@ -68,6 +76,8 @@ def read_run_meta(run_dir) -> dict:
 
 def run_backbone_source(meta: dict, weights=None) -> BackboneSource:
     """The backbone a head-only run was trained on, verified against the recorded digest."""
+    from .backbones import resolve_backbone
+
     info = meta["backbone"]
     source = resolve_backbone(info["spec"], weights or _recorded_weights(info))
     if source.weights.digest != info["weights_digest"]:
@@ -82,6 +92,10 @@ def run_backbone_source(meta: dict, weights=None) -> BackboneSource:
 def load_run(run_dir, *, weights=None) -> Classifier:
     """Rebuild the classifier of a run folder with no other input."""
     from safetensors.torch import load_file
+
+    from .backbones import rebuild_backbone
+    from .classifier import Classifier
+    from .head import head_from_spec
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
@@ -106,6 +120,8 @@ def load_run(run_dir, *, weights=None) -> Classifier:
 def load_head(run_dir) -> nn.Module:
     """Just the trained top of a run (for head runs, scoring cached features needs nothing else)."""
     from safetensors import safe_open
+
+    from .head import head_from_spec
 
     meta = read_run_meta(run_dir)
     head = head_from_spec(meta["head"])

@@ -12,6 +12,8 @@ It is part of the feature cache's key and of every saved run, so it is a small f
 that round-trips through JSON; `to_json` also carries RECIPE, the version of the pixel recipe, so
 features computed by an earlier recipe are never reused. Images travel as uint8 tensors until
 `normalize`, which runs on the consumer's side (4x less to copy out of loader workers than float32).
+torch is imported only by the functions that make tensors: `crop_array` is the whole recipe in
+numpy, for clients that run an exported model without torch (graft.predictor).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..data.images import read_image
@@ -64,12 +65,14 @@ class Preprocessing:
         return cls(int(d["size"]), int(d["resize"]), str(d["interpolation"]),
                    tuple(d["mean"]), tuple(d["std"]))
 
-    def load(self, path) -> torch.Tensor:
+    def load(self, path) -> "torch.Tensor":
         """Read the whole file, resize the shorter side, centre-crop: a uint8 (3, size, size) tensor."""
         return self.crop(read_image(path))
 
-    def crop(self, img: Image.Image) -> torch.Tensor:
+    def crop(self, img: Image.Image) -> "torch.Tensor":
         """An RGB image -> the uint8 (3, size, size) tensor the network sees (see the module doc)."""
+        import torch
+
         return torch.from_numpy(self.crop_array(img)).permute(2, 0, 1).contiguous()
 
     def crop_array(self, img: Image.Image) -> np.ndarray:
@@ -86,8 +89,10 @@ class Preprocessing:
         box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
         return center_crop_array(np.asarray(img.resize((cw, ch), resample, box=box)), self.size)
 
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
         """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised."""
+        import torch
+
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1) * 255.0
         inv_std = 1.0 / (torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1) * 255.0)
         return batch.float().sub_(mean).mul_(inv_std)  # in place: one float batch, not three
@@ -114,6 +119,8 @@ def center_crop_array(arr: np.ndarray, size: int) -> np.ndarray:
     return arr[top:top + size, left:left + size].copy()  # writable and contiguous
 
 
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+def pil_to_tensor(img: Image.Image) -> "torch.Tensor":
+    import torch
+
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 

@@ -8,10 +8,12 @@ from ._args import run_arg, weights_arg
 
 FORMATS = ("onnx", "torchscript")  # graft.export.FORMATS' keys; listed here so --help imports no torch
 
+HELP = "write a run as an ONNX or TorchScript file"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="write a run as an ONNX or TorchScript file",
+        "export", help=HELP,
         description="Export RUN's classifier: the uint8 centre crop (N, S, S, 3) RGB in, class "
         "probabilities and logits out (and the novelty distance of a calibrated run). The file's "
         "metadata and export.json beside it record the classes, the preprocessing, the calibration "
