@@ -35,13 +35,13 @@ import numpy as np
 from ._atomic import atomic_path, read_json, write_json
 from ._digest import sha256_file
 from .errors import GraftError
+from .run import CALIBRATION_JSON
 
 if TYPE_CHECKING:  # torch is imported by the functions that fit or compute with tensors: using a
     import torch  # calibration on an exported model's outputs (load_calibration, softmax) needs none
 
 log = logging.getLogger("graft")
 
-CALIBRATION_JSON = "calibration.json"
 REFERENCE_FILE = "calibration.safetensors"
 FORMAT = 1
 MAX_CURVE_POINTS = 200

@@ -31,6 +31,7 @@ from torch import nn
 from ._atomic import atomic_path, write_json
 from ._digest import sha256_file
 from .errors import GraftError
+from .run import EXPORT_JSON
 
 log = logging.getLogger("graft")
 
@@ -41,7 +42,7 @@ INPUT_NAME = "image"
 OUTPUT_NAMES = ("probabilities", "logits")
 NOVELTY_NAME = "novelty"
 TOLERANCE = 1e-4  # max abs difference in probability tolerated when checking the written file
-METADATA_NAME = "export.json"
+METADATA_NAME = EXPORT_JSON
 TORCHSCRIPT_METADATA = "graft.json"  # the extra file inside a TorchScript export
 CLIENT_NAME = "predict_onnx.py"
 CLIENT_SOURCE = Path(__file__).with_name("export_client.py")

@@ -37,11 +37,10 @@ from .backbones.preprocess import Preprocessing
 from .calibrate import CALIBRATION_JSON, load_calibration
 from .errors import GraftError, ImageError
 from .reject import apply_reject, calibration_for, parse_reject
-from .run import read_run_meta
+from .run import EXPORT_JSON, read_run_meta
 
 ENGINES = ("auto", "onnx", "torch")
 ONNX_FILE = "model.onnx"
-EXPORT_JSON = "export.json"  # graft.export's METADATA_NAME (not imported: graft.export imports torch)
 EXPORT_FORMAT = 2  # the exported interface this module runs: uint8 NHWC in, logits and novelty out
 IN_PROCESS = 16  # fewer inputs than this are decoded in the calling thread (graft.loader.auto_workers' rule)
 _EXIF_ORIENTATION = 0x0112

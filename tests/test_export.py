@@ -33,6 +33,7 @@ from graft.errors import GraftError
 from graft.cli.export import add_parser
 from graft.export import export_run, metadata_path, read_onnx_metadata
 from graft.inference import UNKNOWN, predict_with_reject
+from graft.predictor import Predictor
 from graft.run import load_run
 
 TOL = 1e-4
@@ -235,6 +236,86 @@ def test_stale_calibration_is_not_exported(run, tmp_path, caplog):
     assert "without the 'unknown' thresholds" in caplog.text and "retrained" in caplog.text
     assert json.loads((stale / "export.json").read_text())["calibration"] is None
     assert out.is_file()
+
+
+# --- graft predict / graft.Predictor run a fresh export, without torch -------------------------------
+
+def test_predictor_runs_a_fresh_onnx_export_with_the_torch_engines_answers(run, exports):
+    k, unknowns = len(run.classes), {}
+    for folder, reject in ((run.dir, None), (run.calibrated, "auto"), (run.calibrated, 0.9)):
+        fast, slow = Predictor(folder), Predictor(folder, engine="torch")
+        assert (fast.engine.name, fast.describe()["engine"], slow.engine.name) == ("onnx", "onnx", "torch")
+        got, want = fast.predict(run.paths, topk=k, reject=reject), slow.predict(run.paths, topk=k, reject=reject)
+        for g, w in zip(got, want, strict=True):
+            assert g.keys() == w.keys() and g.get("class") == w.get("class"), (g, w)
+            assert [p["class"] for p in g["predictions"]] == [p["class"] for p in w["predictions"]]
+            assert max(abs(p["probability"] - q["probability"]) for p, q in zip(g["predictions"], w["predictions"])) <= 1e-5
+            assert abs(g.get("novelty", 0) - w.get("novelty", 0)) <= 1e-5
+        unknowns[reject] = sum(r.get("class") == UNKNOWN for r in got)
+    assert unknowns["auto"] > 0  # the odd photos: rejected by both engines
+
+
+def test_graft_predict_on_an_exported_run_imports_no_torch(run, exports):
+    """The CLI's predict, in a fresh interpreter, answers from the ONNX export and never loads
+    torch or timm (which is most of a cold start)."""
+    code = ("import json, sys; from graft.cli import main; rc = main(sys.argv[1:]); "
+            "print(json.dumps({'rc': rc, 'loaded': [m for m in ('torch', 'timm') if m in sys.modules]}), file=sys.stderr)")
+    photos = [str(p) for p in run.paths[-6:-4]]
+    out = subprocess.run([sys.executable, "-c", code, "predict", str(run.calibrated), *photos, "--json", "-k", "2",
+                          "--reject", "auto"], capture_output=True, text=True, timeout=300)
+    assert json.loads(out.stderr.strip().splitlines()[-1]) == {"rc": 0, "loaded": []}, out.stderr
+    got = json.loads(out.stdout)
+    for g, w in zip(got, run.rejected[-6:-4], strict=True):
+        assert g["path"] == w["path"] and g["class"] == w["class"]
+        assert abs(g["predictions"][0]["probability"] - w["predictions"][0]["probability"]) <= 1e-5
+
+
+def test_a_stale_export_is_not_run(run, exports, tmp_path):
+    """An export that no longer is the run's model or calibration is passed over (auto) or
+    refused (engine="onnx"), with the reason."""
+    def copy(name):
+        folder = tmp_path / name
+        shutil.copytree(run.calibrated, folder)
+        return folder
+
+    changed = copy("changed")
+    with open(changed / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    recalibrated = copy("recalibrated")  # the same thresholds written again: another calibration file
+    cal = json.loads((recalibrated / "calibration.json").read_text())
+    (recalibrated / "calibration.json").write_text(json.dumps(cal, indent=1))
+    retrained = copy("retrained")
+    doc = json.loads((retrained / "export.json").read_text())
+    doc["model_sha256"] = "0" * 64
+    (retrained / "export.json").write_text(json.dumps(doc))
+    for folder, why in ((changed, "changed since graft wrote it"), (recalibrated, "calibration changed"),
+                        (retrained, "retrained")):
+        p = Predictor(folder)
+        assert p.engine.name == "torch" and why in p.engine_reason, (folder, p.engine_reason)
+        with pytest.raises(GraftError, match=why):
+            Predictor(folder, engine="onnx")
+
+
+def test_training_over_a_run_removes_its_stale_exports_and_calibration(run, exports, tmp_path, caplog):
+    target = tmp_path / "run"
+    shutil.copytree(run.calibrated, target)
+    (target / "notes.txt").write_text("mine")
+    doc = json.loads((target / "export.json").read_text())
+    made = {*doc["files"], "export.json", "calibration.json", "calibration.safetensors"}
+    client = target / doc["client"]["file"]
+    with open(client, "a") as f:  # edited by its user since: no longer graft's file, so it stays
+        f.write("# my change\n")
+    assert made <= {p.name for p in target.iterdir()} and Predictor(target).engine.name == "onnx"
+    with isolated_env(run.root), caplog.at_level(logging.WARNING, logger="graft"):
+        graft.train(run.root / "photos", target, strategy="head", cache_dir=run.root / "cache", seed=1,
+                    workers=0, progress=False, report=False)
+    assert not made & {p.name for p in target.iterdir()}
+    assert (target / "notes.txt").read_text() == "mine" and client.read_text().endswith("# my change\n")
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("removed")]
+    assert len(said) == 1 and all(name in said[0] for name in made), said
+    assert Predictor(target).engine.name == "torch"
+    with pytest.raises(GraftError, match="no calibration"):
+        Predictor(target).predict(run.paths[0], reject="auto")
 
 
 # --- graft's evaluation preprocessing is the standard recipe -------------------------------------
