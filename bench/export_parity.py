@@ -4,8 +4,8 @@ standard recipe's full JPEG decode cost?
 On hymenoptera: a head run (trained here, or --run), calibrated, exported to ONNX; then for every
 val photo the written RUN/predict_onnx.py's own `preprocess` and onnxruntime session against
 graft's prediction path:
-  * probabilities: the client's `probabilities` output vs `graft.predict` (targets: max |dp| <= 1e-3,
-    0 top-1 changes);
+  * probabilities: the client's `probabilities` output vs `graft.predict` with the torch engine,
+    graft's own network (targets: max |dp| <= 1e-3, 0 top-1 changes);
   * answers: the client's `predict` (temperature, `unknown`) vs `graft predict --reject auto`
     (graft.inference.predict_with_reject); a photo whose confidence or novelty lies within 1e-5 of
     its threshold is counted apart (graft.calibrate sets the confidence threshold at one validation
@@ -149,12 +149,13 @@ def main() -> None:
         # the client's preprocessing and session vs graft's prediction path
         crops = np.stack([client.preprocess(p, meta["preprocessing"]) for p in paths])
         p_client = probabilities(session, crops)
-        results = graft.predict(run, paths, topk=len(classes))
+        # graft's own network in torch: the run now has a fresh export, which graft.predict would run
+        results = graft.predict(run, paths, topk=len(classes), engine="torch")
         p_graft = np.array([[{d["class"]: d["probability"] for d in r["predictions"]}[c] for c in classes]
                             for r in results])
         parity = compare(p_client, p_graft)
         answers = [a for i in range(0, len(crops), 32) for a in client.predict(session, meta, crops[i:i + 32])]
-        graft_answers = predict_with_reject(run, paths, topk=len(classes), reject="auto")
+        graft_answers = predict_with_reject(run, paths, topk=len(classes), reject="auto", engine="torch")
         changed = [(p, a, g) for p, a, g in zip(paths, answers, graft_answers) if a[0] != g["class"]]
         cal = meta["calibration"]
         edge = [c for c in changed if on_threshold(c[2], cal)]

@@ -81,11 +81,12 @@ def train_run(tmp: Path) -> Path:
 
 
 class Server:
-    def __init__(self, run: Path, name: str, max_batch: int, window_ms: float, threads, env: dict):
+    def __init__(self, run: Path, name: str, max_batch: int, window_ms: float, threads, env: dict,
+                 engine: str = "auto"):
         self.name, self.max_batch = name, max_batch
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "graft", "serve", str(run), "--port", "0", "--max-batch", str(max_batch),
-             "--batch-window-ms", str(window_ms), "--reject", "none"]
+             "--batch-window-ms", str(window_ms), "--reject", "none", "--engine", engine]
             + (["--threads", str(threads)] if threads else []),
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
         self.url = None
@@ -171,6 +172,8 @@ def main():
                     "OMP_WAIT_POLICY=PASSIVE (unless set), as `graft serve` should on a machine other work keeps "
                     "busy: there a batch-1 forward pass with 2 spinning threads measured 3.2 s instead of 0.18 s")
     ap.add_argument("--window-ms", type=float, default=5.0, help="the batched server's --batch-window-ms")
+    ap.add_argument("--engine", default="auto", choices=("auto", "onnx", "torch"),
+                    help="both servers' --engine (auto: the run's fresh ONNX export if it has one, else torch)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="graft-serve-load-") as tmp:
@@ -181,8 +184,8 @@ def main():
         os.environ["GRAFT_CACHE_DIR"] = env["GRAFT_CACHE_DIR"]
         photos, source = load_photos(tmp)
         run = Path(args.run) if args.run else train_run(tmp)
-        servers = [Server(run, "batched", args.max_batch, args.window_ms, args.threads, env),
-                   Server(run, "one-at-a-time", 1, 0.0, args.threads, env)]
+        servers = [Server(run, "batched", args.max_batch, args.window_ms, args.threads, env, args.engine),
+                   Server(run, "one-at-a-time", 1, 0.0, args.threads, env, args.engine)]
         try:
             for s in servers:
                 s.wait_ready()

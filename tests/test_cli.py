@@ -166,3 +166,21 @@ def test_commands_that_need_no_network_import_no_torch(tmp_path):
         out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
         assert out.stderr.strip().splitlines()[-1] == "LOADED []", (argv, out.stderr)
         assert out.stdout.strip(), argv  # it did print its help, table or cache summary
+
+
+def test_graft_names_load_on_first_use():
+    """`import graft` loads no torch; each public name loads its module when first used, and
+    `graft.train` stays the function even once its package graft/train/ is imported."""
+    code = """
+import sys, types
+import graft
+assert "torch" not in sys.modules and graft.GraftError and graft.__version__
+assert sorted(set(graft.__all__) - set(dir(graft))) == []
+import graft.train.config  # the package: binding it must not hide the function
+assert isinstance(graft.train, types.FunctionType) and graft.train.__module__ == "graft.train"
+from graft import train, predict, evaluate, Predictor, cache_usage, prune_cache
+assert graft.predict is predict and Predictor.__name__ == "Predictor" and callable(cache_usage)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
