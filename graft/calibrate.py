@@ -30,17 +30,20 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ._atomic import atomic_path, read_json, write_json
 from ._digest import sha256_file
 from .errors import GraftError
+from .run import CALIBRATION_JSON
+
+if TYPE_CHECKING:  # torch is imported by the functions that fit or compute with tensors: using a
+    import torch  # calibration on an exported model's outputs (load_calibration, softmax) needs none
 
 log = logging.getLogger("graft")
 
-CALIBRATION_JSON = "calibration.json"
 REFERENCE_FILE = "calibration.safetensors"
 FORMAT = 1
 MAX_CURVE_POINTS = 200
@@ -55,6 +58,8 @@ def fit_temperature(logits, labels, *, prior_sd: float | None = 1.0, max_iter: i
     centred on 0 (T = 1), i.e. a MAP fit; negligible with hundreds of photos, it keeps T finite
     when the photos are perfectly separated. None: plain NLL. T is clamped to [0.01, 100].
     """
+    import torch
+
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     if z.ndim != 2 or y.ndim != 1 or len(z) != len(y):
@@ -82,6 +87,8 @@ def fit_temperature(logits, labels, *, prior_sd: float | None = 1.0, max_iter: i
 
 def nll(logits, labels, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of softmax(logits / T)."""
+    import torch
+
     z = torch.as_tensor(np.asarray(logits, dtype=np.float64)) / temperature
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     return float(torch.nn.functional.cross_entropy(z, y))
@@ -150,6 +157,8 @@ def knn_distance(queries: torch.Tensor, reference: torch.Tensor, k: int, *, leav
 
     `leave_one_out`: queries ARE the reference rows, each excluded from its own neighbours.
     """
+    import torch
+
     out = []
     k_eff = min(k, reference.shape[0] - (1 if leave_one_out else 0))
     if k_eff < 1:
@@ -192,6 +201,8 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, no
     Frozen-backbone runs take the features from the cache training filled (no forward pass).
     Returns what calibration.json holds.
     """
+    import torch
+
     from .run import photos_split, read_run_meta, run_features
 
     run_dir = Path(run_dir)

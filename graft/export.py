@@ -1,15 +1,21 @@
 """`graft export`: a run as one self-contained file for other runtimes (ONNX or TorchScript).
 
-The exported graph takes a NORMALISED float32 batch (N, 3, S, S), RGB, NCHW, with any N, and
-returns class probabilities (softmax), column i being `classes[i]`. Decoding and normalising the
-photo stay outside the graph (they differ per runtime: JPEG decoders, resizers), so `export.json`
-written beside the file records exactly what graft does to a photo first: the classes, the
-preprocessing (shorter side resized to `resize` with `interpolation`, centre crop `size`, /255,
-minus `mean`, over `std`) and the file's SHA-256.
+The exported graph takes the crop the network sees, as the bytes any decoder gives: uint8
+(N, S, S, 3), RGB, NHWC, any N; scaling to [0, 1] and the mean/std normalisation happen inside,
+with graft's own float operations. Outputs: `probabilities` (N, C) (softmax, column i is
+`classes[i]`), `logits` (N, C) and, for a run calibrated with a novelty check, `novelty` (N,):
+the cosine distance to the k-th nearest training photo (the reference features are in the graph).
 
-After writing, the file is loaded back and compared with graft's own forward pass on a random
-batch of another batch size (TorchScript: torch.jit.load; ONNX: onnxruntime when installed,
-else onnx.checker when onnx is, else nothing, and export.json says which).
+Only the decode, resize and centre crop stay outside the graph, and they are the standard recipe
+graft itself uses (graft.backbones.preprocess). The ONNX file's `metadata_props` (each value JSON) and the
+`export.json` beside it record the classes, that recipe, the calibration (temperature, confidence
+and novelty thresholds) and the input/output layout; TorchScript files carry the same document
+as the extra file `graft.json`. An ONNX export also writes `predict_onnx.py` beside the file: a
+Pillow + numpy + onnxruntime client that reads that metadata and prints graft's answers.
+
+After writing, the file is loaded back and compared with graft's own path (the run's
+normalisation, features, head and novelty check) on a random batch of another batch size
+(TorchScript: torch.jit.load; ONNX: onnxruntime when installed, else onnx.checker).
 """
 
 from __future__ import annotations
@@ -25,25 +31,48 @@ from torch import nn
 from ._atomic import atomic_path, write_json
 from ._digest import sha256_file
 from .errors import GraftError
+from .run import EXPORT_JSON
 
 log = logging.getLogger("graft")
 
+FORMAT = 2  # of the exported files' interface and metadata; 1 took a normalised float32 NCHW batch
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probabilities", "logits")
+NOVELTY_NAME = "novelty"
 TOLERANCE = 1e-4  # max abs difference in probability tolerated when checking the written file
-METADATA_NAME = "export.json"
+METADATA_NAME = EXPORT_JSON
+TORCHSCRIPT_METADATA = "graft.json"  # the extra file inside a TorchScript export
+CLIENT_NAME = "predict_onnx.py"
+CLIENT_SOURCE = Path(__file__).with_name("export_client.py")
 
 
-class Probabilities(nn.Module):
-    """Normalised image batch -> softmax over the run's classes."""
+class Exported(nn.Module):
+    """uint8 NHWC crops -> (probabilities, logits[, novelty]), by the run's own operations."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, novelty=None):
         super().__init__()
         self.model = model
+        pre = model.preprocessing
+        # the constants of Preprocessing.normalize, computed the same way: the same float32 inputs
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0))
+        self.novelty = novelty is not None
+        if self.novelty:
+            self.register_buffer("reference", novelty.reference.float().contiguous())  # unit rows
+            self.k = min(int(novelty.k), novelty.reference.shape[0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
+    def forward(self, image: torch.Tensor):
+        x = (image.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        feats = self.model.features(x)
+        logits = self.model.head(feats)
+        out = (torch.softmax(logits, dim=1), logits)
+        if self.novelty:  # graft.calibrate.Novelty.distance
+            f = feats.float()
+            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            out = out + (1.0 - (f @ self.reference.T).topk(self.k, dim=1).values[:, -1],)
+        return out
 
 
 def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True) -> Path:
@@ -51,7 +80,9 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
 
     Default file: RUN/model.onnx or RUN/model.torchscript.pt. Metadata goes to RUN/export.json
     (one entry per exported file) when the file is in the run folder, else to `<file>.json`
-    (see `metadata_path`). `weights`: the backbone weights file, if not where training found it.
+    (see `metadata_path`); an ONNX export also writes the client predict_onnx.py beside the file.
+    The run's calibration (RUN/calibration.json), when current, is exported with it.
+    `weights`: the backbone weights file, if not where training found it.
     """
     from .run import load_run
 
@@ -65,19 +96,31 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
     if out.is_dir():
         raise GraftError(f"--out {out} is a folder; give a file name, e.g. {out / FORMATS[fmt]}")
     model = load_run(run_dir, weights=weights)
-    meta = model.meta
-    wrapped = Probabilities(model).eval()
+    cal, novelty = _calibration(run_dir, model.classes)
+    wrapped = Exported(model, novelty).eval()
+    info = _describe(run_dir, model, cal, wrapped.novelty)
     size = model.preprocessing.size
-    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(0))
 
     with atomic_path(out) as tmp:
         if fmt == "onnx":
-            _write_onnx(wrapped, example, tmp)
+            _write_onnx(wrapped, example, tmp, info)
         else:
-            _write_torchscript(wrapped, example, tmp)
-        check = _verify(fmt, tmp, wrapped, size) if verify else "not checked"
-    digest = sha256_file(out)
-    _write_metadata(run_dir, out, fmt, digest, meta, check)
+            _write_torchscript(wrapped, example, tmp, info)
+        check = _verify(fmt, tmp, model, novelty) if verify else "not checked"
+    entry = {
+        "format": fmt,
+        "sha256": sha256_file(out),
+        "bytes": out.stat().st_size,
+        **({"opset": OPSET} if fmt == "onnx" else {}),
+        "torch_version": torch.__version__,
+        "check": check,
+    }
+    target = metadata_path(run_dir, out)
+    old = _read_json(target)
+    client = _write_client(out.parent, old) if fmt == "onnx" else None
+    _write_metadata(target, out, info, entry, old, client)
     return out
 
 
@@ -89,18 +132,96 @@ def metadata_path(run_dir, out) -> Path:
     return out.with_name(out.name + ".json")
 
 
+def read_onnx_metadata(path) -> dict:
+    """The graft metadata of an exported ONNX file (its metadata_props, values decoded)."""
+    import onnx
+
+    return {p.key: json.loads(p.value) for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+# --- what is exported ------------------------------------------------------------------------
+
+def _calibration(run_dir: Path, classes: list[str]):
+    """(calibration dict, Novelty or None) of a run, or (None, None) when it has none that fits."""
+    from .calibrate import CALIBRATION_JSON, load_calibration, load_novelty
+
+    if not (run_dir / CALIBRATION_JSON).is_file():
+        return None, None
+    try:
+        cal = load_calibration(run_dir)
+        if cal.get("classes") != list(classes):
+            raise GraftError(f"{run_dir / CALIBRATION_JSON} is for other classes")
+        return cal, load_novelty(run_dir, cal)
+    except GraftError as e:
+        log.warning(f"exported without the 'unknown' thresholds: {e}")
+        return None, None
+
+
+def _describe(run_dir: Path, model, cal: dict | None, novelty: bool) -> dict:
+    """The document that goes into the file's metadata and export.json."""
+    from ._version import __version__
+    from .calibrate import CALIBRATION_JSON
+
+    meta, pre = model.meta, model.preprocessing
+    classes, s = list(model.classes), pre.size
+    outputs = [
+        {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(classes)],
+         "meaning": "softmax of the logits (temperature 1); column i is classes[i]"},
+        {"name": "logits", "dtype": "float32", "shape": ["batch", len(classes)],
+         "meaning": "divide by calibration.temperature, then softmax: the calibrated probabilities"},
+    ]
+    if novelty:
+        outputs.append({"name": NOVELTY_NAME, "dtype": "float32", "shape": ["batch"],
+                        "meaning": "cosine distance to the k-th nearest training photo in feature space"})
+    calibration = None
+    if cal is not None:
+        nov = cal.get("novelty") if novelty else None
+        calibration = {
+            "temperature": float(cal["temperature"]),
+            "threshold": float(cal["threshold"]),
+            "novelty": {"threshold": float(nov["threshold"]), "k": int(nov["k"])} if nov else None,
+            "target_accuracy": cal.get("target_accuracy"),
+            "sha256": sha256_file(run_dir / CALIBRATION_JSON),
+            "rule": "unknown when the top calibrated probability < threshold, or novelty > novelty.threshold",
+        }
+    doc = {
+        "format": FORMAT,
+        "graft_version": __version__,
+        "model_sha256": sha256_file(run_dir / "model.safetensors"),  # the run's model the files were made from
+        "classes": classes,
+        "preprocessing": pre.to_json(),
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", s, s, 3],
+                  "layout": "NHWC, RGB, 0-255: the centre crop as decoded; normalisation is inside the model"},
+        "outputs": outputs,
+        "recipe": (f"decode the whole image (no reduced-size JPEG decoding), apply its EXIF orientation, "
+                   f"convert to RGB (transparency over white); resize with Pillow's {pre.interpolation} "
+                   f"filter so the shorter side is {pre.resize} px and the longer int({pre.resize} * long / "
+                   f"short); centre-crop {s}x{s} at offset int(round((side - {s}) / 2)): torchvision.transforms"
+                   f".v2 Resize({pre.resize}, {pre.interpolation}, antialias=True) + CenterCrop({s}) on a PIL "
+                   f"image; feed the uint8 crop as (N, {s}, {s}, 3)"),
+        "calibration": calibration,
+        "strategy": meta.get("strategy"),
+        "backbone": {k: meta["backbone"].get(k) for k in ("spec", "arch", "weights_digest")},
+    }
+    return json.loads(json.dumps(doc))  # as read back: lists, not tuples, so it compares with export.json
+
+
 # --- writers ---------------------------------------------------------------------------------
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, info: dict) -> None:
     # The TorchScript-based exporter (dynamo=False): the torch.export-based one needs onnxscript,
-    # which graft does not depend on; this one needs nothing beyond torch.
+    # which graft does not depend on; this one needs nothing beyond torch (and onnx, which it
+    # imports, as does writing the metadata below).
+    names = [o["name"] for o in info["outputs"]]
     try:
+        import onnx
+
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its deprecation notice and tracer warnings on shapes
             torch.onnx.export(
                 model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                input_names=[INPUT_NAME], output_names=names,
+                dynamic_axes={n: {0: "batch"} for n in [INPUT_NAME, *names]},
                 do_constant_folding=True,
             )
     except Exception as e:  # the exporter raises its own error type, caused by the failed import
@@ -109,38 +230,67 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             name = missing.name.split(".")[0]
             raise GraftError(f"ONNX export needs the Python package {name}: pip install {name}") from None
         raise
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in info.items():
+        proto.metadata_props.add(key=key, value=json.dumps(value))
+    proto.doc_string = info["recipe"]
+    onnx.save(proto, str(path))
 
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, info: dict) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         # shape arithmetic of fixed-size padding (TracerWarning); torch.jit's deprecation notices
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(info)})
+
+
+def _write_client(folder: Path, old: dict | None) -> dict | None:
+    """Copy the reference client beside the export, unless a predict_onnx.py there is not one graft
+    wrote (then it is left alone, and said). -> {"file", "sha256"} of the client written."""
+    source = CLIENT_SOURCE.read_bytes()
+    target = folder / CLIENT_NAME
+    if target.exists():
+        digest = sha256_file(target)
+        ours = {sha256_file(CLIENT_SOURCE), ((old or {}).get("client") or {}).get("sha256")}
+        if digest not in ours:
+            log.warning(f"{target} was not written by graft (or was changed since): left as it is; "
+                        f"the reference client was not written")
+            return None
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(source)
+    return {"file": CLIENT_NAME, "sha256": sha256_file(target)}
 
 
 # --- checking the written file -----------------------------------------------------------------
 
-def _verify(fmt: str, path: Path, model: nn.Module, size: int) -> str:
-    """Load the written file and compare with `model` on a batch of 3; a description of the check."""
-    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+def _verify(fmt: str, path: Path, model: nn.Module, novelty) -> str:
+    """Load the written file and compare it with graft's own path on a batch of 3 random crops."""
+    size = model.preprocessing.size
+    x = torch.randint(0, 256, (3, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = model(x).numpy()
+        feats = model.features(model.preprocessing.normalize(x.permute(0, 3, 1, 2)))
+        logits = model.head(feats)
+        expected = [logits.softmax(1).numpy()]
+        if novelty is not None:
+            expected.append(novelty.distance(feats))
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             loaded = torch.jit.load(str(path), map_location="cpu")
         with torch.no_grad():
-            got = loaded(x).numpy()
+            got = [t.numpy() for t in loaded(x)]
         how = "torch.jit.load"
     else:
         got, how = _run_onnx(path, x.numpy())
         if got is None:
             return how
-    diff = float(abs(got - expected).max())
+    got = [got[0]] + ([got[2]] if novelty is not None else [])
+    diff = max(float(abs(g - e).max()) for g, e in zip(got, expected))
     if not diff < TOLERANCE:
-        raise GraftError(f"the exported {fmt} model disagrees with graft's own by {diff:.2g} in probability "
+        raise GraftError(f"the exported {fmt} model disagrees with graft's own by {diff:.2g} "
                          f"(tolerance {TOLERANCE:g}); not written")
     return f"{how}: max abs difference {diff:.1e} on a random batch of 3"
 
@@ -150,62 +300,30 @@ def _run_onnx(path: Path, x):
     try:
         import onnxruntime as ort
     except ImportError:
-        try:
-            import onnx
-        except ImportError:
-            log.info("neither onnxruntime nor onnx is installed: the ONNX file was not checked")
-            return None, "not checked (install onnxruntime to check it)"
+        import onnx
+
         onnx.checker.check_model(str(path))
         return None, "onnx.checker passed (install onnxruntime to compare outputs)"
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0], f"onnxruntime {ort.__version__}"
+    return sess.run(None, {INPUT_NAME: x}), f"onnxruntime {ort.__version__}"
 
 
 # --- metadata --------------------------------------------------------------------------------
 
-def _write_metadata(run_dir: Path, out: Path, fmt: str, digest: str, meta: dict, check: str) -> Path:
-    from ._version import __version__
-    from .backbones.preprocess import Preprocessing
-
-    pre = Preprocessing.from_json(meta["preprocessing"]).to_json()
-    classes = list(meta["classes"])
-    model_digest = sha256_file(run_dir / "model.safetensors")
-    entry = {
-        "format": fmt,
-        "sha256": digest,
-        "bytes": out.stat().st_size,
-        **({"opset": OPSET} if fmt == "onnx" else {}),
-        "torch_version": torch.__version__,
-        "check": check,
-    }
-    doc = {
-        "format": 1,
-        "graft_version": __version__,
-        "model_sha256": model_digest,  # RUN/model.safetensors the files were made from
-        "classes": classes,
-        "preprocessing": pre,
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, pre["size"], pre["size"]],
-                  "layout": "NCHW, RGB, normalised"},
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(classes)],
-                   "meaning": "softmax probabilities; column i is classes[i]"},
-        "recipe": (f"decode the image as RGB (EXIF orientation applied); resize so the shorter side is "
-                   f"{pre['resize']} px ({pre['interpolation']}); centre-crop {pre['size']}x{pre['size']}; "
-                   f"scale to [0, 1]; subtract mean {list(pre['mean'])} and divide by std {list(pre['std'])} "
-                   f"per channel; stack as float32 NCHW"),
-        "strategy": meta.get("strategy"),
-        "backbone": {k: meta["backbone"].get(k) for k in ("spec", "arch", "weights_digest")},
-        "files": {},
-    }
-    target = metadata_path(run_dir, out)
-    old = _read_json(target)
-    if old and old.get("model_sha256") == model_digest and old.get("classes") == classes:
+def _write_metadata(target: Path, out: Path, info: dict, entry: dict, old: dict | None, client: dict | None) -> None:
+    doc = {**info, "client": client, "files": {}}
+    same = {k: info[k] for k in ("format", "model_sha256", "classes", "preprocessing", "calibration")}
+    if old and all(old.get(k) == v for k, v in same.items()):
         for name, e in (old.get("files") or {}).items():  # keep the other exports of this same model
             other = target.parent / name
             if name != out.name and other.is_file() and sha256_file(other) == e.get("sha256"):
                 doc["files"][name] = e
+        kept = old.get("client") or {}
+        if client is None and (target.parent / str(kept.get("file"))).is_file() and \
+                sha256_file(target.parent / kept["file"]) == kept.get("sha256"):
+            doc["client"] = kept
     doc["files"][out.name] = entry
     write_json(target, doc)
-    return target
 
 
 def _read_json(path: Path):
@@ -213,3 +331,4 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+

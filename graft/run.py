@@ -8,25 +8,35 @@ found again from its spec and must hash to the recorded digest, so a 5 KB head d
 18 MB copy of unchanged weights along. Strategies that train the backbone store it whole.
 `val_predictions.npz` keeps the validation photos' probabilities as training computed them, so
 the report needs neither the photos nor a forward pass.
+
+Reading a run's description (`read_run_meta`) imports no torch: graft.predictor runs a fresh
+ONNX export of the run without it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from ._atomic import atomic_path, read_json, write_json
 from ._version import __version__
-from .backbones import Backbone, BackboneSource, rebuild_backbone, resolve_backbone
 from .backbones.preprocess import Preprocessing
-from .classifier import Classifier
 from .errors import GraftError
-from .head import head_from_spec, head_spec
+
+if TYPE_CHECKING:  # the network's modules import torch: loaded where a network is built
+    from torch import nn
+
+    from .backbones import Backbone, BackboneSource
+    from .classifier import Classifier
 
 FORMAT = 1
 VAL_PREDICTIONS = "val_predictions.npz"
+MARKER = {"written_by": "graft"}  # in model.json: what makes a folder a graft run (see check_out)
+EXPORT_JSON = "export.json"  # graft.export's record of the files it made from the run's model
+CALIBRATION_JSON = "calibration.json"  # graft.calibrate's thresholds (they name their own reference file)
+CHECKPOINT = "checkpoint.pt"  # graft.finetune's, before a model is written
 
 
 def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSource,
@@ -35,6 +45,8 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
     """Write model.safetensors then model.json (the json last: it is what marks a run complete)."""
     from safetensors.torch import save_file
 
+    from .head import head_spec
+
     run_dir = Path(run_dir)
     tensors = {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
     if backbone is not None:
@@ -42,6 +54,7 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
     with atomic_path(run_dir / "model.safetensors") as tmp:
         save_file(tensors, str(tmp))
     meta = {
+        **MARKER,
         "format": FORMAT,
         "graft_version": __version__,
         "classes": list(classes),
@@ -68,6 +81,8 @@ def read_run_meta(run_dir) -> dict:
 
 def run_backbone_source(meta: dict, weights=None) -> BackboneSource:
     """The backbone a head-only run was trained on, verified against the recorded digest."""
+    from .backbones import resolve_backbone
+
     info = meta["backbone"]
     source = resolve_backbone(info["spec"], weights or _recorded_weights(info))
     if source.weights.digest != info["weights_digest"]:
@@ -82,6 +97,10 @@ def run_backbone_source(meta: dict, weights=None) -> BackboneSource:
 def load_run(run_dir, *, weights=None) -> Classifier:
     """Rebuild the classifier of a run folder with no other input."""
     from safetensors.torch import load_file
+
+    from .backbones import rebuild_backbone
+    from .classifier import Classifier
+    from .head import head_from_spec
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
@@ -106,6 +125,8 @@ def load_run(run_dir, *, weights=None) -> Classifier:
 def load_head(run_dir) -> nn.Module:
     """Just the trained top of a run (for head runs, scoring cached features needs nothing else)."""
     from safetensors import safe_open
+
+    from .head import head_from_spec
 
     meta = read_run_meta(run_dir)
     head = head_from_spec(meta["head"])
@@ -148,6 +169,85 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
                 feats = np.zeros((len(samples), f.shape[1]), np.float32)
             feats[idx] = f.float().numpy()
     return (feats if feats is not None else np.zeros((len(samples), 0), np.float32)), ok, model.head, skipped
+
+
+# --- training over a folder: what may be written there, and what no longer fits --------------
+
+def is_graft_run(folder) -> bool:
+    """A folder whose model.json graft wrote (the marker; before it, graft's own keys)."""
+    try:
+        meta = read_json(Path(folder) / "model.json", missing="")
+    except GraftError:
+        return False
+    return isinstance(meta, dict) and (meta.get("written_by") == MARKER["written_by"] or
+                                       {"format", "graft_version", "classes", "backbone", "head"} <= meta.keys())
+
+
+def check_out(out, photos) -> None:
+    """Refuse a training --out that would overwrite or mix with what graft did not make: the
+    photos themselves or a folder inside them, a file, or a non-empty folder that is not a
+    graft run (a fine-tuning killed before its model, which --resume continues, leaves only its
+    checkpoint). A GraftError says which and what to give instead."""
+    out, photos = Path(out).expanduser(), Path(photos).expanduser()
+    o, p = out.resolve(), photos.resolve()
+    if o == p or p in o.parents:
+        raise GraftError(f"--out {out} is {'the photo folder' if o == p else 'inside the photo folder'} {photos}: "
+                         f"the run would mix with the photos; give a folder outside it, e.g. runs/{p.name}")
+    if out.exists() and not out.is_dir():
+        raise GraftError(f"--out {out} is a file; give a folder for the run")
+    if not out.is_dir() or is_graft_run(out):
+        return
+    entries = sorted(e.name for e in out.iterdir() if not e.name.startswith(".tmp-"))
+    if entries and entries != [CHECKPOINT]:
+        shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+        raise GraftError(f"--out {out} is a folder that is not a graft run (it holds {shown}); graft "
+                         f"writes a run only into a new or empty folder, or over a run it made")
+
+
+def remove_stale(run_dir) -> list[str]:
+    """Before a new model replaces the one in `run_dir`: delete what was made from the old one
+    and would no longer match it, and only what graft can prove it made: the exports export.json
+    lists (each file only while it has the digest recorded there; export.json itself) and the
+    calibration (calibration.json; its reference features while they have their recorded
+    digest). Returns the names removed."""
+    from ._digest import sha256_file
+
+    run_dir = Path(run_dir)
+    removed: list[str] = []
+
+    def drop(name: str, digest=None) -> None:
+        path = run_dir / str(name)
+        if path.parent != run_dir or not path.is_file():
+            return
+        if digest is not None and sha256_file(path) != digest:
+            return
+        path.unlink()
+        removed.append(path.name)
+
+    doc = _graft_json(run_dir / EXPORT_JSON, "files")
+    if doc is not None:
+        for name, entry in (doc.get("files") or {}).items():
+            drop(name, (entry or {}).get("sha256") or "-")
+        client = doc.get("client") or {}
+        if client.get("file"):
+            drop(client["file"], client.get("sha256") or "-")
+        drop(EXPORT_JSON)
+    cal = _graft_json(run_dir / CALIBRATION_JSON, "model_sha256")
+    if cal is not None:
+        novelty = cal.get("novelty") or {}
+        if novelty.get("file"):
+            drop(novelty["file"], novelty.get("sha256") or "-")
+        drop(CALIBRATION_JSON)
+    return removed
+
+
+def _graft_json(path: Path, key: str) -> dict | None:
+    """The JSON object in `path` if it is one graft wrote (it has `key`), else None."""
+    try:
+        doc = read_json(path, missing="")
+    except GraftError:
+        return None
+    return doc if isinstance(doc, dict) and key in doc else None
 
 
 def photos_split(meta: dict, photos, *, cache_dir=None):

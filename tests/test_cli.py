@@ -134,3 +134,53 @@ def test_predict_json(cli_runs, trained_run):
     assert [p["class"] for p in preds][0] == "red"
     assert {p["class"] for p in preds} == {"red", "blue"}
     assert sum(p["probability"] for p in preds) <= 1.0 + 1e-5
+
+
+def test_predict_csv_with_reject_and_cache_dir(trained_run, tmp_path, capsys):
+    import csv
+
+    photos = make_photo_folder(tmp_path / "photos", per_class=2)
+    image = trained_run.photos / "red" / "red002.jpg"  # its features are in the training cache
+    argv = ["predict", str(trained_run.run), str(image), str(photos), "--csv", str(tmp_path / "out.csv"),
+            "--reject", "0.5", "--cache-dir", str(trained_run.cache), "--workers", "0"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'out.csv'}\n"
+    with open(tmp_path / "out.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 + 4  # the image, then the 4 photos of the folder
+    assert rows[0]["path"] == str(image) and rows[0]["label"] == "red"
+    for row in rows[1:]:
+        assert row["label"] in ("red", "blue", "unknown") and float(row["probability_1"]) >= float(row["probability_2"])
+        assert row["label"] != "unknown" or float(row["confidence"]) < 0.5
+
+
+def test_commands_that_need_no_network_import_no_torch(tmp_path):
+    """`graft --help`, `graft augment list` and `graft cache` start without torch (seconds of
+    imports): checked in a fresh interpreter, through graft's own entry point."""
+    code = ("import sys\nfrom graft.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('LOADED', sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules), file=sys.stderr)")
+    (tmp_path / "cache").mkdir()
+    for argv in (["--help"], ["augment", "list"], ["cache", "--cache-dir", str(tmp_path / "cache")],
+                 ["cache", "--cache-dir", str(tmp_path / "cache"), "prune", "--older-than", "30d", "--dry-run"],
+                 ["predict", "--help"]):
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+        assert out.stderr.strip().splitlines()[-1] == "LOADED []", (argv, out.stderr)
+        assert out.stdout.strip(), argv  # it did print its help, table or cache summary
+
+
+def test_graft_names_load_on_first_use():
+    """`import graft` loads no torch; each public name loads its module when first used, and
+    `graft.train` stays the function even once its package graft/train/ is imported."""
+    code = """
+import sys, types
+import graft
+assert "torch" not in sys.modules and graft.GraftError and graft.__version__
+assert sorted(set(graft.__all__) - set(dir(graft))) == []
+import graft.train.config  # the package: binding it must not hide the function
+assert isinstance(graft.train, types.FunctionType) and graft.train.__module__ == "graft.train"
+from graft import train, predict, evaluate, Predictor, cache_usage, prune_cache
+assert graft.predict is predict and Predictor.__name__ == "Predictor" and callable(cache_usage)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -220,3 +220,45 @@ def test_evaluate_accepts_a_train_val_folder(trained_run, tmp_path):
     m = graft.evaluate(trained_run.run, layout, cache_dir=trained_run.cache, workers=0)
     assert m["n"] == 6  # PHOTOS/val is what gets evaluated
     assert m["accuracy"] >= 0.8
+
+
+# --- run hygiene: --out ----------------------------------------------------------------------------
+
+def test_out_that_is_not_a_graft_run_is_refused(trained_run, tmp_path):
+    """Nothing of the user's is overwritten: a folder of theirs, the photos, a class folder, a
+    file; each refused in one line before a photo is read."""
+    from graft.errors import GraftError
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    (theirs / "model.json").write_text('{"my": "own model"}')  # a model.json graft did not write
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    photos = _copy_photos(trained_run, tmp_path / "photos")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cases = [(theirs, "not a graft run .*model.json, notes.txt"), (photos, "is the photo folder"),
+             (photos / "red", "inside the photo folder"), (photos / "runs" / "new", "inside the photo folder"),
+             (a_file, "is a file")]
+    for out, why in cases:
+        with pytest.raises(GraftError, match=why):
+            graft.train(photos, out, cache_dir=trained_run.cache, workers=0, progress=False)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (theirs / "notes.txt").read_text() == "mine" and a_file.read_text() == "mine"
+
+
+def test_out_a_graft_run_or_an_empty_or_resumable_folder_is_accepted(trained_run, tmp_path):
+    from graft.run import check_out, is_graft_run
+
+    photos = trained_run.photos
+    assert is_graft_run(trained_run.run) and not is_graft_run(tmp_path)
+    assert json.loads((trained_run.run / "model.json").read_text())["written_by"] == "graft"
+    check_out(trained_run.run, photos)  # training over a run replaces it
+    check_out(tmp_path / "new", photos)
+    (tmp_path / "empty").mkdir()
+    check_out(tmp_path / "empty", photos)
+    killed = tmp_path / "killed"  # fine-tuning killed before its first model: --resume continues it
+    killed.mkdir()
+    (killed / "checkpoint.pt").write_bytes(b"")
+    (killed / ".tmp-abc.pt").write_bytes(b"")  # an atomic write cut short
+    check_out(killed, photos)

@@ -54,8 +54,9 @@ def test_log_kinds():
 
 
 def test_a_real_head_run_logs_one_row_per_epoch(trained_run, tmp_path):
-    """graft.train (warm cache, head) with --log tensorboard: the CSV and the event file both hold
-    one entry per epoch the head ran, with the history metrics.json keeps."""
+    """graft.train (warm cache, head) with --log tensorboard: the head's epochs are its
+    cross-validated AdamW curve (what chose its epochs, on the training photos); the CSV and the
+    event file both hold one entry per epoch of it, with the curve metrics.json keeps."""
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -64,23 +65,24 @@ def test_a_real_head_run_logs_one_row_per_epoch(trained_run, tmp_path):
 
     with isolated_env(tmp_path):
         result = graft.train(trained_run.photos, tmp_path / "run", cache_dir=trained_run.cache, strategy="head",
-                             epochs=12, patience=0, workers=0, progress=False, report=False, log="tensorboard")
+                             solver="adamw", epochs=12, patience=0, workers=0, progress=False, report=False,
+                             log="tensorboard")
     m = result.metrics
-    assert m["epochs_run"] == 12 and m["log"] == {"csv": "log.csv", "tensorboard": "tensorboard"}
+    curve = m["history"]["cv_loss"]
+    assert len(curve) == 12 and m["log"] == {"csv": "log.csv", "tensorboard": "tensorboard"}
     rows = _rows(result.run_dir / "log.csv")
     assert [(r["stage"], int(r["epoch"])) for r in rows] == [("head", e) for e in range(1, 13)]
-    assert [float(r["val_loss"]) for r in rows] == pytest.approx(m["history"]["val_loss"], abs=1e-6)
-    assert all(float(r["lr"]) == pytest.approx(1e-3) and float(r["epoch_s"]) >= 0 for r in rows)
+    assert [float(r["cv_loss"]) for r in rows] == pytest.approx(curve, abs=1e-6)
     acc = EventAccumulator(str(result.run_dir / "tensorboard"))
     acc.Reload()
-    assert [s.step for s in acc.Scalars("head/val_accuracy")] == list(range(1, 13))
-    assert [s.value for s in acc.Scalars("head/train_loss")] == pytest.approx(m["history"]["train_loss"], abs=1e-5)
+    assert [s.step for s in acc.Scalars("head/cv_loss")] == list(range(1, 13))
+    assert [s.value for s in acc.Scalars("head/cv_loss")] == pytest.approx(curve, abs=1e-5)
 
     # a second, fresh run into the same folder replaces graft's event files instead of mixing with them
     with isolated_env(tmp_path):
         graft.train(trained_run.photos, tmp_path / "run", cache_dir=trained_run.cache, strategy="head",
-                    epochs=4, patience=0, workers=0, progress=False, report=False, log="tensorboard")
+                    solver="adamw", epochs=4, patience=0, workers=0, progress=False, report=False, log="tensorboard")
     acc = EventAccumulator(str(result.run_dir / "tensorboard"))
     acc.Reload()
-    assert [s.step for s in acc.Scalars("head/val_accuracy")] == [1, 2, 3, 4]
+    assert [s.step for s in acc.Scalars("head/cv_loss")] == [1, 2, 3, 4]
     assert len(_rows(result.run_dir / "log.csv")) == 4

@@ -10,54 +10,37 @@ sensible strengths, and `preview_grid` shows what a setting does.
     out = pipe(img_uint8_chw, torch.Generator().manual_seed(0))
 """
 
-from . import functional
-from ._color import IMAGENET_EIGVALS, IMAGENET_EIGVECS, ColorJitter, PCAColor, RGBShift, fit_pca
-from ._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
-from ._op import Op, RandomOp, stack_params
-from ._pipeline import OPS, AugConfig, Pipeline
-from .presets import (
-    DEFAULT_PRESET,
-    KNOBS,
-    PRESETS,
-    build,
-    check_overrides,
-    load_overrides,
-    parse_overrides,
-    preset_table,
-)
-from .preview import preview_grid
+import importlib
 
 # Bumped whenever a kernel's output changes for the same params (2: the loader's fused colour
 # run, rounding once; 3: its geometry resampled once); cached augmented views carry it in their key.
 KERNELS = 3
 
-__all__ = [
-    "DEFAULT_PRESET",
-    "IMAGENET_EIGVALS",
-    "IMAGENET_EIGVECS",
-    "KERNELS",
-    "KNOBS",
-    "OPS",
-    "PRESETS",
-    "AugConfig",
-    "ColorJitter",
-    "Flip",
-    "LocalWarp",
-    "Op",
-    "PCAColor",
-    "Pipeline",
-    "RGBShift",
-    "RandomOp",
-    "RandomResizedCrop",
-    "Rotate",
-    "Shear",
-    "build",
-    "check_overrides",
-    "fit_pca",
-    "functional",
-    "load_overrides",
-    "parse_overrides",
-    "preset_table",
-    "preview_grid",
-    "stack_params",
-]
+# Each public name loads its module on first use (the ops are torch code; `graft augment list`
+# reads only the presets): name -> module.
+_LAZY = {
+    **dict.fromkeys(["IMAGENET_EIGVALS", "IMAGENET_EIGVECS", "ColorJitter", "PCAColor", "RGBShift", "fit_pca"], "._color"),
+    **dict.fromkeys(["Flip", "LocalWarp", "RandomResizedCrop", "Rotate", "Shear"], "._geometry"),
+    **dict.fromkeys(["Op", "RandomOp", "stack_params"], "._op"),
+    **dict.fromkeys(["OPS", "AugConfig", "Pipeline"], "._pipeline"),
+    **dict.fromkeys(["DEFAULT_PRESET", "KNOBS", "PRESETS", "build", "check_overrides", "load_overrides",
+                     "parse_overrides", "preset_table"], ".presets"),
+    "preview_grid": ".preview",
+}
+
+
+def __getattr__(name):
+    if name == "functional":
+        return importlib.import_module(".functional", __name__)
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | {"functional"})
+
+
+__all__ = ["KERNELS", "functional", *_LAZY]

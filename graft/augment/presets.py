@@ -6,6 +6,8 @@ hyperparameters, validates them with messages naming the bad key and value, and 
 Pipeline. `standard` is the default for fine-tuning.
 """
 
+from __future__ import annotations
+
 import difflib
 import json
 import math
@@ -14,9 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from graft.errors import GraftError
 
-from ._pipeline import OPS, Pipeline
+if TYPE_CHECKING:  # the ops are torch code: imported by `build`, so `graft augment list` needs no torch
+    from ._pipeline import Pipeline
 
 DEFAULT_PRESET = "standard"
 
@@ -213,6 +218,8 @@ def build(preset: str = DEFAULT_PRESET, overrides=None, size=224, pca=None) -> P
     elif overrides is not None:
         overrides = check_overrides(overrides)
     knobs = {**PRESETS[preset], **(overrides or {})}
+    from ._pipeline import OPS, Pipeline
+
     hparams: dict[str, dict] = {name: {} for name in OPS}
     for key, value in knobs.items():
         hparams[KNOBS[key].op][KNOBS[key].param] = value

@@ -1,8 +1,19 @@
 """The deterministic evaluation preprocessing of a backbone: resize, centre crop, normalise.
 
+It is the standard recipe, step for step what torchvision.transforms.v2 does to a PIL image, so a
+ten-line client reproduces graft's pixels exactly: decode the whole file (no reduced JPEG
+decoding), apply the EXIF orientation, convert to RGB, resize the shorter side to `resize` with
+Pillow's antialiased filter (long side `int(resize * long / short)`, as
+`torchvision.transforms.v2.functional.resize` computes it), then centre-crop `size` (torchvision's
+`center_crop`: offset `int(round((side - size) / 2))`, zero padding if the image is smaller).
+Exported models record it (graft.export) and take the uint8 crop it produces.
+
 It is part of the feature cache's key and of every saved run, so it is a small frozen dataclass
-that round-trips through JSON. Images travel as uint8 tensors until `normalize`, which runs on
-the consumer's side (4x less to copy out of loader workers than float32).
+that round-trips through JSON; `to_json` also carries RECIPE, the version of the pixel recipe, so
+features computed by an earlier recipe are never reused. Images travel as uint8 tensors until
+`normalize`, which runs on the consumer's side (4x less to copy out of loader workers than float32).
+torch is imported only by the functions that make tensors: `crop_array` is the whole recipe in
+numpy, for clients that run an exported model without torch (graft.predictor).
 """
 
 from __future__ import annotations
@@ -11,10 +22,18 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..data.images import draft_size_for_short_side, read_image
+from ..data.images import read_image
+
+# Version of the pixels `crop` produces. 1: JPEG draft decoding and a long side rounded up;
+# 2: the standard recipe above.
+RECIPE = 2
+
+# Above this many pixels the full resized image is not made (only shapes thinner than about
+# 1:250 get there, e.g. 20000x60): the crop's region alone is resized (Pillow's `box`), which
+# is not bit-equal to resizing everything (a level here and there) but needs no 60 MB canvas.
+MAX_RESIZED_PIXELS = 1 << 24
 
 _PIL_INTERPOLATION = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -38,44 +57,70 @@ class Preprocessing:
                    tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "recipe": RECIPE}
 
     @classmethod
     def from_json(cls, d: dict) -> "Preprocessing":
+        # "recipe" is not read back: this code computes only the current one, and says so in to_json
         return cls(int(d["size"]), int(d["resize"]), str(d["interpolation"]),
                    tuple(d["mean"]), tuple(d["std"]))
 
-    def load(self, path) -> torch.Tensor:
-        """Read, resize the shorter side, centre-crop: a uint8 (3, size, size) tensor."""
-        img = read_image(path, min_short_side=self.resize)
-        tw, th = draft_size_for_short_side(img.size, self.resize)
-        if (tw, th) == img.size:
-            return center_crop(pil_to_tensor(img), self.size)
-        # resize only the region the centre crop keeps: same pixels as resize-then-crop, and no
-        # huge intermediate image for extreme aspect ratios
+    def load(self, path) -> "torch.Tensor":
+        """Read the whole file, resize the shorter side, centre-crop: a uint8 (3, size, size) tensor."""
+        return self.crop(read_image(path))
+
+    def crop(self, img: Image.Image) -> "torch.Tensor":
+        """An RGB image -> the uint8 (3, size, size) tensor the network sees (see the module doc)."""
+        import torch
+
+        return torch.from_numpy(self.crop_array(img)).permute(2, 0, 1).contiguous()
+
+    def crop_array(self, img: Image.Image) -> np.ndarray:
+        """The same crop as a uint8 (size, size, 3) array."""
+        tw, th = resized_size(img.size, self.resize)
+        resample = _PIL_INTERPOLATION[self.interpolation]
+        if tw * th <= MAX_RESIZED_PIXELS:
+            if (tw, th) != img.size:
+                img = img.resize((tw, th), resample)
+            return center_crop_array(np.asarray(img), self.size)
         cw, ch = min(self.size, tw), min(self.size, th)
-        left, top = (tw - cw) // 2, (th - ch) // 2
+        left, top = int(round((tw - cw) / 2)), int(round((th - ch) / 2))
         sx, sy = img.size[0] / tw, img.size[1] / th
         box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
-        img = img.resize((cw, ch), _PIL_INTERPOLATION[self.interpolation], box=box)
-        return center_crop(pil_to_tensor(img), self.size)
+        return center_crop_array(np.asarray(img.resize((cw, ch), resample, box=box)), self.size)
 
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
         """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised."""
+        import torch
+
         mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1) * 255.0
         inv_std = 1.0 / (torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1) * 255.0)
         return batch.float().sub_(mean).mul_(inv_std)  # in place: one float batch, not three
 
 
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+def resized_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """(w, h) after resizing the shorter side of a (w, h) image to `short_side`, rounded as
+    torchvision.transforms.v2.functional.resize does (the long side truncated)."""
+    w, h = size
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(short_side * long / short)
+    return (short_side, new_long) if w <= h else (new_long, short_side)
+
+
+def center_crop_array(arr: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's center_crop of an (H, W, C) array: zero padding split as it splits it when
+    the image is smaller, then the offset int(round((side - size) / 2))."""
+    h, w = arr.shape[:2]
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        arr = np.pad(arr, ((ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2), (0, 0)))
+        h, w = arr.shape[:2]
+    top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
+    return arr[top:top + size, left:left + size].copy()  # writable and contiguous
+
+
+def pil_to_tensor(img: Image.Image) -> "torch.Tensor":
+    import torch
+
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
-
-
-def center_crop(t: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = t.shape[-2:]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    out = t[..., top : top + size, left : left + size]
-    if out.shape[-2:] != (size, size):  # smaller than the crop: pad, as torchvision does
-        out = torch.nn.functional.pad(out, (0, size - out.shape[-1], 0, size - out.shape[-2]))
-    return out.contiguous()
 

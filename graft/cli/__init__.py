@@ -1,8 +1,12 @@
 """`graft` on the command line: one module per sub-command (or group), each a thin shell over the
 Python API that owns its arguments and what it prints.
 
-Each module offers `add_parser(subparsers)`, which registers its sub-command with
-`set_defaults(run=<function(args) -> exit status>)`; `main` parses and calls `args.run(args)`.
+Each module offers `HELP` (its line in `graft --help`) and `add_parser(subparsers)`, which
+registers its sub-command with `set_defaults(run=<function(args) -> exit status>)`; `main`
+parses and calls `args.run(args)`. `main` builds the options of the one sub-command on its
+command line only (the others are listed by their HELP), and the modules import what their
+command needs when it runs: `graft --help`, `graft augment list` or `graft cache` never import
+torch (seconds), `graft predict` on a run with a fresh ONNX export neither.
 Errors the user can fix (GraftError) print one line and exit with status 2, no traceback;
 warnings (skipped files) print one line each; progress bars go to stderr and `--quiet` hides them.
 """
@@ -10,10 +14,12 @@ warnings (skipped files) print one line each; progress bars go to stderr and `--
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from . import augment, cache, calibrate, check, demo, evaluate, export, predict, report, train
+from . import augment, cache, calibrate, check, demo, evaluate, export, predict, report, serve, train
+
+COMMANDS = {m.__name__.rsplit(".", 1)[1]: m for m in (train, predict, evaluate, augment, check, export, calibrate,
+                                                       report, cache, serve, demo)}
 
 EPILOG = """examples:
   graft train PHOTOS --out runs/cats        train on PHOTOS/<class>/* (or PHOTOS/train + PHOTOS/val)
@@ -27,10 +33,13 @@ EPILOG = """examples:
   graft calibrate runs/cats PHOTOS          fit the "unknown" threshold for predict --reject auto
   graft predict runs/cats DIR --csv out.csv --reject auto
   graft export runs/cats --format onnx      ONNX / TorchScript with the same probabilities
+  graft serve runs/cats                     HTTP service and a web page on http://127.0.0.1:8000
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. `command`: build only that sub-command's options (any other is listed
+    with its HELP and cannot be parsed); None: every sub-command's."""
     from .._version import __version__
 
     p = argparse.ArgumentParser(
@@ -42,13 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"graft {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (train, predict, evaluate, augment, check, export, calibrate, report, cache, demo):
-        command.add_parser(sub)
+    for name, module in COMMANDS.items():
+        if command is None or name == command:
+            module.add_parser(sub)
+        else:
+            sub.add_parser(name, help=module.HELP)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the first word that is not an option names the sub-command (graft's own options take no value)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(command).parse_args(argv)
     _setup_logging()
     from ..errors import GraftError
 
@@ -63,6 +78,8 @@ def main(argv=None) -> int:
 
 
 def _setup_logging():
+    import logging
+
     log = logging.getLogger("graft")
     if not log.handlers:
         h = logging.StreamHandler(sys.stderr)

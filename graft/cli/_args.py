@@ -33,6 +33,12 @@ def cache_dir_arg(p, what: str = "feature cache to reuse (default as for train)"
     p.add_argument("--cache-dir", metavar="DIR", help=what)
 
 
+def engine_arg(p) -> None:
+    p.add_argument("--engine", default="auto", choices=("auto", "onnx", "torch"),
+                   help="what runs the network: auto (default: RUN's ONNX export while it is fresh, which "
+                   "starts without torch; else torch), onnx (that export, or an error), torch")
+
+
 def loader_args(p) -> None:
     p.add_argument("--workers", default="auto", metavar="N|auto", help="image decoding processes (default auto)")
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ._args import augment_args
 
+HELP = "see and tune data augmentation"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
-    a = subparsers.add_parser("augment", help="see and tune data augmentation",
+    a = subparsers.add_parser("augment", help=HELP,
                               description="List the augmentation presets, or preview what a setting does.")
     asub = a.add_subparsers(dest="augment_command", metavar="ACTION", required=True)
     asub.add_parser("list", help="every preset's settings, and what each knob means")

@@ -10,9 +10,11 @@ import time
 from ..errors import GraftError
 from ._args import human
 
+HELP = "see what graft's cache holds, and prune it"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("cache", help="see what graft's cache holds, and prune it",
+    p = subparsers.add_parser("cache", help=HELP,
                               description="Everything in the cache can be recomputed: pruning costs "
                               "time on the next run, never results.")
 

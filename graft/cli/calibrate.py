@@ -7,10 +7,12 @@ from pathlib import Path
 
 from ._args import cache_dir_arg, loader_args, output_args, run_arg, weights_arg, workers
 
+HELP = "fit confidence calibration and the 'unknown' thresholds of a run"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "calibrate", help="fit confidence calibration and the 'unknown' thresholds of a run",
+        "calibrate", help=HELP,
         description="Fit temperature scaling, a confidence threshold reaching --target-accuracy and a "
         "novelty threshold on the validation photos of PHOTOS (the photos RUN was trained on); "
         "`graft predict RUN ... --reject auto` then answers `unknown` for photos of neither class.")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+HELP = "scan a photo folder for problems before training"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
     """Register `graft check PHOTOS [--json] [--quick] [--cache-dir DIR] [-b SPEC] [--val-split F]`."""
     c = subparsers.add_parser(
-        "check", help="scan a photo folder for problems before training",
+        "check", help=HELP,
         description="Scan PHOTOS (as graft train reads it) for unusable files, train/val leakage, "
         "duplicates, placeholders, likely mislabelled photos and more. Exit status 1 if there are errors.")
     c.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (or train/ + val/), or a .csv/.jsonl label file")

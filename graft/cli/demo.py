@@ -6,9 +6,11 @@ import json
 
 from ._args import loader_args, output_args, workers
 
+HELP = "train and evaluate on a small photo set that ships with graft's dependencies"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
-    d = subparsers.add_parser("demo", help="train and evaluate on a small photo set that ships with graft's dependencies",
+    d = subparsers.add_parser("demo", help=HELP,
                               description="Builds a demo set from scikit-image's bundled photos (train crops and "
                               "held-out val crops of 5 photos), trains on the default backbone and evaluates.")
     d.add_argument("--data", metavar="DIR", default=None, help="where to write the demo photos (default: in the cache)")

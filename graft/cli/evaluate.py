@@ -6,9 +6,11 @@ import json
 
 from ._args import cache_dir_arg, loader_args, output_args, per_class_table, run_arg, weights_arg, workers
 
+HELP = "accuracy of a run on labelled photos"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
-    ev = subparsers.add_parser("evaluate", help="accuracy of a run on labelled photos",
+    ev = subparsers.add_parser("evaluate", help=HELP,
                                description="Accuracy, per-class precision/recall and the confusion matrix of "
                                "RUN on PHOTOS/<class>/* (the run's classes), or on a label file: its rows with split=test when "
                                "it has any, else every row.")

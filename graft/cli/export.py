@@ -6,17 +6,20 @@ import json
 
 from ._args import run_arg, weights_arg
 
+FORMATS = ("onnx", "torchscript")  # graft.export.FORMATS' keys; listed here so --help imports no torch
+
+HELP = "write a run as an ONNX or TorchScript file"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
-    from ..export import FORMATS
-
     p = subparsers.add_parser(
-        "export", help="write a run as an ONNX or TorchScript file",
-        description="Export RUN's classifier: normalised float32 batch (N, 3, S, S) in, class "
-        "probabilities out. export.json beside the file records the classes, the preprocessing "
-        "a photo needs first, and the file's SHA-256.")
+        "export", help=HELP,
+        description="Export RUN's classifier: the uint8 centre crop (N, S, S, 3) RGB in, class "
+        "probabilities and logits out (and the novelty distance of a calibrated run). The file's "
+        "metadata and export.json beside it record the classes, the preprocessing, the calibration "
+        "and the file's SHA-256; an ONNX export also writes the client predict_onnx.py beside it.")
     run_arg(p)
-    p.add_argument("--format", "-f", dest="format", required=True, choices=sorted(FORMATS),
+    p.add_argument("--format", "-f", dest="format", required=True, choices=FORMATS,
                    help="onnx (RUN/model.onnx) or torchscript (RUN/model.torchscript.pt)")
     p.add_argument("--out", "-o", metavar="FILE", default=None, help="file to write (default: in RUN)")
     weights_arg(p)
@@ -33,8 +36,13 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"file": str(out), "metadata": str(meta_file), **json.loads(meta_file.read_text())}))
     elif not args.quiet:
-        entry = json.loads(meta_file.read_text())["files"][out.name]
+        doc = json.loads(meta_file.read_text())
+        entry = doc["files"][out.name]
+        cal = "calibration" if doc["calibration"] else "no calibration"
         print(f"wrote {out} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:16]}...)\n"
-              f"      {meta_file} (classes, preprocessing)\n"
-              f"check: {entry['check']}")
+              f"      {meta_file} (classes, preprocessing, {cal})")
+        if args.format == "onnx" and doc.get("client"):
+            client = out.parent / doc["client"]["file"]
+            print(f"      {client} (reference client: python {client} {out} PHOTO...)")
+        print(f"check: {entry['check']}")
     return 0

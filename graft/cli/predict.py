@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 
-from ..inference import UNKNOWN
-from ._args import loader_args, output_args, run_arg, weights_arg, workers
+from ._args import cache_dir_arg, engine_arg, loader_args, output_args, run_arg, weights_arg, workers
+
+HELP = "classify images with a trained run"  # `graft --help`'s line
 
 
 def add_parser(subparsers) -> None:
-    pr = subparsers.add_parser("predict", help="classify images with a trained run",
+    pr = subparsers.add_parser("predict", help=HELP,
                                description="Print the top-k classes of each image (folders are searched).")
     run_arg(pr)
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="image files or folders")
     pr.add_argument("--topk", "-k", type=int, default=3, help="classes to show per image (default 3)")
     weights_arg(pr)
+    cache_dir_arg(pr, "feature cache: photos whose features are cached (e.g. training photos) skip the "
+                  "backbone (default: none; graft train's is $GRAFT_CACHE_DIR or ~/.cache/graft)")
+    engine_arg(pr)
     loader_args(pr)
     output_args(pr)
     pr.add_argument("--reject", default="none", metavar="auto|none|P",
@@ -31,20 +35,20 @@ def run(args) -> int:
     from ..inference import parse_reject, predict, predict_to_csv, predict_with_reject
 
     n_workers = workers(args.workers)
+    common = {"topk": args.topk, "weights": args.weights, "workers": n_workers, "cache_dir": args.cache_dir,
+              "engine": args.engine}
     if args.csv:
-        out = predict_to_csv(args.run_dir, args.images, args.csv, topk=args.topk, reject=args.reject,
-                             photos=args.calibrate_on, weights=args.weights, workers=n_workers,
-                             progress=not args.quiet)
+        out = predict_to_csv(args.run_dir, args.images, args.csv, reject=args.reject, photos=args.calibrate_on,
+                             progress=not args.quiet, **common)
         if not args.quiet:
             say_calibrated(args)
             print(f"wrote {out}")
         return 0
     if parse_reject(args.reject) is None:
-        results = predict(args.run_dir, args.images, topk=args.topk, weights=args.weights, workers=n_workers)
+        results = predict(args.run_dir, args.images, **common)
     else:
-        results = predict_with_reject(args.run_dir, args.images, topk=args.topk, reject=args.reject,
-                                      photos=args.calibrate_on, weights=args.weights, workers=n_workers,
-                                      progress=not args.quiet and not args.json)
+        results = predict_with_reject(args.run_dir, args.images, reject=args.reject, photos=args.calibrate_on,
+                                      progress=not args.quiet and not args.json, **common)
     if not args.quiet:
         say_calibrated(args)
     if args.json:
@@ -77,6 +81,8 @@ def say_calibrated(args) -> None:
 
 def format_result(r: dict) -> str:
     """One line for the terminal."""
+    from ..reject import UNKNOWN
+
     if "error" in r:
         return f"{r['path']}: error: {r['error']}"
     top = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])

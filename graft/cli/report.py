@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ._args import run_arg, weights_arg
 
+HELP = "write RUN/report.html: curves, confusion matrix, worst photos, timings"  # `graft --help`'s line
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "report", help="write RUN/report.html: curves, confusion matrix, worst photos, timings",
+        "report", help=HELP,
         description="Rebuild RUN/report.html, one self-contained page (pictures embedded) about a run. "
         "With --photos (the folder it was trained on) it also shows the augmentation preview, and "
         "the most confidently wrong validation photos of runs that did not store their predictions.")

@@ -6,16 +6,20 @@ import json
 from pathlib import Path
 
 from ..errors import GraftError
-from ..finetune import FinetuneConfig
-from ..head import HeadConfig
-from ..strategy import STRATEGIES
-from ..train.config import TrainConfig
 from ._args import augment_args, backbone_args, human, loader_args, output_args, per_class_table, table, workers
+
+HELP = "train a classifier on a folder of photos"  # `graft --help`'s line
 
 
 def add_parser(subparsers) -> None:
+    # here, not at the top: the defaults' modules import torch, which only training needs
+    from ..finetune import FinetuneConfig
+    from ..head import HeadConfig
+    from ..strategy import STRATEGIES
+    from ..train.config import TrainConfig
+
     d = TrainConfig  # every default shown here is TrainConfig's (or the trainer's, for None)
-    t = subparsers.add_parser("train", help="train a classifier on a folder of photos",
+    t = subparsers.add_parser("train", help=HELP,
                               description="Train a classifier on PHOTOS: PHOTOS/<class>/* (a validation "
                               "split is drawn by content hash), PHOTOS/train/<class>/* + PHOTOS/val/<class>/*, "
                               "or a label file labels.csv / labels.jsonl with columns path,label[,split] "

@@ -5,7 +5,9 @@ cases are handled once: EXIF orientation, every Pillow mode (CMYK, palette with 
 16-bit, grayscale) to 8-bit RGB, GIF/WebP first frame, truncated files, decompression bombs,
 and content that does not match the extension. JPEGs are decoded at reduced resolution in the
 DCT domain (Pillow's `draft`) when the caller says how small it may be, which is most of the
-cost of a 12-megapixel photo.
+cost of a 12-megapixel photo: training augmentation, thumbnails and checks ask for that. The
+evaluation preprocessing (graft.backbones.preprocess) does not: its pixels must be the standard recipe's,
+which decodes the whole file.
 
 Only regular files are read (a FIFO, device or socket with an image's name is refused, never
 opened blocking: graft._files), at most MAX_FILE_BYTES of them, and decoding is bounded by a
@@ -166,21 +168,27 @@ def oriented_size(img: Image.Image, orientation: int | None) -> tuple[int, int]:
 
 
 def read_image(
-    path, *, min_size: tuple[int, int] | None = None, min_short_side: int | None = None
+    path, *, min_size: tuple[int, int] | None = None, min_short_side: int | None = None,
+    data: bytes | None = None,
 ) -> Image.Image:
     """Decode `path` to an 8-bit RGB image with EXIF orientation applied.
 
     `min_size` = (width, height) in oriented pixels that the result must still cover (or
     `min_short_side`, the shorter side it must keep); JPEGs are then decoded with the largest
-    DCT downscale (1/2, 1/4, 1/8) that keeps at least that size.
+    DCT downscale (1/2, 1/4, 1/8) that keeps at least that size. `data`: the file's bytes,
+    already in memory (an upload; `path` then only names it in errors, and its extension, if
+    any, must agree with the content), with every check a file gets.
     """
     path = Path(path)
-    try:
-        f = open_regular(path, max_bytes=MAX_FILE_BYTES)
-    except OSError as e:
-        raise read_error(path, e) from None
+    if data is not None:
+        f = io.BytesIO(data)
+    else:
+        try:
+            f = open_regular(path, max_bytes=MAX_FILE_BYTES)
+        except OSError as e:
+            raise read_error(path, e) from None
     with f:
-        nbytes = os.fstat(f.fileno()).st_size
+        nbytes = len(data) if data is not None else os.fstat(f.fileno()).st_size
         if nbytes == 0:
             raise ImageError(path, "empty file (0 bytes)", "empty_file")
         img = _open(path, f, nbytes)
@@ -242,7 +250,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def draft_size_for_short_side(size: tuple[int, int], short_side: int) -> tuple[int, int]:
-    """The (w, h) an image of `size` has when its shorter side is scaled to `short_side`."""
+    """The least (w, h) a draft decode of an image of `size` must keep for its shorter side to
+    still cover `short_side` (rounded up: a draft may be larger, never smaller)."""
     w, h = size
     scale = short_side / min(w, h)
     return math.ceil(w * scale), math.ceil(h * scale)

@@ -102,7 +102,7 @@ def train(
 def run_recipe(photos, out, cfg: TrainConfig) -> TrainResult:
     """The steps in order (see the module docstring). Under torchrun every rank runs them,
     sharing the extraction and the fine-tuning; rank 0 alone scores and writes the run."""
-    job = start(cfg, out)
+    job = start(cfg, out, photos)
     try:
         return _steps(job, photos, cfg)
     finally:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .._atomic import write_json
-from ..run import save_run, save_val_predictions
+from ..run import remove_stale, save_run, save_val_predictions
 from ..strategy import StrategyChoice
 from .steps import Features, Fitted, Job, accuracy
 
@@ -44,7 +44,11 @@ def summary(job: Job, f: Features, choice: StrategyChoice, probe_cv: float, prob
 
 def write(job: Job, f: Features, common: dict, fitted: Fitted) -> dict:
     """Write the run folder and return its metrics. model.json comes after the tensors (it marks
-    a model complete) and metrics.json after the model (it marks the run complete)."""
+    a model complete) and metrics.json after the model (it marks the run complete). Exports and
+    a calibration of a model this one replaces are removed first: they would not match it."""
+    stale = remove_stale(job.out)
+    if stale:
+        log.warning("removed %s from %s: made from the model this run replaces", ", ".join(stale), job.out)
     save_run(job.out, head=fitted.head, classes=f.data.classes, source=job.source, strategy=fitted.strategy,
              backbone=fitted.backbone, cut=fitted.cut,
              extra={"training": {**fitted.config, "val_split": job.cfg.val_split, "layout": f.data.layout},

@@ -117,12 +117,16 @@ class Fitted:
 
 # --- 0. start ---------------------------------------------------------------------------------------
 
-def start(cfg: TrainConfig, out) -> Job:
-    """The process group, the seed, and the backbone resolved (configuration errors before any
-    scanning; building the network waits until a feature is missing)."""
+def start(cfg: TrainConfig, out, photos=None) -> Job:
+    """The process group, the seed, the run folder checked (graft.run.check_out) and the backbone
+    resolved (configuration errors before any scanning; building the network waits until a
+    feature is missing)."""
     from ..distributed import context
+    from ..run import check_out
 
     started = time.perf_counter()
+    if photos is not None:
+        check_out(out, photos)
     dist = context()  # several processes under torchrun, else one
     torch.manual_seed(cfg.seed)
     source = resolve_backbone(AUTO_CANDIDATES[0][0] if cfg.backbone == "auto" else cfg.backbone, cfg.weights)

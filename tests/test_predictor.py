@@ -1,0 +1,175 @@
+"""graft.predictor.Predictor: one load, any input kind, the same answers as graft.predict.
+
+A photo given as a path, as its encoded bytes, as a PIL image and as a numpy array reaches the
+network as the very same uint8 crop; lists answer like one-by-one calls; unusable inputs come
+back as error entries; threads sharing one Predictor get the serial answers.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import graft
+from conftest import count_backbone_forwards, make_photo
+from graft.data.images import read_image
+from graft.errors import GraftError
+from graft.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run):
+    return Predictor(trained_run.run)
+
+
+@pytest.fixture(scope="module")
+def photos(trained_run, tmp_path_factory):
+    """Two of the run's small JPEGs (no resize-on-decode shortcut applies) and a large PNG, which
+    exercises the shorter-side resize of the evaluation preprocessing."""
+    big = tmp_path_factory.mktemp("big") / "big-red.png"
+    make_photo(np.random.default_rng(3), "red", size=(700, 520)).save(big)
+    return [trained_run.photos / "red" / "red000.jpg", trained_run.photos / "blue" / "blue003.jpg", big]
+
+
+def strip_key(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k not in ("path", "input")}
+
+
+def as_bytes(path) -> bytes:
+    return path.read_bytes()
+
+
+def as_pil(path) -> Image.Image:
+    return Image.open(path)
+
+
+def as_array(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_every_input_kind_is_the_same_crop_and_answer(predictor, photos, trained_run):
+    reference = graft.predict(trained_run.run, photos)
+    for path, ref in zip(photos, reference):
+        crop = predictor.prepare(path)
+        assert crop.dtype == np.uint8 and crop.shape == (224, 224, 3)
+        assert np.array_equal(crop, predictor.preprocessing.crop(read_image(path)).permute(1, 2, 0).numpy())
+        for convert in (str, as_bytes, as_pil, as_array):
+            assert np.array_equal(predictor.prepare(convert(path)), crop), convert.__name__
+            r = predictor.predict(convert(path))
+            assert strip_key(r) == strip_key(ref), convert.__name__
+        assert predictor.predict(path) == ref  # a path answers with its "path", as graft.predict
+
+
+def test_a_list_answers_like_one_call_per_input(predictor, photos):
+    inputs = [photos[0], as_bytes(photos[1]), as_pil(photos[2]), as_array(photos[0]), str(photos[1])]
+    batched = predictor.predict(inputs, topk=2)
+    assert [r.get("path", r.get("input")) for r in batched] == [str(photos[0]), 1, 2, 3, str(photos[1])]
+    for x, b in zip(inputs, batched):
+        one = predictor.predict(x, topk=2)
+        assert [p["class"] for p in one["predictions"]] == [p["class"] for p in b["predictions"]]
+        for p, q in zip(one["predictions"], b["predictions"]):
+            assert p["probability"] == pytest.approx(q["probability"], abs=1e-5)
+    named = predictor.predict([as_bytes(photos[0])], names=["upload.jpg"])
+    assert named[0]["input"] == "upload.jpg"
+    assert predictor.predict(photos[0])["predictions"][0]["class"] == "red"
+    assert predictor.predict(photos[1])["predictions"][0]["class"] == "blue"
+
+
+def test_unusable_inputs_are_error_entries_not_exceptions(predictor, photos):
+    good = as_bytes(photos[0])
+    png = io.BytesIO()
+    make_photo(np.random.default_rng(0), "blue", size=(300, 200)).save(png, format="PNG")
+    out = predictor.predict([b"this is not an image", good, b"", png.getvalue()[:400],
+                             np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.float32)])
+    assert "not an image" in out[0]["error"] and "predictions" not in out[0]
+    assert out[1]["predictions"][0]["class"] == "red"
+    assert "empty" in out[2]["error"]
+    assert "truncated" in out[3]["error"] or "damaged" in out[3]["error"]
+    assert "HxWx3 uint8" in out[4]["error"] and "HxWx3 uint8" in out[5]["error"]
+    assert all(set(r) == {"input", "error"} for i, r in enumerate(out) if i != 1)
+    missing = predictor.predict(photos[0].parent / "no-such.jpg")
+    assert set(missing) == {"path", "error"} and "cannot read" in missing["error"]
+    with pytest.raises(TypeError, match="not int"):
+        predictor.predict([good, 42])
+
+
+def test_threads_sharing_one_predictor_get_the_serial_answers(predictor, photos):
+    work = [[photos[i % 3], as_bytes(photos[(i + 1) % 3]), as_array(photos[(i + 2) % 3])] for i in range(6)]
+    serial = [predictor.predict(w) for w in work]
+    got: dict[int, list] = {}
+    errors = []
+    start = threading.Barrier(len(work))
+
+    def client(i):
+        try:
+            start.wait()
+            for _ in range(3):
+                got.setdefault(i, []).append(predictor.predict(work[i]))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(work))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for i in range(len(work)):
+        assert got[i] == [serial[i]] * 3
+
+
+def test_reject_as_graft_predict_reject(trained_run, photos, tmp_path):
+    from graft.calibrate import calibrate_run
+    from graft.inference import predict_with_reject
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run, run)  # calibration writes into the run: not the shared one
+    with pytest.raises(GraftError, match="graft calibrate"):
+        Predictor(run).predict(photos[0], reject="auto")
+    sure = Predictor(run).predict(photos[:2], reject=1.0)  # nothing reaches probability 1
+    assert [r["class"] for r in sure] == ["unknown", "unknown"] and all("low confidence" in r["reason"] for r in sure)
+    calibrate_run(run, trained_run.photos, cache_dir=trained_run.cache, workers=0)
+    p = Predictor(run)
+    for reject in ("auto", 0.75, "none"):
+        # `graft predict --reject none` is plain graft.predict (no "class"/"confidence")
+        want = graft.predict(run, photos) if reject == "none" else predict_with_reject(run, photos, reject=reject,
+                                                                                      workers=0)
+        got = p.predict(photos, reject=reject)
+        assert got == want
+        from_bytes = p.predict([as_bytes(x) for x in photos], reject=reject)
+        assert [strip_key(r) for r in from_bytes] == [strip_key(r) for r in want]
+    assert p.predict(photos[0], reject="auto")["novelty"] >= 0
+    noise = np.random.default_rng(1).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    odd = p.predict(noise, reject="auto")
+    assert odd["class"] == "unknown" and "unlike the training photos" in odd["reason"]
+    assert p.describe()["calibration"]["temperature"] == pytest.approx(p.calibration["temperature"])
+
+
+def test_cached_features_skip_the_backbone(trained_run, photos, predictor):
+    cached = Predictor(trained_run.run, cache_dir=trained_run.cache)
+    train_photos = sorted((trained_run.photos / "red").glob("*.jpg"))[:4]
+    with count_backbone_forwards() as calls:
+        got = cached.predict(train_photos + [as_bytes(train_photos[0])])
+    assert calls == []
+    for g, w in zip(got, predictor.predict(train_photos + [as_bytes(train_photos[0])])):
+        assert g.keys() == w.keys()
+        assert [p["class"] for p in g["predictions"]] == [p["class"] for p in w["predictions"]]
+        for a, b in zip(g["predictions"], w["predictions"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+    with count_backbone_forwards() as calls:  # a photo the cache has not seen runs the network
+        cached.predict(photos[2])
+    assert len(calls) == 1
+
+
+def test_model_card(predictor, trained_run):
+    card = predictor.describe()
+    assert card["classes"] == ["blue", "red"]
+    assert card["val_accuracy"] == trained_run.metrics["val_accuracy"]
+    assert card["backbone"]["spec"] == "default" and card["calibration"] is None
+    assert card["engine"] == "torch" and predictor.engine_reason.startswith("no model.onnx")  # never exported
