@@ -401,3 +401,16 @@ def test_a_real_browser_renders_every_picture(report_run, tmp_path):
         photo = _photo_of(href)
         assert photo.is_file() and name["text"] == str(photo.relative_to(report_run.photos))
         assert not name["clipped"], name
+
+
+def test_check_apply_to_refuses_other_photos(report_run, tmp_path):
+    from graft.check import check_photos
+    from graft.cli.check import apply_to
+    from graft.errors import GraftError
+    from graft.run import read_run_meta
+
+    other = make_photo_folder(tmp_path / "other", classes=("green", "red"), per_class=2)
+    run = _copy_run(report_run.run, tmp_path / "run")
+    with pytest.raises(GraftError, match="trained on classes blue, red.*has green, red"):
+        apply_to(check_photos(other, deep=False), run, read_run_meta(run), other)
+    assert not (run / "check.json").exists()

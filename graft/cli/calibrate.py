@@ -36,10 +36,18 @@ def run(args) -> int:
     cal = calibrate_run(args.run_dir, args.photos, args.target_accuracy, novelty=not args.no_novelty,
                         novelty_quantile=args.novelty_quantile, cache_dir=args.cache_dir, weights=args.weights,
                         workers=workers(args.workers), progress=not args.quiet and not args.json)
+    report = Path(args.run_dir) / "report.html"
+    if report.is_file():  # the report training wrote: now with the calibration section
+        from ..report import write_report
+
+        write_report(args.run_dir, photos=args.photos, cache_dir=args.cache_dir, weights=args.weights,
+                     workers=workers(args.workers))
     if args.json:
         print(json.dumps(cal))
     elif not args.quiet:
         print(calibration_summary(cal, args.run_dir))
+        if report.is_file():
+            print(f"  report           {report} (now with the calibration)")
     return 0
 
 
@@ -61,6 +69,11 @@ def calibration_summary(cal: dict, run_dir) -> str:
         nearest = "nearest" if n["k"] == 1 else f"{ordinal(n['k'])} nearest"
         lines.append(f"  novelty          cosine distance to the {nearest} of {n['n_reference']} "
                      f"training photos above {n['threshold']:.4f} -> unknown")
+    u = cal.get("val_unknown")
+    if u:
+        lines.append(f"  unknown          {u['either']} of {u['n_val']} validation photos would be answered unknown "
+                     f"({u['confidence']} by confidence" + (f", {u['novelty']} by novelty)" if u["novelty"] is not None
+                                                            else ")"))
     lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}")
     return "\n".join(lines)
 
