@@ -982,3 +982,79 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     msg = str(e.value)
     assert "batch_size=8 (now 4)" in msg and "lr=0.001 (now 0.01)" in msg and "epochs" not in msg, msg
     assert _load_checkpoint(tmp_path / "checkpoint.pt", made)["config"] == made.to_json()
+
+
+# --- graft cache prune deletes only what graft provably made (item 1) ----------------------------------
+
+def _users_pca_and_decoded(root: Path) -> list[Path]:
+    """The issue's repro: folders of the user's that happen to be called pca/ and decoded/."""
+    (root / "pca").mkdir(parents=True)
+    (root / "decoded" / "e").mkdir(parents=True)
+    (root / "pca" / "r.json").write_text("{}")
+    np.save(root / "decoded" / "e" / "s.npy", np.arange(9))
+    (root / "decoded" / "ab").mkdir()
+    np.save(root / "decoded" / "ab" / "notes.npy", np.arange(3))
+    (root / "pca" / ".tmp-mine").write_text("x")
+    old = 1_000_000_000  # 2001: older than any --older-than
+    files = [p for p in root.rglob("*") if p.is_file()]
+    for p in files:
+        os.utime(p, (old, old))
+    return files
+
+
+@pytest.mark.parametrize("how", ["cli", "api", "api-dry-run"])
+def test_prune_never_deletes_a_users_pca_or_decoded_folder(tmp_path, capsys, how):
+    from graft.cache.admin import prune, usage
+
+    files = _users_pca_and_decoded(tmp_path / "P")
+    if how == "cli":
+        rc, out, err = graft_cli(["cache", "prune", "--cache-dir", tmp_path / "P", "--older-than", "0d"], capsys)
+        assert rc == 0 and "Traceback" not in err, err
+    else:
+        r = prune(tmp_path / "P", older_than=0, dry_run=how == "api-dry-run")
+        assert r.deleted_files == 0 and r.paths == []
+    assert all(p.exists() for p in files)
+    assert {a.kind for a in usage(tmp_path / "P")} == {"other"}
+
+
+def test_prune_in_a_marked_folder_deletes_only_graft_named_files(tmp_path):
+    """Even under graft's marker, a file of the user's put there keeps; graft's entries go."""
+    from graft.cache.admin import prune
+    from graft.cache.layout import MARKER, mark
+
+    root = tmp_path / "P"
+    users = _users_pca_and_decoded(root)
+    mark(root / "decoded", "decoded")
+    mark(root / "pca", "pca")
+    ours = [root / "decoded" / "ab" / f"ab{'0' * 62}-r1.sha256.npy", root / "pca" / f"{'0' * 16}.json"]
+    for p in ours:
+        p.write_bytes(b"graft's")
+        os.utime(p, (1_000_000_000, 1_000_000_000))
+    r = prune(root, older_than=0)
+    assert sorted(r.paths) == sorted(map(str, ours))
+    assert all(p.exists() for p in users) and (root / "decoded" / MARKER).exists()
+
+
+def test_prune_takes_an_unmarked_cache_graft_made_before_the_marker(tmp_path):
+    """Caches made before the marker: a file named as graft names its own is the proof."""
+    from graft.cache.admin import prune
+
+    entry = tmp_path / "P" / "decoded" / "cd" / f"cd{'1' * 62}-r0.npy"  # the earlier entry format
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(b"old")
+    os.utime(entry, (1_000_000_000, 1_000_000_000))
+    mine = tmp_path / "P" / "decoded" / "cd" / "mine.npy"
+    mine.write_bytes(b"mine")
+    os.utime(mine, (1_000_000_000, 1_000_000_000))
+    assert prune(tmp_path / "P", older_than=0).paths == [str(entry)]
+    assert mine.exists()
+
+
+def test_the_decoded_photo_cache_marks_its_folder(tmp_path):
+    from graft._digest import sha256_file
+    from graft.cache.layout import DECODED, marked
+
+    photo = tmp_path / "p.jpg"
+    make_photo(np.random.default_rng(0), "blue", (40, 30)).save(photo)
+    DecodedCache(tmp_path / "decoded").load(photo, sha256_file(photo), (40, 30), 1)
+    assert marked(tmp_path / "decoded", DECODED)
