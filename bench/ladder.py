@@ -45,7 +45,7 @@ def main():
             t = time.perf_counter()
             r = graft.train(root, Path(tmp) / name, cache_dir=cache, seed=0, progress=False,
                             epochs=args.epochs if ft else None, patience=0 if ft else None,
-                            augment=args.augment, **kw)
+                            augment=args.augment if ft or kw.get("aug_views") else None, **kw)
             wall = time.perf_counter() - t
             rows[name] = {"val_accuracy": round(r.val_accuracy, 4), "wall_s": round(wall, 1),
                           "best_epoch": r.metrics["best_epoch"]}

@@ -381,10 +381,12 @@ def _load_checkpoint(path, cfg):
                          f"start again without --resume") from None
     saved = dict(ck.get("config", {}))
     now = cfg.to_json()
-    for key in ("strategy", "train_stages", "new_hidden", "seed", "from_scratch"):
-        if saved.get(key) != now.get(key):
-            raise GraftError(f"--resume: the checkpoint in {path.parent} was made with {key}={saved.get(key)!r}, "
-                             f"not {now.get(key)!r}; resume with the same settings")
+    # every setting changes the result (batch size and LR the steps, epochs the schedule): a resumed
+    # run takes none new, and says which differ rather than recording values it did not train with
+    changed = [f"{key}={saved[key]!r} (now {now[key]!r})" for key in now if key in saved and saved[key] != now[key]]
+    if changed:
+        raise GraftError(f"--resume: the checkpoint in {path.parent} was made with {', '.join(changed)}; "
+                         f"resume with the same settings, or start again without --resume")
     return ck
 
 

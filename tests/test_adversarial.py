@@ -896,3 +896,165 @@ def test_timms_load_error_is_shown_whole_on_one_line(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg and "Missing key(s)" in msg and "Unexpected key(s)" in msg
     assert '"fc.weight"' in msg and '"_fc.weight"' in msg  # the last of each list: nothing cut
+
+
+# --- the command line: nonsense arguments, one line each, before any work (items 5, 6, 10) ------------
+
+def graft_cli(argv, capsys) -> tuple[int, str, str]:
+    """Run `graft ARGV` in this process: (exit status, stdout, stderr). An escaping exception (a
+    traceback for the user) fails the test by itself."""
+    from graft.cli import main
+
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own refusals
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line(rc, err, *says):
+    assert rc not in (0, None), err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for s in says:
+        assert s in err, err
+
+
+BAD_ARGS = [
+    (["--epochs", "0"], "--epochs must be a whole number >= 1"),
+    (["--epochs", "-1"], "--epochs must be a whole number >= 1"),
+    (["--batch-size", "0"], "--batch-size must be a whole number >= 1"),
+    (["--batch-size", "-5"], "--batch-size must be a whole number >= 1"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--lr", "inf"], "--lr must be a finite number > 0"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--weight-decay", "-5"], "--weight-decay must be a finite number >= 0"),
+    (["--label-smoothing", "5"], "--label-smoothing must be a number in [0, 1)"),
+    (["--label-smoothing", "1"], "--label-smoothing must be a number in [0, 1)"),
+    (["--patience", "-1"], "--patience must be a whole number >= 0"),
+    (["--aug-views", "-1"], "--aug-views must be a whole number >= 0"),
+    (["--val-split", "0"], "--val-split must be a number in (0, 1)"),
+    (["--val-split", "1.5"], "--val-split must be a number in (0, 1)"),
+    (["--workers", "-2"], "--workers must be"),
+    (["--train-stages", "0"], "--train-stages must be a whole number >= 1"),
+    (["--strategy", "partial", "--aug", "rotat=15"], "unknown augment override 'rotat'"),
+    (["--strategy", "partial", "--aug", "garbage"], "is not key=value"),
+    (["--strategy", "partial", "--aug", "rotate=lots"], "rotate"),
+    (["--strategy", "head", "--aug-views", "2", "--aug", "flip=7"], "flip"),
+    (["--strategy", "head", "--aug", "flip=0.5"], "--aug is unused"),
+    (["--strategy", "head", "--augment", "heavy"], "--augment is unused"),
+    (["--augment", "extreme"], "unknown augment preset 'extreme'"),
+]
+
+
+@pytest.mark.parametrize("args,says", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_nonsense_train_arguments_are_refused_before_any_work(tmp_path, capsys, args, says):
+    """No photo is read (PHOTOS does not even exist) and nothing is written: the check comes first."""
+    cache = tmp_path / "cache"
+    rc, out, err = graft_cli(["train", tmp_path / "no-photos", "--out", tmp_path / "run", "--cache-dir", cache,
+                              "--quiet", *args], capsys)
+    assert_one_line(rc, err, says)
+    assert not cache.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("setting,value", [("epochs", 0), ("batch_size", 0), ("lr", float("nan")),
+                                           ("label_smoothing", 5.0), ("aug_views", -1), ("epochs", 2.5),
+                                           ("batch_size", True)])
+def test_the_python_api_validates_the_same(tmp_path, setting, value):
+    import graft
+
+    with pytest.raises(GraftError, match="must be"):
+        graft.train(tmp_path / "no-photos", tmp_path / "run", **{setting: value})
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
+    """A checkpoint made with batch size 8 and lr 1e-3 is not continued with 4 and 1e-2 (issue 14, item
+    5: it used to run to the end and record the new values)."""
+    from graft.finetune import FinetuneConfig, _load_checkpoint
+
+    made = FinetuneConfig(batch_size=8, lr=1e-3, epochs=5)
+    torch.save({"config": made.to_json(), "model": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(GraftError) as e:
+        _load_checkpoint(tmp_path / "checkpoint.pt", FinetuneConfig(batch_size=4, lr=1e-2, epochs=5))
+    msg = str(e.value)
+    assert "batch_size=8 (now 4)" in msg and "lr=0.001 (now 0.01)" in msg and "epochs" not in msg, msg
+    assert _load_checkpoint(tmp_path / "checkpoint.pt", made)["config"] == made.to_json()
+
+
+# --- graft cache prune deletes only what graft provably made (item 1) ----------------------------------
+
+def _users_pca_and_decoded(root: Path) -> list[Path]:
+    """The issue's repro: folders of the user's that happen to be called pca/ and decoded/."""
+    (root / "pca").mkdir(parents=True)
+    (root / "decoded" / "e").mkdir(parents=True)
+    (root / "pca" / "r.json").write_text("{}")
+    np.save(root / "decoded" / "e" / "s.npy", np.arange(9))
+    (root / "decoded" / "ab").mkdir()
+    np.save(root / "decoded" / "ab" / "notes.npy", np.arange(3))
+    (root / "pca" / ".tmp-mine").write_text("x")
+    old = 1_000_000_000  # 2001: older than any --older-than
+    files = [p for p in root.rglob("*") if p.is_file()]
+    for p in files:
+        os.utime(p, (old, old))
+    return files
+
+
+@pytest.mark.parametrize("how", ["cli", "api", "api-dry-run"])
+def test_prune_never_deletes_a_users_pca_or_decoded_folder(tmp_path, capsys, how):
+    from graft.cache.admin import prune, usage
+
+    files = _users_pca_and_decoded(tmp_path / "P")
+    if how == "cli":
+        rc, out, err = graft_cli(["cache", "prune", "--cache-dir", tmp_path / "P", "--older-than", "0d"], capsys)
+        assert rc == 0 and "Traceback" not in err, err
+    else:
+        r = prune(tmp_path / "P", older_than=0, dry_run=how == "api-dry-run")
+        assert r.deleted_files == 0 and r.paths == []
+    assert all(p.exists() for p in files)
+    assert {a.kind for a in usage(tmp_path / "P")} == {"other"}
+
+
+def test_prune_in_a_marked_folder_deletes_only_graft_named_files(tmp_path):
+    """Even under graft's marker, a file of the user's put there keeps; graft's entries go."""
+    from graft.cache.admin import prune
+    from graft.cache.layout import MARKER, mark
+
+    root = tmp_path / "P"
+    users = _users_pca_and_decoded(root)
+    mark(root / "decoded", "decoded")
+    mark(root / "pca", "pca")
+    ours = [root / "decoded" / "ab" / f"ab{'0' * 62}-r1.sha256.npy", root / "pca" / f"{'0' * 16}.json"]
+    for p in ours:
+        p.write_bytes(b"graft's")
+        os.utime(p, (1_000_000_000, 1_000_000_000))
+    r = prune(root, older_than=0)
+    assert sorted(r.paths) == sorted(map(str, ours))
+    assert all(p.exists() for p in users) and (root / "decoded" / MARKER).exists()
+
+
+def test_prune_takes_an_unmarked_cache_graft_made_before_the_marker(tmp_path):
+    """Caches made before the marker: a file named as graft names its own is the proof."""
+    from graft.cache.admin import prune
+
+    entry = tmp_path / "P" / "decoded" / "cd" / f"cd{'1' * 62}-r0.npy"  # the earlier entry format
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(b"old")
+    os.utime(entry, (1_000_000_000, 1_000_000_000))
+    mine = tmp_path / "P" / "decoded" / "cd" / "mine.npy"
+    mine.write_bytes(b"mine")
+    os.utime(mine, (1_000_000_000, 1_000_000_000))
+    assert prune(tmp_path / "P", older_than=0).paths == [str(entry)]
+    assert mine.exists()
+
+
+def test_the_decoded_photo_cache_marks_its_folder(tmp_path):
+    from graft._digest import sha256_file
+    from graft.cache.layout import DECODED, marked
+
+    photo = tmp_path / "p.jpg"
+    make_photo(np.random.default_rng(0), "blue", (40, 30)).save(photo)
+    DecodedCache(tmp_path / "decoded").load(photo, sha256_file(photo), (40, 30), 1)
+    assert marked(tmp_path / "decoded", DECODED)

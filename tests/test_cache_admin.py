@@ -20,7 +20,7 @@ from graft.backbones import DEFAULT_ARCH
 from conftest import make_photo_folder
 from graft.cache import FeatureCache
 from graft.cache.admin import parse_age, parse_size, prune, usage
-from graft.cache.layout import touch
+from graft.cache.layout import mark, touch
 from graft.data.decoded import DecodedCache
 from graft.errors import GraftError
 
@@ -98,7 +98,7 @@ def test_max_size_deletes_least_recently_used_first(tmp_path):
     cache = tmp_path / "cache"
     files = []
     for i in range(5):
-        f = cache / "decoded" / "ab" / f"{i:02d}.npy"
+        f = cache / "decoded" / "ab" / f"ab{i:062x}-r0.sha256.npy"  # graft's names: only those are pruned
         f.parent.mkdir(parents=True, exist_ok=True)
         np.save(f, np.zeros((10, 10, 3), np.uint8))
         _age(f, 10 - i)  # file 0 is the least recently used
@@ -159,7 +159,8 @@ def test_only_graft_files_are_pruned_and_counted(warm, tmp_path):
     (cache / "linked").symlink_to(elsewhere, target_is_directory=True)
     tmp_dir = cache / "decoded" / "ab"
     tmp_dir.mkdir(parents=True)
-    dead, live = tmp_dir / ".tmp-dead.npy", tmp_dir / ".tmp-live.npy"
+    mark(cache / "decoded", "decoded")  # as graft's decoded-photo cache does when it stores one
+    dead, live = tmp_dir / f".tmp-{'d' * 32}.npy", tmp_dir / f".tmp-{'e' * 32}.npy"
     dead.write_bytes(b"x" * 100)
     live.write_bytes(b"y" * 100)
     _age(dead, 3)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import GraftError
-from .layout import DECODED, DEMO, DIGESTS, ENGINES, EXTRACT_LOCK, NAMESPACE_DIR, NAMESPACE_FILE, PCA, cache_root
+from .layout import (DECODED, DEMO, DIGESTS, ENGINES, EXTRACT_LOCK, NAMESPACE_DIR, NAMESPACE_FILE, OWN_FILES,
+                     OWN_TEMP, PCA, cache_root, marked)
 
 # Files prune may delete, by area: feature shards, decoded photos, fitted PCA colour axes, photo
 # digest indexes (the next scan reads those photos again) and ONNX exports (exported again).
@@ -62,8 +63,12 @@ def usage(root=None) -> list[Area]:
     """Every area of the cache under `root` (default: graft's cache), largest first.
 
     Only graft's own folders hold prunable files: feature namespaces (`<arch>-<key>` with a
-    `namespace.json`), `decoded`, `pca`, `digests` and `engines`. Anything else found there, and symlinked folders,
-    are listed as "other" and never pruned.
+    `namespace.json`), `digests` and `engines` (graft's own names inside), and `decoded` and `pca`
+    when they carry graft's marker (layout.MARKER, written at creation) or, made before the
+    marker, already hold a file named as graft names its own. In those two only files with
+    graft's names (layout.OWN_FILES) are prunable: a folder of the user's that happens to be
+    called `pca` keeps its `r.json`. Anything else found there, and symlinked folders, are
+    listed as "other" and never pruned.
     """
     root = cache_root(root)
     if not root.is_dir():
@@ -85,10 +90,20 @@ def usage(root=None) -> list[Area]:
             area.last_used = max(area.last_used, last_used(st))
             if pattern is None:
                 continue
-            if f.name.startswith(".tmp-"):  # a write in progress, or left by a killed run
+            own = OWN_FILES.get(kind)
+            rel = f.relative_to(sub).as_posix()
+            if own is not None:  # decoded/, pca/: graft's names only
+                if OWN_TEMP[kind].fullmatch(rel):
+                    area.stale.append((last_used(st), st.st_size, f))
+                elif own.fullmatch(rel):
+                    area.entries.append((last_used(st), st.st_size, f))
+            elif f.name.startswith(".tmp-"):  # a write in progress, or left by a killed run
                 area.stale.append((last_used(st), st.st_size, f))
             elif f.match(pattern) and not f.name.startswith("."):
                 area.entries.append((last_used(st), st.st_size, f))
+        if kind in OWN_FILES and not (marked(sub, kind) or area.entries):
+            # neither graft's marker nor a single file named as graft names its own: not graft's
+            area.kind, area.what, area.entries, area.stale = "other", "not graft's (no marker), left alone", [], []
         areas.append(area)
     return sorted(areas, key=lambda a: -a.bytes)
 

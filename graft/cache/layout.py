@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -29,6 +30,18 @@ DEMO = "demo-photos"
 NAMESPACE_FILE = "namespace.json"
 EXTRACT_LOCK = ".extract.lock"  # held while a run computes missing entries (and by prune)
 NAMESPACE_DIR = re.compile(r".+-[0-9a-f]{16}")  # what namespace_dir names look like
+# `decoded/` and `pca/` carry this file from their creation: `graft cache prune` deletes in them
+# only what graft names its own files, and only in a folder that says graft made it (or, for caches
+# made before the marker, one already holding files with graft's names: see graft.cache.admin)
+MARKER = ".graft-cache"
+# graft's names for its files: decoded photos `<ab>/<sha256 ab...>-r<k>.sha256.npy` (`.npy`, earlier
+# format), PCA fits `<16 hex>.json`, and the temp files of either while written
+OWN_FILES = {
+    DECODED: re.compile(r"(?P<d>[0-9a-f]{2})/(?P=d)[0-9a-f]{62}-r\d+(\.sha256)?\.npy"),
+    PCA: re.compile(r"[0-9a-f]{16}\.json"),
+}
+OWN_TEMP = {DECODED: re.compile(r"[0-9a-f]{2}/\.tmp-[0-9a-f]{32}\.npy"),
+            PCA: re.compile(r"\.tmp-[a-z0-9_]{8}\.json")}  # graft._atomic's (tempfile.mkstemp's)
 
 
 def default_cache_dir() -> Path:
@@ -50,6 +63,31 @@ def namespace_dir(root, namespace: dict, fmt: int) -> Path:
     key = hashlib.sha256(canonical.encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(namespace.get("arch", "features")))
     return Path(root).expanduser() / f"{slug}-{key}"
+
+
+def mark(folder, kind: str) -> None:
+    """Write `folder`'s marker if it has none: graft made this folder (for `graft cache prune`)."""
+    marker = Path(folder) / MARKER
+    if marker.is_file():
+        return
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with open(marker, "x", encoding="utf-8") as f:
+            json.dump({"made_by": "graft", "kind": kind}, f)
+    except OSError:  # written by a concurrent run; or a read-only cache, where nothing new is stored
+        pass
+
+
+def marked(folder, kind: str) -> bool:
+    """Does `folder` carry graft's marker for `kind`? (A regular file, not a link, with the tag.)"""
+    try:
+        marker = Path(folder) / MARKER
+        if not stat.S_ISREG(os.lstat(marker).st_mode):
+            return False
+        tag = json.loads(marker.read_text(encoding="utf-8"))
+        return isinstance(tag, dict) and tag.get("made_by") == "graft" and tag.get("kind") == kind
+    except (OSError, ValueError):
+        return False
 
 
 def touch(path) -> None:

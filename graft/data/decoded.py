@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .._files import open_regular
-from ..cache.layout import touch
+from ..cache.layout import DECODED, mark, touch
 from .images import read_image
 
 log = logging.getLogger("graft")
@@ -141,6 +141,7 @@ class DecodedCache:
         arr = np.ascontiguousarray(arr)
         tmp = entry.with_name(f".tmp-{uuid.uuid4().hex}.npy")
         try:
+            mark(self.root, DECODED)  # graft made this folder: `graft cache prune` may clear it
             entry.parent.mkdir(parents=True, exist_ok=True)
             head = io.BytesIO()
             np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(arr))

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from .._atomic import write_json
-from ..cache.layout import PCA, cache_root, touch
+from ..cache.layout import PCA, cache_root, mark, touch
 from ..errors import GraftError, ImageError
 
 
@@ -66,6 +66,7 @@ def fitted_pca(samples, cache_dir: Path) -> tuple[list[float], list[list[float]]
     eigvals, eigvecs = fit_pca(images, pixels_per_image=1024)
     eigvals = [round(v, 3) for v in eigvals]
     eigvecs = [[round(v, 3) for v in row] for row in eigvecs]
+    mark(path.parent, PCA)  # graft made this folder: `graft cache prune` may clear it
     write_json(path, {"eigvals": eigvals, "eigvecs": eigvecs, "n_images": len(images)})
     return eigvals, eigvecs
 

@@ -7,10 +7,12 @@ long and waits long (HeadConfig), fine-tuning costs minutes an epoch (FinetuneCo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import GraftError
+
 from ..finetune import FinetuneConfig
 from ..head import HeadConfig
 from ..strategy import StrategyChoice, check_request
@@ -63,6 +65,7 @@ class TrainConfig:
             raise GraftError(f"balance must be auto or none, not {self.balance!r}")
         if self.solver not in ("auto", "lbfgs", "adamw"):
             raise GraftError(f"solver must be auto, lbfgs or adamw, not {self.solver!r}")
+        validate(self)
         object.__setattr__(self, "log", parse_log_kinds(self.log))
         if "tensorboard" in self.log:
             require_tensorboard()
@@ -95,6 +98,61 @@ class TrainConfig:
                               weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
                               patience=FinetuneConfig.patience if self.patience is None else self.patience,
                               seed=self.seed)
+
+
+# setting -> (test, the range as the message says it); None (the trainer's default) always passes
+_RANGES = {
+    "epochs": (lambda v: v >= 1, "a whole number >= 1"),
+    "batch_size": (lambda v: v >= 1, "a whole number >= 1"),
+    "lr": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "patience": (lambda v: v >= 0, "a whole number >= 0 (0 = never stop)"),
+    "aug_views": (lambda v: v >= 0, "a whole number >= 0"),
+    "val_split": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "workers": (lambda v: v >= 0, "a whole number >= 0"),
+    "train_stages": (lambda v: v >= 1, "a whole number >= 1"),
+}
+_WHOLE = {"epochs", "batch_size", "patience", "aug_views", "workers", "train_stages"}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Refuse nonsense settings before any photo is read (issue 14: `--epochs -1` saved an untrained
+    head, `--lr nan` trained NaNs, `--batch-size 0` crashed after extraction), naming the range.
+    The augmentation overrides are parsed here too, so a typo costs no extraction."""
+    for name, (ok, rng) in _RANGES.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        number = whole or (isinstance(value, float) and name not in _WHOLE)
+        if not number or not ok(value):
+            flag = "--" + name.replace("_", "-")
+            raise GraftError(f"{flag} must be {rng}, got {value!r}")
+    if cfg.augment is not None or cfg.aug is not None:
+        check_augmentation(cfg)
+
+
+def check_augmentation(cfg: TrainConfig) -> None:
+    """Parse the preset and the overrides now; refuse them where nothing would use them."""
+    from ..augment import PRESETS, check_overrides, load_overrides, parse_overrides
+
+    if cfg.augment is not None and cfg.augment not in PRESETS:
+        raise GraftError(f"unknown augment preset {cfg.augment!r}; valid presets: {', '.join(PRESETS)}")
+    aug = cfg.aug
+    try:
+        if isinstance(aug, (str, Path)) and Path(str(aug)).suffix in (".json", ".toml"):
+            load_overrides(aug)
+        elif isinstance(aug, str):
+            parse_overrides(aug)
+        elif aug is not None:
+            check_overrides(dict(aug))
+    except (ValueError, TypeError) as e:
+        raise GraftError(f"--aug: {e}") from None
+    if cfg.strategy == "head" and not cfg.aug_views and (aug or (cfg.augment not in (None, "none"))):
+        given = "--aug" if aug else "--augment"
+        raise GraftError(f"{given} is unused: --strategy head augments only its cached views; add --aug-views K "
+                         f"(e.g. 4) or drop {given}")
 
 
 @dataclass
