@@ -10,7 +10,7 @@ sensible strengths, and `preview_grid` shows what a setting does.
     out = pipe(img_uint8_chw, torch.Generator().manual_seed(0))
 """
 
-import importlib
+from .._lazy import lazy_attributes
 
 # Bumped whenever a kernel's output changes for the same params (2: the loader's fused colour
 # run, rounding once; 3: its geometry resampled once); cached augmented views carry it in their key.
@@ -29,18 +29,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name == "functional":
-        return importlib.import_module(".functional", __name__)
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | {"functional"})
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY, {"functional": ".functional"})
 
 
 __all__ = ["KERNELS", "functional", *_LAZY]

@@ -9,7 +9,7 @@ import torch for them.
 
 from __future__ import annotations
 
-import importlib
+from .._lazy import lazy_attributes
 
 _LAZY = {
     "Backbone": "._base",
@@ -30,13 +30,4 @@ __all__ = ["Backbone", "BackboneSource", "load_backbone", "resolve_backbone", "r
            "WeightsInfo", "BUNDLED", "DEFAULT_BUNDLED"]
 
 
-def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _LAZY)
