@@ -143,7 +143,8 @@ def test_train_summary_names_the_report_the_decoded_photos_and_a_better_probe(pa
 
     m = partial_aug_run.metrics
     decoded = m["cache"]["decoded"]
-    assert decoded["files"] == m["n_train"] and decoded["bytes"] > 0  # the 12 training photos, once each
+    # the photos fine-tuning trained on (training photos less the inner early-stopping split), once each
+    assert decoded["files"] == m["finetune"]["trained_on"] < m["n_train"] and decoded["bytes"] > 0
     assert decoded["folder_bytes"] >= decoded["bytes"]
     assert stored_bytes(decoded["dir"], []) == (0, 0)
     text = train_summary(m, partial_aug_run.run)
@@ -166,8 +167,9 @@ def test_partial_saved_run_is_the_trained_model(partial_run, tiny):
     model = load_run(partial_run.run)
     x = fixed_batch()
     partial_run.backbone.eval()
-    with torch.inference_mode():
-        torch.testing.assert_close(model.backbone(x), partial_run.backbone(x))
+    with torch.inference_mode():  # same weights (bit for bit, above); the two may run different conv
+        # kernels (memory format), so outputs agree to float32 rounding, not bit for bit
+        torch.testing.assert_close(model.backbone(x), partial_run.backbone(x), atol=1e-4, rtol=1e-4)
     m = graft.evaluate(partial_run.run, tiny.photos, cache_dir=tiny.cache, workers=0)
     assert m["accuracy"] == partial_run.metrics["val_accuracy"]
     assert m["confusion"] == partial_run.metrics["confusion"]
