@@ -37,6 +37,9 @@ MARKER = {"written_by": "graft"}  # in model.json: what makes a folder a graft r
 EXPORT_JSON = "export.json"  # graft.export's record of the files it made from the run's model
 CALIBRATION_JSON = "calibration.json"  # graft.calibrate's thresholds (they name their own reference file)
 CHECKPOINT = "checkpoint.pt"  # graft.finetune's, before a model is written
+LOG_CSV, TENSORBOARD = "log.csv", "tensorboard"  # graft.train.log's, written as epochs end
+# What a run killed before its model leaves (and --resume continues from): not the user's files.
+IN_PROGRESS = frozenset({CHECKPOINT, LOG_CSV, TENSORBOARD})
 
 
 def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSource,
@@ -187,7 +190,7 @@ def check_out(out, photos) -> None:
     """Refuse a training --out that would overwrite or mix with what graft did not make: the
     photos themselves or a folder inside them, a file, or a non-empty folder that is not a
     graft run (a fine-tuning killed before its model, which --resume continues, leaves only its
-    checkpoint). A GraftError says which and what to give instead."""
+    checkpoint and its epoch log: IN_PROGRESS). A GraftError says which and what to give instead."""
     out, photos = Path(out).expanduser(), Path(photos).expanduser()
     o, p = out.resolve(), photos.resolve()
     if o == p or p in o.parents:
@@ -198,7 +201,7 @@ def check_out(out, photos) -> None:
     if not out.is_dir() or is_graft_run(out):
         return
     entries = sorted(e.name for e in out.iterdir() if not e.name.startswith(".tmp-"))
-    if entries and entries != [CHECKPOINT]:
+    if not set(entries) <= IN_PROGRESS:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise GraftError(f"--out {out} is a folder that is not a graft run (it holds {shown}); graft "
                          f"writes a run only into a new or empty folder, or over a run it made")

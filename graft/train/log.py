@@ -24,12 +24,12 @@ from pathlib import Path
 
 from .._atomic import write_bytes
 from ..errors import GraftError
+from ..run import LOG_CSV, TENSORBOARD
 
 log = logging.getLogger("graft")
 
 LOG_KINDS = ("csv", "tensorboard")
-CSV_FILE = "log.csv"
-TENSORBOARD_DIR = "tensorboard"
+CSV_FILE, TENSORBOARD_DIR = LOG_CSV, TENSORBOARD  # named once, in graft.run (what --out may hold)
 EVENTS_SUFFIX = ".graft"  # the end of every event file graft writes: what a fresh run may remove
 COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "lr", "lr_backbone", "epoch_s",
            "data_wait_s", "step_s", "val_s", "data_wait_share"]
