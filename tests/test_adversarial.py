@@ -361,6 +361,23 @@ def test_the_9400_pixel_png_is_small_and_passes_the_older_checks():
     assert 9400 * 9400 < Image.MAX_IMAGE_PIXELS and 9400 * 9400 < 5_000 * len(data)
 
 
+@contextlib.contextmanager
+def count_decodes():
+    """Every call of Pillow's ImageFile.load (what decodes pixels), by file name."""
+    from PIL import ImageFile
+
+    calls = []
+    real = ImageFile.ImageFile.load
+
+    def load(self):
+        calls.append(Path(getattr(self, "filename", "") or "?").name)
+        return real(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ImageFile.ImageFile, "load", load)
+        yield calls
+
+
 @pytest.mark.parametrize("call", ["probe", "read", "read-reduced", "scan"])
 def test_a_png_that_would_double_peak_memory_is_refused_before_decoding(tmp_path, call):
     from graft.data import scan_class_folders
@@ -368,17 +385,37 @@ def test_a_png_that_would_double_peak_memory_is_refused_before_decoding(tmp_path
     photos = make_photo_folder(tmp_path / "photos", per_class=2)
     path = photos / "red" / "huge.png"
     path.write_bytes(huge_png())
+    decodes = count_decodes()
     fn = {"probe": lambda: probe_image(path), "read": lambda: read_image(path),
           "read-reduced": lambda: read_image(path, min_short_side=64)}
-    if call == "scan":
-        _, samples, skipped = scan_class_folders(photos)
-        assert [s["path"] for s in skipped] == [str(path)] and len(samples) == 4
-        reason = skipped[0]["reason"]
-    else:
-        with pytest.raises(ImageError) as e:
-            fn[call]()
-        reason = e.value.reason
+    with decodes as decoded:
+        if call == "scan":
+            _, samples, skipped = scan_class_folders(photos)
+            assert [s["path"] for s in skipped] == [str(path)] and len(samples) == 4
+            reason = skipped[0]["reason"]
+        else:
+            with pytest.raises(ImageError) as e:
+                fn[call]()
+            reason = e.value.reason
+    assert "huge.png" not in decoded  # refused from the header (Pillow's PNG getexif() would decode it)
     assert reason.startswith("refused: decoding 9400x9400 RGB pixels takes about 253 MB, over the 192 MB budget")
+
+
+@pytest.mark.parametrize("exif", [None, 1, 6], ids=["no-exif", "exif-upright", "exif-rotated"])
+def test_probing_a_png_never_decodes_it(tmp_path, exif):
+    path = tmp_path / "p.png"
+    img = Image.new("RGB", (30, 20), (1, 2, 3))
+    kw = {}
+    if exif:
+        e = Image.Exif()
+        e[0x0112] = exif
+        kw["exif"] = e.tobytes()
+    img.save(path, **kw)
+    with count_decodes() as decoded:
+        fmt, size = probe_image(path)
+    assert not decoded and fmt == "PNG"
+    assert size == ((20, 30) if exif == 6 else (30, 20))  # Pillow writes EXIF before the pixels: still read
+    assert read_image(path).size == size
 
 
 def _jpeg(path: Path, size, mode="RGB") -> Path:
