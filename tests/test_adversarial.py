@@ -188,12 +188,16 @@ class Children:
     """Child processes started together when the module starts: each imports torch, so side by
     side (and beside the in-process tests' own fixtures) they cost about one import."""
 
-    def __init__(self):
+    def __init__(self, home: Path):
         self.procs: dict[str, tuple[subprocess.Popen, float]] = {}
         self.done: dict[str, subprocess.CompletedProcess] = {}
+        # the tests' isolation (conftest's _isolated) is not set up yet when a module fixture runs
+        self.env = {**os.environ, "GRAFT_CACHE_DIR": str(home / "cache"), "GRAFT_OFFLINE": "1",
+                    "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(home / "torch-home")}
 
-    def start(self, name: str, argv: list[str], timeout: float, **kw) -> None:
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, **kw)
+    def start(self, name: str, argv: list[str], timeout: float) -> None:
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             env=self.env)
         self.procs[name] = (p, timeout)
 
     def result(self, name: str) -> subprocess.CompletedProcess:
@@ -226,8 +230,8 @@ def children(tmp_path_factory, request):
     """Started at once: every special file through every file reader and a class folder holding
     them all through the scan; every writer under a file size limit; `graft predict` on a folder
     of traps (after the shared trained run is built, beside the first two)."""
-    kids = Children()
     root = tmp_path_factory.mktemp("special")
+    kids = Children(root)
     paths = fill_with_specials(root / "files", root / "outside")
     photos = make_photo_folder(root / "photos", per_class=2)
     fill_with_specials(photos / "red", root / "outside-scan")
@@ -243,7 +247,7 @@ def children(tmp_path_factory, request):
         run = request.getfixturevalue("trained_run").run
         folder = request.getfixturevalue("predict_folder")
         kids.start("cli-predict", [sys.executable, "-m", "graft", "predict", str(run), str(folder), "--workers", "0"],
-                   timeout=300, env={**os.environ, "GRAFT_OFFLINE": "1"})
+                   timeout=300)
         yield kids
     finally:
         kids.close()
