@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from ..errors import GraftError
 from ..inference import UNKNOWN
 from ._args import loader_args, output_args, run_arg, weights_arg, workers
 
@@ -31,6 +32,8 @@ def run(args) -> int:
     from ..inference import parse_reject, predict, predict_to_csv, predict_with_reject
 
     n_workers = workers(args.workers)
+    if args.topk < 1:
+        raise GraftError(f"--topk must be a whole number >= 1, got {args.topk}")
     if args.csv:
         out = predict_to_csv(args.run_dir, args.images, args.csv, topk=args.topk, reject=args.reject,
                              photos=args.calibrate_on, weights=args.weights, workers=n_workers,
@@ -53,10 +56,13 @@ def run(args) -> int:
 
 
 def format_result(r: dict) -> str:
-    """One line for the terminal."""
+    """One line for the terminal (control characters in names escaped: one file, one line)."""
+    from . import one_line
+
+    path = one_line(str(r["path"]))
     if "error" in r:
-        return f"{r['path']}: error: {r['error']}"
+        return f"{path}: error: {one_line(str(r['error']))}"
     top = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
     if r.get("class") == UNKNOWN:
-        return f"{r['path']}: unknown [{r.get('reason', '')}]  top: {top}"
-    return f"{r['path']}: {top}"
+        return f"{path}: unknown [{r.get('reason', '')}]  top: {top}"
+    return f"{path}: {top}"
