@@ -158,4 +158,7 @@ def expand_paths(paths) -> list[Path]:
             files.append(p)
         else:
             raise GraftError(f"no such file or folder: {p}")
+    if not files:  # say so, rather than print nothing
+        where = ", ".join(str(p) for p in paths)
+        raise GraftError(f"no image found in {where} (looked for {', '.join(sorted(SUPPORTED_EXTENSIONS))})")
     return files

@@ -1120,3 +1120,56 @@ def test_the_decoded_photo_cache_marks_its_folder(tmp_path):
     make_photo(np.random.default_rng(0), "blue", (40, 30)).save(photo)
     DecodedCache(tmp_path / "decoded").load(photo, sha256_file(photo), (40, 30), 1)
     assert marked(tmp_path / "decoded", DECODED)
+
+
+# --- predict's output: a closed pipe, names holding a newline, an empty folder (item 12) ---------------
+
+def test_predict_into_a_closed_pipe_exits_quietly(trained_run, tmp_path):
+    """`graft predict RUN DIR | head -2`: the reader has gone; no BrokenPipeError traceback."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(6):
+        make_photo(np.random.default_rng(i), "blue", (64, 64)).save(folder / f"{i}.jpg")
+    p = subprocess.Popen([sys.executable, "-m", "graft", "predict", str(trained_run.run), str(folder),
+                          "--workers", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    p.stdout.close()  # as `head` does once it has its lines: every write now fails with EPIPE
+    err = p.stderr.read().decode()
+    rc = p.wait(timeout=300)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert rc in (0, 141), (rc, err)
+
+
+def test_a_file_name_with_a_newline_is_one_line_of_predict(trained_run, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_photo(np.random.default_rng(0), "red").save(folder / "a\nb.jpg")
+    (folder / "bad\rname.jpg").write_text("not a photo")
+    make_photo(np.random.default_rng(1), "blue").save(folder / "plain.jpg")
+    rc, out, err = graft_cli(["predict", trained_run.run, folder, "--workers", "0"], capsys)
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == 3, out
+    assert any(ln.startswith(str(folder / "a\\nb.jpg") + ": ") for ln in lines), out
+    assert any(ln.startswith(str(folder / "bad\\rname.jpg") + ": error: ") for ln in lines), out
+
+
+def test_warnings_are_one_line_whatever_the_file_name():
+    from graft.cli import _OneLineFormatter
+
+    record = logging.LogRecord("graft", logging.WARNING, __file__, 1, "skipped %s: %s", ("x\ny.jpg", "bad"), None)
+    line = _OneLineFormatter("graft: %(levelname)s: %(message)s").format(record)
+    assert line == "graft: WARNING: skipped x\\ny.jpg: bad"
+
+
+def test_predict_on_an_empty_folder_says_so(trained_run, tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no photo here")
+    rc, out, err = graft_cli(["predict", trained_run.run, tmp_path / "empty"], capsys)
+    assert_one_line(rc, err, f"no image found in {tmp_path / 'empty'}")
+    assert out == ""
+
+
+@pytest.mark.parametrize("k", ["0", "-3"])
+def test_predict_topk_below_one_is_refused(trained_run, tmp_path, capsys, k):
+    make_photo(np.random.default_rng(0), "red").save(tmp_path / "p.jpg")
+    rc, out, err = graft_cli(["predict", trained_run.run, tmp_path / "p.jpg", "--topk", k], capsys)
+    assert_one_line(rc, err, "--topk must be a whole number >= 1")

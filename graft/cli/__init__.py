@@ -14,6 +14,9 @@ warnings (skipped files) print one line each; progress bars go to stderr and `--
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
 import sys
 
 from . import augment, cache, calibrate, check, demo, evaluate, export, predict, report, serve, train
@@ -68,13 +71,33 @@ def main(argv=None) -> int:
     from ..errors import GraftError
 
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
     except GraftError as e:
-        print(f"graft: error: {e}", file=sys.stderr)
+        print(f"graft: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("graft: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `graft predict RUN DIR | head -2`: the reader has all it wanted; stop quietly, and keep
+        # Python from failing again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped as Python writes them (a file name holding a newline
+    becomes `a\\nb.jpg`), so that one message, or one file, is one line of the output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record):
+        return one_line(super().format(record))
 
 
 def _setup_logging():
@@ -83,7 +106,7 @@ def _setup_logging():
     log = logging.getLogger("graft")
     if not log.handlers:
         h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("graft: %(levelname)s: %(message)s"))
+        h.setFormatter(_OneLineFormatter("graft: %(levelname)s: %(message)s"))
         log.addHandler(h)
         log.setLevel(logging.INFO)
         log.propagate = False

@@ -35,6 +35,10 @@ def run(args) -> int:
     from ..inference import parse_reject, predict, predict_to_csv, predict_with_reject
 
     n_workers = workers(args.workers)
+    if args.topk < 1:
+        from ..errors import GraftError
+
+        raise GraftError(f"--topk must be a whole number >= 1, got {args.topk}")
     common = {"topk": args.topk, "weights": args.weights, "workers": n_workers, "cache_dir": args.cache_dir,
               "engine": args.engine}
     if args.csv:
@@ -80,12 +84,14 @@ def say_calibrated(args) -> None:
 
 
 def format_result(r: dict) -> str:
-    """One line for the terminal."""
+    """One line for the terminal (control characters in names escaped: one file, one line)."""
     from ..reject import UNKNOWN
+    from . import one_line
 
+    path = one_line(str(r["path"]))
     if "error" in r:
-        return f"{r['path']}: error: {r['error']}"
+        return f"{path}: error: {one_line(str(r['error']))}"
     top = ", ".join(f"{p['class']} {p['probability']:.3f}" for p in r["predictions"])
     if r.get("class") == UNKNOWN:
-        return f"{r['path']}: unknown [{r.get('reason', '')}]  top: {top}"
-    return f"{r['path']}: {top}"
+        return f"{path}: unknown [{r.get('reason', '')}]  top: {top}"
+    return f"{path}: {top}"
