@@ -183,9 +183,15 @@ def run_child(argv: list[str], photos: Path, timeout: float | None = None) -> di
     wall = time.perf_counter() - t
     opens = json.loads(opens_file.read_text()) if opens_file.is_file() else None
     stdout = out_path.read_text()
+    opens_file.unlink(missing_ok=True)
+    out_path.unlink()
+    rc = None if timed_out else os.waitstatus_to_exitcode(status)
+    err_path = photos.parent / f".stderr-{os.getpid()}.txt"
+    if rc == 0 or err_path.stat().st_size == 0:
+        err_path.unlink()  # kept only when the child failed
     return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "opens": opens,
-            "rc": None if timed_out else os.waitstatus_to_exitcode(status), "timed_out": timed_out,
+            "rc": rc, "timed_out": timed_out,
             "stdout": stdout}
 
 
