@@ -88,10 +88,16 @@ class Predictor:
         if threads is not None and threads < 1:
             raise GraftError(f"threads must be at least 1, got {threads}")
         if onnx is not None:
-            self.engine = _OnnxNet(onnx, threads=threads)
+            self.engine = _OnnxNet(onnx, threads=threads)  # the novelty reference is in the graph
         else:
-            self.engine = _TorchNet(self.run_dir, weights=weights, device=device, calibration=self.calibration,
-                                    threads=threads)
+            self.engine = _TorchNet(self.run_dir, weights=weights, device=device, threads=threads)
+            if self.calibration is not None and self.calibration.get("novelty"):
+                from .calibrate import load_novelty
+
+                try:
+                    self.engine.novelty = load_novelty(self.run_dir, self.calibration)
+                except GraftError as e:  # as a stale calibration: an error only for reject="auto"
+                    self.calibration, self._calibration_error = None, e
         self.engine_reason = "fresh ONNX export" if onnx is not None else why_not
         self._cache = self.engine.open_cache(cache_dir, self.meta) if cache_dir is not None else None
 
@@ -330,10 +336,9 @@ class _TorchNet:
 
     name = "torch"
 
-    def __init__(self, run_dir: Path, *, weights, device, calibration: dict | None, threads: int | None = None):
+    def __init__(self, run_dir: Path, *, weights, device, threads: int | None = None):
         import torch
 
-        from .calibrate import load_novelty
         from .run import load_run
 
         if threads:
@@ -341,7 +346,7 @@ class _TorchNet:
         self.torch = torch
         self.device = str(torch.device(device or "cpu"))
         self.model = load_run(run_dir, weights=weights).to(self.device).eval()
-        self.novelty = load_novelty(run_dir, calibration) if calibration else None
+        self.novelty = None  # graft.calibrate.Novelty, set by the Predictor when the run has one
 
     def run(self, crops: np.ndarray):
         torch = self.torch
