@@ -187,6 +187,8 @@ def probe(job: Job, f: Features) -> Fitted:
     cfg = job.cfg.head_config()
     fit = train_head(f.x_train, f.y_train, f.x_val, f.y_val, len(f.data.classes), cfg, progress=job.progress,
                      on_epoch=job.epoch_log.on_epoch("head") if job.epoch_log else None)
+    if job.epoch_log is not None:
+        job.epoch_log.flush()  # the head's rows are on disk before fine-tuning starts
     with torch.no_grad():
         logits = fit.head(torch.from_numpy(f.x_val)).numpy()
     loop = {"data_wait_s": round(job.stats.wait_s, 4), "step_s": round(job.stats.compute_s, 4)}  # of extraction
@@ -219,7 +221,7 @@ def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
                    resume=job.cfg.resume, progress=job.progress, extract=boundary_activations,
                    boundary_cache=job.cfg.boundary_cache, aug_device=job.cfg.aug_device,
                    decoded_dir=job.decoded_dir, dist=job.dist,
-                   on_epoch=job.epoch_log.on_epoch("finetune") if job.epoch_log else None)
+                   on_epoch=job.epoch_log.on_epoch("finetune", each=True) if job.epoch_log else None)
     if res.boundary_cache and job.dist.is_main:
         log.info("frozen stages' activations came from the boundary cache: only the trainable stages ran")
     loop = {k: res.timings[k] for k in ("data_wait_s", "step_s", "val_s")}
