@@ -155,10 +155,14 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
         from .cache import FeatureCache, cache_root
         from .features import cache_namespace, extract_features
 
+        from .data.placeholders import RefuseNonPhotos
+
         source = run_backbone_source(meta, weights)
         cache = FeatureCache(cache_root(cache_dir), cache_namespace(source))
+        # refused as training refuses them: a placeholder's features in the cache would be used,
+        # undecoded and so unchecked, by the next graft train on these photos
         feats, ok, stats = extract_features(source.build, [s.digest for s in samples], paths, cache,
-                                            load=source.preprocessing.load, batch_size=batch_size,
+                                            load=RefuseNonPhotos(source.preprocessing.load), batch_size=batch_size,
                                             workers=workers, progress=progress, desc="features")
         return feats, ok, load_head(run_dir), stats.skipped
     model = load_run(run_dir, weights=weights)

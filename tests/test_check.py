@@ -437,3 +437,24 @@ def test_train_skips_what_check_calls_an_error(tmp_path, default_backbone):
     with pytest.raises(ImageError) as e:
         in_worker(red / "imageNotFound.gif")
     assert e.value.code == "not_a_photo" and "placeholder" in e.value.reason
+
+
+def test_a_placeholder_stays_skipped_after_calibrate_and_evaluate(tmp_path):
+    """Training skips a placeholder when extraction decodes it; a cached feature is never decoded
+    again, so nothing else may put one in the cache: calibrate and evaluate (run_features) refuse
+    it too, and the next graft train on the same photos still skips it."""
+    import graft
+    from conftest import isolated_env, make_photo_folder
+    from graft.calibrate import calibrate_run
+
+    photos = make_photo_folder(tmp_path / "photos", per_class=8, seed=5)
+    _placeholder_gif(photos / "red" / "imageNotFound.gif")
+    with isolated_env(tmp_path):
+        first = graft.train(photos, tmp_path / "run", strategy="head", workers=0, progress=False, report=False)
+        cal = calibrate_run(first.run_dir, photos, workers=0)
+        scored = graft.evaluate(first.run_dir, photos, workers=0)
+        again = graft.train(photos, tmp_path / "run", strategy="head", workers=0, progress=False, report=False)
+    for skipped in (first.metrics["skipped"], again.metrics["skipped"], scored["skipped"]):
+        assert [(Path(s["path"]).name, s.get("code")) for s in skipped] == [("imageNotFound.gif", "not_a_photo")]
+    assert (again.metrics["n_train"], again.metrics["n_val"]) == (first.metrics["n_train"], first.metrics["n_val"])
+    assert cal["novelty"]["n_reference"] == first.metrics["n_train"] + first.metrics["n_val"]

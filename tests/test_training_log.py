@@ -18,16 +18,36 @@ def _rows(path):
 
 def test_csv_one_row_per_epoch_and_resume(tmp_path):
     log = TrainingLog(tmp_path, "csv")
+    each = log.on_epoch("finetune", each=True)  # fine-tuning: on disk as each epoch ends
     for e in range(1, 4):
-        log.epoch("finetune", e, train_loss=1.0 / e, val_loss=float("nan"), val_accuracy=0.5 + e / 10, lr=1e-3)
+        each(e, {"train_loss": 1.0 / e, "val_loss": float("nan"), "val_accuracy": 0.5 + e / 10, "lr": 1e-3})
+        assert len(_rows(tmp_path / "log.csv")) == e
     rows = _rows(tmp_path / "log.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     assert rows[1]["train_loss"] == "0.5" and rows[0]["val_loss"] == ""
     resumed = TrainingLog(tmp_path, "csv", resume=True)
     resumed.epoch("finetune", 3, train_loss=0.2)  # the epoch that was cut short is replaced, not doubled
     resumed.epoch("finetune", 4, train_loss=0.1)
+    resumed.close()
     assert [r["epoch"] for r in _rows(tmp_path / "log.csv")] == ["1", "2", "3", "4"]
     assert TrainingLog(tmp_path, "csv").rows == []  # a fresh run starts a fresh log
+
+
+def test_fast_epochs_are_written_now_and_then_and_at_the_end(tmp_path, monkeypatch):
+    """Head epochs take milliseconds: the files are not rewritten after each, but every
+    EVERY_S seconds, when the stage changes, and when the log is flushed or closed."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("graft.train.log"), "EVERY_S", 3600.0)  # no clock in the test: only the events count
+    log = TrainingLog(tmp_path, "csv")
+    for e in range(1, 51):
+        log.epoch("head", e, train_loss=1.0 / e)
+    assert len(_rows(tmp_path / "log.csv")) == 1  # the first epoch is written at once, the rest wait
+    log.epoch("finetune", 1, train_loss=0.5)  # a new stage: everything so far goes to disk
+    assert len(_rows(tmp_path / "log.csv")) == 51
+    log.epoch("finetune", 2, train_loss=0.4)
+    log.close()
+    assert [(r["stage"], r["epoch"]) for r in _rows(tmp_path / "log.csv")][-2:] == [("finetune", "1"), ("finetune", "2")]
 
 
 def test_tensorboard_events_read_back(tmp_path):

@@ -4,9 +4,12 @@ event files (`RUN/tensorboard/`, with the optional `tensorboard` package: `--log
 metrics.json is the run's summary, written at the end; a fine-tune of minutes to hours needs a
 record that grows while it runs. Each epoch that ends adds one row for its stage ("head": the
 new softmax on cached features, "finetune"): losses, accuracy, learning rates, timings and the
-share of the epoch spent waiting for data. The CSV is rewritten atomically each epoch (a few
-hundred rows at most), so a killed run leaves a complete file, never half a row; a resumed run
-starts from the rows on disk and replaces an epoch it runs again rather than doubling it.
+share of the epoch spent waiting for data. The CSV is rewritten atomically (a few hundred rows
+at most), so a killed run leaves a complete file, never half a row; a resumed run starts from the
+rows on disk and replaces an epoch it runs again rather than doubling it. An atomic write costs
+about 10 ms, as much as a head epoch on cached features, so head epochs are written when the
+last write is `EVERY_S` old and when the head ends; every fine-tuning epoch is written as it ends,
+before its checkpoint.
 
 TensorBoard files are append-only, so they are kept honest another way: a fresh run removes the
 event files an earlier run into the same folder wrote (graft names its own `*.graft`, so it
@@ -20,6 +23,7 @@ import csv
 import io
 import logging
 import math
+import time
 from pathlib import Path
 
 from .._atomic import write_bytes
@@ -31,6 +35,7 @@ log = logging.getLogger("graft")
 LOG_KINDS = ("csv", "tensorboard")
 CSV_FILE, TENSORBOARD_DIR = LOG_CSV, TENSORBOARD  # named once, in graft.run (what --out may hold)
 EVENTS_SUFFIX = ".graft"  # the end of every event file graft writes: what a fresh run may remove
+EVERY_S = 1.0  # seconds between writes while epochs end faster than that
 COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "lr", "lr_backbone", "epoch_s",
            "data_wait_s", "step_s", "val_s", "data_wait_share"]
 
@@ -69,16 +74,20 @@ class TrainingLog:
         self.rows: list[dict] = self._read() if resume else []
         self._logged_before = {(r["stage"], int(r["epoch"])) for r in self.rows}
         self._tb = None
+        self._pending: list[dict] = []  # rows TensorBoard has not been sent yet
+        self._written = -math.inf  # when the files were last written (time.monotonic)
 
     def files(self) -> dict:
         """What the log writes, relative to the run folder (recorded in metrics.json)."""
         return {"csv": CSV_FILE, **({"tensorboard": TENSORBOARD_DIR} if "tensorboard" in self.kinds else {})}
 
-    def on_epoch(self, stage: str):
-        """The callback graft.head.train_head and graft.finetune.finetune call: (epoch, scalars)."""
-        return lambda epoch, scalars: self.epoch(stage, epoch, **scalars)
+    def on_epoch(self, stage: str, *, each: bool = False):
+        """The callback graft.head.train_head and graft.finetune.finetune call: (epoch, scalars).
+        `each`: write every epoch (fine-tuning, whose epochs end in a checkpoint: the log then
+        holds every epoch a resumed run will not run again)."""
+        return lambda epoch, scalars: self.epoch(stage, epoch, flush=each, **scalars)
 
-    def epoch(self, stage: str, epoch: int, **scalars) -> None:
+    def epoch(self, stage: str, epoch: int, *, flush: bool = False, **scalars) -> None:
         row = {"stage": stage, "epoch": int(epoch)}
         row.update({k: _finite(v) for k, v in scalars.items()})
         at = next((i for i, r in enumerate(self.rows) if (r["stage"], int(r["epoch"])) == (stage, int(epoch))), None)
@@ -86,15 +95,29 @@ class TrainingLog:
             self.rows.append(row)
         else:  # an epoch run again (resumed, or the head before a resumed fine-tune) keeps its place
             self.rows[at] = row
-        self._write_csv()
         if "tensorboard" in self.kinds and (stage, int(epoch)) not in self._logged_before:
+            self._pending.append(row)
+        stage_changed = len(self.rows) > 1 and self.rows[-2]["stage"] != stage and at is None
+        if flush or stage_changed or time.monotonic() - self._written >= EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the last epochs added (a stage's end calls it; epochs call it now and then)."""
+        if not self.rows:
+            return
+        self._write_csv()
+        if self._pending:
             tb = self._writer()
-            for k, v in row.items():
-                if k not in ("stage", "epoch") and v is not None:
-                    tb.add_scalar(f"{stage}/{k}", v, int(epoch))
+            for row in self._pending:
+                for k, v in row.items():
+                    if k not in ("stage", "epoch") and v is not None:
+                        tb.add_scalar(f"{row['stage']}/{k}", v, int(row["epoch"]))
             tb.flush()
+            self._pending = []
+        self._written = time.monotonic()
 
     def close(self) -> None:
+        self.flush()
         if self._tb is not None:
             self._tb.close()
             self._tb = None

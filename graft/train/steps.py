@@ -274,6 +274,7 @@ def probe(job: Job, f: Features) -> Fitted:
     if job.epoch_log is not None:  # the head's epochs are its cross-validated AdamW curve
         for epoch, loss in enumerate(curve, 1):
             job.epoch_log.epoch("head", epoch, cv_loss=loss)
+        job.epoch_log.flush()  # the head's rows are on disk before fine-tuning starts
     epochs = choice.epochs or 0
     record = {"head": {**cfg.to_json(), "solver": choice.solver, "strength": choice.strength,
                        "epochs": choice.epochs, "class_weight": choice.class_weight}}
@@ -334,7 +335,7 @@ def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
                    resume=job.cfg.resume, progress=job.progress, extract=boundary_activations,
                    boundary_cache=job.cfg.boundary_cache, aug_device=job.cfg.aug_device,
                    decoded_dir=job.decoded_dir, dist=job.dist,
-                   on_epoch=job.epoch_log.on_epoch("finetune") if job.epoch_log else None)
+                   on_epoch=job.epoch_log.on_epoch("finetune", each=True) if job.epoch_log else None)
     if res.boundary_cache and job.dist.is_main:
         log.info("frozen stages' activations came from the boundary cache: only the trainable stages ran")
     loop = {k: res.timings[k] for k in ("data_wait_s", "step_s", "val_s")}
