@@ -110,46 +110,9 @@ class DigestIndex:
         return tuple(e[2:5]) if e[2] == "bad" else ("ok", e[3], tuple(e[4]))
 
     def identify(self, path: Path, rel: str):
-        """Read `path` once: digest and header probe; the entry is None if the file changed meanwhile.
-
-        Only a regular file of at most MAX_FILE_BYTES is read (a FIFO named x.jpg would block a
-        plain read forever, a symlink to /dev/zero never ends); it is hashed in blocks, not held
-        whole. A refusal is remembered like any result, under the stat that earned it."""
+        """Read `path` once (identify_file) and note that this scan saw it."""
         self.seen.add(rel)
-        read_at = _now()
-        before = nbytes = None
-        try:
-            before = os.stat(path)  # the stat a refusal is keyed on (open_regular refuses before opening)
-            with open_regular(path, max_bytes=MAX_FILE_BYTES) as f:
-                before = os.fstat(f.fileno())
-                h = hashlib.sha256()
-                nbytes = 0
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-                    nbytes += len(block)
-                    if nbytes > MAX_FILE_BYTES:  # grew since it was opened
-                        raise ImageError(path, f"refused: grew past {MAX_FILE_BYTES >> 20} MB while it was read",
-                                         "too_large")
-                f.seek(0)
-                _, size = probe_file(path, f, nbytes)
-            result = ("ok", h.hexdigest(), tuple(size))
-        except ImageError as e:
-            result = ("bad", e.reason, e.code)
-        except OSError as e:
-            e = read_error(path, e)
-            result = ("bad", e.reason, e.code)
-        if before is None:  # not even a stat: nothing to key an entry on
-            return result, None
-        try:
-            after = os.stat(path)
-        except OSError:
-            return result, None
-        key = stat_key(before)
-        if key != stat_key(after) or (nbytes is not None and nbytes != before.st_size):
-            return result, None
-        entry = [key, read_at, *(["bad", result[1], result[2]] if result[0] == "bad"
-                                 else ["ok", result[1], list(result[2])])]
-        return result, entry
+        return identify_file(path)
 
     def record(self, rel: str, entry) -> None:
         """Store an `identify` entry (from the main thread: workers only compute)."""
@@ -234,3 +197,46 @@ def _locked(path: Path):
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def identify_file(path: Path):
+    """Read `path` once: digest and header probe. -> (result, index entry); the entry is None if
+    the file changed meanwhile.
+
+    Only a regular file of at most MAX_FILE_BYTES is read (a FIFO named x.jpg would block a
+    plain read forever, a symlink to /dev/zero never ends); it is hashed in blocks, not held
+    whole. A refusal is remembered like any result, under the stat that earned it."""
+    read_at = _now()
+    before = nbytes = None
+    try:
+        before = os.stat(path)  # the stat a refusal is keyed on (open_regular refuses before opening)
+        with open_regular(path, max_bytes=MAX_FILE_BYTES) as f:
+            before = os.fstat(f.fileno())
+            h = hashlib.sha256()
+            nbytes = 0
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+                nbytes += len(block)
+                if nbytes > MAX_FILE_BYTES:  # grew since it was opened
+                    raise ImageError(path, f"refused: grew past {MAX_FILE_BYTES >> 20} MB while it was read",
+                                     "too_large")
+            f.seek(0)
+            _, size = probe_file(path, f, nbytes)
+        result = ("ok", h.hexdigest(), tuple(size))
+    except ImageError as e:
+        result = ("bad", e.reason, e.code)
+    except OSError as e:
+        e = read_error(path, e)
+        result = ("bad", e.reason, e.code)
+    if before is None:  # not even a stat: nothing to key an entry on
+        return result, None
+    try:
+        after = os.stat(path)
+    except OSError:
+        return result, None
+    key = stat_key(before)
+    if key != stat_key(after) or (nbytes is not None and nbytes != before.st_size):
+        return result, None
+    entry = [key, read_at, *(["bad", result[1], result[2]] if result[0] == "bad"
+                             else ["ok", result[1], list(result[2])])]
+    return result, entry

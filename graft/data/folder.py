@@ -33,7 +33,7 @@ from pathlib import Path
 from .._digest import sha256_file
 from .._files import open_regular
 from ..errors import GraftError, ImageError
-from .digests import DigestIndex
+from .digests import DigestIndex, identify_file
 from .images import SUPPORTED_EXTENSIONS
 
 
@@ -208,13 +208,13 @@ def identify(files: list[tuple[Path, int]]) -> tuple[list[Sample], list[dict]]:
     """Read, probe and hash each (path, label): the one door from a listed file to a Sample,
     whether the list came from folders or a label file. Returns (samples, skipped)."""
     with ThreadPoolExecutor(max_workers=8) as pool:  # hashing releases the GIL
-        results = list(pool.map(lambda item: _identify(*item), files))
+        results = list(pool.map(lambda item: identify_file(item[0])[0], files))
     samples, skipped = [], []
-    for r in results:
-        if isinstance(r, ImageError):
-            skipped.append({"path": r.path, "reason": r.reason, "code": r.code})
+    for (p, label), (kind, *rest) in zip(files, results):
+        if kind == "bad":
+            skipped.append({"path": str(p), "reason": rest[0], "code": rest[1]})
         else:
-            samples.append(r)
+            samples.append(Sample(p, label, rest[0], tuple(rest[1])))
     return samples, skipped
 
 
