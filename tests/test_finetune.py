@@ -515,5 +515,5 @@ def test_cli_resume_with_other_train_stages_is_one_line_error(resume_env, resume
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("graft: error: "), p.stderr
-    assert "train_stages=2" in lines[0] and "not 3" in lines[0] and "same settings" in lines[0], lines[0]
+    assert "train_stages=2" in lines[0] and "(now 3)" in lines[0] and "same settings" in lines[0], lines[0]
     assert not (other / "model.json").exists()
