@@ -15,6 +15,7 @@ ONNX export of the run without it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -192,9 +193,10 @@ def is_graft_run(folder) -> bool:
 
 def check_out(out, photos) -> None:
     """Refuse a training --out that would overwrite or mix with what graft did not make: the
-    photos themselves or a folder inside them, a file, or a non-empty folder that is not a
-    graft run (a fine-tuning killed before its model, which --resume continues, leaves only its
-    checkpoint and its epoch log: IN_PROGRESS). A GraftError says which and what to give instead."""
+    photos themselves or a folder inside them, a file or a path inside one, a folder that cannot be
+    written, or a non-empty folder that is not a graft run (a fine-tuning killed before its model,
+    which --resume continues, leaves only its checkpoint and its epoch log: IN_PROGRESS). A
+    GraftError says which and what to give instead, before any photo is read."""
     out, photos = Path(out).expanduser(), Path(photos).expanduser()
     o, p = out.resolve(), photos.resolve()
     if o == p or p in o.parents:
@@ -202,6 +204,11 @@ def check_out(out, photos) -> None:
                          f"the run would mix with the photos; give a folder outside it, e.g. runs/{p.name}")
     if out.exists() and not out.is_dir():
         raise GraftError(f"--out {out} is a file; give a folder for the run")
+    made = next(q for q in (out, *out.parents) if q.exists() or q == q.parent)  # what is there already
+    if not made.is_dir():
+        raise GraftError(f"--out {out} is inside {made}, which is a file; give a folder for the run")
+    if not os.access(made, os.W_OK | os.X_OK):
+        raise GraftError(f"--out {out}: no permission to write in {made}; make it writable or give another folder")
     if not out.is_dir() or is_graft_run(out):
         return
     entries = sorted(e.name for e in out.iterdir() if not e.name.startswith(".tmp-"))

@@ -1179,3 +1179,161 @@ def test_predict_topk_below_one_is_refused(trained_run, tmp_path, capsys, k):
     make_photo(np.random.default_rng(0), "red").save(tmp_path / "p.jpg")
     rc, out, err = graft_cli(["predict", trained_run.run, tmp_path / "p.jpg", "--topk", k], capsys)
     assert_one_line(rc, err, "--topk must be a whole number >= 1")
+
+
+# --- caches and run folders that cannot be used as they are (item 9) -----------------------------------
+
+@pytest.fixture
+def cli_log(monkeypatch):
+    """The CLI's one-line log handler made afresh, on this test's captured stderr (a handler from an
+    earlier test writes to that test's); the logger is restored afterwards."""
+    logger = logging.getLogger("graft")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
+    monkeypatch.setattr(logger, "level", logger.level)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` read-only for this process: a read-only bind mount as root (chmod does not stop root),
+    file modes otherwise; skips the test where neither is possible."""
+    folder = Path(folder)
+    if not IS_ROOT:
+        paths = [folder, *folder.rglob("*")]
+        modes = {p: stat.S_IMODE(p.stat().st_mode) for p in paths}
+        for p in reversed(paths):
+            p.chmod(modes[p] & ~0o222)
+        try:
+            yield
+        finally:
+            for p in paths:
+                p.chmod(modes[p])
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command for a read-only bind mount")
+    r = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot bind-mount here: {r.stderr.decode().strip()}")
+    try:
+        r = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot remount read-only here: {r.stderr.decode().strip()}")
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["file", "inside-a-file"])
+def test_a_cache_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, cli_log, where):
+    photos = make_photo_folder(tmp_path / "photos", per_class=2)
+    (tmp_path / "cachefile").write_text("a file of the user's")
+    cache = tmp_path / "cachefile" if where == "file" else tmp_path / "cachefile" / "sub"
+    rc, out, err = graft_cli(["train", photos, "--out", tmp_path / "run", "--cache-dir", cache, "--quiet",
+                              "--strategy", "head", "--workers", "0"], capsys)
+    assert_one_line(rc, err, f"--cache-dir {cache}", "which is a file" if where != "file" else "is a file",
+                    "give a folder for graft's cache")
+    assert (tmp_path / "cachefile").read_text() == "a file of the user's" and not (tmp_path / "run").exists()
+
+
+def test_the_cache_root_from_the_environment_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    from graft.cache import cache_root
+
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "f"))
+    with pytest.raises(GraftError, match=r"GRAFT_CACHE_DIR or the default\) .*/f is a file"):
+        cache_root()
+    assert cache_root(tmp_path / "new" / "cache") == tmp_path / "new" / "cache"  # not there yet: fine
+
+
+def _read_only_warnings(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if "cannot be written" in ln]
+
+
+@pytest.mark.parametrize("state", ["empty", "warm-plus-one-new-photo"])
+def test_training_on_a_read_only_cache_computes_what_is_missing_and_says_so_once(tmp_path, capsys, cli_log,
+                                                                                 default_backbone, state):
+    import graft
+
+    photos = make_photo_folder(tmp_path / "photos", per_class=3, seed=4)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if state != "empty":
+        graft.train(photos, tmp_path / "warm-run", backbone=default_backbone, cache_dir=cache, strategy="head",
+                    workers=0, progress=False)
+        make_photo(np.random.default_rng(99), "red").save(photos / "red" / "new.jpg")
+    before = _listing(cache)
+    with read_only(cache):
+        rc, out, err = graft_cli(["train", photos, "--out", tmp_path / "run", "--cache-dir", cache, "--json",
+                                  "--strategy", "head", "--workers", "0"], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    said = _read_only_warnings(err)
+    assert len(said) == 1 and "WARNING" in said[0] and str(cache) in said[0], err
+    assert "not kept" in said[0] and "give a writable --cache-dir" in said[0]
+    metrics = json.loads(out)
+    assert metrics["cache"]["misses"] == (6 if state == "empty" else 1), metrics["cache"]
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert _listing(cache) == before  # nothing written into the read-only cache
+
+
+def test_a_read_only_feature_cache_keeps_new_features_for_its_own_life_only(tmp_path, monkeypatch, caplog):
+    """In process, whatever the user: the lock cannot be opened (EROFS), so new shards go to a
+    temporary folder that FeatureRows keeps alive and that goes with the cache."""
+    import gc
+
+    from graft.cache import FeatureCache
+    from graft.cache import features as fc_module
+    from graft.cache.rows import FeatureRows
+
+    cache_dir = tmp_path / "cache"
+    FeatureCache(cache_dir, {"arch": "t"}).put(["a"], np.ones((1, 4), np.float32))  # a warm entry
+    before = _listing(cache_dir)
+    real_open = open
+
+    def no_write(path, mode="r", *a, **k):
+        if any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(fc_module, "open", no_write, raising=False)
+    cache = FeatureCache(cache_dir, {"arch": "t"})
+    logging.getLogger("graft").propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="graft"):
+            for _ in range(2):
+                with cache.extraction_lock():
+                    cache.put(["b"], np.full((1, 4), 2, np.float32))
+            with pytest.raises(GraftError, match="under torchrun the ranks share features"):
+                with FeatureCache(cache_dir, {"arch": "t"}).extraction_lock(shared=True):
+                    pass
+    finally:
+        logging.getLogger("graft").propagate = False
+    assert cache.read_only and len([r for r in caplog.records if "cannot be written" in r.getMessage()]) == 1
+    rows = FeatureRows(cache, ["a", "b"])
+    spill = Path(cache._spill.name)
+    del cache
+    gc.collect()
+    assert np.array_equal(np.asarray(rows), [[1] * 4, [2] * 4]) and spill.is_dir()
+    del rows
+    gc.collect()
+    assert not spill.exists() and _listing(cache_dir) == before
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "deep-under-a-file", "read-only-folder"])
+def test_an_out_folder_that_cannot_be_made_is_refused_before_training(tmp_path, capsys, cli_log, where):
+    photos = make_photo_folder(tmp_path / "photos", per_class=2)
+    (tmp_path / "somefile").write_text("the user's")
+    (tmp_path / "ro").mkdir()
+    out = {"under-a-file": tmp_path / "somefile" / "run", "deep-under-a-file": tmp_path / "somefile" / "a" / "run",
+           "read-only-folder": tmp_path / "ro" / "run"}[where]
+    cache = tmp_path / "cache"
+    with read_only(tmp_path / "ro") if where == "read-only-folder" else contextlib.nullcontext():
+        rc, out_text, err = graft_cli(["train", photos, "--out", out, "--cache-dir", cache, "--quiet",
+                                       "--strategy", "head", "--workers", "0"], capsys)
+    says = "no permission to write in" if where == "read-only-folder" else f"which is a file"
+    assert_one_line(rc, err, f"--out {out}", says)
+    assert not cache.exists()  # refused before the photos were scanned: no digest index, no feature
+    assert (tmp_path / "somefile").read_text() == "the user's"
