@@ -1457,3 +1457,54 @@ def test_an_export_onto_a_full_disk_is_one_line_and_leaves_no_temp_file(trained_
     assert_one_line(p.returncode, p.stderr, f"could not write {run / file}",
                     "the disk (or a size limit) is full")
     assert _listing(run) == before  # no temp file, no export.json
+
+
+# --- check and train agree; what the CLI says once (item 14) ---------------------------------------------
+
+def test_check_and_train_agree_on_extreme_and_merely_thin_images(tmp_path, default_backbone):
+    """A 5000x2 image that decodes fine: check calls it an error ("not decoded, remove it") and train
+    indeed skips it, with the same code and reason; a 400x20 one (20:1, the limit) is a warning
+    for check and a training photo for train."""
+    import graft
+    from graft.check import check_photos
+
+    photos = make_photo_folder(tmp_path / "photos", per_class=4, seed=3)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (2, 5000, 3), dtype=np.uint8)).save(photos / "red" / "thin.png")
+    Image.fromarray(rng.integers(0, 255, (20, 400, 3), dtype=np.uint8)).save(photos / "red" / "wide.png")
+    assert read_image(photos / "red" / "thin.png").size == (5000, 2)  # it does decode
+    report = check_photos(photos, deep=False, backbone=default_backbone, workers=0)
+    said = {Path(f["path"]).name: f for f in report["findings"] if Path(f["path"] or ".").suffix == ".png"}
+    assert said["thin.png"]["level"] == "error" and said["thin.png"]["code"] == "extreme_aspect"
+    assert said["wide.png"]["level"] != "error"
+    result = graft.train(photos, tmp_path / "run", backbone=default_backbone, cache_dir=tmp_path / "cache",
+                         strategy="head", workers=0, progress=False)
+    skipped = {Path(s["path"]).name: s for s in result.metrics["skipped"]}
+    assert set(skipped) == {"thin.png"} and skipped["thin.png"]["code"] == "extreme_aspect"
+    assert said["thin.png"]["message"].endswith(skipped["thin.png"]["reason"])
+    assert result.metrics["n_train"] + result.metrics["n_val"] == 9  # the 8 photos and wide.png
+
+
+def test_cli_train_says_no_validation_photo_once(tmp_path, capsys, cli_log, monkeypatch):
+    """The report scans the photos again after training: the warning is still one line."""
+    import graft.data.folder as folder
+
+    monkeypatch.setattr(folder, "_warned", set())  # as in a fresh process
+    photos = make_photo_folder(tmp_path / "photos", per_class=1, seed=11)
+    rc, out, err = graft_cli(["train", photos, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache",
+                              "--quiet", "--strategy", "head", "--workers", "0"], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    assert err.count("no validation photo") == 1, err
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_cli_train_with_a_text_file_as_weights_says_what_it_is(tmp_path, capsys, cli_log):
+    photos = make_photo_folder(tmp_path / "photos", per_class=2)
+    (tmp_path / "notes.txt").write_text("these are my notes, not weights\n")
+    rc, out, err = graft_cli(["train", photos, "--out", tmp_path / "run", "--weights", tmp_path / "notes.txt",
+                              "--cache-dir", tmp_path / "cache", "--quiet", "--strategy", "head"], capsys)
+    errors = [ln for ln in err.splitlines() if ln.startswith("graft: error:")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "is not a weights file: neither safetensors nor a PyTorch checkpoint" in errors[0], err
+    assert str(tmp_path / "notes.txt") in errors[0] and not errors[0].rstrip().endswith(": 101")
+    assert not (tmp_path / "run" / "model.json").exists()
