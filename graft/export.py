@@ -20,6 +20,7 @@ normalisation, features, head and novelty check) on a random batch of another ba
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import warnings
@@ -103,11 +104,15 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
     example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
 
+    # TorchScript is made whole in memory first: torch's C++ file writer, failing on a full disk,
+    # aborts the process (SIGABRT) from a destructor, while a failed Python write is one GraftError
+    data = _torchscript_bytes(wrapped, example, info) if fmt == "torchscript" else None
     with atomic_path(out) as tmp:
         if fmt == "onnx":
             _write_onnx(wrapped, example, tmp, info)
         else:
-            _write_torchscript(wrapped, example, tmp, info)
+            tmp.write_bytes(data)
+            del data
         check = _verify(fmt, tmp, model, novelty) if verify else "not checked"
     entry = {
         "format": fmt,
@@ -238,13 +243,16 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, info: dict)
     onnx.save(proto, str(path))
 
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, info: dict) -> None:
+def _torchscript_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes:
+    """The traced model as a TorchScript file's bytes (torch.jit.save into memory)."""
     with torch.no_grad(), warnings.catch_warnings():
         # shape arithmetic of fixed-size padding (TracerWarning); torch.jit's deprecation notices
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA: json.dumps(info)})
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf, _extra_files={TORCHSCRIPT_METADATA: json.dumps(info)})
+    return buf.getvalue()
 
 
 def _write_client(folder: Path, old: dict | None) -> dict | None:

@@ -15,6 +15,9 @@ ONNX export of the run without it.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,9 +80,78 @@ def read_run_meta(run_dir) -> dict:
     run_dir = Path(run_dir)
     path = run_dir / "model.json"
     meta = read_json(path, missing=f"{run_dir} is not a graft run (no model.json); train one with `graft train`")
-    if meta.get("format") != FORMAT:
-        raise GraftError(f"{path} has format {meta.get('format')}, this graft reads format {FORMAT}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise GraftError(f"{path} has format {got}, this graft reads format {FORMAT}")
+    problem = meta_problem(meta)
+    if problem:
+        raise GraftError(f"{path} is not a valid graft run: {problem}; it was altered or damaged: "
+                         f"train the run again or restore its files")
+    _check_model_file(run_dir / "model.safetensors", meta)
     return meta
+
+
+# What a run's model.json may say: bounds that keep a tampered file from building a nonsense
+# network or allocating gigabytes before any check (a 30000-pixel crop is 10.8 GB a batch).
+SIZE_RANGE = (16, 4096)  # preprocessing size (the square the network sees)
+RESIZE_RANGE = (16, 8192)  # the shorter side before the crop
+MAX_WIDTH = 1 << 20  # a head layer's inputs or outputs
+MAX_HEAD_PARAMETERS = 1 << 28  # 1 GiB of float32
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
+
+
+def meta_problem(meta: dict) -> str | None:
+    """What is wrong with a run description (model.json), in a few words, or None. Checked
+    wherever a run is read (read_run_meta): predict, evaluate, export, serve, the Predictor."""
+    def whole(v, lo, hi):
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        return '"classes" is not a list of class names'
+    if len(set(classes)) != len(classes):
+        return '"classes" names a class twice'
+    bb = meta.get("backbone")
+    if not isinstance(bb, dict) or not all(isinstance(bb.get(k), str) for k in ("spec", "arch", "weights_digest")):
+        return 'no "backbone" with its spec, arch and weights_digest'
+    if not isinstance(bb.get("stored", False), bool):
+        return '"backbone"."stored" is not true or false'
+    pre = meta.get("preprocessing")
+    if not isinstance(pre, dict):
+        return 'no "preprocessing"'
+    if not whole(pre.get("size"), *SIZE_RANGE):
+        return f'preprocessing "size" is {pre.get("size")!r}, not a whole number in {SIZE_RANGE[0]}..{SIZE_RANGE[1]}'
+    if not whole(pre.get("resize"), *RESIZE_RANGE):
+        return (f'preprocessing "resize" is {pre.get("resize")!r}, not a whole number in '
+                f'{RESIZE_RANGE[0]}..{RESIZE_RANGE[1]}')
+    if pre.get("interpolation") not in INTERPOLATIONS:
+        return f'preprocessing "interpolation" is {pre.get("interpolation")!r}, not one of {", ".join(INTERPOLATIONS)}'
+    for key in ("mean", "std"):
+        v = pre.get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(number(x) for x in v) or (
+                key == "std" and not all(x > 0 for x in v)):
+            return f'preprocessing "{key}" is not three {"positive " if key == "std" else ""}numbers'
+    head = meta.get("head")
+    if not isinstance(head, dict):
+        return 'no "head" (the shape of the trained top)'
+    hidden = head.get("hidden", [])
+    if head.get("type") not in ("linear", "mlp") or not isinstance(hidden, list):
+        return f'"head" has type {head.get("type")!r}, not linear or mlp'
+    widths = [head.get("in_features"), *hidden, head.get("out_features")]
+    if not all(whole(w, 1, MAX_WIDTH) for w in widths):
+        return f'"head" has layer widths {widths}, not whole numbers in 1..{MAX_WIDTH}'
+    if sum((a + 1) * b for a, b in zip(widths, widths[1:])) > MAX_HEAD_PARAMETERS:
+        return f'"head" has layer widths {widths}: over {MAX_HEAD_PARAMETERS} parameters'
+    if not (number(head.get("dropout", 0.0)) and 0 <= head.get("dropout", 0.0) < 1):
+        return f'"head" has dropout {head.get("dropout")!r}, not a number in [0, 1)'
+    if widths[-1] != len(classes):
+        return f'"classes" lists {len(classes)} classes but the head has {widths[-1]} outputs'
+    if meta.get("cut") is not None and not whole(meta.get("cut"), 0, 1000):
+        return f'"cut" is {meta.get("cut")!r}, not a whole number'
+    return None
 
 
 def run_backbone_source(meta: dict, weights=None) -> BackboneSource:
@@ -107,18 +179,19 @@ def load_run(run_dir, *, weights=None) -> Classifier:
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
+    path = run_dir / "model.safetensors"
     try:
-        tensors = load_file(str(run_dir / "model.safetensors"), device="cpu")
+        tensors = load_file(str(path), device="cpu")
     except Exception as e:
-        raise GraftError(f"cannot read {run_dir / 'model.safetensors'}: {e}") from None
+        raise GraftError(f"cannot read {path}: {e}") from None
     pre = Preprocessing.from_json(meta["preprocessing"])
     if meta["backbone"].get("stored"):
         backbone = rebuild_backbone(meta["backbone"], pre)
-        backbone.load_state_dict(_prefixed(tensors, "backbone."))
+        _load_state(path, backbone, _prefixed(tensors, "backbone."), "backbone")
     else:
         backbone = run_backbone_source(meta, weights).build()
     head = head_from_spec(meta["head"])
-    head.load_state_dict(_prefixed(tensors, "head."))
+    _load_state(path, head, _prefixed(tensors, "head."), "head")
     model = Classifier(backbone, head, meta["classes"], cut=meta.get("cut"))
     model.eval()
     model.meta = meta
@@ -136,10 +209,75 @@ def load_head(run_dir) -> nn.Module:
     path = Path(run_dir) / "model.safetensors"
     try:
         with safe_open(str(path), framework="pt") as f:
-            head.load_state_dict({k[5:]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")})
+            state = {k[5:]: f.get_tensor(k) for k in f.keys() if k.startswith("head.")}
     except Exception as e:
         raise GraftError(f"cannot read {path}: {e}") from None
+    _load_state(path, head, state, "head")
     return head.eval()
+
+
+def head_tensor_shapes(spec: dict) -> dict[str, list[int]]:
+    """The tensors graft.head.make_head's module for `spec` has, as model.safetensors names them
+    (`head.` + its state_dict keys) with their shapes; computed here without torch."""
+    widths = [spec["in_features"], *spec.get("hidden", []), spec["out_features"]]
+    if len(widths) == 2:  # nn.Linear
+        return {"head.weight": [widths[1], widths[0]], "head.bias": [widths[1]]}
+    shapes = {}  # nn.Sequential of (Dropout, Linear, ReLU) per hidden layer, then Dropout, Linear
+    for j, (a, b) in enumerate(zip(widths, widths[1:])):
+        shapes[f"head.{3 * j + 1}.weight"], shapes[f"head.{3 * j + 1}.bias"] = [b, a], [b]
+    return shapes
+
+
+def _check_model_file(path: Path, meta: dict) -> None:
+    """model.safetensors holds exactly what model.json declares: the head it describes, tensor for
+    tensor and shape for shape, and the backbone's tensors only when the run stored it (a
+    head-only run's backbone is the pretrained one: tensors of a fine-tuned one there would be
+    either used silently or ignored silently). Reads the file's header only (no torch)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+            if not 0 < n <= 100_000_000:
+                raise ValueError("not a safetensors file")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("not a safetensors file")
+        shapes = {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    except (OSError, ValueError) as e:
+        raise GraftError(f"cannot read {path}: {e}") from None
+    stored = bool(meta["backbone"].get("stored"))
+    foreign = sorted(k for k in shapes if not (k.startswith("head.") or (stored and k.startswith("backbone."))))
+    want = head_tensor_shapes(meta["head"])
+    got = {k: v for k, v in shapes.items() if k.startswith("head.")}
+    problem = None
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        undeclared = " (backbone tensors in a run whose model.json says the backbone is not stored)" if any(
+            k.startswith("backbone.") for k in foreign) else ""
+        problem = f"it holds tensors model.json does not declare: {shown}{undeclared}"
+    elif stored and not any(k.startswith("backbone.") for k in shapes):
+        problem = "model.json says the backbone is stored, but it holds no backbone tensor"
+    elif got != want:
+        wrong = sorted(set(want) ^ set(got)) or [k for k in want if want[k] != got[k]]
+        k = wrong[0]
+        problem = (f"the head's tensors do not fit the head it describes ({k}: "
+                   f"{'shape ' + str(got[k]) if k in got else 'missing'}, model.json's head "
+                   f"{'needs ' + str(want[k]) if k in want else 'has no such tensor'})")
+    if problem:
+        raise GraftError(f"{path} does not match model.json: {problem}; the run was altered or damaged: "
+                         f"train it again or restore its files")
+
+
+def _load_state(path: Path, module: nn.Module, state: dict, what: str) -> None:
+    """module.load_state_dict(state), every key and shape checked; a mismatch is one GraftError line."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        why = " ".join(str(e).split())
+        why = why if len(why) <= 400 else why[:400] + "..."
+        raise GraftError(f"{path} does not match model.json: the {what}'s tensors do not fit the network "
+                         f"it describes ({why}); the run was altered or damaged: train it again or restore "
+                         f"its files") from None
 
 
 def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: int = 32,
@@ -157,6 +295,7 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
 
         from .data.placeholders import RefuseNonPhotos
 
+        head = load_head(run_dir)  # checked against model.json before any photo is read
         source = run_backbone_source(meta, weights)
         cache = FeatureCache(cache_root(cache_dir), cache_namespace(source))
         # refused as training refuses them: a placeholder's features in the cache would be used,
@@ -164,7 +303,7 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
         feats, ok, stats = extract_features(source.build, [s.digest for s in samples], paths, cache,
                                             load=RefuseNonPhotos(source.preprocessing.load), batch_size=batch_size,
                                             workers=workers, progress=progress, desc="features")
-        return feats, ok, load_head(run_dir), stats.skipped
+        return feats, ok, head, stats.skipped
     model = load_run(run_dir, weights=weights)
     feats, ok, skipped = None, np.ones(len(samples), bool), []
     for idx, f, errors in model.batches(paths, batch_size=batch_size, workers=workers):
@@ -192,9 +331,10 @@ def is_graft_run(folder) -> bool:
 
 def check_out(out, photos) -> None:
     """Refuse a training --out that would overwrite or mix with what graft did not make: the
-    photos themselves or a folder inside them, a file, or a non-empty folder that is not a
-    graft run (a fine-tuning killed before its model, which --resume continues, leaves only its
-    checkpoint and its epoch log: IN_PROGRESS). A GraftError says which and what to give instead."""
+    photos themselves or a folder inside them, a file or a path inside one, a folder that cannot be
+    written, or a non-empty folder that is not a graft run (a fine-tuning killed before its model,
+    which --resume continues, leaves only its checkpoint and its epoch log: IN_PROGRESS). A
+    GraftError says which and what to give instead, before any photo is read."""
     out, photos = Path(out).expanduser(), Path(photos).expanduser()
     o, p = out.resolve(), photos.resolve()
     if o == p or p in o.parents:
@@ -202,6 +342,11 @@ def check_out(out, photos) -> None:
                          f"the run would mix with the photos; give a folder outside it, e.g. runs/{p.name}")
     if out.exists() and not out.is_dir():
         raise GraftError(f"--out {out} is a file; give a folder for the run")
+    made = next(q for q in (out, *out.parents) if q.exists() or q == q.parent)  # what is there already
+    if not made.is_dir():
+        raise GraftError(f"--out {out} is inside {made}, which is a file; give a folder for the run")
+    if not os.access(made, os.W_OK | os.X_OK):
+        raise GraftError(f"--out {out}: no permission to write in {made}; make it writable or give another folder")
     if not out.is_dir() or is_graft_run(out):
         return
     entries = sorted(e.name for e in out.iterdir() if not e.name.startswith(".tmp-"))

@@ -1182,3 +1182,349 @@ def test_predict_topk_below_one_is_refused(trained_run, tmp_path, capsys, k):
     make_photo(np.random.default_rng(0), "red").save(tmp_path / "p.jpg")
     rc, out, err = graft_cli(["predict", trained_run.run, tmp_path / "p.jpg", "--topk", k], capsys)
     assert_one_line(rc, err, "--topk must be a whole number >= 1")
+
+
+# --- caches and run folders that cannot be used as they are (item 9) -----------------------------------
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is when it writes (capsys replaces it for each test)."""
+
+    def write(self, text):
+        return sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+@pytest.fixture
+def cli_log(monkeypatch):
+    """The CLI's log lines on this test's captured stderr, as `graft` prints them: the CLI sets up
+    its handler once per process (bound to the stderr of the test that ran first), and pytest adds
+    its own handlers to the logger, so this one is set up here; the logger is restored afterwards."""
+    from graft.cli import _OneLineFormatter
+
+    logger = logging.getLogger("graft")
+    handler = logging.StreamHandler(_CurrentStderr())
+    handler.setFormatter(_OneLineFormatter("graft: %(levelname)s: %(message)s"))
+    monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` read-only for this process: a read-only bind mount as root (chmod does not stop root),
+    file modes otherwise; skips the test where neither is possible."""
+    folder = Path(folder)
+    if not IS_ROOT:
+        paths = [folder, *folder.rglob("*")]
+        modes = {p: stat.S_IMODE(p.stat().st_mode) for p in paths}
+        for p in reversed(paths):
+            p.chmod(modes[p] & ~0o222)
+        try:
+            yield
+        finally:
+            for p in paths:
+                p.chmod(modes[p])
+        return
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command for a read-only bind mount")
+    r = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot bind-mount here: {r.stderr.decode().strip()}")
+    try:
+        r = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot remount read-only here: {r.stderr.decode().strip()}")
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["file", "inside-a-file"])
+def test_a_cache_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, cli_log, where):
+    photos = make_photo_folder(tmp_path / "photos", per_class=2)
+    (tmp_path / "cachefile").write_text("a file of the user's")
+    cache = tmp_path / "cachefile" if where == "file" else tmp_path / "cachefile" / "sub"
+    rc, out, err = graft_cli(["train", photos, "--out", tmp_path / "run", "--cache-dir", cache, "--quiet",
+                              "--strategy", "head", "--workers", "0"], capsys)
+    assert_one_line(rc, err, f"--cache-dir {cache}", "which is a file" if where != "file" else "is a file",
+                    "give a folder for graft's cache")
+    assert (tmp_path / "cachefile").read_text() == "a file of the user's" and not (tmp_path / "run").exists()
+
+
+def test_the_cache_root_from_the_environment_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    from graft.cache import cache_root
+
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "f"))
+    with pytest.raises(GraftError, match=r"GRAFT_CACHE_DIR or the default\) .*/f is a file"):
+        cache_root()
+    assert cache_root(tmp_path / "new" / "cache") == tmp_path / "new" / "cache"  # not there yet: fine
+
+
+def _read_only_warnings(err: str) -> list[str]:
+    return [ln for ln in err.splitlines() if "cannot be written" in ln]
+
+
+@pytest.mark.parametrize("state", ["empty", "warm-plus-one-new-photo"])
+def test_training_on_a_read_only_cache_computes_what_is_missing_and_says_so_once(tmp_path, capsys, cli_log,
+                                                                                 default_backbone, state):
+    import graft
+
+    photos = make_photo_folder(tmp_path / "photos", per_class=3, seed=4)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if state != "empty":
+        graft.train(photos, tmp_path / "warm-run", backbone=default_backbone, cache_dir=cache, strategy="head",
+                    workers=0, progress=False)
+        make_photo(np.random.default_rng(99), "red").save(photos / "red" / "new.jpg")
+    before = _listing(cache)
+    with read_only(cache):
+        rc, out, err = graft_cli(["train", photos, "--out", tmp_path / "run", "--cache-dir", cache, "--json",
+                                  "--strategy", "head", "--workers", "0"], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    said = _read_only_warnings(err)
+    assert len(said) == 1 and "WARNING" in said[0] and str(cache) in said[0], err
+    assert "not kept" in said[0] and "give a writable --cache-dir" in said[0]
+    metrics = json.loads(out)
+    assert metrics["cache"]["misses"] == (6 if state == "empty" else 1), metrics["cache"]
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert _listing(cache) == before  # nothing written into the read-only cache
+
+
+def test_a_read_only_feature_cache_keeps_new_features_for_its_own_life_only(tmp_path, monkeypatch):
+    """In process, whatever the user: the lock cannot be opened (EROFS), so new shards go to a
+    temporary folder that FeatureRows keeps alive and that goes with the cache."""
+    import gc
+
+    from graft.cache import FeatureCache
+    from graft.cache import features as fc_module
+    from graft.cache.rows import FeatureRows
+
+    cache_dir = tmp_path / "cache"
+    FeatureCache(cache_dir, {"arch": "t"}).put(["a"], np.ones((1, 4), np.float32))  # a warm entry
+    before = _listing(cache_dir)
+    real_open = open
+
+    def no_write(path, mode="r", *a, **k):
+        if any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(fc_module, "open", no_write, raising=False)
+    cache = FeatureCache(cache_dir, {"arch": "t"})
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("graft").addHandler(handler)
+    try:
+        for _ in range(2):
+            with cache.extraction_lock():
+                cache.put(["b"], np.full((1, 4), 2, np.float32))
+        with pytest.raises(GraftError, match="under torchrun the ranks share features"):
+            with FeatureCache(cache_dir, {"arch": "t"}).extraction_lock(shared=True):
+                pass
+    finally:
+        logging.getLogger("graft").removeHandler(handler)
+    assert cache.read_only and len([r for r in records if "cannot be written" in r.getMessage()]) == 1
+    rows = FeatureRows(cache, ["a", "b"])
+    spill = Path(cache._spill.name)
+    del cache
+    gc.collect()
+    assert np.array_equal(np.asarray(rows), [[1] * 4, [2] * 4]) and spill.is_dir()
+    del rows
+    gc.collect()
+    assert not spill.exists() and _listing(cache_dir) == before
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "deep-under-a-file", "read-only-folder"])
+def test_an_out_folder_that_cannot_be_made_is_refused_before_training(tmp_path, capsys, cli_log, where):
+    photos = make_photo_folder(tmp_path / "photos", per_class=2)
+    (tmp_path / "somefile").write_text("the user's")
+    (tmp_path / "ro").mkdir()
+    out = {"under-a-file": tmp_path / "somefile" / "run", "deep-under-a-file": tmp_path / "somefile" / "a" / "run",
+           "read-only-folder": tmp_path / "ro" / "run"}[where]
+    cache = tmp_path / "cache"
+    with read_only(tmp_path / "ro") if where == "read-only-folder" else contextlib.nullcontext():
+        rc, out_text, err = graft_cli(["train", photos, "--out", out, "--cache-dir", cache, "--quiet",
+                                       "--strategy", "head", "--workers", "0"], capsys)
+    says = "no permission to write in" if where == "read-only-folder" else f"which is a file"
+    assert_one_line(rc, err, f"--out {out}", says)
+    assert not cache.exists()  # refused before the photos were scanned: no digest index, no feature
+    assert (tmp_path / "somefile").read_text() == "the user's"
+
+
+# --- tampered runs: refused where a run is read, for every command (item 11) ----------------------------
+
+def _tamper(run: Path, how: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    meta = json.loads((run / "model.json").read_text())
+    tensors = load_file(str(run / "model.safetensors"))
+    if how == "3-classes":  # the issue's: predict failed with "index out of range", export wrote 3 classes
+        meta["classes"].append("green")
+    elif how == "3-classes-3-outputs":  # consistent in model.json, not with the tensors
+        meta["classes"].append("green")
+        meta["head"]["out_features"] = 3
+    elif how == "no-head":
+        del meta["head"]
+    elif how.startswith("size-"):
+        meta["preprocessing"]["size"] = int(how.removeprefix("size-"))
+    elif how == "backbone-tensors":  # fine-tuned tensors in a head-only run
+        tensors["backbone.net.conv_stem.weight"] = torch.zeros(32, 3, 3, 3)
+    elif how == "stray-tensor":
+        tensors["extra.weight"] = torch.zeros(2)
+    elif how == "stored-without-backbone":
+        meta["backbone"]["stored"] = True
+    elif how == "classes-not-a-list":
+        meta["classes"] = "blue,red"
+    else:
+        raise ValueError(how)
+    (run / "model.json").write_text(json.dumps(meta))
+    save_file(tensors, str(run / "model.safetensors"))
+
+
+TAMPERED = {"3-classes": '"classes" lists 3 classes but the head has 2 outputs',
+            "3-classes-3-outputs": "the head's tensors do not fit the head it describes (head.weight: shape [2, 1280], model.json's head needs [3, 1280])",
+            "no-head": 'no "head"',
+            "size-0": 'preprocessing "size" is 0, not a whole number in 16..4096',
+            "size-30000": 'preprocessing "size" is 30000, not a whole number in 16..4096',
+            "backbone-tensors": "backbone tensors in a run whose model.json says the backbone is not stored",
+            "stray-tensor": "tensors model.json does not declare: extra.weight",
+            "stored-without-backbone": "says the backbone is stored, but it holds no backbone tensor",
+            "classes-not-a-list": '"classes" is not a list of class names'}
+
+
+@pytest.fixture
+def tampered(trained_run, tmp_path, request):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run, run)
+    _tamper(run, request.param)
+    return run, TAMPERED[request.param]
+
+
+@pytest.mark.parametrize("tampered", list(TAMPERED), indirect=True)
+@pytest.mark.parametrize("command", ["predict", "export", "evaluate", "predictor"])
+def test_a_tampered_run_is_refused_with_one_line_by_every_command(tampered, trained_run, tmp_path, capsys, command):
+    import graft
+
+    run, says = tampered
+    photo = tmp_path / "p.jpg"
+    make_photo(np.random.default_rng(0), "red").save(photo)
+    before = sorted(p.name for p in run.iterdir())
+    if command == "predictor":
+        with pytest.raises(GraftError) as e:
+            graft.Predictor(run, engine="torch").predict([photo])
+        err, rc = str(e.value), 2
+    else:
+        argv = {"predict": ["predict", run, photo, "--workers", "0"],
+                "export": ["export", run, "--format", "onnx", "--quiet"],
+                "evaluate": ["evaluate", run, trained_run.photos, "--workers", "0",
+                             "--cache-dir", tmp_path / "cache"]}[command]
+        rc, out, err = graft_cli(argv, capsys)
+        assert out == ""
+    assert_one_line(rc, err, says, str(run))
+    assert "altered or damaged" in err
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing exported from it
+
+
+@pytest.mark.parametrize("spec", [{"type": "linear", "in_features": 1280, "out_features": 5},
+                                  {"type": "mlp", "in_features": 64, "out_features": 3, "hidden": [32, 16],
+                                   "dropout": 0.2}], ids=["linear", "mlp"])
+def test_the_run_check_knows_the_heads_tensors_without_torch(spec):
+    from graft.head import head_from_spec
+    from graft.run import head_tensor_shapes
+
+    built = {f"head.{k}": list(v.shape) for k, v in head_from_spec(spec).state_dict().items()}
+    assert head_tensor_shapes(spec) == built
+
+
+def test_a_run_with_a_huge_head_in_model_json_is_refused_before_building_it(trained_run, tmp_path):
+    from graft.run import read_run_meta
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["head"].update(type="mlp", hidden=[1 << 20, 1 << 20])  # 4 TB of float32
+    (run / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(GraftError, match=r'"head" has layer widths .*: over 268435456 parameters'):
+        read_run_meta(run)
+
+
+# --- exports onto a full disk (item 8) --------------------------------------------------------------------
+
+_FULL_DISK_CLI = ("import resource, signal, sys\n"
+                  "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG\n"
+                  "resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, resource.RLIM_INFINITY))\n"
+                  "from graft.cli import main\n"
+                  "sys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize("fmt, file", [("torchscript", "model.torchscript.pt"), ("onnx", "model.onnx")])
+def test_an_export_onto_a_full_disk_is_one_line_and_leaves_no_temp_file(trained_run, tmp_path, fmt, file):
+    """It used to abort the process (torch's C++ writer: SIGABRT, exit 134) and leave its temp file."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run, run)
+    before = _listing(run)
+    p = subprocess.run([sys.executable, "-c", _FULL_DISK_CLI, "export", str(run), "--format", fmt],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 2, (p.returncode, p.stderr[-3000:])
+    assert_one_line(p.returncode, p.stderr, f"could not write {run / file}",
+                    "the disk (or a size limit) is full")
+    assert _listing(run) == before  # no temp file, no export.json
+
+
+# --- check and train agree; what the CLI says once (item 14) ---------------------------------------------
+
+def test_check_and_train_agree_on_extreme_and_merely_thin_images(tmp_path, default_backbone):
+    """A 5000x2 image that decodes fine: check calls it an error ("not decoded, remove it") and train
+    indeed skips it, with the same code and reason; a 400x20 one (20:1, the limit) is a warning
+    for check and a training photo for train."""
+    import graft
+    from graft.check import check_photos
+
+    photos = make_photo_folder(tmp_path / "photos", per_class=4, seed=3)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (2, 5000, 3), dtype=np.uint8)).save(photos / "red" / "thin.png")
+    Image.fromarray(rng.integers(0, 255, (20, 400, 3), dtype=np.uint8)).save(photos / "red" / "wide.png")
+    assert read_image(photos / "red" / "thin.png").size == (5000, 2)  # it does decode
+    report = check_photos(photos, deep=False, backbone=default_backbone, workers=0)
+    said = {Path(f["path"]).name: f for f in report["findings"] if Path(f["path"] or ".").suffix == ".png"}
+    assert said["thin.png"]["level"] == "error" and said["thin.png"]["code"] == "extreme_aspect"
+    assert said["wide.png"]["level"] != "error"
+    result = graft.train(photos, tmp_path / "run", backbone=default_backbone, cache_dir=tmp_path / "cache",
+                         strategy="head", workers=0, progress=False)
+    skipped = {Path(s["path"]).name: s for s in result.metrics["skipped"]}
+    assert set(skipped) == {"thin.png"} and skipped["thin.png"]["code"] == "extreme_aspect"
+    assert said["thin.png"]["message"].endswith(skipped["thin.png"]["reason"])
+    assert result.metrics["n_train"] + result.metrics["n_val"] == 9  # the 8 photos and wide.png
+
+
+def test_cli_train_says_no_validation_photo_once(tmp_path, capsys, cli_log, monkeypatch):
+    """The report scans the photos again after training: the warning is still one line."""
+    import graft.data.folder as folder
+
+    monkeypatch.setattr(folder, "_warned", set())  # as in a fresh process
+    photos = make_photo_folder(tmp_path / "photos", per_class=1, seed=11)
+    rc, out, err = graft_cli(["train", photos, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache",
+                              "--quiet", "--strategy", "head", "--workers", "0"], capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    assert err.count("no validation photo") == 1, err
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_cli_train_with_a_text_file_as_weights_says_what_it_is(tmp_path, capsys, cli_log):
+    photos = make_photo_folder(tmp_path / "photos", per_class=2)
+    (tmp_path / "notes.txt").write_text("these are my notes, not weights\n")
+    rc, out, err = graft_cli(["train", photos, "--out", tmp_path / "run", "--weights", tmp_path / "notes.txt",
+                              "--cache-dir", tmp_path / "cache", "--quiet", "--strategy", "head"], capsys)
+    errors = [ln for ln in err.splitlines() if ln.startswith("graft: error:")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert "is not a weights file: neither safetensors nor a PyTorch checkpoint" in errors[0], err
+    assert str(tmp_path / "notes.txt") in errors[0] and not errors[0].rstrip().endswith(": 101")
+    assert not (tmp_path / "run" / "model.json").exists()

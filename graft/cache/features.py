@@ -13,29 +13,38 @@ Reads memory-map the tensor data directly (safetensors' numpy loader copies, so 
 layout, an 8-byte header length, a JSON header and raw little-endian data, is mapped with
 numpy). A shard whose checksum or header is wrong is discarded with a warning and its entries are
 recomputed.
+
+A cache that cannot be written (a read-only disk, a shared folder without write permission) is
+still read: what it holds is used, and what is missing is computed into a temporary folder that
+lives as long as the FeatureCache (one warning per cache folder; nothing is kept for the next run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import struct
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path, write_json
+from .._atomic import atomic_path, write_error, write_json
+from ..errors import GraftError
 from .layout import EXTRACT_LOCK, NAMESPACE_FILE, namespace_dir, touch
 
 log = logging.getLogger("graft")
 
 FORMAT = 1
+READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}  # a cache that may be read but not written
+_warned_read_only: set[str] = set()  # cache folders already warned about (one line per folder and process)
 
 
 class FeatureCache:
@@ -50,7 +59,13 @@ class FeatureCache:
         self._bad: set[Path] = set()
         self._layouts: dict[Path, tuple[int, int]] = {}  # verified shards: (data offset, dim)
         self.written: list[Path] = []  # shards this instance wrote, in order
+        self._spill: tempfile.TemporaryDirectory | None = None  # where shards go when the cache is read-only
         self.refresh()
+
+    @property
+    def read_only(self) -> bool:
+        """The cache folder cannot be written: new shards go to a temporary folder (see module)."""
+        return self._spill is not None
 
     # -- reading ------------------------------------------------------------------------------------
     def refresh(self, extra=()) -> None:
@@ -154,10 +169,27 @@ class FeatureCache:
         same features twice: the second waits, refreshes, and finds them cached. The OS releases
         the lock when a holder dies, even by SIGKILL. `shared`: the ranks of one torchrun job,
         which split the work among themselves, hold it together (and keep `graft cache prune`
-        out until every rank has read back what the others wrote)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        out until every rank has read back what the others wrote).
+
+        A cache that cannot be written has no lock to take: it turns read-only (see module) and
+        nothing is locked, since nothing will be written in it."""
+        f = None
+        if not self.read_only:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                f = open(self.dir / EXTRACT_LOCK, "a+b")
+            except OSError as e:
+                if e.errno not in READ_ONLY:
+                    raise write_error(self.dir / EXTRACT_LOCK, e) from e
+                if shared:  # torchrun's ranks hand each other their features through the cache folder
+                    raise GraftError(f"the feature cache {self.dir.parent} cannot be written ({_why(e)}): under "
+                                     f"torchrun the ranks share features through it; give a writable --cache-dir")
+                self._go_read_only(e)
+        if f is None:  # read-only: nothing will be written here, so there is nothing to lock
+            yield
+            return
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        with open(self.dir / EXTRACT_LOCK, "a+b") as f:
+        with f:
             try:
                 fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -168,22 +200,42 @@ class FeatureCache:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    def _go_read_only(self, cause: OSError) -> None:
+        """From now on new shards go to a temporary folder, removed with this FeatureCache (or at
+        exit; graft.cache.rows.FeatureRows keeps the cache it reads from alive)."""
+        try:
+            self._spill = tempfile.TemporaryDirectory(prefix="graft-features-")
+        except OSError as e:
+            raise GraftError(f"the feature cache {self.dir.parent} cannot be written ({_why(cause)}) and neither can "
+                             f"a temporary folder ({_why(e)}): give a writable --cache-dir") from None
+        root = str(self.dir.parent)
+        if root not in _warned_read_only:
+            _warned_read_only.add(root)
+            log.warning("the feature cache %s cannot be written (%s): what it holds is used, missing features are "
+                        "computed for this run only and not kept; give a writable --cache-dir to keep them",
+                        root, _why(cause))
+
     # -- writing ------------------------------------------------------------------------------------
     def put(self, names: list[str], features: np.ndarray) -> None:
-        """Store one batch as a new shard, atomically."""
+        """Store one batch as a new shard, atomically (in the temporary folder when read-only)."""
         from safetensors.numpy import save_file
 
         features = np.ascontiguousarray(features, dtype=np.float32)
         assert features.ndim == 2 and len(names) == len(features)
-        if not (self.dir / NAMESPACE_FILE).exists():
+        folder = Path(self._spill.name) if self._spill is not None else self.dir
+        if self._spill is None and not (self.dir / NAMESPACE_FILE).exists():
             write_json(self.dir / NAMESPACE_FILE, {"format": FORMAT, **self.namespace})
-        shard = self.dir / f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
+        shard = folder / f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
         meta = {"names": json.dumps(names), "sha256": hashlib.sha256(features.tobytes()).hexdigest()}
         with atomic_path(shard) as tmp:
             save_file({"features": features}, str(tmp), metadata=meta)
         for row, name in enumerate(names):
             self._index[name] = (shard, row)
         self.written.append(shard)
+
+
+def _why(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
 
 
 def _read_header(path: Path, mmap: bool = False):

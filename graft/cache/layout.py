@@ -21,6 +21,8 @@ import stat
 import time
 from pathlib import Path
 
+from ..errors import GraftError
+
 ENV = "GRAFT_CACHE_DIR"
 DECODED = "decoded"
 PCA = "pca"
@@ -53,8 +55,25 @@ def default_cache_dir() -> Path:
 
 
 def cache_root(cache_dir=None) -> Path:
-    """The cache a command uses: `cache_dir` if given (--cache-dir), else the default."""
-    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    """The cache a command uses: `cache_dir` if given (--cache-dir), else the default. A
+    GraftError if it, or a folder above it, is a file: no cache could ever be made there."""
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    p = root
+    while True:
+        try:
+            st = os.stat(p)
+        except (FileNotFoundError, NotADirectoryError):  # made when first written: the first part that exists decides
+            if p == p.parent:
+                return root
+            p = p.parent
+            continue
+        except OSError:  # cannot tell (no permission to look): the first write will say
+            return root
+        if stat.S_ISDIR(st.st_mode):
+            return root
+        given = "--cache-dir" if cache_dir else f"the cache folder ({ENV} or the default)"
+        where = "is a file" if p == root else f"is inside {p}, which is a file"
+        raise GraftError(f"{given} {root} {where}: give a folder for graft's cache")
 
 
 def namespace_dir(root, namespace: dict, fmt: int) -> Path:

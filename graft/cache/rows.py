@@ -30,6 +30,7 @@ class FeatureRows:
         if grid and len(flat) != len(names) * self.k:
             raise ValueError("every image needs the same number of views")
         self.names = flat
+        self._cache = cache  # kept alive: a read-only cache's new shards live as long as it does
         self._shards: list = []
         ids: dict = {}
         self._sid = np.empty(len(flat), np.int32)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 from .._atomic import write_json
 from ..cache.layout import PCA, cache_root, mark, touch
 from ..errors import GraftError, ImageError
+
+log = logging.getLogger("graft")
 
 
 def resolve_augmentation(preset: str, overrides, *, size: int, train_samples, cache_dir: Path):
@@ -67,7 +70,10 @@ def fitted_pca(samples, cache_dir: Path) -> tuple[list[float], list[list[float]]
     eigvals = [round(v, 3) for v in eigvals]
     eigvecs = [[round(v, 3) for v in row] for row in eigvecs]
     mark(path.parent, PCA)  # graft made this folder: `graft cache prune` may clear it
-    write_json(path, {"eigvals": eigvals, "eigvecs": eigvecs, "n_images": len(images)})
+    try:
+        write_json(path, {"eigvals": eigvals, "eigvecs": eigvecs, "n_images": len(images)})
+    except GraftError as e:  # a read-only or full cache: fitted again next time, the run goes on
+        log.info("could not keep the colour PCA: %s", e)
     return eigvals, eigvecs
 
 
