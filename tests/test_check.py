@@ -458,3 +458,26 @@ def test_a_placeholder_stays_skipped_after_calibrate_and_evaluate(tmp_path):
         assert [(Path(s["path"]).name, s.get("code")) for s in skipped] == [("imageNotFound.gif", "not_a_photo")]
     assert (again.metrics["n_train"], again.metrics["n_val"]) == (first.metrics["n_train"], first.metrics["n_val"])
     assert cal["novelty"]["n_reference"] == first.metrics["n_train"] + first.metrics["n_val"]
+
+
+def test_near_pairs_by_matrix_product_equal_brute_force_hamming():
+    """The all-pairs pHash comparison is a matrix product of +-1 bits; it must find exactly the
+    pairs a bit-by-bit Hamming count finds, at and around both thresholds."""
+    from graft.check.duplicates import DHASH_MAX_DISTANCE, PHASH_MAX_DISTANCE, _near_pairs
+
+    rng = np.random.default_rng(0)
+    n = 300
+    ph = np.repeat(rng.integers(0, 256, (n // 10, 32), dtype=np.uint8), 10, axis=0)
+    dh = np.repeat(rng.integers(0, 256, (n // 10, 32), dtype=np.uint8), 10, axis=0)
+    bits_p, bits_d = np.unpackbits(ph, axis=1), np.unpackbits(dh, axis=1)
+    for bits, most in ((bits_p, 2 * PHASH_MAX_DISTANCE // 2 + 8), (bits_d, DHASH_MAX_DISTANCE // 2 + 8)):
+        for row in bits:  # each copy drifts from its cluster's hash by up to about half a threshold and more
+            row[rng.choice(256, int(rng.integers(0, most)), replace=False)] ^= 1
+    ph, dh = np.packbits(bits_p, axis=1), np.packbits(bits_d, axis=1)
+    hp = (bits_p[:, None, :] != bits_p[None, :, :]).sum(-1)
+    hd = (bits_d[:, None, :] != bits_d[None, :, :]).sum(-1)
+    want = {(i, j) for i in range(n) for j in range(i + 1, n)
+            if hp[i, j] <= PHASH_MAX_DISTANCE and hd[i, j] <= DHASH_MAX_DISTANCE}
+    got = _near_pairs(dh, ph)
+    assert len(got) == len(set(got)) and set(got) == want
+    assert 0 < len(want) < n * (n - 1) // 2  # some pairs near, some not: the thresholds are exercised
