@@ -171,7 +171,7 @@ def geometry_costs(samples, n_photos: int = 40, reps: int = 5) -> dict:
     """The heavy preset's geometry per photo, op by op vs one resample (see the module's doc)."""
     from graft.augment import Pipeline, RandomResizedCrop
     from graft.data.images import read_image
-    from graft.preprocess import pil_to_tensor
+    from graft.backbones.preprocess import pil_to_tensor
 
     torch.set_num_threads(1)
     figures = {}
