@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # the network's modules import torch: loaded where a network 
 
     from .backbones import Backbone, BackboneSource
     from .classifier import Classifier
+    from .data import Dataset
+    from .data import Dataset
 
 FORMAT = 1
 VAL_PREDICTIONS = "val_predictions.npz"
@@ -422,6 +424,26 @@ def photos_split(meta: dict, photos, *, cache_dir=None):
         raise GraftError(f"{photos} has classes {', '.join(data.classes)}; the run was trained on "
                          f"{', '.join(classes)}: give the photos the run was trained on")
     return data
+
+
+def inner_split(data: Dataset, share: float, seed: int = 0) -> Dataset:
+    """Fine-tuning's early-stopping photos, carved from the TRAINING photos: per class, the
+    `share` with the lowest hash of (seed, content digest), at least one when the class has two
+    or more photos. A hash of its own (not the train/val hash, which placed every training
+    photo above val_split), so the carve does not depend on file order. Here, beside
+    photos_split, because calibration finds these photos again too."""
+    import hashlib
+
+    from .data import Dataset
+
+    train, held = [], []
+    for label in range(len(data.classes)):
+        members = sorted((s for s in data.train if s.label == label),
+                         key=lambda s: hashlib.sha256(f"inner:{seed}:{s.digest}".encode()).digest())
+        n = min(max(int(round(share * len(members))), 1), len(members) - 1) if len(members) > 1 else 0
+        held += members[:n]
+        train += members[n:]
+    return Dataset(data.root, data.classes, train, held, data.skipped, data.layout)
 
 
 def save_val_predictions(run_dir, paths, labels, probabilities) -> None:
