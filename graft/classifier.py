@@ -37,9 +37,10 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def batches(self, paths, *, batch_size: int = 32, workers: int | None = None):
+    def batches(self, paths, *, batch_size: int = 32, workers: int | None = None, mirror: bool = False):
         """Yield (indices, features (n, D), [(index, ImageError)]) for image files, batch by batch,
-        through the parallel loader and the run's preprocessing; `self.head(features)` scores them."""
+        through the parallel loader and the run's preprocessing; `self.head(features)` scores them.
+        `mirror`: of each centre crop mirrored left-right."""
         from .loader import image_loader
 
         pre = self.preprocessing
@@ -48,6 +49,8 @@ class Classifier(nn.Module):
             for idx, batch, errors in image_loader(paths, pre.load, batch_size=batch_size, workers=workers):
                 feats = None
                 if batch is not None:
+                    if mirror:
+                        batch = batch.flip(-1)
                     feats = self.features(pre.normalize(batch).contiguous(memory_format=torch.channels_last))
                 yield idx, feats, errors
 

@@ -25,28 +25,29 @@ from .errors import GraftError
 from .metrics import classification_metrics
 from .predictor import Predictor
 from .reject import UNKNOWN, apply_reject, calibration_for, parse_reject  # noqa: F401  (graft.inference's API)
-from .run import read_run_meta, run_features
+from .run import parse_tta, read_run_meta, run_features
 
 log = logging.getLogger("graft")
 
 
 def predict(run, paths, *, topk: int = 3, weights=None, batch_size: int = 32,
-            workers: int | None = None, cache_dir=None, engine: str = "auto") -> list[dict]:
+            workers: int | None = None, cache_dir=None, engine: str = "auto", tta=None) -> list[dict]:
     """Top-k classes with probabilities for each image (folders are expanded).
 
     Each result is {"path", "predictions": [{"class", "probability"}]} or {"path", "error"}.
     `cache_dir`: a feature cache whose features of these photos skip the backbone. `engine`: as
-    graft.Predictor's (auto: the run's fresh ONNX export when it has one). For many calls, keep
-    one graft.Predictor: this loads the run every time.
+    graft.Predictor's (auto: the run's fresh ONNX export when it has one). `tta`: None or
+    "flip" (the centre crop and its mirror, logits averaged; graft.Predictor). For many calls,
+    keep one graft.Predictor: this loads the run every time.
     """
     files = expand_paths(paths)
-    predictor = Predictor(run, weights=weights, cache_dir=cache_dir, engine=engine)
+    predictor = Predictor(run, weights=weights, cache_dir=cache_dir, engine=engine, tta=tta)
     return predictor.predict(files, topk, batch_size=batch_size, workers=workers)
 
 
 def predict_with_reject(run, paths, topk: int = 3, reject="auto", photos=None, *, weights=None,
                         batch_size: int = 32, workers: int | None = None, progress: bool = False,
-                        cache_dir=None, engine: str = "auto") -> list[dict]:
+                        cache_dir=None, engine: str = "auto", tta=None) -> list[dict]:
     """Top-k predictions for each image (folders expanded), with `class` the top class or `unknown`.
 
     `reject`: "auto" (RUN/calibration.json: its temperature, confidence threshold and novelty
@@ -57,18 +58,19 @@ def predict_with_reject(run, paths, topk: int = 3, reject="auto", photos=None, *
     """
     return list(iter_predictions(run, paths, topk=topk, reject=reject, photos=photos, weights=weights,
                                  batch_size=batch_size, workers=workers, progress=progress, cache_dir=cache_dir,
-                                 engine=engine))
+                                 engine=engine, tta=tta))
 
 
 def iter_predictions(run, paths, *, topk: int = 3, reject=None, photos=None, weights=None, batch_size: int = 32,
-                     workers: int | None = None, progress: bool = False, cache_dir=None, engine: str = "auto"):
+                     workers: int | None = None, progress: bool = False, cache_dir=None, engine: str = "auto",
+                     tta=None):
     """predict_with_reject's results, yielded in input order batch by batch (the CSV is written
     as they come). With `reject` None they have a `class` too, never `unknown`."""
     files = expand_paths(paths)
     reject = parse_reject(reject)
     if reject == "auto" and photos is not None and not (Path(run) / CALIBRATION_JSON).is_file():
         calibrate_run(run, photos, weights=weights, workers=workers)
-    predictor = Predictor(run, weights=weights, cache_dir=cache_dir, engine=engine)
+    predictor = Predictor(run, weights=weights, cache_dir=cache_dir, engine=engine, tta=tta)
     # no rejection is a threshold of 0: every photo gets its top class as `class`, with its confidence
     yield from predictor.iter_predict(files, topk, 0.0 if reject is None else reject, batch_size=batch_size,
                                       workers=workers, progress=progress)
@@ -76,7 +78,7 @@ def iter_predictions(run, paths, *, topk: int = 3, reject=None, photos=None, wei
 
 def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=None, weights=None,
                    batch_size: int = 32, workers: int | None = None, progress: bool = True, cache_dir=None,
-                   engine: str = "auto") -> Path:
+                   engine: str = "auto", tta=None) -> Path:
     """Predict every image in `paths` (folders expanded) into a CSV, one row per file, written
     atomically: path, label (the class or `unknown`, empty for an unreadable file), confidence,
     class_1, probability_1, ... class_k, probability_k, novelty, reason (why unknown), error.
@@ -89,7 +91,7 @@ def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=No
         w.writeheader()
         for r in iter_predictions(run, paths, topk=k, reject=reject, photos=photos, weights=weights,
                                   batch_size=batch_size, workers=workers, progress=progress, cache_dir=cache_dir,
-                                  engine=engine):
+                                  engine=engine, tta=tta):
             row = {"path": r["path"], "label": r.get("class", ""), "error": r.get("error", ""),
                    "confidence": r.get("confidence", ""), "novelty": r.get("novelty", ""),
                    "reason": r.get("reason", "")}
@@ -109,14 +111,16 @@ def csv_header(topk: int) -> list[str]:
 # --- labelled photos ----------------------------------------------------------------------------
 
 def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
-             workers: int | None = None, progress: bool = False) -> dict:
+             workers: int | None = None, progress: bool = False, tta=None) -> dict:
     """Accuracy, per-class figures and confusion matrix of a run on labelled photos.
 
     `photos` is `<dir>/<class>/*` with the run's classes (or a folder whose `val/` is that), or
     a label file (path,label[,split]): its rows with split=test when it has any, else every row.
     Frozen-backbone runs reuse the feature cache, so evaluating on the validation photos after
-    training makes no forward pass through the backbone.
+    training makes no forward pass through the backbone. `tta="flip"`: each photo's logits are
+    the mean of its centre crop's and its mirror's (the mirrored features are cached too).
     """
+    tta = parse_tta(tta)
     photos = Path(photos).expanduser()
     if (photos / "val").is_dir() and (photos / "train").is_dir():
         photos = photos / "val"
@@ -131,13 +135,21 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
     skipped += more
     import torch
 
+    if tta == "flip":  # the same files fail both ways: their reasons are listed once
+        mirrored, ok_m, _, _ = run_features(run, samples, cache_dir=cache_dir, weights=weights, batch_size=batch_size,
+                                            workers=workers, progress=progress, mirror=True)
+        ok &= ok_m
     with torch.no_grad():
-        pred = head(torch.from_numpy(feats[ok])).argmax(1).numpy()
+        logits = head(torch.from_numpy(feats[ok]))
+        if tta == "flip":
+            logits = (logits + head(torch.from_numpy(mirrored[ok]))) / 2
+        pred = logits.argmax(1).numpy()
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["reason"])
     y = np.array([s.label for s in samples])[ok]
     metrics = classification_metrics(y, pred, classes)
     metrics["skipped"] = skipped
+    metrics["tta"] = tta or "none"
     return metrics
 
 

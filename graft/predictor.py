@@ -37,7 +37,7 @@ from .backbones.preprocess import Preprocessing
 from .calibrate import CALIBRATION_JSON, load_calibration
 from .errors import GraftError, ImageError
 from .reject import apply_reject, calibration_for, parse_reject
-from .run import EXPORT_JSON, read_run_meta
+from .run import EXPORT_JSON, parse_tta, read_run_meta
 
 ENGINES = ("auto", "onnx", "torch")
 ONNX_FILE = "model.onnx"
@@ -54,13 +54,19 @@ class Predictor:
     whose features are already cached skip decoding and the backbone (torch engine). `device`:
     where the torch engine runs (default the CPU). `engine`: "auto", "onnx" or "torch" (above).
     `threads`: threads of one forward pass (default: the engine's, one per core; torch's
-    setting is per process).
+    setting is per process). `tta`: test-time augmentation, None/"none" (default) or "flip":
+    each input's logits are the mean of its centre crop's and its left-right mirror's (two
+    forward passes; the novelty check, fitted on centre crops, reads the centre crop's; the
+    feature cache, which holds centre crops' features, is then not used).
     """
 
     def __init__(self, run, *, weights=None, cache_dir=None, device=None, engine: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, tta=None):
         if engine not in ENGINES:
             raise GraftError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        self.tta = parse_tta(tta)
+        if self.tta is not None:
+            cache_dir = None  # cached features are the centre crops': each input needs its mirror too
         self.run_dir = Path(run)
         self.meta = read_run_meta(self.run_dir)
         self.classes = list(self.meta["classes"])
@@ -109,9 +115,14 @@ class Predictor:
     # --- the network ----------------------------------------------------------------------------
     def forward(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 (N, size, size, 3) crops -> (logits (N, C) float64, novelty distances (N,) or
-        None when the run has no novelty check)."""
+        None when the run has no novelty check). With tta="flip" the logits are the mean of the
+        crops' and their mirrors': logits, not probabilities, so that a calibration's
+        temperature divides them exactly as it divided the centre crops' it was fitted on."""
         with self._lock:
-            return self.engine.run(crops)
+            logits, novelty = self.engine.run(crops)
+            if self.tta == "flip":
+                logits = (logits + self.engine.run(crops[:, :, ::-1])[0]) / 2
+            return logits, novelty
 
     # --- answers --------------------------------------------------------------------------------
     def predict(self, inputs, topk: int = 3, reject=None, *, names: Sequence | None = None,
@@ -206,6 +217,7 @@ class Predictor:
             "graft_version": meta.get("graft_version"),
             "engine": self.engine.name,
             "device": self.engine.device,
+            "tta": self.tta or "none",
         }
         try:
             m = json.loads((self.run_dir / "metrics.json").read_text())

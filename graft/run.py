@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # the network's modules import torch: loaded where a network 
 
     from .backbones import Backbone, BackboneSource
     from .classifier import Classifier
+    from .data import Dataset
+    from .data import Dataset
 
 FORMAT = 1
 VAL_PREDICTIONS = "val_predictions.npz"
@@ -280,13 +282,39 @@ def _load_state(path: Path, module: nn.Module, state: dict, what: str) -> None:
                          f"its files") from None
 
 
+TTA_MODES = ("none", "flip")  # test-time augmentation: the centre crop alone, or averaged with its mirror
+
+
+def parse_tta(value) -> str | None:
+    """--tta / tta=: None or "none" (the centre crop alone), "flip" (the centre crop and its
+    left-right mirror, their logits averaged). -> None or "flip"; a GraftError otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text not in TTA_MODES:
+        raise GraftError(f"--tta takes {' or '.join(TTA_MODES)}, got {value!r}")
+    return None if text == "none" else text
+
+
+class Mirrored:
+    """A `load` (path -> uint8 (3, H, W) crop) whose crops come out mirrored left-right; a
+    class, not a closure, so loader worker processes can receive it."""
+
+    def __init__(self, load):
+        self.load = load
+
+    def __call__(self, path):
+        return self.load(path).flip(-1)
+
+
 def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: int = 32,
-                 workers: int | None = None, progress: bool = False):
+                 workers: int | None = None, progress: bool = False, mirror: bool = False):
     """-> (features (N, D) float32, ok mask, head, skipped [{path, reason}]) for data.Samples.
 
     What evaluation, calibration and the report all need. Frozen-backbone runs read the feature
     cache (no forward pass for photos training saw); other runs push the photos through the
-    stored network."""
+    stored network. `mirror`: the features of each centre crop mirrored left-right (--tta flip;
+    cached apart from the plain ones)."""
     meta = read_run_meta(run_dir)
     paths = [s.path for s in samples]
     if not meta["backbone"].get("stored"):
@@ -297,16 +325,18 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
 
         head = load_head(run_dir)  # checked against model.json before any photo is read
         source = run_backbone_source(meta, weights)
-        cache = FeatureCache(cache_root(cache_dir), cache_namespace(source))
+        cache = FeatureCache(cache_root(cache_dir), cache_namespace(source, "pooled:mirrored" if mirror else "pooled"))
+        load = RefuseNonPhotos(source.preprocessing.load)
         # refused as training refuses them: a placeholder's features in the cache would be used,
         # undecoded and so unchecked, by the next graft train on these photos
         feats, ok, stats = extract_features(source.build, [s.digest for s in samples], paths, cache,
-                                            load=RefuseNonPhotos(source.preprocessing.load), batch_size=batch_size,
-                                            workers=workers, progress=progress, desc="features")
+                                            load=Mirrored(load) if mirror else load, batch_size=batch_size,
+                                            workers=workers, progress=progress,
+                                            desc="features (mirrored)" if mirror else "features")
         return feats, ok, head, stats.skipped
     model = load_run(run_dir, weights=weights)
     feats, ok, skipped = None, np.ones(len(samples), bool), []
-    for idx, f, errors in model.batches(paths, batch_size=batch_size, workers=workers):
+    for idx, f, errors in model.batches(paths, batch_size=batch_size, workers=workers, mirror=mirror):
         for i, e in errors:
             ok[i] = False
             skipped.append({"path": e.path, "reason": e.reason})
@@ -422,6 +452,26 @@ def photos_split(meta: dict, photos, *, cache_dir=None):
         raise GraftError(f"{photos} has classes {', '.join(data.classes)}; the run was trained on "
                          f"{', '.join(classes)}: give the photos the run was trained on")
     return data
+
+
+def inner_split(data: Dataset, share: float, seed: int = 0) -> Dataset:
+    """Fine-tuning's early-stopping photos, carved from the TRAINING photos: per class, the
+    `share` with the lowest hash of (seed, content digest), at least one when the class has two
+    or more photos. A hash of its own (not the train/val hash, which placed every training
+    photo above val_split), so the carve does not depend on file order. Here, beside
+    photos_split, because calibration finds these photos again too."""
+    import hashlib
+
+    from .data import Dataset
+
+    train, held = [], []
+    for label in range(len(data.classes)):
+        members = sorted((s for s in data.train if s.label == label),
+                         key=lambda s: hashlib.sha256(f"inner:{seed}:{s.digest}".encode()).digest())
+        n = min(max(int(round(share * len(members))), 1), len(members) - 1) if len(members) > 1 else 0
+        held += members[:n]
+        train += members[n:]
+    return Dataset(data.root, data.classes, train, held, data.skipped, data.layout)
 
 
 def save_val_predictions(run_dir, paths, labels, probabilities) -> None:

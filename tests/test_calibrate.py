@@ -17,7 +17,8 @@ from PIL import Image
 
 import graft
 from conftest import isolated_env, make_photo, make_photo_folder
-from graft.calibrate import accuracy_coverage_curve, calibrate_run, choose_threshold, fit_temperature
+from graft.calibrate import (accuracy_coverage_curve, calibrate_run, choose_threshold, choose_thresholds,
+                             fit_temperature, keep_with_margin, novelty_table, out_of_fold_logits)
 from graft.cli.calibrate import add_parser
 from graft.inference import UNKNOWN, apply_reject, csv_header, parse_reject, predict_to_csv, predict_with_reject
 from graft.errors import GraftError
@@ -67,6 +68,76 @@ def test_threshold_is_the_smallest_reaching_the_target():
     # equal confidences stand or fall together
     assert choose_threshold([0.9, 0.9, 0.5], [True, False, True], 0.6)["threshold"] == 0.0
     assert choose_threshold([0.95, 0.9, 0.9, 0.5], [True, True, False, True], 0.99)["threshold"] == 0.95
+
+
+def test_thresholds_keep_at_least_the_share_asked():
+    """200 photos, the 20 least confident of them wrong: the target accuracy 0.99 would refuse
+    all 20 (10%), but --keep 0.95 stops the threshold where 95% (plus a standard error) are kept;
+    --keep 0.8 lets it reach the target; --keep 0 is the target alone."""
+    rng = np.random.default_rng(0)
+    conf = np.sort(rng.uniform(0.5, 1.0, 200))[::-1]
+    correct = np.arange(200) < 180
+    c = choose_thresholds(conf, correct, keep=0.95, target_accuracy=0.99)
+    want = keep_with_margin(0.95, 200)
+    assert 0.95 < want < 0.97 and c["keep_with_margin"] == pytest.approx(want, abs=1e-6)
+    assert c["kept"] >= want and c["kept"] < want + 1 / 200 + 1e-9  # as high as the floor allows, no higher
+    assert c["limited_by"] == "keep" and not c["reached"] and c["threshold"] == conf[int(np.ceil(want * 200)) - 1]
+    loose = choose_thresholds(conf, correct, keep=0.8, target_accuracy=0.99)
+    assert loose["reached"] and loose["limited_by"] == "target accuracy" and loose["kept"] == 181 / 200  # 180 right
+    assert loose["threshold"] == choose_threshold(conf, correct, 0.99)["threshold"]
+    assert choose_thresholds(conf, correct, keep=0.0)["threshold"] == loose["threshold"]
+    everything = choose_thresholds(conf, correct, keep=1.0)
+    assert everything["threshold"] == 0.0 and everything["kept"] == 1.0
+    assert choose_thresholds(conf, np.ones(200, bool), keep=0.5)["threshold"] == 0.0  # all right: none needed
+    with pytest.raises(GraftError, match="--keep"):
+        choose_thresholds(conf, correct, keep=1.5)
+
+
+def test_novelty_takes_its_share_of_the_refusals():
+    """Both checks together keep the share asked: by default the novelty check refuses the
+    photos beyond its 0.99 quantile (more are kept when --keep leaves less to refuse), and the
+    confidence threshold spends what is left of the budget."""
+    rng = np.random.default_rng(1)
+    n = 1000
+    conf = rng.uniform(0.5, 1.0, n)
+    correct = rng.random(n) < conf  # the less sure, the more often wrong
+    novelty = rng.uniform(0.0, 1.0, n)
+    c = choose_thresholds(conf, correct, novelty, keep=0.95)
+    assert c["novelty_quantile"] == 0.99 and c["refused"]["novelty"] == pytest.approx(0.01, abs=0.002)
+    assert c["novelty_threshold"] == pytest.approx(np.quantile(novelty, 0.99), abs=0.01)
+    assert keep_with_margin(0.95, n) <= c["kept"] <= keep_with_margin(0.95, n) + 0.002
+    strict = choose_thresholds(conf, correct, novelty, keep=0.999)
+    assert strict["novelty_quantile"] > 0.999 and strict["kept"] >= 0.999
+    table = novelty_table(novelty)
+    assert [r["refused"] for r in table] == pytest.approx([r["refused_asked"] for r in table], abs=0.002)
+    assert [r["threshold"] for r in table] == sorted((r["threshold"] for r in table), reverse=True)
+
+
+def test_out_of_fold_logits_never_come_from_a_head_fitted_on_them():
+    """Changing one photo's features changes the out-of-fold logits of the photos whose heads it
+    helped fit (the other folds) and of itself, never those of the other photos of its own fold:
+    their head was fitted without that fold."""
+    from graft.folds import stratified_folds
+
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1, 2], 20)
+    x = (rng.normal(0, 1, (60, 8)) + 2.0 * np.eye(3, 8)[y]).astype(np.float32)
+    keys = [f"photo{i}" for i in range(60)]
+    classes = {"classes": ["a", "b", "c"]}
+    for recipe in ({"solver": "lbfgs", "strength": 0.1}, {"solver": "adamw", "epochs": 5, "seed": 0}):
+        meta = {**classes, "training": {"head": recipe}}
+        before, how = out_of_fold_logits(meta, x, y, keys)
+        assert before.shape == (60, 3) and how.startswith("5 folds")
+        folds = stratified_folds(y, 5, keys=keys)
+        moved = x.copy()
+        moved[0] += 5.0
+        after, _ = out_of_fold_logits(meta, moved, y, keys)
+        own = next(f for f in folds if 0 in f)
+        same_fold = [i for i in own if i != 0]
+        others = [i for i in range(60) if i not in own]
+        np.testing.assert_allclose(after[same_fold], before[same_fold], rtol=1e-6, atol=1e-6)
+        assert np.abs(after[others] - before[others]).max() > 1e-4, recipe
+        assert np.abs(after[0] - before[0]).max() > 1e-3
 
 
 def test_apply_reject_rescales_and_marks_unknown():
@@ -119,27 +190,38 @@ def calibrated(tmp_path_factory):
 def test_calibration_json(calibrated):
     cal = json.loads((calibrated.run / "calibration.json").read_text())
     assert cal == json.loads(json.dumps(calibrated.cal))
-    for key in ("temperature", "threshold", "target_accuracy", "val_accuracy_at_threshold",
-                "coverage_at_threshold", "curve"):
-        assert key in cal, key
+    metrics = json.loads((calibrated.run / "metrics.json").read_text())
+    fit = cal["fit"]  # fitted on the training photos, out of fold: never on photos the head was fitted on
+    assert fit["photos"] == "training" and fit["n"] == metrics["n_train"] and "out-of-fold" in fit["how"]
+    assert "L-BFGS" in fit["how"] or "AdamW" in fit["how"]
     assert cal["temperature"] > 0 and 0 <= cal["threshold"] <= 1 and cal["target_accuracy"] == 0.99
-    assert cal["n_val"] >= 2 and cal["val_accuracy_at_threshold"] >= 0.99
+    assert cal["keep"] == 0.95 and fit["kept"] >= fit["keep_with_margin"] > 0.95
+    assert fit["refused"]["confidence"] + fit["refused"]["novelty"] >= 1 - fit["kept"] - 1e-9
     assert all(set(p) == {"threshold", "coverage", "accuracy"} for p in cal["curve"])
     assert cal["curve"][-1]["coverage"] == 1.0
-    assert cal["novelty"]["n_reference"] == 32 and cal["novelty"]["threshold"] > 0
+    table = cal["keep_table"]  # the trade-off: stricter asks refuse more, never less
+    assert [r["keep"] for r in table] == sorted(r["keep"] for r in table) and sum(r["chosen"] for r in table) == 1
+    chosen = next(r for r in table if r["chosen"])
+    assert chosen["keep"] == 0.95 and chosen["threshold"] == round(cal["threshold"], 6)
+    assert all(r["kept"] >= r["keep"] for r in table)
+    assert table[-1]["keep"] == 1.0 and table[-1]["kept"] == 1.0
+    nov = cal["novelty"]  # the reference is the training photos only: the validation photos stay new
+    assert nov["n_reference"] == metrics["n_train"] and nov["threshold"] > 0 and nov["quantile"] >= 0.99
+    assert [p["refused_asked"] for p in nov["curve"]][:2] == [0.0, 0.005] and nov["curve"][0]["refused"] == 0.0
     assert (calibrated.run / "calibration.safetensors").is_file()
-    unknown = cal["val_unknown"]  # what each check would refuse among the validation photos
-    assert unknown["n_val"] == cal["n_val"]
-    assert unknown["confidence"] == round(cal["n_val"] * (1 - cal["coverage_at_threshold"]))
-    assert 0 <= unknown["novelty"] <= cal["n_val"]
+    unknown, kept = cal["val_unknown"], cal["val_kept"]  # the reported figure: the validation photos, once
+    assert unknown["n_val"] == kept["n"] == metrics["n_val"]
+    assert 0 <= unknown["novelty"] <= unknown["n_val"] and 0 <= unknown["confidence"] <= unknown["n_val"]
     assert max(unknown["confidence"], unknown["novelty"]) <= unknown["either"] <= unknown["confidence"] + unknown["novelty"]
+    assert kept["kept"] == pytest.approx(1 - unknown["either"] / unknown["n_val"], abs=1e-6)
+    assert kept["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-6)
 
 
 def test_known_photos_get_their_class_and_odd_ones_unknown(calibrated):
     """The novelty threshold is the 0.99 quantile of the training photos' leave-one-out distances:
-    with 32 of them, their largest, so a new photo of a known class lands beyond it about once in
-    33 (exchangeability; measured: 1 of these 6 with lite1, 0 with lite0). So one known photo may be
-    refused, never for low confidence, and the odd ones must be."""
+    with about 26 of them, their largest, so a new photo of a known class lands beyond it about
+    once in 27 (exchangeability). So one known photo may be refused, never for low confidence
+    (these photos are all classified right, out of fold too), and the odd ones must be."""
     results = predict_with_reject(calibrated.run, [calibrated.known, calibrated.odd], topk=3, workers=0)
     by_name = {r["path"].split("/")[-1]: r for r in results}
     assert len(by_name) == 15
@@ -201,11 +283,56 @@ def test_predict_to_csv(calibrated, tmp_path):
 def test_calibrate_cli(calibrated, capsys):
     parser = argparse.ArgumentParser(prog="graft")
     add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["calibrate", str(calibrated.run), str(calibrated.photos), "--target-accuracy",
-                              "0.95", "--cache-dir", str(calibrated.root / "cache"), "--workers", "0", "--json"])
+    common = [str(calibrated.run), str(calibrated.photos), "--cache-dir", str(calibrated.root / "cache"),
+              "--workers", "0"]
+    args = parser.parse_args(["calibrate", *common, "--target-accuracy", "0.95", "--keep", "0.8", "--json"])
     assert args.run(args) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["target_accuracy"] == 0.95 and printed["temperature"] == pytest.approx(calibrated.cal["temperature"])
+    assert printed["target_accuracy"] == 0.95 and printed["keep"] == 0.8
+    assert printed["temperature"] == pytest.approx(calibrated.cal["temperature"])  # the same out-of-fold fit
+    assert printed["fit"]["keep_with_margin"] < calibrated.cal["fit"]["keep_with_margin"]
+    args = parser.parse_args(["calibrate", *common])
+    assert args.run(args) == 0
+    out = capsys.readouterr().out
+    assert "out-of-fold predictions of the" in out and "(asked: at least 0.95)" in out and "validation photos kept" in out
+    with pytest.raises(GraftError, match="--keep"):
+        args = parser.parse_args(["calibrate", *common, "--keep", "2"])
+        args.run(args)
+
+
+def test_the_validation_photos_choose_nothing(calibrated, tmp_path):
+    """Temperature and thresholds are fitted on the training photos alone: with the label of
+    every validation photo swapped (PHOTOS/val/blue <-> PHOTOS/val/red), not one of them moves;
+    only the reported figure, the validation check, does."""
+    photos, swapped = tmp_path / "photos", tmp_path / "swapped"
+    for c, other in (("blue", "red"), ("red", "blue")):
+        files = sorted((calibrated.photos / c).iterdir())
+        for side, chosen in (("train", files[:12]), ("val", files[12:])):
+            for f in chosen:
+                for root, folder in ((photos, c), (swapped, other if side == "val" else c)):
+                    (root / side / folder).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(f, root / side / folder / f.name)
+    cache = calibrated.root / "cache"
+    with isolated_env(tmp_path):
+        run = graft.train(photos, tmp_path / "run", strategy="head", cache_dir=cache, workers=0,
+                          progress=False).run_dir
+        right = calibrate_run(run, photos, cache_dir=cache, workers=0)
+        wrong = calibrate_run(run, swapped, cache_dir=cache, workers=0)
+    for key in ("temperature", "threshold", "fit", "curve", "keep_table", "target_reached"):
+        assert wrong[key] == right[key], key
+    assert wrong["novelty"]["threshold"] == right["novelty"]["threshold"] and right["fit"]["n"] == 24
+    assert right["val_kept"]["accuracy"] == 1.0 and wrong["val_kept"]["accuracy"] == 0.0
+
+
+def test_a_final_run_is_calibrated_on_everything_it_trained_on(calibrated, tmp_path):
+    """--final trains on the validation photos too: calibration fits on all of them, out of
+    fold, and has no validation photo left to report on."""
+    with isolated_env(tmp_path):
+        run = graft.train(calibrated.photos, tmp_path / "run", strategy="head", final=True,
+                          cache_dir=calibrated.root / "cache", workers=0, progress=False).run_dir
+        cal = calibrate_run(run, calibrated.photos, cache_dir=calibrated.root / "cache", workers=0)
+    assert cal["final"] and cal["fit"]["n"] == 32 == cal["novelty"]["n_reference"]
+    assert cal["val_unknown"] is None and cal["val_kept"] is None
 
 
 def test_predict_reject_auto_says_the_probabilities_are_calibrated(calibrated, capsys):

@@ -457,7 +457,7 @@ def test_a_placeholder_stays_skipped_after_calibrate_and_evaluate(tmp_path):
     for skipped in (first.metrics["skipped"], again.metrics["skipped"], scored["skipped"]):
         assert [(Path(s["path"]).name, s.get("code")) for s in skipped] == [("imageNotFound.gif", "not_a_photo")]
     assert (again.metrics["n_train"], again.metrics["n_val"]) == (first.metrics["n_train"], first.metrics["n_val"])
-    assert cal["novelty"]["n_reference"] == first.metrics["n_train"] + first.metrics["n_val"]
+    assert cal["novelty"]["n_reference"] == first.metrics["n_train"]  # the training photos, the placeholder not among them
 
 
 def test_near_pairs_by_matrix_product_equal_brute_force_hamming():

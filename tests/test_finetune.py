@@ -517,3 +517,31 @@ def test_cli_resume_with_other_train_stages_is_one_line_error(resume_env, resume
     assert len(lines) == 1 and lines[0].startswith("graft: error: "), p.stderr
     assert "train_stages=2" in lines[0] and "(now 3)" in lines[0] and "same settings" in lines[0], lines[0]
     assert not (other / "model.json").exists()
+
+
+def test_calibrating_a_fine_tuned_run_fits_on_the_photos_it_held_out(tiny, partial_run, tmp_path):
+    """A fine-tuned network has seen its training photos, so their predictions are no test: its
+    thresholds are fitted on the training photos fine-tuning held out for early stopping (the
+    inner split model.json records). A run that does not record it falls back, with a warning,
+    to the validation photos."""
+    import json
+    import shutil
+
+    from graft.calibrate import calibrate_run
+    from graft.data import scan_photos
+    from graft.run import inner_split
+
+    run = tmp_path / "run"
+    shutil.copytree(partial_run.run, run)
+    meta = json.loads((run / "model.json").read_text())
+    share = meta["training"]["inner_split"]
+    held = inner_split(scan_photos(tiny.photos), share, meta["training"]["finetune"]["seed"]).val
+    with isolated_env(tiny.root):
+        cal = calibrate_run(run, tiny.photos, cache_dir=tiny.cache, workers=0)
+        assert cal["fit"]["photos"] == "inner" and cal["fit"]["n"] == len(held) == 2
+        assert cal["val_unknown"]["n_val"] == 4 and cal["novelty"]["n_reference"] == 12
+        del meta["training"]["inner_split"]
+        (run / "model.json").write_text(json.dumps(meta))
+        old = calibrate_run(run, tiny.photos, cache_dir=tiny.cache, workers=0)
+    assert old["fit"]["photos"] == "validation" and old["fit"]["n"] == 4
+    assert any("not an independent one" in w for w in old["warnings"])

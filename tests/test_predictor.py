@@ -174,3 +174,89 @@ def test_model_card(predictor, trained_run):
     assert card["val_accuracy"] == trained_run.metrics["val_accuracy"]
     assert card["backbone"]["spec"] == "default" and card["calibration"] is None
     assert card["engine"] == "torch" and predictor.engine_reason.startswith("no model.onnx")  # never exported
+
+
+# --- test-time augmentation ----------------------------------------------------------------------
+
+def test_tta_flip_averages_a_photo_and_its_mirror(trained_run):
+    """With tta="flip" a photo and its mirror image get the same logits (the mean of the two
+    crops', in either order), which are the mean of what each gets without it; without it they
+    differ. The photo is a square of the side the preprocessing resizes to, with an even margin,
+    so the centre crop of its mirror is exactly the mirror of its centre crop."""
+    plain = Predictor(trained_run.run, engine="torch")
+    tta = Predictor(trained_run.run, engine="torch", tta="flip")
+    pre = plain.preprocessing
+    assert (pre.resize - pre.size) % 2 == 0
+    img = np.asarray(make_photo(np.random.default_rng(8), "red", size=(pre.resize, pre.resize)))
+    mirror = np.ascontiguousarray(img[:, ::-1])
+    (a, _), (b, _) = (plain.forward(plain.prepare(x)[None]) for x in (img, mirror))
+    assert np.abs(a - b).max() > 1e-3  # the network is not mirror-symmetric
+    (ta, _), (tb, _) = (tta.forward(tta.prepare(x)[None]) for x in (img, mirror))
+    np.testing.assert_allclose(ta, tb, atol=1e-5)
+    np.testing.assert_allclose(ta, (a + b) / 2, atol=1e-5)
+    z = (a + b)[0] / 2
+    p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    top = tta.predict(img, topk=1)["predictions"][0]
+    assert top["class"] == plain.classes[int(p.argmax())] and top["probability"] == pytest.approx(p.max(), abs=1e-5)
+    assert tta.describe()["tta"] == "flip" and plain.describe()["tta"] == "none"
+    with pytest.raises(GraftError, match="--tta takes none or flip"):
+        Predictor(trained_run.run, tta="crops")
+
+
+def test_evaluate_with_tta_flip_caches_the_mirrors_and_agrees_with_the_predictor(trained_run, capsys):
+    import argparse
+    import json
+
+    from graft.cli import evaluate as evaluate_cli
+    from graft.data import scan_class_folders
+    from graft.run import run_features
+
+    kw = dict(cache_dir=trained_run.cache, workers=0)
+    first = graft.evaluate(trained_run.run, trained_run.photos, tta="flip", **kw)
+    with count_backbone_forwards() as calls:
+        again = graft.evaluate(trained_run.run, trained_run.photos, tta="flip", **kw)
+    assert not calls and again == first and first["tta"] == "flip"  # the mirrors' features were cached
+    _, samples, _ = scan_class_folders(trained_run.photos, cache_dir=trained_run.cache)
+    plain, _, _, _ = run_features(trained_run.run, samples, **kw)
+    mirrored, _, _, _ = run_features(trained_run.run, samples, mirror=True, **kw)
+    assert np.abs(plain - mirrored).max() > 1e-3  # cached apart: never the plain crops' features
+    answers = Predictor(trained_run.run, engine="torch", tta="flip").predict([s.path for s in samples], topk=1)
+    classes = trained_run.metrics["classes"]
+    right = [classes.index(r["predictions"][0]["class"]) == s.label for r, s in zip(answers, samples)]
+    assert first["n"] == len(samples) and first["accuracy"] == pytest.approx(np.mean(right))
+    parser = argparse.ArgumentParser(prog="graft")
+    evaluate_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["evaluate", str(trained_run.run), str(trained_run.photos), "--tta", "flip", "--json",
+                              "--cache-dir", str(trained_run.cache), "--workers", "0"])
+    assert args.run(args) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == first["accuracy"]
+
+
+def test_predict_cli_takes_tta(trained_run, capsys, monkeypatch):
+    import argparse
+    import json
+
+    from graft.cli import predict as predict_cli
+
+    seen = []
+    init = Predictor.__init__
+
+    def spy(self, *a, **kw):
+        init(self, *a, **kw)
+        seen.append(self.tta)
+
+    monkeypatch.setattr(Predictor, "__init__", spy)
+    parser = argparse.ArgumentParser(prog="graft")
+    predict_cli.add_parser(parser.add_subparsers(dest="command"))
+    photo = trained_run.photos / "red" / "red001.jpg"
+    for extra in ([], ["--reject", "0.5"]):
+        args = parser.parse_args(["predict", str(trained_run.run), str(photo), "--tta", "flip", "--json",
+                                  "--workers", "0", *extra])
+        assert args.run(args) == 0
+        (printed,) = json.loads(capsys.readouterr().out)
+        want = Predictor(trained_run.run, engine="torch", tta="flip").predict(photo)
+        assert [p["class"] for p in printed["predictions"]] == [p["class"] for p in want["predictions"]]
+        assert printed["predictions"][0]["probability"] == pytest.approx(want["predictions"][0]["probability"], abs=1e-5)
+    assert seen == ["flip"] * 4  # the CLI's Predictor and the reference one, twice
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", str(trained_run.run), str(photo), "--tta", "crops"])

@@ -216,6 +216,12 @@ def test_calibration_and_check_sections(report_run):
     assert p.texts["temperature"] == f"{cal['temperature']:.3f}"
     unknown = cal["val_unknown"]
     assert p.texts["val-unknown"] == f"{unknown['either']} of {unknown['n_val']}"
+    from graft.report.page import fmt3
+
+    assert p.texts["fit-kept"] == fmt3(cal["fit"]["kept"])  # the in-class photos kept, out of fold
+    table = report_run.html.split('id="keep-table"')[1].split("</table>")[0]  # the trade-off, one row a --keep
+    assert table.count("<tr>") == len(cal["keep_table"]) + 1 and table.count("<b>") == 5  # the chosen row
+    assert 'id="novelty-table"' in report_run.html
     assert 'alt="reliability diagram"' in report_run.html
     s = report_run.check["summary"]
     assert p.texts["check-summary"].endswith(f"{s['errors']} error(s), {s['warnings']} warning(s), "

@@ -39,6 +39,13 @@ def engine_arg(p) -> None:
                    "starts without torch; else torch), onnx (that export, or an error), torch")
 
 
+def tta_arg(p) -> None:
+    p.add_argument("--tta", choices=("none", "flip"), default="none",
+                   help="test-time augmentation: none (default: the centre crop) or flip (the mean of the centre "
+                   "crop's logits and its left-right mirror's: twice the forward passes; on hymenoptera it changed "
+                   "no answer of 153, so it is off by default: bench/tta.py)")
+
+
 def loader_args(p) -> None:
     p.add_argument("--workers", default="auto", metavar="N|auto", help="image decoding processes (default auto)")
 

@@ -11,17 +11,28 @@ HELP = "fit confidence calibration and the 'unknown' thresholds of a run"  # `gr
 
 
 def add_parser(subparsers) -> None:
+    from ..calibrate import KEEP, NOVELTY_QUANTILE  # built only for `graft calibrate` (numpy)
+
     p = subparsers.add_parser(
         "calibrate", help=HELP,
-        description="Fit temperature scaling, a confidence threshold reaching --target-accuracy and a "
-        "novelty threshold on the validation photos of PHOTOS (the photos RUN was trained on); "
+        description="Fit temperature scaling, a novelty threshold and a confidence threshold on photos of "
+        "PHOTOS (the photos RUN was trained on) that the model was not fitted on: out-of-fold predictions of "
+        "the training photos (the run's head refitted without each of 5 folds; for a fine-tuned run, the "
+        "training photos it held out for early stopping). The thresholds keep at least --keep of those "
+        "photos; the validation photos are then scored once, as new photos, for the figure it reports. "
         "`graft predict RUN ... --reject auto` then answers `unknown` for photos of neither class.")
     run_arg(p)
     p.add_argument("photos", metavar="PHOTOS", help="the photo folder (or label file) RUN was trained on")
+    p.add_argument("--keep", type=float, default=KEEP, metavar="K",
+                   help=f"share of the photos of RUN's classes to keep, i.e. not answer `unknown` (default "
+                   f"{KEEP:g}): checked on the out-of-fold predictions with a margin of one standard error; "
+                   "lower refuses more (e.g. 0.9: up to 10%% refused to reach --target-accuracy), 1 refuses "
+                   "none of them. The trade-off table in calibration.json and the report shows each choice")
     p.add_argument("--target-accuracy", type=float, default=0.99, metavar="A",
-                   help="accuracy wanted on the photos not refused as unknown (default 0.99)")
-    p.add_argument("--novelty-quantile", type=float, default=0.99, metavar="Q",
-                   help="share of the training photos the novelty check must accept (default 0.99)")
+                   help="accuracy wanted on the photos not refused, as far as --keep allows (default 0.99)")
+    p.add_argument("--novelty-quantile", type=float, default=None, metavar="Q",
+                   help=f"share of the training photos the novelty check must accept (default {NOVELTY_QUANTILE:g}, "
+                   "or more when --keep leaves less than 2%% to refuse)")
     p.add_argument("--no-novelty", action="store_true", help="refuse on low confidence only")
     cache_dir_arg(p)
     weights_arg(p)
@@ -33,7 +44,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from ..calibrate import calibrate_run
 
-    cal = calibrate_run(args.run_dir, args.photos, args.target_accuracy, novelty=not args.no_novelty,
+    cal = calibrate_run(args.run_dir, args.photos, args.target_accuracy, keep=args.keep, novelty=not args.no_novelty,
                         novelty_quantile=args.novelty_quantile, cache_dir=args.cache_dir, weights=args.weights,
                         workers=workers(args.workers), progress=not args.quiet and not args.json)
     report = Path(args.run_dir) / "report.html"
@@ -55,25 +66,29 @@ def calibration_summary(cal: dict, run_dir) -> str:
     from ..calibrate import CALIBRATION_JSON
     from ..report.page import ordinal
 
-    reach = "reached" if cal["target_reached"] else "NOT reached (best reachable)"
+    fit = cal["fit"]
+    where = {"training": "training photos, out of fold", "inner": "training photos fine-tuning held out",
+             "validation": "validation photos"}[fit["photos"]]
     lines = [
-        f"  temperature      {cal['temperature']:.3f}  (validation NLL {cal['val_nll']['before']:.3f} -> "
-        f"{cal['val_nll']['after']:.3f})",
+        f"  fitted on        {fit['how']}",
+        f"  temperature      {cal['temperature']:.3f}  (NLL {fit['nll']['before']:.3f} -> {fit['nll']['after']:.3f})",
         f"  threshold        {cal['threshold']:.4f}  (top probability below it -> unknown)" if cal["threshold"] > 0
-        else "  threshold        none needed: the validation photos reach the target at every confidence",
-        f"  at threshold     accuracy {cal['val_accuracy_at_threshold']:.3f} ({reach}: target "
-        f"{cal['target_accuracy']:g}), coverage {cal['coverage_at_threshold']:.3f} of {cal['n_val']} val photos",
+        else "  threshold        none: no confidence threshold needed",
     ]
     if cal.get("novelty"):
         n = cal["novelty"]
         nearest = "nearest" if n["k"] == 1 else f"{ordinal(n['k'])} nearest"
         lines.append(f"  novelty          cosine distance to the {nearest} of {n['n_reference']} "
                      f"training photos above {n['threshold']:.4f} -> unknown")
-    u = cal.get("val_unknown")
-    if u:
-        lines.append(f"  unknown          {u['either']} of {u['n_val']} validation photos would be answered unknown "
-                     f"({u['confidence']} by confidence" + (f", {u['novelty']} by novelty)" if u["novelty"] is not None
-                                                            else ")"))
-    lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}")
+    reach = "reached" if cal["target_reached"] else "not reached"
+    lines.append(f"  kept             {fit['kept']:.3f} of the {where} (asked: at least {cal['keep']:g}), "
+                 f"{fit['accuracy_kept']:.3f} of them right (target {cal['target_accuracy']:g}, {reach})")
+    u, v = cal.get("val_unknown"), cal.get("val_kept")
+    if u and v:
+        lines.append(f"  validation       {u['n_val'] - u['either']} of {u['n_val']} validation photos kept "
+                     f"({v['kept']:.3f}), {v['accuracy_kept']:.3f} of them right; unknown: {u['confidence']} by "
+                     f"confidence" + (f", {u['novelty']} by novelty" if u["novelty"] is not None else ""))
+    elif cal.get("final"):
+        lines.append("  validation       none held out (--final run): no independent figure")
+    lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}  (its keep_table: other --keep choices)")
     return "\n".join(lines)
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._args import cache_dir_arg, loader_args, output_args, per_class_table, run_arg, weights_arg, workers
+from ._args import cache_dir_arg, loader_args, output_args, per_class_table, run_arg, tta_arg, weights_arg, workers
 
 HELP = "accuracy of a run on labelled photos"  # `graft --help`'s line
 
@@ -18,6 +18,7 @@ def add_parser(subparsers) -> None:
     ev.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (e.g. PHOTOS/val), or a .csv/.jsonl label file")
     cache_dir_arg(ev)
     weights_arg(ev)
+    tta_arg(ev)
     loader_args(ev)
     output_args(ev)
     ev.set_defaults(run=run)
@@ -27,11 +28,12 @@ def run(args) -> int:
     from ..inference import evaluate
 
     m = evaluate(args.run_dir, args.photos, cache_dir=args.cache_dir, weights=args.weights,
-                 workers=workers(args.workers), progress=not args.quiet and not args.json)
+                 workers=workers(args.workers), progress=not args.quiet and not args.json, tta=args.tta)
     if args.json:
         print(json.dumps(m))
     else:
-        print(f"accuracy {m['accuracy']:.3f} on {m['n']} images\n")
+        tta = " (tta: centre crop + mirror)" if m["tta"] == "flip" else ""
+        print(f"accuracy {m['accuracy']:.3f} on {m['n']} images{tta}\n")
         print(per_class_table(m["per_class"]) + "\n")
         print(format_confusion(m["confusion"], m["classes"]))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ._args import cache_dir_arg, engine_arg, loader_args, output_args, run_arg, weights_arg, workers
+from ._args import cache_dir_arg, engine_arg, loader_args, output_args, run_arg, tta_arg, weights_arg, workers
 
 HELP = "classify images with a trained run"  # `graft --help`'s line
 
@@ -20,6 +20,7 @@ def add_parser(subparsers) -> None:
     cache_dir_arg(pr, "feature cache: photos whose features are cached (e.g. training photos) skip the "
                   "backbone (default: none; graft train's is $GRAFT_CACHE_DIR or ~/.cache/graft)")
     engine_arg(pr)
+    tta_arg(pr)
     loader_args(pr)
     output_args(pr)
     pr.add_argument("--reject", default="none", metavar="auto|none|P",
@@ -40,7 +41,7 @@ def run(args) -> int:
 
         raise GraftError(f"--topk must be a whole number >= 1, got {args.topk}")
     common = {"topk": args.topk, "weights": args.weights, "workers": n_workers, "cache_dir": args.cache_dir,
-              "engine": args.engine}
+              "engine": args.engine, "tta": args.tta}
     if args.csv:
         out = predict_to_csv(args.run_dir, args.images, args.csv, reject=args.reject, photos=args.calibrate_on,
                              progress=not args.quiet, **common)

@@ -1,10 +1,12 @@
 """The report's calibration section, from RUN/calibration.json (`graft calibrate`) and the
 validation probabilities training stored: what `graft predict --reject auto` will do.
 
-A reliability diagram (how often the top class is right against how sure the run says it is,
-before and after temperature scaling), the accuracy a confidence threshold buys against the share
-of photos it keeps, the temperature and the thresholds, and how many validation photos each check
-would call `unknown`. Without a calibration, one line says how to make one.
+What the thresholds were fitted on (photos the model was not fitted on: out-of-fold training
+photos), the temperature and the thresholds, the share of those in-class photos kept, and, as
+the reported figure, how many validation photos each check calls `unknown`; then the trade-off
+(what each `--keep` would choose, keep and buy in accuracy; the share of in-class photos each
+novelty threshold refuses), a reliability diagram (before and after temperature scaling) and
+accuracy against coverage. Without a calibration, one line says how to make one.
 """
 
 from __future__ import annotations
@@ -40,45 +42,91 @@ def calibration(run_dir: Path, stored: dict | None) -> str:
         return section(title, f'<p class="warn" id="calibration-stale">{esc(path)} was made for an earlier model '
                               f"(the run was retrained since): run <code>graft calibrate {esc(run_dir)} PHOTOS</code> "
                               "again.</p>")
-    rows = [("temperature", f'<b id="temperature">{cal["temperature"]:.3f}</b> &nbsp;<span class="muted">logits are '
-                            f"divided by it; validation NLL {cal['val_nll']['before']:.3f} &rarr; "
-                            f"{cal['val_nll']['after']:.3f}</span>")]
+    if "fit" not in cal:  # written by an earlier graft, on the validation photos
+        return section(title, f'<table class="facts"><tr><th>temperature</th><td><b id="temperature">'
+                              f'{cal["temperature"]:.3f}</b></td></tr><tr><th>confidence threshold</th><td>'
+                              f'<b id="threshold">{cal["threshold"]:.4f}</b></td></tr></table>'
+                              f'<p class="warn" id="calibration-old">Calibrated by an earlier graft, on the validation '
+                              f"photos: run <code>graft calibrate {esc(run_dir)} PHOTOS</code> again to fit it on photos "
+                              "the model was not fitted on and see what each threshold costs.</p>")
+    fit = cal["fit"]
+    where = {"training": "training photos, out-of-fold", "inner": "training photos fine-tuning held out",
+             "validation": "validation photos"}[fit["photos"]]
+    rows = [("fitted on", f"{esc(fit['how'])} &nbsp;<span class=\"muted\">photos the model was not fitted on</span>"),
+            ("temperature", f'<b id="temperature">{cal["temperature"]:.3f}</b> &nbsp;<span class="muted">logits are '
+                            f"divided by it; NLL {fit['nll']['before']:.3f} &rarr; {fit['nll']['after']:.3f}</span>")]
     if cal["threshold"] > 0:
         rows.append(("confidence threshold", f'<b id="threshold">{cal["threshold"]:.4f}</b> &nbsp;<span class="muted">'
-                     f"a top probability below it is <i>unknown</i>; above it the validation photos are "
-                     f"{fmt3(cal['val_accuracy_at_threshold'])} right (target {cal['target_accuracy']:g}"
-                     f"{'' if cal['target_reached'] else ', not reached'})</span>"))
+                     "a top probability below it is <i>unknown</i></span>"))
     else:
-        rows.append(("confidence threshold", '<b id="threshold">none</b> &nbsp;<span class="muted">the validation '
-                     f"photos reach the target accuracy {cal['target_accuracy']:g} at every confidence</span>"))
+        rows.append(("confidence threshold", '<b id="threshold">none</b> &nbsp;<span class="muted">no photo needs '
+                     "refusing for low confidence</span>"))
     nov = cal.get("novelty")
     if nov:
         rows.append(("novelty threshold", f"<b>{nov['threshold']:.4f}</b> &nbsp;<span class=\"muted\">cosine distance "
-                     f"to the {ordinal(nov['k'])} nearest of {nov['n_reference']} training and validation photos "
-                     f"above it is <i>unknown</i> (photos of no class)</span>"))
-    unknown = cal.get("val_unknown")
-    if unknown:
+                     f"to the {ordinal(nov['k'])} nearest of {nov['n_reference']} training photos above it is "
+                     f"<i>unknown</i> (photos of no class)</span>"))
+    reach = "reached" if cal["target_reached"] else f"not reached: --keep {cal['keep']:g} stops the threshold there"
+    rows.append(("in-class photos kept", f'<b id="fit-kept">{fmt3(fit["kept"])}</b> &nbsp;<span class="muted">of the '
+                 f"{where} (asked: at least {cal['keep']:g}), {fmt3(fit['accuracy_kept'])} of them right (target "
+                 f"{cal['target_accuracy']:g}, {reach})</span>"))
+    unknown, kept = cal.get("val_unknown"), cal.get("val_kept")
+    if unknown and kept:
         n = unknown["n_val"]
         bits = [f"{unknown['confidence']} by confidence"]
         if unknown.get("novelty") is not None:
             bits.append(f"{unknown['novelty']} by novelty")
+        right = f", {fmt3(kept['accuracy_kept'])} of the kept right" if kept.get("accuracy_kept") is not None else ""
         rows.append(("validation photos unknown", f'<b id="val-unknown">{unknown["either"]} of {n}</b> '
-                     f'<span class="muted">({", ".join(bits)})</span>'))
-    else:  # calibrated before graft counted them: the confidence check is in the curve
-        kept = round(cal["coverage_at_threshold"] * cal["n_val"])
-        rows.append(("validation photos unknown", f'<b id="val-unknown">{cal["n_val"] - kept} of {cal["n_val"]}</b> '
-                     '<span class="muted">(by confidence; calibrate again for the novelty check\'s count)</span>'))
+                     f'<span class="muted">({", ".join(bits)}; kept {fmt3(kept["kept"])}{right}): the reported '
+                     f"figure, these photos scored once as new ones, never used to choose</span>"))
+    elif cal.get("final"):
+        rows.append(("validation photos unknown", '<span class="muted">none held out: a --final run trained on '
+                                                  "them</span>"))
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     body = [f'<table class="facts">{table}</table>']
+    body.append(_keep_table(cal))
     png = _charts(cal, stored)
     if png:
         body.append(img_tag(png, "reliability diagram", "chart"))
         body.append('<p class="muted">Left: each validation photo falls in a bin by its top probability; a '
                     "calibrated run's bars sit on the diagonal (right as often as it says). Right: the share of "
-                    "validation photos a confidence threshold keeps, and how often the kept ones are right.</p>")
+                    f"the {where} a confidence threshold alone keeps, and how often the kept ones are right.</p>")
     for w in cal.get("warnings") or []:
         body.append(f'<p class="warn">{esc(w)}</p>')
     return section(title, "\n".join(body))
+
+
+def _keep_table(cal: dict) -> str:
+    """The trade-off: each --keep choice's thresholds, share kept and accuracy of the kept; and
+    the share of in-class photos each novelty threshold refuses."""
+    rows = cal.get("keep_table") or []
+    if not rows:
+        return ""
+    nov = cal.get("novelty") is not None
+    head = ("<tr><th>--keep</th><th>confidence threshold</th>" + ("<th>novelty threshold</th>" if nov else "") +
+            "<th>kept</th><th>accuracy of the kept</th></tr>")
+    body = []
+    for r in rows:
+        cells = [f"{r['keep']:g}", f"{r['threshold']:.3f}" if r["threshold"] > 0 else "none"]
+        if nov:
+            cells.append(f"{r['novelty_threshold']:.3f}")
+        cells += [fmt3(r["kept"]), fmt3(r["accuracy"])]
+        if r["chosen"]:
+            cells = [f"<b>{c}</b>" for c in cells]
+        body.append("<tr>" + "".join(f'<td class="num">{c}</td>' for c in cells) + "</tr>")
+    out = [f'<p class="muted">What other choices would do, on the same {cal["fit"]["n"]} photos (yours in bold; '
+           f"<code>graft calibrate RUN PHOTOS --keep K</code> picks another):</p>",
+           f'<table class="grid" id="keep-table"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>']
+    curve = (cal.get("novelty") or {}).get("curve") or []
+    if curve:
+        cells = "".join(f'<td class="num">{p["threshold"]:.3f}</td>' for p in curve)
+        refused = "".join(f'<td class="num">{100 * p["refused"]:.1f}%</td>' for p in curve)
+        out.append('<p class="muted">The novelty check alone: the share of these in-class photos each threshold '
+                   "refuses (a photo of no class is refused when it is farther than the threshold).</p>"
+                   f'<table class="grid" id="novelty-table"><tbody><tr><th>novelty threshold</th>{cells}</tr>'
+                   f"<tr><th>in-class refused</th>{refused}</tr></tbody></table>")
+    return "\n".join(out)
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, temperature: float = 1.0, bins: int = BINS):
@@ -128,10 +176,13 @@ def _charts(cal: dict, stored: dict | None) -> bytes | None:
     ax1.set_title("reliability diagram (validation photos)")
     if curve:
         ax2.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], marker="o", ms=2, color="#2e8b57")
-        at = (cal["coverage_at_threshold"], cal["val_accuracy_at_threshold"])
+        point = next((p for p in curve if p["threshold"] <= cal["threshold"]), curve[-1])  # highest first
+        at = (point["coverage"], point["accuracy"])
         ax2.scatter([at[0]], [at[1]], color="#c0392b", zorder=3, label=f"threshold {cal['threshold']:.3f}")
         ax2.axhline(cal["target_accuracy"], color="#888", ls=":", lw=1, label=f"target {cal['target_accuracy']:g}")
-        ax2.set_xlabel("share of validation photos kept")
+        ax2.set_xlabel({"training": "share of the training photos kept (out-of-fold)",
+                        "inner": "share of fine-tuning's held-out photos kept"}.get(
+                            (cal.get("fit") or {}).get("photos"), "share of the validation photos kept"))
         ax2.set_ylabel("accuracy of the kept photos")
         ax2.set_xlim(0, 1.02)
         ax2.legend(fontsize=8, loc="lower left")

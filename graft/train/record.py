@@ -51,7 +51,10 @@ def write(job: Job, f: Features, common: dict, fitted: Fitted) -> dict:
         log.warning("removed %s from %s: made from the model this run replaces", ", ".join(stale), job.out)
     save_run(job.out, head=fitted.head, classes=f.data.classes, source=job.source, strategy=fitted.strategy,
              backbone=fitted.backbone, cut=fitted.cut,
-             extra={"training": {**fitted.config, "val_split": job.cfg.val_split, "layout": f.data.layout},
+             extra={"training": {**fitted.config, "val_split": job.cfg.val_split, "layout": f.data.layout,
+                                 # what graft calibrate needs to find the photos the model never
+                                 # trained on: fine-tuning's inner split, and whether val was trained on
+                                 "inner_split": job.cfg.inner_split, "final": job.cfg.final},
                     "augmentation": fitted.augmentation})
     probs = torch.from_numpy(fitted.val_logits).float().softmax(1).numpy()
     # absolute: the report links each photo, and may be rebuilt from another folder

@@ -26,6 +26,7 @@ from ..errors import GraftError
 from ..features import ExtractStats, cache_namespace, extract_features
 from ..head import memory_budget, predict_logits
 from ..metrics import classification_metrics
+from ..run import inner_split
 from ..strategy import StrategyChoice
 from .augmentation import describe, resolve_augmentation
 from .config import TrainConfig
@@ -287,23 +288,6 @@ def cv_accuracy(fitted: Fitted) -> float:
     class had a single photo and nothing could be cross-validated)."""
     mean = (fitted.selection or {}).get("cv_accuracy", {}).get("mean")
     return float(mean) if mean is not None else 0.0
-
-
-def inner_split(data: Dataset, share: float, seed: int = 0) -> Dataset:
-    """Fine-tuning's early-stopping photos, carved from the TRAINING photos: per class, the
-    `share` with the lowest hash of (seed, content digest), at least one when the class has two
-    or more photos. A hash of its own (not the train/val hash, which placed every training
-    photo above val_split), so the carve does not depend on file order."""
-    import hashlib
-
-    train, held = [], []
-    for label in range(len(data.classes)):
-        members = sorted((s for s in data.train if s.label == label),
-                         key=lambda s: hashlib.sha256(f"inner:{seed}:{s.digest}".encode()).digest())
-        n = min(max(int(round(share * len(members))), 1), len(members) - 1) if len(members) > 1 else 0
-        held += members[:n]
-        train += members[n:]
-    return Dataset(data.root, data.classes, train, held, data.skipped, data.layout)
 
 
 def accuracy(f: Features, logits: np.ndarray) -> dict:
