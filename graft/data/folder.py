@@ -20,7 +20,6 @@ or changed ones, through the same bounded, regular-files-only path.
 from __future__ import annotations
 
 import errno
-import hashlib
 import contextlib
 import gc
 import logging
@@ -31,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._digest import sha256_file
-from .._files import open_regular
-from ..errors import GraftError, ImageError
+from ..errors import GraftError
 from .digests import DigestIndex, identify_file
 from .images import SUPPORTED_EXTENSIONS
 
