@@ -102,6 +102,19 @@ def write_bytes(target, data: bytes) -> None:
         Path(tmp).write_bytes(data)
 
 
+def write_safetensors(target, tensors: dict, metadata: dict | None = None) -> None:
+    """torch or numpy tensors as a safetensors file, atomically. Serialised in memory and written
+    here rather than by safetensors' save_file, which makes a temp file of its own beside the
+    target (".tmpXXXXXX", Rust's tempfile crate): a run killed during that write left one in the
+    run folder, a name graft does not make, so `--resume` refused the folder as not graft's."""
+    first = next(iter(tensors.values()), None)
+    if type(first).__module__ == "numpy":  # (numpy is not imported here: the CLI's fast start)
+        from safetensors.numpy import save
+    else:
+        from safetensors.torch import save
+    write_bytes(target, save(tensors, metadata=metadata))
+
+
 def json_safe(obj):
     """`obj` with every NaN or infinity replaced by None: JSON has no such numbers (Python's json
     writes `NaN`, which other readers reject), and a missing figure is null."""

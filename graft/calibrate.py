@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._atomic import atomic_path, read_json, write_json
+from ._atomic import read_json, write_json, write_safetensors
 from ._digest import sha256_file
 from .errors import GraftError
 from .run import CALIBRATION_JSON
@@ -539,7 +539,6 @@ def _novelty_reference(run_dir: Path, feats, ref_rows):
     distance to the k-th nearest reference photo other than itself, as a new photo like it
     would score (a reference photo is left out of its own neighbours)."""
     import torch
-    from safetensors.torch import save_file
 
     if len(ref_rows) < 2:
         raise GraftError("novelty needs at least two readable training photos; pass novelty=False to skip it")
@@ -547,8 +546,7 @@ def _novelty_reference(run_dir: Path, feats, ref_rows):
     k = _reference_k(len(stored))
     unit = _unit(stored.float())  # exactly what Novelty compares new photos with
     loo = knn_distance(unit, unit, k, leave_one_out=True)
-    with atomic_path(run_dir / REFERENCE_FILE) as tmp:
-        save_file({"reference": stored}, str(tmp))
+    write_safetensors(run_dir / REFERENCE_FILE, {"reference": stored})
     at = {int(r): j for j, r in enumerate(ref_rows)}
 
     def novelty_of(rows) -> np.ndarray:

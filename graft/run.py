@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._atomic import atomic_path, read_json, write_json
+from ._atomic import atomic_path, read_json, write_json, write_safetensors
 from ._version import __version__
 from .backbones.preprocess import Preprocessing
 from .errors import GraftError
@@ -51,16 +51,13 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
              strategy: str, backbone: Backbone | None = None, cut: int | None = None,
              extra: dict | None = None) -> None:
     """Write model.safetensors then model.json (the json last: it is what marks a run complete)."""
-    from safetensors.torch import save_file
-
     from .head import head_spec
 
     run_dir = Path(run_dir)
     tensors = {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
     if backbone is not None:
         tensors.update({f"backbone.{k}": v.detach().contiguous() for k, v in backbone.state_dict().items()})
-    with atomic_path(run_dir / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp))
+    write_safetensors(run_dir / "model.safetensors", tensors)
     meta = {
         **MARKER,
         "format": FORMAT,

@@ -1528,3 +1528,30 @@ def test_cli_train_with_a_text_file_as_weights_says_what_it_is(tmp_path, capsys,
     assert "is not a weights file: neither safetensors nor a PyTorch checkpoint" in errors[0], err
     assert str(tmp_path / "notes.txt") in errors[0] and not errors[0].rstrip().endswith(": 101")
     assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_no_safetensors_file_graft_keeps_is_written_by_save_file(tmp_path, monkeypatch):
+    """safetensors' save_file makes its own temp file beside the target (".tmpXXXXXX"); a kill
+    during it left one in the run folder, and --resume then refused the folder as not graft's
+    (found by test_faults). Every safetensors file graft keeps goes through _atomic.write_safetensors."""
+    import safetensors.numpy
+    import safetensors.torch
+    from torch import nn
+
+    from graft.backbones import resolve_backbone
+    from graft.cache import FeatureCache
+    from graft.run import save_run
+
+    def refuse(*a, **k):
+        raise AssertionError("save_file writes a temp file of its own beside the target")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
+    monkeypatch.setattr(safetensors.numpy, "save_file", refuse)
+    save_run(tmp_path / "run", head=nn.Linear(4, 2), classes=["a", "b"], source=resolve_backbone("default"),
+             strategy="head")
+    cache = FeatureCache(tmp_path / "cache", {"arch": "test", "point": "pooled"})
+    cache.put(["x", "y"], np.ones((2, 3), np.float32))
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert "model.safetensors" in names and not [n for n in names if n.startswith(".tmp")], names
+    feats, missing = FeatureCache(tmp_path / "cache", {"arch": "test", "point": "pooled"}).get(["x", "y"])
+    assert missing == [] and feats.sum() == 6

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import atomic_path, write_error, write_json
+from .._atomic import write_error, write_json, write_safetensors
 from ..errors import GraftError
 from .layout import EXTRACT_LOCK, NAMESPACE_FILE, namespace_dir, touch
 
@@ -218,8 +218,6 @@ class FeatureCache:
     # -- writing ------------------------------------------------------------------------------------
     def put(self, names: list[str], features: np.ndarray) -> None:
         """Store one batch as a new shard, atomically (in the temporary folder when read-only)."""
-        from safetensors.numpy import save_file
-
         features = np.ascontiguousarray(features, dtype=np.float32)
         assert features.ndim == 2 and len(names) == len(features)
         folder = Path(self._spill.name) if self._spill is not None else self.dir
@@ -227,8 +225,7 @@ class FeatureCache:
             write_json(self.dir / NAMESPACE_FILE, {"format": FORMAT, **self.namespace})
         shard = folder / f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
         meta = {"names": json.dumps(names), "sha256": hashlib.sha256(features.tobytes()).hexdigest()}
-        with atomic_path(shard) as tmp:
-            save_file({"features": features}, str(tmp), metadata=meta)
+        write_safetensors(shard, {"features": features}, metadata=meta)
         for row, name in enumerate(names):
             self._index[name] = (shard, row)
         self.written.append(shard)
