@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # the network's modules import torch: loaded where a network 
     from .backbones import Backbone, BackboneSource
     from .classifier import Classifier
     from .data import Dataset
-    from .data import Dataset
 
 FORMAT = 1
 VAL_PREDICTIONS = "val_predictions.npz"
