@@ -56,9 +56,10 @@ class Exported(nn.Module):
         super().__init__()
         self.model = model
         pre = model.preprocessing
-        # the constants of Preprocessing.normalize, computed the same way: the same float32 inputs
-        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(pre.std).view(1, 3, 1, 1) * 255.0))
+        # the constants of Preprocessing.normalize, the very tensors: the same float32 inputs
+        mean, inv_std = pre.normalize_constants()
+        self.register_buffer("mean", mean)
+        self.register_buffer("inv_std", inv_std)
         self.novelty = novelty is not None
         if self.novelty:
             self.register_buffer("reference", novelty.reference.float().contiguous())  # unit rows
@@ -100,8 +101,8 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
     cal, novelty = _calibration(run_dir, model.classes)
     wrapped = Exported(model, novelty).eval()
     info = _describe(run_dir, model, cal, wrapped.novelty)
-    size = model.preprocessing.size
-    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
+    h, w = model.preprocessing.shape
+    example = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
 
     # TorchScript is made whole in memory first: torch's C++ file writer, failing on a full disk,
@@ -168,7 +169,7 @@ def _describe(run_dir: Path, model, cal: dict | None, novelty: bool) -> dict:
     from .calibrate import CALIBRATION_JSON
 
     meta, pre = model.meta, model.preprocessing
-    classes, s = list(model.classes), pre.size
+    classes, (h, w) = list(model.classes), pre.shape
     outputs = [
         {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(classes)],
          "meaning": "softmax of the logits (temperature 1); column i is classes[i]"},
@@ -195,20 +196,35 @@ def _describe(run_dir: Path, model, cal: dict | None, novelty: bool) -> dict:
         "model_sha256": sha256_file(run_dir / "model.safetensors"),  # the run's model the files were made from
         "classes": classes,
         "preprocessing": pre.to_json(),
-        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", s, s, 3],
+        "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", h, w, 3],
                   "layout": "NHWC, RGB, 0-255: the centre crop as decoded; normalisation is inside the model"},
         "outputs": outputs,
-        "recipe": (f"decode the whole image (no reduced-size JPEG decoding), apply its EXIF orientation, "
-                   f"convert to RGB (transparency over white); resize with Pillow's {pre.interpolation} "
-                   f"filter so the shorter side is {pre.resize} px and the longer int({pre.resize} * long / "
-                   f"short); centre-crop {s}x{s} at offset int(round((side - {s}) / 2)): torchvision.transforms"
-                   f".v2 Resize({pre.resize}, {pre.interpolation}, antialias=True) + CenterCrop({s}) on a PIL "
-                   f"image; feed the uint8 crop as (N, {s}, {s}, 3)"),
+        "recipe": _recipe(pre),
         "calibration": calibration,
         "strategy": meta.get("strategy"),
         "backbone": {k: meta["backbone"].get(k) for k in ("spec", "arch", "weights_digest")},
     }
     return json.loads(json.dumps(doc))  # as read back: lists, not tuples, so it compares with export.json
+
+
+def _recipe(pre) -> str:
+    """How a client makes the uint8 input from a photo, in words (export.json's "recipe")."""
+    def crop(t) -> str:
+        s = t.size
+        return (f"resize with Pillow's {t.interpolation} filter so the shorter side is {t.resize} px and the "
+                f"longer int({t.resize} * long / short); centre-crop {s}x{s} at offset int(round((side - {s}) / 2)): "
+                f"torchvision.transforms.v2 Resize({t.resize}, {t.interpolation}, antialias=True) + CenterCrop({s}) "
+                f"on a PIL image")
+    start = ("decode the whole image (no reduced-size JPEG decoding), apply its EXIF orientation, convert to "
+             "RGB (transparency over white); ")
+    h, w = pre.shape
+    if not hasattr(pre, "tiles"):
+        return start + crop(pre) + f"; feed the uint8 crop as (N, {h}, {w}, 3)"
+    tiles = "; ".join(f"tile {i} (rows {top}-{top + s - 1}, columns {left}-{left + s - 1}): {crop(t)}"
+                      for i, (t, (top, left, s)) in enumerate(zip(pre.tiles, pre.boxes())))
+    return (start + f"then, for a concatenation of {len(pre.tiles)} backbones, make each one's crop and place "
+            f"them top to bottom on a zero {h}x{w} canvas, each centred across: {tiles}; feed the uint8 canvas "
+            f"as (N, {h}, {w}, 3)")
 
 
 # --- writers ---------------------------------------------------------------------------------
@@ -276,8 +292,8 @@ def _write_client(folder: Path, old: dict | None) -> dict | None:
 
 def _verify(fmt: str, path: Path, model: nn.Module, novelty) -> str:
     """Load the written file and compare it with graft's own path on a batch of 3 random crops."""
-    size = model.preprocessing.size
-    x = torch.randint(0, 256, (3, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    h, w = model.preprocessing.shape
+    x = torch.randint(0, 256, (3, h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         feats = model.features(model.preprocessing.normalize(x.permute(0, 3, 1, 2)))
         logits = model.head(feats)

@@ -28,11 +28,26 @@ def load(model_path):
 
 
 def preprocess(path, pre):
-    """The crop the network sees, uint8 (size, size, 3) RGB: torchvision's Resize + CenterCrop."""
+    """The image the network sees, uint8 (H, W, 3) RGB: torchvision's Resize + CenterCrop; for a
+    concatenation of backbones ("tiles"), each one's crop, stacked top to bottom, centred across."""
     img = ImageOps.exif_transpose(Image.open(path))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))  # as graft
     img = img.convert("RGB")
+    if "tiles" not in pre:
+        return crop(img, pre)
+    crops = [crop(img, tile) for tile in pre["tiles"]]
+    width = max(c.shape[1] for c in crops)
+    canvas = np.zeros((sum(c.shape[0] for c in crops), width, 3), np.uint8)
+    top = 0
+    for c in crops:
+        left = (width - c.shape[1]) // 2
+        canvas[top:top + c.shape[0], left:left + c.shape[1]] = c
+        top += c.shape[0]
+    return canvas
+
+
+def crop(img, pre):
     w, h, r, s = *img.size, pre["resize"], pre["size"]
     long = int(r * max(w, h) / min(w, h))  # the long side is truncated, as torchvision does
     img = img.resize((r, long) if w <= h else (long, r), RESAMPLE[pre["interpolation"]])
@@ -41,7 +56,7 @@ def preprocess(path, pre):
 
 
 def predict(session, meta, crops):
-    """uint8 (N, size, size, 3) -> [(label or "unknown", [(class, probability), ...]), ...]."""
+    """uint8 (N, H, W, 3) -> [(label or "unknown", [(class, probability), ...]), ...]."""
     out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": crops})))
     cal = meta.get("calibration")
     z = out["logits"].astype(np.float64) / (cal["temperature"] if cal else 1.0)

@@ -1,11 +1,12 @@
-"""Concatenated backbones: `--backbone lite0+lite2` describes a photo by both networks' pooled
-features side by side, and a head learns from the concatenation.
+"""Features of a concatenated backbone (`lite0+lite2`, graft.backbones.concat), part by part
+from each part's own cache namespace.
 
-Why: different networks see different things (resolution, depth), and a linear probe on their
-joined features can beat either alone at the cost of extracting both. Each part is an ordinary
-backbone with its own preprocessing and its own feature-cache namespace, so a photo already
-extracted by `lite0` is never recomputed for `lite0+lite2`, and dropping a part costs nothing.
-Only frozen features concatenate: fine-tuning two networks at once is not supported.
+Why a module of its own: extraction through the concatenated network would compute every part
+again for every photo; here each part reads and fills the namespace a run with that backbone
+alone uses (cache_namespace(part)), so only what a part is missing is computed, by that part
+alone, and `--backbone auto` weighs concatenations of the backbones it already extracted for
+free. Reading from both is exact: the features are the ones each part computed alone, which is
+also what the concatenated network computes from the tiled crop at predict time.
 """
 
 from __future__ import annotations
@@ -13,59 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from .backbones import BackboneSource, resolve_backbone
+from .backbones import resolve_backbone
+from .backbones.concat import ConcatSource, is_concat
 from .errors import GraftError
 from .features import ExtractStats, cache_namespace, extract_features
-
-SEP = "+"
-
-
-def is_concat(spec) -> bool:
-    return isinstance(spec, str) and SEP in spec
-
-
-def split_spec(spec: str) -> list[str]:
-    """"lite0+lite2" -> ["lite0", "lite2"]; a plain spec is one part."""
-    parts = [p.strip() for p in str(spec).split(SEP)]
-    if any(not p for p in parts):
-        raise GraftError(f"backbone {spec!r}: empty part; write parts joined by '+', e.g. lite0+lite2")
-    if len(set(parts)) != len(parts):
-        raise GraftError(f"backbone {spec!r} names a part twice")
-    return parts
-
-
-@dataclass
-class ConcatSource:
-    """The verified parts of a concatenated backbone (nothing built): what a run records."""
-
-    spec: str
-    parts: list[BackboneSource]
-
-    @property
-    def arch(self) -> str:
-        return SEP.join(p.arch for p in self.parts)
-
-    def describe(self, dims: list[int] | None = None) -> dict:
-        """The backbone entry of model.json / metrics.json: each part's identity and, once known,
-        its width, so feature columns can be traced back to the network that made them."""
-        out = []
-        for i, p in enumerate(self.parts):
-            d = {"spec": p.spec, "arch": p.arch, "weights_source": p.weights.source,
-                 "weights_digest": p.weights.digest, "preprocessing": p.preprocessing.to_json()}
-            if dims is not None:
-                d["feature_dim"] = int(dims[i])
-            out.append(d)
-        return {"spec": self.spec, "arch": self.arch, "parts": out}
-
-
-def resolve_concat(spec: str, weights=None) -> ConcatSource:
-    """Resolve every part of `spec` (configuration errors first, nothing built)."""
-    if weights is not None:
-        raise GraftError(f"--weights names one file, but {spec!r} concatenates several backbones: "
-                         f"give each part its own cached or bundled weights")
-    return ConcatSource(spec, [resolve_backbone(p) for p in split_spec(spec)])
 
 
 def require_frozen(spec, strategy: str) -> None:
@@ -113,24 +66,27 @@ class ConcatStats:
 
 
 def concat_features(source: ConcatSource | str, samples, cache_root, *, batch_size: int = 32,
-                    workers: int | None = None, progress: bool = True, dist=None):
+                    workers: int | None = None, progress: bool = True, dist=None,
+                    wrap_load=None, point: str = "pooled", desc: str = "features"):
     """-> (features (N, sum of widths) float32, ok mask, ConcatStats) for data.Samples.
 
-    Each part reads and fills its own cache namespace (the same one a run with that backbone
-    alone uses), so only what is missing from a part is computed, by that part alone. A photo
-    is ok only if every part could read it."""
+    A photo is ok only if every part could read it (its row is zero otherwise). `wrap_load`
+    wraps each part's `load` (e.g. graft.data.placeholders.RefuseNonPhotos; a mirroring one for
+    --tta flip, whose features live under another `point` of the namespace)."""
     from .cache import FeatureCache
 
     if isinstance(source, str):
-        source = resolve_concat(source)
+        source = resolve_backbone(source)
     names, paths = [s.digest for s in samples], [s.path for s in samples]
     stats = ConcatStats()
     blocks, ok = [], np.ones(len(samples), bool)
     for part in source.parts:
-        cache = FeatureCache(cache_root, cache_namespace(part))
-        feats, part_ok, st = extract_features(part.build, names, paths, cache, load=part.preprocessing.load,
+        cache = FeatureCache(cache_root, cache_namespace(part, point))
+        load = part.preprocessing.load
+        feats, part_ok, st = extract_features(part.build, names, paths, cache,
+                                              load=wrap_load(load) if wrap_load else load,
                                               batch_size=batch_size, workers=workers, progress=progress,
-                                              desc=f"features ({part.spec})", dist=dist)
+                                              desc=f"{desc} ({part.spec})", dist=dist)
         stats.parts[part.spec] = st
         blocks.append(feats)
         ok &= part_ok
@@ -140,30 +96,3 @@ def concat_features(source: ConcatSource | str, samples, cache_root, *, batch_si
     feats = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(samples), 0), np.float32)
     feats[~ok] = 0.0
     return feats, ok, stats
-
-
-def concat_batches(backbones, paths, *, batch_size: int = 32, workers: int | None = None):
-    """-> (features (N, sum of widths), ok mask, [{path, reason}]) for image files, through each
-    built part's own preprocessing and loader, without the cache: what predicting new photos
-    with a concatenated run needs."""
-    from .loader import image_loader
-
-    blocks, ok, skipped, seen = [], np.ones(len(paths), bool), [], set()
-    for bb in backbones:
-        bb.eval()
-        pre = bb.preprocessing
-        out = np.zeros((len(paths), bb.feature_dim), np.float32)
-        with torch.inference_mode():
-            for idx, batch, errors in image_loader(paths, pre.load, batch_size=batch_size, workers=workers):
-                for i, e in errors:
-                    ok[i] = False
-                    if e.path not in seen:
-                        seen.add(e.path)
-                        skipped.append({"path": e.path, "reason": e.reason})
-                if batch is not None:
-                    x = pre.normalize(batch).contiguous(memory_format=torch.channels_last)
-                    out[idx] = bb(x).flatten(1).float().numpy()
-        blocks.append(out)
-    feats = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(paths), 0), np.float32)
-    feats[~ok] = 0.0
-    return feats, ok, skipped

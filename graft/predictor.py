@@ -377,8 +377,8 @@ class _TorchNet:
         return logits, novelty
 
     def open_cache(self, cache_dir, meta):
-        if meta["backbone"].get("stored") or self.model.cut is not None:
-            return None  # only an untouched pretrained backbone's features are in the cache
+        if meta["backbone"].get("stored") or meta["backbone"].get("parts") or self.model.cut is not None:
+            return None  # only an untouched single pretrained backbone's features are in one namespace
         from .cache import FeatureCache, cache_root
         from .features import cache_namespace
 

@@ -65,7 +65,8 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
         "strategy": strategy,
         "backbone": {"spec": source.spec, "arch": source.arch,
                      "weights_source": source.weights.source, "weights_digest": source.weights.digest,
-                     "stored": backbone is not None},
+                     "stored": backbone is not None,
+                     **({"parts": source.describe_parts()} if hasattr(source, "describe_parts") else {})},
         "preprocessing": source.preprocessing.to_json(),
         "head": head_spec(head),
         "cut": cut,
@@ -95,17 +96,39 @@ SIZE_RANGE = (16, 4096)  # preprocessing size (the square the network sees)
 RESIZE_RANGE = (16, 8192)  # the shorter side before the crop
 MAX_WIDTH = 1 << 20  # a head layer's inputs or outputs
 MAX_HEAD_PARAMETERS = 1 << 28  # 1 GiB of float32
+MAX_TILES = 8  # backbones one concatenation joins
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
+
+
+def _whole(v, lo, hi) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def preprocessing_problem(pre: dict) -> str | None:
+    """What is wrong with one (untiled) preprocessing entry, or None."""
+    if not _whole(pre.get("size"), *SIZE_RANGE):
+        return f'preprocessing "size" is {pre.get("size")!r}, not a whole number in {SIZE_RANGE[0]}..{SIZE_RANGE[1]}'
+    if not _whole(pre.get("resize"), *RESIZE_RANGE):
+        return (f'preprocessing "resize" is {pre.get("resize")!r}, not a whole number in '
+                f'{RESIZE_RANGE[0]}..{RESIZE_RANGE[1]}')
+    if pre.get("interpolation") not in INTERPOLATIONS:
+        return f'preprocessing "interpolation" is {pre.get("interpolation")!r}, not one of {", ".join(INTERPOLATIONS)}'
+    for key in ("mean", "std"):
+        v = pre.get(key)
+        if not isinstance(v, list) or len(v) != 3 or not all(_number(x) for x in v) or (
+                key == "std" and not all(x > 0 for x in v)):
+            return f'preprocessing "{key}" is not three {"positive " if key == "std" else ""}numbers'
+    return None
 
 
 def meta_problem(meta: dict) -> str | None:
     """What is wrong with a run description (model.json), in a few words, or None. Checked
     wherever a run is read (read_run_meta): predict, evaluate, export, serve, the Predictor."""
-    def whole(v, lo, hi):
-        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    whole, number = _whole, _number
 
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
@@ -117,21 +140,31 @@ def meta_problem(meta: dict) -> str | None:
         return 'no "backbone" with its spec, arch and weights_digest'
     if not isinstance(bb.get("stored", False), bool):
         return '"backbone"."stored" is not true or false'
+    parts = bb.get("parts")
+    if parts is not None and not (isinstance(parts, list) and len(parts) >= 2 and all(
+            isinstance(q, dict) and all(isinstance(q.get(k), str) for k in ("spec", "arch", "weights_digest"))
+            for q in parts)):
+        return '"backbone"."parts" is not a list of two or more backbones with their spec, arch and weights_digest'
     pre = meta.get("preprocessing")
     if not isinstance(pre, dict):
         return 'no "preprocessing"'
-    if not whole(pre.get("size"), *SIZE_RANGE):
-        return f'preprocessing "size" is {pre.get("size")!r}, not a whole number in {SIZE_RANGE[0]}..{SIZE_RANGE[1]}'
-    if not whole(pre.get("resize"), *RESIZE_RANGE):
-        return (f'preprocessing "resize" is {pre.get("resize")!r}, not a whole number in '
-                f'{RESIZE_RANGE[0]}..{RESIZE_RANGE[1]}')
-    if pre.get("interpolation") not in INTERPOLATIONS:
-        return f'preprocessing "interpolation" is {pre.get("interpolation")!r}, not one of {", ".join(INTERPOLATIONS)}'
-    for key in ("mean", "std"):
-        v = pre.get(key)
-        if not isinstance(v, list) or len(v) != 3 or not all(number(x) for x in v) or (
-                key == "std" and not all(x > 0 for x in v)):
-            return f'preprocessing "{key}" is not three {"positive " if key == "std" else ""}numbers'
+    tiles = pre.get("tiles")
+    if (parts is None) != (tiles is None) or (parts is not None and (
+            not isinstance(tiles, list) or len(tiles) != len(parts) or bb.get("stored"))):
+        return 'the "backbone" parts and the "preprocessing" tiles do not match'
+    if tiles is not None:
+        if len(tiles) > MAX_TILES:
+            return f'preprocessing has {len(tiles)} tiles, over {MAX_TILES}'
+        for tile in tiles:
+            problem = preprocessing_problem(tile) if isinstance(tile, dict) else 'a preprocessing tile is not an object'
+            if problem:
+                return problem
+        if len({t["size"] % 2 for t in tiles}) > 1:
+            return 'preprocessing tiles have sizes of both parities'
+    else:
+        problem = preprocessing_problem(pre)
+        if problem:
+            return problem
     head = meta.get("head")
     if not isinstance(head, dict):
         return 'no "head" (the shape of the trained top)'
@@ -152,11 +185,19 @@ def meta_problem(meta: dict) -> str | None:
     return None
 
 
-def run_backbone_source(meta: dict, weights=None) -> BackboneSource:
-    """The backbone a head-only run was trained on, verified against the recorded digest."""
+def run_backbone_source(meta: dict, weights=None):
+    """The backbone a head-only run was trained on (a BackboneSource, or a ConcatSource whose
+    every part is), verified against the recorded digests."""
     from .backbones import resolve_backbone
 
     info = meta["backbone"]
+    if info.get("parts"):  # a concatenation: each part found and checked as a single backbone is
+        from .backbones.concat import ConcatSource
+
+        if weights is not None:
+            raise GraftError(f"--weights names one file, but this run concatenates {info['spec']}: "
+                             f"each part's weights are found as training found them")
+        return ConcatSource(info["spec"], [run_backbone_source({"backbone": part}) for part in info["parts"]])
     source = resolve_backbone(info["spec"], weights or _recorded_weights(info))
     if source.weights.digest != info["weights_digest"]:
         raise GraftError(
@@ -321,6 +362,15 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
 
         head = load_head(run_dir)  # checked against model.json before any photo is read
         source = run_backbone_source(meta, weights)
+        if meta["backbone"].get("parts"):  # each part's own cache namespace (graft.features_multi)
+            from .features_multi import concat_features
+
+            feats, ok, stats = concat_features(
+                source, samples, cache_root(cache_dir), batch_size=batch_size, workers=workers,
+                progress=progress, point="pooled:mirrored" if mirror else "pooled",
+                wrap_load=(lambda load: Mirrored(RefuseNonPhotos(load))) if mirror else RefuseNonPhotos,
+                desc="features (mirrored)" if mirror else "features")
+            return feats, ok, head, stats.skipped
         cache = FeatureCache(cache_root(cache_dir), cache_namespace(source, "pooled:mirrored" if mirror else "pooled"))
         load = RefuseNonPhotos(source.preprocessing.load)
         # refused as training refuses them: a placeholder's features in the cache would be used,

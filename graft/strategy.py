@@ -44,11 +44,16 @@ def check_request(strategy: str, *, from_scratch: bool = False) -> None:
         raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
 
 
-def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages: int = 2) -> StrategyChoice:
-    """`requested` unless it is "auto"; `data` is a graft.data.Dataset of usable samples."""
+def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages: int = 2,
+                    frozen_only: str | None = None) -> StrategyChoice:
+    """`requested` unless it is "auto"; `data` is a graft.data.Dataset of usable samples.
+    `frozen_only`: why only the head can train (a concatenated backbone), if so."""
     check_request(requested)
     if requested != "auto":
         return StrategyChoice(requested, train_stages, f"asked for --strategy {requested}")
+    if frozen_only:
+        return StrategyChoice("head", train_stages, f"{frozen_only}: only a new softmax trains "
+                                                    f"(linear probe cross-validated accuracy {probe_accuracy:.3f})")
     counts = [0] * len(data.classes)
     for s in data.train:
         counts[s.label] += 1

@@ -1,5 +1,5 @@
 """Pretrained backbones: the registry (`default`, `lite0`/`lite1`/`lite2`, `timm:<name>`, `tv:<name>`; registry.py), the
-`Backbone` they all become (_base.py), their weights (weights.py) and evaluation preprocessing
+`Backbone` they all become (_base.py), concatenations of them (`lite0+lite2`; concat.py), their weights (weights.py) and evaluation preprocessing
 (preprocess.py).
 
 The names below load their module on first use: `graft.backbones.preprocess` (what a photo
@@ -15,6 +15,9 @@ _LAZY = {
     "Backbone": "._base",
     "WeightsInfo": "._base",
     "BackboneSource": ".registry",
+    "ConcatBackbone": ".concat",
+    "ConcatSource": ".concat",
+    "is_concat": ".concat",
     "DEFAULT_ARCH": ".registry",
     "DEFAULT_PREPROCESSING": ".registry",
     "BUNDLED": ".registry",
@@ -26,7 +29,7 @@ _LAZY = {
     "lukemelas_ordered": ".registry",
 }
 
-__all__ = ["Backbone", "BackboneSource", "load_backbone", "resolve_backbone", "rebuild_backbone",
+__all__ = ["Backbone", "BackboneSource", "ConcatBackbone", "ConcatSource", "is_concat", "load_backbone", "resolve_backbone", "rebuild_backbone",
            "WeightsInfo", "BUNDLED", "DEFAULT_BUNDLED"]
 
 

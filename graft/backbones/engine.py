@@ -151,8 +151,7 @@ def intra_op_threads() -> int:
 
 def self_check(backbone, engine: Engine, batch: int = 2) -> float:
     """Max |difference| between `engine` and torch's forward of `backbone` on a fixed random batch."""
-    s = backbone.preprocessing.size
-    x = torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(20240613))
+    x = torch.randn(batch, 3, *backbone.preprocessing.shape, generator=torch.Generator().manual_seed(20240613))
     was = backbone.training
     backbone.eval()
     with torch.inference_mode():
@@ -184,8 +183,7 @@ def _session(backbone, path: Path, threads: int):
 
 def export(backbone, path: Path) -> Path:
     """Write `backbone`'s pooled-feature graph (any batch size) to `path`, atomically."""
-    s = backbone.preprocessing.size
-    example = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(2, 3, *backbone.preprocessing.shape, generator=torch.Generator().manual_seed(0))
     was = backbone.training
     backbone.eval()
     try:

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import read_image
+from ..errors import GraftError
 
 # Version of the pixels `crop` produces. 1: JPEG draft decoding and a long side rounded up;
 # 2: the standard recipe above.
@@ -56,11 +57,19 @@ class Preprocessing:
         return cls(int(size), int(math.floor(size / crop_pct)), str(interpolation),
                    tuple(float(m) for m in mean), tuple(float(s) for s in std))
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the uint8 crop the network takes."""
+        return self.size, self.size
+
     def to_json(self) -> dict:
         return {**asdict(self), "recipe": RECIPE}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Preprocessing":
+    def from_json(cls, d: dict) -> "Preprocessing | Tiled":
+        """The preprocessing `to_json` wrote: a Preprocessing, or a Tiled one (it has "tiles")."""
+        if "tiles" in d:
+            return Tiled(tuple(cls.from_json(t) for t in d["tiles"]))
         # "recipe" is not read back: this code computes only the current one, and says so in to_json
         return cls(int(d["size"]), int(d["resize"]), str(d["interpolation"]),
                    tuple(d["mean"]), tuple(d["std"]))
@@ -89,13 +98,95 @@ class Preprocessing:
         box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
         return center_crop_array(np.asarray(img.resize((cw, ch), resample, box=box)), self.size)
 
-    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
-        """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised."""
+    def normalize_constants(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """(mean, 1 / std), both scaled to uint8 levels, shaped (1, 3, 1, 1): what `normalize`
+        subtracts and multiplies by (and an exported graph holds as constants)."""
         import torch
 
-        mean = torch.tensor(self.mean, device=batch.device).view(1, 3, 1, 1) * 255.0
-        inv_std = 1.0 / (torch.tensor(self.std, device=batch.device).view(1, 3, 1, 1) * 255.0)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
+        return mean, 1.0 / (torch.tensor(self.std).view(1, 3, 1, 1) * 255.0)
+
+    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
+        """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised."""
+        mean, inv_std = (c.to(batch.device) for c in self.normalize_constants())
         return batch.float().sub_(mean).mul_(inv_std)  # in place: one float batch, not three
+
+
+@dataclass(frozen=True)
+class Tiled:
+    """Several backbones' evaluation preprocessings as ONE uint8 image: each one's centre crop of
+    the same photo, stacked top to bottom on a canvas as wide as the widest, each centred across.
+
+    Why: a concatenated backbone (graft.backbones.concat, `lite0+lite2`) needs every part to see
+    exactly the crop it sees alone (its cached features are the ones it computed alone), and one
+    array per photo keeps every door a single crop goes through unchanged: the loader and its
+    workers, the Predictor, the exported graph's single uint8 input, the 60-line ONNX client.
+    Centring each tile (widths of one parity, checked) makes mirroring the canvas mirror every
+    tile in place, so `--tta flip` needs nothing new. `split` cuts a batch back into the tiles.
+    """
+
+    tiles: tuple[Preprocessing, ...]
+
+    def __post_init__(self):
+        if len(self.tiles) < 2 or any(not isinstance(t, Preprocessing) for t in self.tiles):
+            raise ValueError("a Tiled preprocessing joins two or more plain ones")
+        if len({t.size % 2 for t in self.tiles}) > 1:
+            raise GraftError(f"backbones with crop sizes {', '.join(str(t.size) for t in self.tiles)} cannot be "
+                             f"concatenated: their sizes must all be even or all odd")
+
+    @property
+    def size(self) -> int:
+        """The widest tile: what checks of a photo's shape against the network's input read."""
+        return max(t.size for t in self.tiles)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return sum(t.size for t in self.tiles), self.size
+
+    def boxes(self) -> list[tuple[int, int, int]]:
+        """Per tile (top, left, side) on the canvas."""
+        out, top = [], 0
+        for t in self.tiles:
+            out.append((top, (self.size - t.size) // 2, t.size))
+            top += t.size
+        return out
+
+    def to_json(self) -> dict:
+        return {"tiles": [t.to_json() for t in self.tiles], "recipe": RECIPE}
+
+    def load(self, path) -> "torch.Tensor":
+        return self.crop(read_image(path))
+
+    def crop(self, img: Image.Image) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.crop_array(img)).permute(2, 0, 1).contiguous()
+
+    def crop_array(self, img: Image.Image) -> np.ndarray:
+        """The canvas, uint8 (sum of sides, widest side, 3); zero outside the tiles."""
+        canvas = np.zeros((*self.shape, 3), np.uint8)
+        for t, (top, left, s) in zip(self.tiles, self.boxes()):
+            canvas[top:top + s, left:left + s] = t.crop_array(img)
+        return canvas
+
+    def split(self, x: "torch.Tensor") -> list["torch.Tensor"]:
+        """(N, C, H, W) canvas batch -> each tile's (N, C, side, side) view."""
+        return [x[:, :, top:top + s, left:left + s] for top, left, s in self.boxes()]
+
+    def normalize_constants(self) -> tuple["torch.Tensor", "torch.Tensor"]:
+        """(mean, 1 / std) per pixel, (1, 3, H, W): each tile's own constants over its box."""
+        import torch
+
+        mean, inv_std = torch.zeros(1, 3, *self.shape), torch.ones(1, 3, *self.shape)
+        for t, (top, left, s) in zip(self.tiles, self.boxes()):
+            m, i = t.normalize_constants()
+            mean[:, :, top:top + s, left:left + s] = m
+            inv_std[:, :, top:top + s, left:left + s] = i
+        return mean, inv_std
+
+    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
+        mean, inv_std = (c.to(batch.device) for c in self.normalize_constants())
+        return batch.float().sub_(mean).mul_(inv_std)
 
 
 def resized_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:

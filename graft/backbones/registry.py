@@ -91,6 +91,13 @@ def resolve_backbone(spec: str = "default", weights=None) -> BackboneSource:
         source = BackboneSource(spec.spec, spec.arch, spec.weights, spec.preprocessing, lambda: spec)
         source._built = spec
         return source
+    if "+" in spec:  # a concatenation (graft.backbones.concat): each part resolved on its own
+        from .concat import ConcatSource, split_spec
+
+        if weights is not None:
+            raise GraftError(f"--weights names one file, but {spec!r} concatenates several backbones: "
+                             f"give each part as a bundled name, a timm: or a tv: spec")
+        return ConcatSource(spec, [resolve_backbone(p) for p in split_spec(spec)])
     if spec == "default":
         return _bundled(DEFAULT_BUNDLED, "default", weights)
     if spec in BUNDLED:

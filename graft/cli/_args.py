@@ -8,7 +8,8 @@ from ..errors import GraftError
 def backbone_args(p) -> None:
     p.add_argument("--backbone", "-b", default="default", metavar="SPEC",
                    help="default (= lite1), lite0, lite1, lite2 (EfficientNet-Lite0/1/2, ImageNet, ship with "
-                   "graft; see README 'Which backbone to pick'), timm:<model> or tv:<model>")
+                   "graft; see README 'Which backbone to pick'), timm:<model> or tv:<model>; several joined "
+                   "by + (e.g. lite0+lite2) concatenate their frozen features (head strategy only)")
     p.add_argument("--weights", metavar="FILE", help="local weights file for the backbone (.safetensors or .pth)")
 
 

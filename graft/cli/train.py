@@ -66,7 +66,8 @@ def add_parser(subparsers) -> None:
                    "training photos")
     t.add_argument("--budget", type=duration, default=d.budget, metavar="SECONDS|Nm",
                    help="--backbone auto: seconds (or e.g. 2m) of feature extraction the candidates lite0, lite1, "
-                   f"lite2 may cost, estimated from lite0's measured rate (default {d.budget:g} s)")
+                   f"lite2 may cost, estimated from lite0's measured rate (default {d.budget:g} s); "
+                   "concatenations of those extracted are weighed too, at no extraction cost")
     t.add_argument("--final", action="store_true",
                    help="a model for deployment: after choosing everything on the training photos' "
                    "cross-validation, also train on the validation photos (no held-out accuracy then)")

@@ -120,7 +120,8 @@ def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
                                      "cache": {"misses": job.stats.misses}})
     linear_probe = probe(job, feats)
     probe_cv = cv_accuracy(linear_probe)  # chosen on the training photos: never the val figure
-    choice = choose_strategy(cfg.strategy, feats.data, probe_cv, train_stages=cfg.train_stages)
+    choice = choose_strategy(cfg.strategy, feats.data, probe_cv, train_stages=cfg.train_stages,
+                             frozen_only=f"--backbone {job.source.spec} concatenates frozen features" if job.concat else None)
     common = summary(job, feats, choice, probe_cv, linear_probe)
     fitted = linear_probe if choice.strategy == "head" else fine_tune(job, feats, choice)
     if not job.dist.is_main:  # rank 0 evaluates and writes; the weights are the same on every rank

@@ -66,6 +66,12 @@ class TrainConfig:
         if self.solver not in ("auto", "lbfgs", "adamw"):
             raise GraftError(f"solver must be auto, lbfgs or adamw, not {self.solver!r}")
         validate(self)
+        if isinstance(self.backbone, str) and "+" in self.backbone:  # a concatenation: frozen features only
+            from ..features_multi import require_frozen
+
+            require_frozen(self.backbone, self.strategy)
+            if self.aug_views:
+                raise GraftError(f"--aug-views works with a single backbone, not the concatenation {self.backbone}")
         object.__setattr__(self, "log", parse_log_kinds(self.log))
         if "tensorboard" in self.log:
             require_tensorboard()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..backbones import BackboneSource, resolve_backbone
+from ..backbones.concat import is_concat
 from ..cache import FeatureCache, cache_root
 from ..cache.layout import DECODED
 from ..cache.rows import FeatureRows, with_views
@@ -57,10 +58,30 @@ class Job:
     def decoded_dir(self) -> Path | None:
         return self.cache_root / DECODED if self.cfg.decode_once else None
 
+    @property
+    def concat(self) -> bool:
+        """The backbone concatenates several (`lite0+lite2`): its features are its parts'."""
+        return is_concat(self.source.spec)
+
     def extract(self, samples, cache: FeatureCache, desc: str, forward=None,
                 keep: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """-> (rows of `samples` in `cache`, ok mask), computing what is missing; with
-        `keep=False` the rows stay in the cache (None) for graft.cache.rows to read."""
+        `keep=False` the rows stay in the cache (None) for graft.cache.rows to read. A
+        concatenation's rows are its parts', each from its own namespace, joined in memory."""
+        if self.concat:
+            from ..features_multi import concat_features
+
+            feats, ok, st = concat_features(self.source, samples, self.cache_root, batch_size=self.cfg.batch_size,
+                                            workers=self.cfg.workers, progress=self.progress, dist=self.dist,
+                                            wrap_load=RefuseNonPhotos, desc=desc)
+            for part in st.parts.values():
+                self.stats.hits, self.stats.misses = self.stats.hits + part.hits, self.stats.misses + part.misses
+                self.stats.forward_batches += part.forward_batches
+                self.stats.seconds += part.seconds
+                self.stats.wait_s += part.wait_s
+                self.stats.compute_s += part.compute_s
+            self.stats.skipped += st.skipped
+            return feats, ok
         feats, ok, _ = extract_features(
             self.source.build, [s.digest for s in samples], [s.path for s in samples], cache,
             load=RefuseNonPhotos(self.source.preprocessing.load), batch_size=self.cfg.batch_size, workers=self.cfg.workers,
@@ -131,9 +152,15 @@ def start(cfg: TrainConfig, out, photos=None) -> Job:
     dist = context()  # several processes under torchrun, else one
     torch.manual_seed(cfg.seed)
     source = resolve_backbone(AUTO_CANDIDATES[0][0] if cfg.backbone == "auto" else cfg.backbone, cfg.weights)
-    cache = FeatureCache(cache_root(cfg.cache_dir), cache_namespace(source))
+    cache = pooled_cache(cache_root(cfg.cache_dir), source)
     epochs_log = TrainingLog(out, cfg.log, resume=cfg.resume) if dist.is_main else None
     return Job(cfg, Path(out), dist, source, cache, cfg.progress and dist.is_main, epoch_log=epochs_log, started=started)
+
+
+def pooled_cache(root, source) -> FeatureCache:
+    """The namespace of `source`'s pooled features (a concatenation's first part's: its rows are
+    read part by part, graft.features_multi, and this one only anchors the cache's root)."""
+    return FeatureCache(root, cache_namespace(source.parts[0] if is_concat(source.spec) else source))
 
 
 # --- 1. scan ----------------------------------------------------------------------------------------
@@ -151,21 +178,35 @@ def scan(job: Job, photos) -> Dataset:
 
 # The bundled candidates and their extraction cost relative to lite0 (hymenoptera, cold CPU-seconds:
 # lite0 19.9, lite1 23.3, lite2 25.5; bench/quality_study.py), cheapest first: ties go to the cheaper.
-# The concatenation lite0+lite2 (cost 2.35) cross-validated no better than lite2 alone there and
-# cannot yet be trained by graft train, so it is not a candidate here.
+# Concatenations of those that were extracted are weighed too (their cost is the sum of the parts':
+# each photo goes through every part at predict time); their features are already in the cache.
 AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
 
 
 def choose_backbone(job: Job, data: Dataset) -> Job:
     """--backbone auto: each bundled backbone whose extraction of the training photos fits in
     --budget seconds (estimated from lite0's measured rate x its relative cost) is cross-validated
-    on the TRAINING photos' cached features (graft.selection.choose_head); the best mean cv
-    accuracy wins, ties to the cheaper. The winner's features are then in the cache."""
+    on the TRAINING photos' cached features (graft.selection.choose_head), then every
+    concatenation of two or more of those (`lite0+lite2`: their features side by side, nothing
+    more to extract); the best mean cv accuracy wins, ties to the cheaper. The winner's features
+    are then in the cache."""
+    from itertools import combinations
+
     from ..selection import choose_head
 
     cfg = job.cfg
-    table, spent, rate = [], 0.0, None
+    table, spent, rate, extracted = [], 0.0, None, {}
     y = np.array([s.label for s in data.train])
+
+    def cross_validate(spec, feats, ok, **row):
+        rows = np.flatnonzero(ok)
+        choice = choose_head(feats[rows], y[rows], len(data.classes), solvers=cfg.solvers(),
+                             head_cfg=cfg.head_config(), balance=cfg.balance,
+                             keys=[data.train[i].digest for i in rows], seed=cfg.seed)
+        cv = choice.to_json()
+        table.append({"backbone": spec, "cv_accuracy": cv["cv_accuracy"]["mean"],
+                      "cv_accuracy_std": cv["cv_accuracy"]["std"], **row})
+
     for spec, factor in AUTO_CANDIDATES:
         source = resolve_backbone(spec)
         cache = FeatureCache(job.cache_root, cache_namespace(source))
@@ -182,14 +223,16 @@ def choose_backbone(job: Job, data: Dataset) -> Job:
         spent += stats.seconds
         if rate is None:  # lite0's seconds per photo, measured (a warm cache costs nothing: no estimate)
             rate = stats.seconds / max(stats.misses, 1) / factor if stats.misses else 0.0
-        rows = np.flatnonzero(ok)
-        choice = choose_head(feats[rows], y[rows], len(data.classes), solvers=cfg.solvers(),
-                             head_cfg=cfg.head_config(), balance=cfg.balance,
-                             keys=[data.train[i].digest for i in rows], seed=cfg.seed)
-        cv = choice.to_json()
-        table.append({"backbone": spec, "cv_accuracy": cv["cv_accuracy"]["mean"],
-                      "cv_accuracy_std": cv["cv_accuracy"]["std"], "extraction_s": round(stats.seconds, 3),
-                      "computed": stats.misses, "relative_cost": factor})
+        extracted[spec] = (feats, ok, factor, stats.seconds)
+        cross_validate(spec, feats, ok, extraction_s=round(stats.seconds, 3), computed=stats.misses,
+                       relative_cost=factor)
+    for n in range(2, len(extracted) + 1):
+        for specs in combinations(extracted, n):
+            parts = [extracted[spec] for spec in specs]
+            cross_validate("+".join(specs), np.concatenate([p[0] for p in parts], axis=1),
+                           np.logical_and.reduce([p[1] for p in parts]),
+                           extraction_s=round(sum(p[3] for p in parts), 3), computed=0,
+                           relative_cost=round(sum(p[2] for p in parts), 3))
     scored = [r for r in table if r.get("cv_accuracy") is not None]
     if not scored:
         raise GraftError("--backbone auto: no candidate could be cross-validated (too few training photos per class)")
@@ -197,7 +240,7 @@ def choose_backbone(job: Job, data: Dataset) -> Job:
     for r in table:
         r["chosen"] = r is best
     job.source = resolve_backbone(best["backbone"])
-    job.cache = FeatureCache(job.cache_root, cache_namespace(job.source))
+    job.cache = pooled_cache(job.cache_root, job.source)
     job.backbone_candidates = table
     return job
 
@@ -208,7 +251,7 @@ def features(job: Job, data: Dataset) -> Features:
     """Every photo's frozen features from the cache (computing only what is missing), and with
     --aug-views those of K augmented draws of each training photo."""
     samples = data.train + data.val
-    _, ok = job.extract(samples, job.cache, "extracting features", keep=False)
+    rows, ok = job.extract(samples, job.cache, "extracting features", keep=False)  # rows: a concatenation's
     skipped = data.skipped + job.stats.skipped
     if job.dist.is_main:
         for item in skipped:
@@ -222,8 +265,11 @@ def features(job: Job, data: Dataset) -> Features:
         train_idx, val_idx = train_idx + val_idx, []
     kept = Dataset(data.root, data.classes, [samples[i] for i in train_idx], [samples[i] for i in val_idx],
                    data.skipped, data.layout)
-    x_train = FeatureRows(job.cache, [samples[i].digest for i in train_idx])
-    x_val = FeatureRows(job.cache, [samples[i].digest for i in val_idx])
+    if rows is not None:  # joined from its parts' namespaces, in memory
+        x_train, x_val = rows[train_idx], rows[val_idx].reshape(len(val_idx), rows.shape[1])
+    else:
+        x_train = FeatureRows(job.cache, [samples[i].digest for i in train_idx])
+        x_val = FeatureRows(job.cache, [samples[i].digest for i in val_idx])
     out = Features(kept, x_train, y[train_idx], x_val, y[val_idx], skipped)
     if job.cfg.aug_views:
         out.x_train, out.augmentation = _with_views(job, kept.train, out.x_train)

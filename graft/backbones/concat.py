@@ -1,0 +1,105 @@
+"""Concatenated backbones: `--backbone lite0+lite2` describes a photo by both networks' pooled
+features side by side, and the head learns from the concatenation.
+
+Why: different networks see different things (resolution, depth), and a linear probe on their
+joined features can beat either alone, at the cost of running both. Each part stays an ordinary
+backbone with its own preprocessing, so its features are exactly the ones it computes alone
+(graft.features_multi reads and fills each part's own cache namespace: a photo extracted for
+`lite0` is never recomputed for `lite0+lite2`). The parts' crops travel as one tiled image
+(graft.backbones.preprocess.Tiled), so a concatenated run predicts, exports and serves through
+the very code a single backbone does. Only frozen features concatenate: fine-tuning two networks
+at once is not supported (graft.train refuses it in one line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import GraftError
+from ._base import Backbone, WeightsInfo
+from .preprocess import Tiled
+
+SEP = "+"
+
+
+def is_concat(spec) -> bool:
+    return isinstance(spec, str) and SEP in spec
+
+
+def split_spec(spec: str) -> list[str]:
+    """"lite0+lite2" -> ["lite0", "lite2"]."""
+    parts = [p.strip() for p in str(spec).split(SEP)]
+    if any(not p for p in parts):
+        raise GraftError(f"backbone {spec!r}: empty part; write parts joined by '+', e.g. lite0+lite2")
+    if len(set(parts)) != len(parts):
+        raise GraftError(f"backbone {spec!r} names a part twice")
+    return parts
+
+
+def joined_weights(parts) -> WeightsInfo:
+    """One identity for the parts' weights: their sources joined, a digest of their digests."""
+    digest = hashlib.sha256(SEP.join(p.weights.digest for p in parts).encode()).hexdigest()
+    return WeightsInfo(SEP.join(p.weights.source for p in parts), digest)
+
+
+class ConcatBackbone(nn.Module):
+    """Tiled uint8-normalised canvas (graft.backbones.preprocess.Tiled) -> the parts' pooled
+    features concatenated, in the order of the spec. No stages: it is never fine-tuned."""
+
+    sequential = False
+
+    def __init__(self, parts: list[Backbone], spec: str):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.spec = spec
+        self.arch = SEP.join(p.arch for p in parts)
+        self.preprocessing = Tiled(tuple(p.preprocessing for p in parts))
+        self.weights = joined_weights(parts)
+        self.feature_dims = [int(p.feature_dim) for p in parts]
+        self.feature_dim = sum(self.feature_dims)
+        self.stages, self.stage_names = [], []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tiles = self.preprocessing.split(x)
+        return torch.cat([p(t).flatten(1) for p, t in zip(self.parts, tiles)], dim=1)
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "arch": self.arch, "weights_source": self.weights.source,
+                "weights_digest": self.weights.digest, "feature_dim": self.feature_dim,
+                "parts": [p.describe() for p in self.parts]}
+
+
+@dataclass
+class ConcatSource:
+    """The verified parts of a concatenated backbone, nothing built: what the feature cache's
+    parts, a saved run and `--backbone auto` record (the interface of registry.BackboneSource)."""
+
+    spec: str
+    parts: list  # [registry.BackboneSource]
+    _built: ConcatBackbone | None = field(default=None, repr=False)
+
+    @property
+    def arch(self) -> str:
+        return SEP.join(p.arch for p in self.parts)
+
+    @property
+    def weights(self) -> WeightsInfo:
+        return joined_weights(self.parts)
+
+    @property
+    def preprocessing(self) -> Tiled:
+        return Tiled(tuple(p.preprocessing for p in self.parts))
+
+    def build(self) -> ConcatBackbone:
+        if self._built is None:
+            self._built = ConcatBackbone([p.build() for p in self.parts], self.spec)
+        return self._built
+
+    def describe_parts(self) -> list[dict]:
+        """model.json's backbone "parts": each part's identity, found again part by part."""
+        return [{"spec": p.spec, "arch": p.arch, "weights_source": p.weights.source,
+                 "weights_digest": p.weights.digest} for p in self.parts]
