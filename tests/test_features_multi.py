@@ -12,8 +12,8 @@ from graft.cache import FeatureCache
 from graft.data import scan_class_folders
 from graft.errors import GraftError
 from graft.features import cache_namespace, extract_features
-from graft.features_multi import (concat_batches, concat_features, require_frozen, resolve_concat,
-                                  split_spec)
+from graft.backbones.concat import split_spec
+from graft.features_multi import concat_features, require_frozen
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def samples(tmp_path):
 @pytest.fixture(scope="module")
 def source():
     """lite0+lite1, resolved once: its parts keep their network once built."""
-    return resolve_concat("lite0+lite1")
+    return resolve_backbone("lite0+lite1")
 
 
 def alone(src, samples, cache_root):
@@ -61,16 +61,22 @@ def test_concatenation_is_each_part_side_by_side_and_reuses_each_cache(source, s
     assert [s["path"] for s in stats3.skipped] == [str(broken.path)]
 
 
-def test_uncached_prediction_matches_the_cached_features(source, samples, tmp_path):
+def test_the_tiled_crop_through_the_concatenated_network_gives_the_cached_features(source, samples, tmp_path):
+    """What a concatenated run computes at predict time (one tiled crop through ConcatBackbone)
+    is what training read from the parts' caches."""
+    import torch
+
     found, _ = samples
     feats, _, _ = concat_features(source, found, tmp_path / "cache", workers=0, progress=False)
-    paths = [s.path for s in found] + [found[0].path.with_name("broken.jpg")]
-    direct, ok, skipped = concat_batches([p.build() for p in source.parts], paths, workers=0)
-    np.testing.assert_allclose(direct[:-1], feats, rtol=1e-4, atol=1e-4)
-    assert ok[:-1].all() and not ok[-1] and len(skipped) == 1
-    d = source.describe([1280, 1280])
-    assert d["spec"] == "lite0+lite1" and [p["spec"] for p in d["parts"]] == ["lite0", "lite1"]
-    assert d["parts"][1]["preprocessing"]["size"] == 240 and d["parts"][0]["feature_dim"] == 1280
+    net = source.build().eval()
+    pre = net.preprocessing
+    assert pre.shape == (224 + 240, 240) and net.feature_dim == 2560
+    with torch.inference_mode():
+        x = torch.stack([pre.load(s.path) for s in found])
+        direct = net(pre.normalize(x).contiguous(memory_format=torch.channels_last)).numpy()
+    np.testing.assert_allclose(direct, feats, rtol=1e-4, atol=1e-4)
+    d = source.describe_parts()
+    assert [p["spec"] for p in d] == ["lite0", "lite1"] and all(len(p["weights_digest"]) == 64 for p in d)
 
 
 def test_bad_specs_and_fine_tuning_are_one_clear_line():
@@ -79,9 +85,9 @@ def test_bad_specs_and_fine_tuning_are_one_clear_line():
     with pytest.raises(GraftError, match="twice"):
         split_spec("lite0+lite0")
     with pytest.raises(GraftError, match="unknown backbone"):
-        resolve_concat("lite0+lite9")
+        resolve_backbone("lite0+lite9")
     with pytest.raises(GraftError, match="--weights"):
-        resolve_concat("lite0+lite2", weights="x.pth")
+        resolve_backbone("lite0+lite2", weights="x.pth")
     for strategy in ("partial", "full"):
         with pytest.raises(GraftError) as e:
             require_frozen("lite0+lite2", strategy)

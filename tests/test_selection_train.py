@@ -105,3 +105,24 @@ def test_backbone_auto_stays_within_its_budget_and_chooses_on_training_photos(tm
     assert m["backbone"]["spec"] == "lite0"
     assert table["lite0"]["cv_accuracy"] == m["cv_accuracy"]["mean"]
     assert m["cache"]["misses"] == 4  # the val photos; the training photos came from auto's extraction
+
+
+def test_backbone_auto_weighs_concatenations_of_what_it_extracted(tmp_path):
+    photos = tmp_path / "photos"
+    make_photo_folder(photos / "train", per_class=6, seed=43)
+    make_photo_folder(photos / "val", per_class=2, seed=44)
+    with isolated_env(tmp_path):
+        m = graft.train(photos, tmp_path / "run", backbone="auto", budget=1e6, cache_dir=tmp_path / "cache",
+                        workers=0, progress=False, report=False).metrics
+    table = {r["backbone"]: r for r in m["backbone_candidates"]}
+    assert list(table) == ["lite0", "lite1", "lite2", "lite0+lite1", "lite0+lite2", "lite1+lite2",
+                           "lite0+lite1+lite2"]
+    for spec, row in table.items():
+        parts = spec.split("+")
+        assert row["cv_accuracy"] is not None
+        assert row["relative_cost"] == pytest.approx(sum(table[p]["relative_cost"] for p in parts))
+        if len(parts) > 1:
+            assert row["computed"] == 0  # nothing more to extract: the parts' features are cached
+    best = max(table.values(), key=lambda r: (r["cv_accuracy"], -r["relative_cost"]))
+    assert [r["chosen"] for r in table.values()].count(True) == 1 and best["chosen"]
+    assert m["backbone"]["spec"] == best["backbone"]

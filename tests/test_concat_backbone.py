@@ -1,0 +1,153 @@
+"""A concatenated backbone (`--backbone lite0+lite1`) end to end: the tiled crop that carries
+each part's centre crop, training on the parts' cached features, and a run that predicts,
+exports, serves its ONNX client and calibrates with the very features it was trained on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import graft
+from conftest import isolated_env, make_photo_folder
+from graft.backbones.preprocess import Preprocessing, Tiled
+from graft.errors import GraftError
+
+SMALL, LARGE = Preprocessing(4, 6), Preprocessing(8, 10, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 0.125))
+
+
+def photo(w=37, h=23, seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+
+
+def test_each_tile_is_its_parts_own_crop_centred_on_one_canvas():
+    pre = Tiled((SMALL, LARGE))
+    img = photo()
+    canvas = pre.crop_array(img)
+    assert canvas.shape == (12, 8, 3) and pre.shape == (12, 8) and pre.size == 8
+    np.testing.assert_array_equal(canvas[0:4, 2:6], SMALL.crop_array(img))
+    np.testing.assert_array_equal(canvas[4:12], LARGE.crop_array(img))
+    assert not canvas[0:4, :2].any() and not canvas[0:4, 6:].any()  # zero beside the narrow tile
+    # mirroring the canvas mirrors every tile in place: what --tta flip does to a concatenated run
+    flipped = torch.from_numpy(canvas[:, ::-1].copy()).permute(2, 0, 1)[None]
+    for tile, part in zip(pre.split(flipped), (SMALL, LARGE)):
+        np.testing.assert_array_equal(tile[0].permute(1, 2, 0).numpy(), part.crop_array(img)[:, ::-1])
+    x = torch.from_numpy(canvas).permute(2, 0, 1)[None]
+    got = pre.normalize(x.clone())
+    for tile, part in zip(pre.split(got), (SMALL, LARGE)):
+        alone = part.normalize(torch.from_numpy(part.crop_array(img)).permute(2, 0, 1)[None])
+        torch.testing.assert_close(tile, alone, rtol=0, atol=0)
+    assert Preprocessing.from_json(json.loads(json.dumps(pre.to_json()))) == pre
+    assert torch.equal(pre.crop(img), x[0])
+
+
+def test_tiles_of_both_parities_are_refused_in_one_line():
+    with pytest.raises(GraftError) as e:
+        Tiled((SMALL, Preprocessing(5, 6)))
+    assert "even or all odd" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def concat_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("concat")
+    photos = root / "photos"
+    make_photo_folder(photos / "train", per_class=6, seed=51)
+    make_photo_folder(photos / "val", per_class=3, seed=52)
+    with isolated_env(root):
+        result = graft.train(photos, root / "run", backbone="lite0+lite1", cache_dir=root / "cache",
+                             workers=0, progress=False, report=False)
+        yield root, photos, result.metrics
+
+
+def test_a_concatenated_run_trains_the_head_and_records_its_parts(concat_run):
+    root, photos, m = concat_run
+    assert m["strategy"] == "head" and "concatenates frozen features" in m["strategy_reason"]
+    meta = json.loads((root / "run" / "model.json").read_text())
+    assert meta["backbone"]["spec"] == "lite0+lite1" and not meta["backbone"]["stored"]
+    assert [p["spec"] for p in meta["backbone"]["parts"]] == ["lite0", "lite1"]
+    assert [t["size"] for t in meta["preprocessing"]["tiles"]] == [224, 240]
+    assert meta["head"]["in_features"] == 2560
+    # the parts' features are in their own namespaces: a lite1 run on these photos computes nothing
+    with isolated_env(root):
+        again = graft.train(photos, root / "run-lite1", backbone="lite1", cache_dir=root / "cache",
+                            workers=0, progress=False, report=False).metrics
+    assert again["cache"]["misses"] == 0
+
+
+def test_predict_time_features_are_the_trained_ones_on_every_engine(concat_run):
+    """The Predictor's tiled crop through the concatenated network (torch), the ONNX export and
+    the standalone client all give the probabilities of the head on the cached features."""
+    from graft.export import export_run
+    from graft.features_multi import concat_features
+    from graft.predictor import Predictor
+    from graft.run import load_head, photos_split, read_run_meta
+
+    root, photos, m = concat_run
+    run = root / "run"
+    data = photos_split(read_run_meta(run), photos)
+    feats, ok, _ = concat_features("lite0+lite1", data.val, root / "cache", workers=0, progress=False)
+    assert ok.all()
+    with torch.inference_mode():
+        expected = load_head(run)(torch.from_numpy(feats)).softmax(1).numpy()
+    paths = [s.path for s in data.val]
+    torch_p = Predictor(run, engine="torch").predict(paths, topk=2)
+    export_run(run, "onnx")
+    onnx_pred = Predictor(run)
+    assert onnx_pred.engine.name == "onnx"
+    onnx_p = onnx_pred.predict(paths, topk=2)
+    classes = read_run_meta(run)["classes"]
+    for answers in (torch_p, onnx_p):
+        got = np.array([[{p["class"]: p["probability"] for p in a["predictions"]}[c] for c in classes]
+                        for a in answers])
+        np.testing.assert_allclose(got, expected, atol=2e-4)  # answers are rounded to 6 places
+    out = subprocess.run([sys.executable, str(run / "predict_onnx.py"), str(run / "model.onnx"), str(paths[0])],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split()[1] == onnx_p[0]["predictions"][0]["class"]
+    flipped = Predictor(run, tta="flip").predict(paths[:2])
+    assert all(a["predictions"] for a in flipped)
+
+
+def test_evaluate_and_calibrate_read_the_parts_caches(concat_run):
+    root, photos, m = concat_run
+    ev = graft.evaluate(root / "run", photos, cache_dir=root / "cache")
+    assert ev["accuracy"] == pytest.approx(m["val_accuracy"])
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"strategy": "partial"}, "--strategy head"),
+    ({"strategy": "full"}, "--strategy head"),
+    ({"aug_views": 2}, "single backbone"),
+    ({"weights": "x.pth"}, "--weights"),
+])
+def test_what_a_concatenation_cannot_do_is_one_line_before_any_photo(tmp_path, photos, settings, words):
+    with pytest.raises(GraftError) as e:
+        graft.train(photos, tmp_path / "run", backbone="lite0+lite2", cache_dir=tmp_path / "cache",
+                    progress=False, report=False, **settings)
+    assert words in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_a_run_whose_parts_and_tiles_disagree_is_refused(concat_run, tmp_path):
+    import shutil
+
+    from graft.predictor import Predictor
+
+    root, _, _ = concat_run
+    for change in ("drop parts", "drop a tile", "odd tile"):
+        run = tmp_path / change.replace(" ", "-")
+        shutil.copytree(root / "run", run)
+        meta = json.loads((run / "model.json").read_text())
+        if change == "drop parts":
+            del meta["backbone"]["parts"]
+        elif change == "drop a tile":
+            meta["preprocessing"]["tiles"].pop()
+        else:
+            meta["preprocessing"]["tiles"][0]["size"] = 223
+        (run / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(GraftError, match="not a valid graft run"):
+            Predictor(run, engine="torch")
