@@ -12,9 +12,11 @@ cache). Configurations, interleaved cold then warm:
              here; bench/quality_study.py's "today" row re-creates it on cached features.
   default    the new default (lite1, solver chosen by CV)
   lite2      --backbone lite2
-  auto       --backbone auto (lite0/lite1/lite2 by cross-validation on graft's training photos)
+  concat     --backbone lite0+lite2 (both networks' features side by side)
+  auto       --backbone auto (lite0/lite1/lite2 and their concatenations, by cross-validation on
+             graft's training photos)
 
-    .venv/bin/python bench/quality.py [--configs today,default,lite2]
+    .venv/bin/python bench/quality.py [--configs today,default,lite2,concat,auto]
 
 Times on a shared machine are inflated: the load average is printed beside them.
 """
@@ -35,13 +37,14 @@ CONFIGS = {
     "today": {"backbone": "lite0", "solver": "adamw"},
     "default": {},
     "lite2": {"backbone": "lite2"},
+    "concat": {"backbone": "lite0+lite2"},
     "auto": {"backbone": "auto"},
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", default="today,default,lite2,auto")
+    ap.add_argument("--configs", default="today,default,lite2,concat,auto")
     args = ap.parse_args()
     data = need_hymenoptera()
     import graft
@@ -50,9 +53,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs.split(","):
             kw = CONFIGS[name]
-            if kw is None:
-                rows[name] = {"skipped": "--backbone auto is not implemented yet"}
-                continue
             cache = Path(tmp) / f"cache-{name}"
             walls = []
             for temp in ("cold", "warm"):
@@ -73,12 +73,9 @@ def main() -> None:
                 rows[name]["candidates"] = m["backbone_candidates"]
             print(f"# {name}: {rows[name]}", flush=True)
     load = os.getloadavg()[0]
-    print(f"{'config':<9}{'backbone':<10}{'solver':<8}{'held-out':>9}{'reported':>9}{'cv':>7}{'cold s':>8}{'warm s':>8}")
+    print(f"{'config':<9}{'backbone':<18}{'solver':<8}{'held-out':>9}{'reported':>9}{'cv':>7}{'cold s':>8}{'warm s':>8}")
     for name, r in rows.items():
-        if "skipped" in r:
-            print(f"{name:<9}{r['skipped']}")
-            continue
-        print(f"{name:<9}{r['backbone']:<10}{r['solver']:<8}{r['held_out']:>9.3f}{r['reported_val']:>9.3f}"
+        print(f"{name:<9}{r['backbone']:<18}{r['solver']:<8}{r['held_out']:>9.3f}{r['reported_val']:>9.3f}"
               f"{r['cv']:>7.3f}{r['cold_s']:>8.1f}{r['warm_s']:>8.1f}")
     print(f"(load average {load:.1f} on {os.cpu_count()} cores: wall times are inflated by other work)")
     emit({"bench": "quality", "rows": rows, "load_average": round(load, 1)})

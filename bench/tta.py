@@ -1,12 +1,12 @@
-"""Test-time augmentation (`--tta flip`): does averaging a photo's centre crop with its mirror
-help on real photos?
+"""Test-time augmentation (`--tta flip`, `--tta crops`): does averaging a photo's centre crop
+with its mirror, or with its four corner crops, help on real photos?
 
 Protocol (issue 11, item 6): graft is given only hymenoptera's `train/` (default settings, it
 draws its own validation split), then `graft.evaluate` scores hymenoptera's `val/` (153 photos
-it never saw) with `tta=None` and `tta="flip"`: accuracy, log loss of the softmax and how many
-answers change. The same comparison on the training photos, out of fold (the run's head recipe
-refitted without each of 5 folds, scoring the held-out fold's plain and mirrored features), is
-what a cross-validated choice of TTA would see without touching `val/`.
+it never saw) with each `tta`: accuracy, log loss of the softmax and how many answers change.
+The same comparison on the training photos, out of fold (the run's head recipe refitted without
+each of 5 folds on centre crops, scoring the held-out fold's views), is what a cross-validated
+choice of TTA would see without touching `val/`.
 
     .venv/bin/python bench/tta.py
 """
@@ -27,7 +27,9 @@ import graft  # noqa: E402
 from graft.data import scan_class_folders  # noqa: E402
 from graft.folds import stratified_folds, train_rows  # noqa: E402
 from graft.probe import fit_probe  # noqa: E402
-from graft.run import photos_split, read_run_meta, run_features  # noqa: E402
+from graft.run import load_head, photos_split, read_run_meta, run_features, tta_views  # noqa: E402
+
+MODES = ("none", "flip", "crops")
 
 
 def scores(logits, y):
@@ -36,18 +38,28 @@ def scores(logits, y):
             "log_loss": round(float(torch.nn.functional.cross_entropy(z, torch.as_tensor(y))), 4)}
 
 
-def out_of_fold(meta, x, xm, y, keys):
-    """Out-of-fold logits of the plain and of the mirrored features (L-BFGS at the run's strength)."""
+def views(run, samples, cache, mode):
+    """-> ([features of each view of `mode`], ok mask of photos every view read)."""
+    out, ok = [], np.ones(len(samples), bool)
+    for at, mirror in tta_views(mode):
+        f, ok_v, _, _ = run_features(run, samples, cache_dir=cache, workers=0, mirror=mirror, at=at)
+        out.append(f)
+        ok &= ok_v
+    return out, ok
+
+
+def out_of_fold(meta, xs, y, keys):
+    """Out-of-fold logits, averaged over the views `xs` (L-BFGS at the run's strength, fitted on
+    the centre crops xs[0] of the other folds)."""
     rec = meta["training"]["head"]
     strength = rec.get("strength") or 0.03
-    c = len(meta["classes"])
-    plain, flip = np.zeros((len(y), c)), np.zeros((len(y), c))
+    logits = np.zeros((len(y), len(meta["classes"])))
     for held in stratified_folds(y, 5, keys=keys, seed=rec.get("seed", 0)):
-        head = fit_probe(x[train_rows(len(y), held)], y[train_rows(len(y), held)], c, strength).head
+        rows = train_rows(len(y), held)
+        head = fit_probe(xs[0][rows], y[rows], len(meta["classes"]), strength).head
         with torch.no_grad():
-            a, b = head(torch.from_numpy(x[held])).double(), head(torch.from_numpy(xm[held])).double()
-        plain[held], flip[held] = a.numpy(), ((a + b) / 2).numpy()
-    return plain, flip, rec.get("solver"), strength
+            logits[held] = (sum(head(torch.from_numpy(x[held])).double() for x in xs) / len(xs)).numpy()
+    return logits, rec.get("solver"), strength
 
 
 def main():
@@ -60,40 +72,43 @@ def main():
         cache = work / "cache"
         run = graft.train(root / "train", work / "run", cache_dir=cache, progress=False, workers=0).run_dir
         meta = read_run_meta(run)
-        timings = {}
-        results = {}
-        for name, tta in (("none", None), ("flip", "flip"), ("flip_warm", "flip")):
+        timings, results = {}, {}
+        for mode in MODES + ("crops_warm",):  # the first evaluate of a mode computes its views' features
             t = time.perf_counter()
-            results[name] = graft.evaluate(run, root / "val", cache_dir=cache, workers=0, tta=tta)
-            timings[name] = round(time.perf_counter() - t, 2)
+            results[mode] = graft.evaluate(run, root / "val", cache_dir=cache, workers=0,
+                                           tta=None if mode == "none" else mode.split("_")[0])
+            timings[mode] = round(time.perf_counter() - t, 2)
         # log loss and changed answers, from the same cached features evaluate used
         _, held, _ = scan_class_folders(root / "val", classes=meta["classes"], cache_dir=cache)
-        f, ok, head, _ = run_features(run, held, cache_dir=cache, workers=0)
-        fm, okm, _, _ = run_features(run, held, cache_dir=cache, workers=0, mirror=True)
-        ok &= okm
+        head = load_head(run)
+        per_mode = {mode: views(run, held, cache, mode) for mode in MODES}
+        ok = np.logical_and.reduce([v[1] for v in per_mode.values()])
         y = np.array([s.label for s in held])[ok]
         with torch.no_grad():
-            a, b = head(torch.from_numpy(f[ok])).double(), head(torch.from_numpy(fm[ok])).double()
-        val = {"none": scores(a, y), "flip": scores((a + b) / 2, y), "mirror_alone": scores(b, y)}
-        changed = int((a.argmax(1) != ((a + b) / 2).argmax(1)).sum())
+            val_logits = {m: sum(head(torch.from_numpy(f[ok])).double() for f in fs) / len(fs)
+                          for m, (fs, _) in per_mode.items()}
+        val = {m: scores(z, y) for m, z in val_logits.items()}
+        changed = {m: int((val_logits["none"].argmax(1) != z.argmax(1)).sum()) for m, z in val_logits.items()}
         # the training photos, out of fold: what choosing TTA by cross-validation would see
         data = photos_split(meta, root / "train", cache_dir=cache)
-        x, okx, _, _ = run_features(run, data.train, cache_dir=cache, workers=0)
-        xm, okxm, _, _ = run_features(run, data.train, cache_dir=cache, workers=0, mirror=True)
-        rows = np.flatnonzero(okx & okxm)
+        train_views = {mode: views(run, data.train, cache, mode) for mode in MODES}
+        rows = np.flatnonzero(np.logical_and.reduce([v[1] for v in train_views.values()]))
         ty = np.array([s.label for s in data.train])[rows]
-        plain, flip, solver, strength = out_of_fold(meta, x[rows], xm[rows], ty, [data.train[i].digest for i in rows])
-        cv = {"none": scores(plain, ty), "flip": scores(flip, ty)}
-    for name in ("none", "flip"):
-        print(f"tta {name:5s} held-out val: accuracy {val[name]['accuracy']:.4f} log loss {val[name]['log_loss']:.4f} "
-              f"(graft.evaluate {results[name]['accuracy']:.4f}, {timings[name]:.1f} s) | training photos out of "
-              f"fold: accuracy {cv[name]['accuracy']:.4f} log loss {cv[name]['log_loss']:.4f}")
-    print(f"answers changed by flip: {changed} of {len(y)}; warm flip evaluate {timings['flip_warm']:.1f} s")
-    emit({"val_accuracy_none": results["none"]["accuracy"], "val_accuracy_flip": results["flip"]["accuracy"],
-          "val_log_loss_none": val["none"]["log_loss"], "val_log_loss_flip": val["flip"]["log_loss"],
-          "val_accuracy_mirror_alone": val["mirror_alone"]["accuracy"], "val_changed": changed, "n_val": int(len(y)),
-          "cv_accuracy_none": cv["none"]["accuracy"], "cv_accuracy_flip": cv["flip"]["accuracy"],
-          "cv_log_loss_none": cv["none"]["log_loss"], "cv_log_loss_flip": cv["flip"]["log_loss"],
+        keys = [data.train[i].digest for i in rows]
+        cv = {}
+        for mode, (xs, _) in train_views.items():
+            logits, solver, strength = out_of_fold(meta, [x[rows] for x in xs], ty, keys)
+            cv[mode] = scores(logits, ty)
+    for mode in MODES:
+        print(f"tta {mode:5s} held-out val: accuracy {val[mode]['accuracy']:.4f} log loss {val[mode]['log_loss']:.4f} "
+              f"changed {changed[mode]:3d} (graft.evaluate {results[mode]['accuracy']:.4f}, {timings[mode]:.1f} s) | "
+              f"training photos out of fold: accuracy {cv[mode]['accuracy']:.4f} log loss {cv[mode]['log_loss']:.4f}")
+    print(f"warm crops evaluate {timings['crops_warm']:.1f} s")
+    emit({**{f"val_accuracy_{m}": results[m]["accuracy"] for m in MODES},
+          **{f"val_log_loss_{m}": val[m]["log_loss"] for m in MODES},
+          **{f"val_changed_{m}": changed[m] for m in MODES}, "n_val": int(len(y)),
+          **{f"cv_accuracy_{m}": cv[m]["accuracy"] for m in MODES},
+          **{f"cv_log_loss_{m}": cv[m]["log_loss"] for m in MODES},
           "n_train": int(len(ty)), "evaluate_s": timings, "backbone": meta["backbone"]["spec"],
           "strategy": meta["strategy"], "solver": solver, "strength": strength})
 

@@ -37,20 +37,21 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def batches(self, paths, *, batch_size: int = 32, workers: int | None = None, mirror: bool = False):
+    def batches(self, paths, *, batch_size: int = 32, workers: int | None = None, mirror: bool = False,
+                at=None):
         """Yield (indices, features (n, D), [(index, ImageError)]) for image files, batch by batch,
         through the parallel loader and the run's preprocessing; `self.head(features)` scores them.
-        `mirror`: of each centre crop mirrored left-right."""
+        `mirror`, `at`: of another crop than the centre one (backbones.preprocess.CropAt)."""
+        from .backbones.preprocess import CENTRE, CropAt
         from .loader import image_loader
 
         pre = self.preprocessing
         self.eval()
         with torch.inference_mode():
-            for idx, batch, errors in image_loader(paths, pre.load, batch_size=batch_size, workers=workers):
+            for idx, batch, errors in image_loader(paths, CropAt(pre, at or CENTRE, mirror), batch_size=batch_size,
+                                                   workers=workers):
                 feats = None
                 if batch is not None:
-                    if mirror:
-                        batch = batch.flip(-1)
                     feats = self.features(pre.normalize(batch).contiguous(memory_format=torch.channels_last))
                 yield idx, feats, errors
 

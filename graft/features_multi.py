@@ -67,12 +67,13 @@ class ConcatStats:
 
 def concat_features(source: ConcatSource | str, samples, cache_root, *, batch_size: int = 32,
                     workers: int | None = None, progress: bool = True, dist=None,
-                    wrap_load=None, point: str = "pooled", desc: str = "features"):
+                    load_for=None, point: str = "pooled", desc: str = "features"):
     """-> (features (N, sum of widths) float32, ok mask, ConcatStats) for data.Samples.
 
-    A photo is ok only if every part could read it (its row is zero otherwise). `wrap_load`
-    wraps each part's `load` (e.g. graft.data.placeholders.RefuseNonPhotos; a mirroring one for
-    --tta flip, whose features live under another `point` of the namespace)."""
+    A photo is ok only if every part could read it (its row is zero otherwise). `load_for(pre)`:
+    the `load` of a part with preprocessing `pre` (default its centre crop, `pre.load`; e.g. one
+    refusing placeholders, graft.data.placeholders.RefuseNonPhotos, or the corner crops of --tta
+    crops, whose features live under another `point` of the namespace)."""
     from .cache import FeatureCache
 
     if isinstance(source, str):
@@ -82,9 +83,8 @@ def concat_features(source: ConcatSource | str, samples, cache_root, *, batch_si
     blocks, ok = [], np.ones(len(samples), bool)
     for part in source.parts:
         cache = FeatureCache(cache_root, cache_namespace(part, point))
-        load = part.preprocessing.load
-        feats, part_ok, st = extract_features(part.build, names, paths, cache,
-                                              load=wrap_load(load) if wrap_load else load,
+        load = load_for(part.preprocessing) if load_for else part.preprocessing.load
+        feats, part_ok, st = extract_features(part.build, names, paths, cache, load=load,
                                               batch_size=batch_size, workers=workers, progress=progress,
                                               desc=f"{desc} ({part.spec})", dist=dist)
         stats.parts[part.spec] = st

@@ -25,7 +25,7 @@ from .errors import GraftError
 from .metrics import classification_metrics
 from .predictor import Predictor
 from .reject import UNKNOWN, apply_reject, calibration_for, parse_reject  # noqa: F401  (graft.inference's API)
-from .run import parse_tta, read_run_meta, run_features
+from .run import parse_tta, read_run_meta, run_features, tta_views
 
 log = logging.getLogger("graft")
 
@@ -118,7 +118,8 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
     a label file (path,label[,split]): its rows with split=test when it has any, else every row.
     Frozen-backbone runs reuse the feature cache, so evaluating on the validation photos after
     training makes no forward pass through the backbone. `tta="flip"`: each photo's logits are
-    the mean of its centre crop's and its mirror's (the mirrored features are cached too).
+    the mean of its centre crop's and its mirror's; `tta="crops"`: of its centre and four corner
+    crops (graft.run.tta_views; their features are cached too).
     """
     tta = parse_tta(tta)
     photos = Path(photos).expanduser()
@@ -130,19 +131,19 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
         classes, samples, skipped = data.classes, data.val, data.skipped
     else:
         classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"], cache_dir=cache_dir)
-    feats, ok, head, more = run_features(run, samples, cache_dir=cache_dir, weights=weights, batch_size=batch_size,
-                                         workers=workers, progress=progress)
-    skipped += more
+    views = []  # each --tta crop's features; the same files fail every way: their reasons are listed once
+    for i, (at, mirror) in enumerate(tta_views(tta)):
+        feats, ok_v, head, more = run_features(run, samples, cache_dir=cache_dir, weights=weights,
+                                               batch_size=batch_size, workers=workers, progress=progress,
+                                               mirror=mirror, at=at)
+        views.append(feats)
+        ok = ok_v if i == 0 else ok & ok_v
+        if i == 0:
+            skipped += more
     import torch
 
-    if tta == "flip":  # the same files fail both ways: their reasons are listed once
-        mirrored, ok_m, _, _ = run_features(run, samples, cache_dir=cache_dir, weights=weights, batch_size=batch_size,
-                                            workers=workers, progress=progress, mirror=True)
-        ok &= ok_m
-    with torch.no_grad():
-        logits = head(torch.from_numpy(feats[ok]))
-        if tta == "flip":
-            logits = (logits + head(torch.from_numpy(mirrored[ok]))) / 2
+    with torch.no_grad():  # logits averaged (graft.Predictor's tta): a fitted temperature still divides them
+        logits = sum(head(torch.from_numpy(v[ok])) for v in views) / len(views)
         pred = logits.argmax(1).numpy()
     for item in skipped:
         log.warning("skipped %s: %s", item["path"], item["reason"])

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ._digest import sha256_file
-from .backbones.preprocess import Preprocessing
+from .backbones.preprocess import FIVE_CROPS, Preprocessing
 from .calibrate import CALIBRATION_JSON, load_calibration
 from .errors import GraftError, ImageError
 from .reject import apply_reject, calibration_for, parse_reject
@@ -54,10 +54,11 @@ class Predictor:
     whose features are already cached skip decoding and the backbone (torch engine). `device`:
     where the torch engine runs (default the CPU). `engine`: "auto", "onnx" or "torch" (above).
     `threads`: threads of one forward pass (default: the engine's, one per core; torch's
-    setting is per process). `tta`: test-time augmentation, None/"none" (default) or "flip":
+    setting is per process). `tta`: test-time augmentation, None/"none" (default), "flip":
     each input's logits are the mean of its centre crop's and its left-right mirror's (two
-    forward passes; the novelty check, fitted on centre crops, reads the centre crop's; the
-    feature cache, which holds centre crops' features, is then not used).
+    forward passes), or "crops": of its centre and four corner crops (five; torchvision's
+    FiveCrop of the resized photo). The novelty check, fitted on centre crops, reads the centre
+    crop's; the feature cache, which holds centre crops' features, is then not used.
     """
 
     def __init__(self, run, *, weights=None, cache_dir=None, device=None, engine: str = "auto",
@@ -71,6 +72,8 @@ class Predictor:
         self.meta = read_run_meta(self.run_dir)
         self.classes = list(self.meta["classes"])
         self.preprocessing = Preprocessing.from_json(self.meta["preprocessing"])
+        # what each input becomes: the centre crop, or with tta="crops" its five crops stacked
+        self._input = _FiveCrops(self.preprocessing) if self.tta == "crops" else self.preprocessing
         self.calibration = None
         self._calibration_error: GraftError | None = None
         if (self.run_dir / CALIBRATION_JSON).is_file():
@@ -109,16 +112,23 @@ class Predictor:
 
     # --- inputs ---------------------------------------------------------------------------------
     def prepare(self, item) -> np.ndarray:
-        """One input -> the uint8 (size, size, 3) crop the network sees; ImageError if unusable."""
-        return _prepare(self.preprocessing, _kind(item), item)
+        """One input -> the uint8 (size, size, 3) crop the network sees (with tta="crops", its five
+        crops stacked top to bottom, (5 * size, size, 3)); ImageError if unusable."""
+        return _prepare(self._input, _kind(item), item)
 
     # --- the network ----------------------------------------------------------------------------
     def forward(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """uint8 (N, size, size, 3) crops -> (logits (N, C) float64, novelty distances (N,) or
-        None when the run has no novelty check). With tta="flip" the logits are the mean of the
-        crops' and their mirrors': logits, not probabilities, so that a calibration's
+        """uint8 (N, size, size, 3) crops (`prepare`'s) -> (logits (N, C) float64, novelty
+        distances (N,) or None when the run has no novelty check). With tta="flip" the logits are
+        the mean of the crops' and their mirrors', with "crops" of the five crops' stacked in each
+        input: logits, not probabilities, so that a calibration's
         temperature divides them exactly as it divided the centre crops' it was fitted on."""
         with self._lock:
+            if self.tta == "crops":  # (N, 5 * H, W, 3) -> one batch of 5N crops, the centre ones first
+                n, v = len(crops), len(FIVE_CROPS)
+                views = crops.reshape(n, v, crops.shape[1] // v, *crops.shape[2:]).swapaxes(0, 1)
+                logits, novelty = self.engine.run(views.reshape(n * v, *views.shape[2:]))
+                return logits.reshape(v, n, -1).mean(0), None if novelty is None else novelty[:n]
             logits, novelty = self.engine.run(crops)
             if self.tta == "flip":
                 logits = (logits + self.engine.run(crops[:, :, ::-1])[0]) / 2
@@ -240,7 +250,7 @@ class Predictor:
                 rows, crops, errors = [], [], []
                 for i in todo[start:start + batch_size]:
                     try:
-                        crops.append(_prepare(self.preprocessing, kinds[i], items[i]))
+                        crops.append(_prepare(self._input, kinds[i], items[i]))
                         rows.append(i)
                     except ImageError as e:
                         errors.append((i, e.reason))
@@ -250,7 +260,7 @@ class Predictor:
 
         from .loader import image_loader  # decoding processes: torch's DataLoader
 
-        load = functools.partial(_prepare_tensor, self.preprocessing)
+        load = functools.partial(_prepare_tensor, self._input)
         for idx, batch, errors in image_loader([(kinds[i], items[i]) for i in todo], load,
                                                batch_size=batch_size, workers=workers):
             crops = None if batch is None else batch.permute(0, 2, 3, 1).numpy()
@@ -397,6 +407,17 @@ def _kind(item) -> str:
     if isinstance(item, np.ndarray):
         return "array"
     raise TypeError(f"Predictor takes paths, PIL images, numpy arrays or encoded bytes, not {type(item).__name__}")
+
+
+class _FiveCrops:
+    """--tta crops: an input's centre crop and its four corner crops, stacked top to bottom in
+    one uint8 array, so they travel through the loader and `forward` as one crop does."""
+
+    def __init__(self, pre):
+        self.pre = pre
+
+    def crop_array(self, img: Image.Image) -> np.ndarray:
+        return np.concatenate([self.pre.crop_array(img, at) for at in FIVE_CROPS], axis=0)
 
 
 def _prepare_tensor(pre: Preprocessing, kind_item):

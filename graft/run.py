@@ -319,39 +319,46 @@ def _load_state(path: Path, module: nn.Module, state: dict, what: str) -> None:
                          f"its files") from None
 
 
-TTA_MODES = ("none", "flip")  # test-time augmentation: the centre crop alone, or averaged with its mirror
+# test-time augmentation: the centre crop alone, averaged with its mirror, or with the four corners
+TTA_MODES = ("none", "flip", "crops")
 
 
 def parse_tta(value) -> str | None:
     """--tta / tta=: None or "none" (the centre crop alone), "flip" (the centre crop and its
-    left-right mirror, their logits averaged). -> None or "flip"; a GraftError otherwise."""
+    left-right mirror), "crops" (the centre crop and the four corner crops of the resized photo,
+    torchvision's FiveCrop), their logits averaged. -> None, "flip" or "crops"; else a GraftError."""
     if value is None:
         return None
     text = str(value).strip().lower()
     if text not in TTA_MODES:
-        raise GraftError(f"--tta takes {' or '.join(TTA_MODES)}, got {value!r}")
+        raise GraftError(f"--tta takes {', '.join(TTA_MODES)}, got {value!r}")
     return None if text == "none" else text
 
 
-class Mirrored:
-    """A `load` (path -> uint8 (3, H, W) crop) whose crops come out mirrored left-right; a
-    class, not a closure, so loader worker processes can receive it."""
+def tta_views(tta) -> list[tuple[tuple[float, float], bool]]:
+    """The (at, mirror) crops whose logits --tta averages, the centre crop first."""
+    from .backbones.preprocess import CENTRE, FIVE_CROPS
 
-    def __init__(self, load):
-        self.load = load
-
-    def __call__(self, path):
-        return self.load(path).flip(-1)
+    tta = parse_tta(tta)
+    if tta == "flip":
+        return [(CENTRE, False), (CENTRE, True)]
+    if tta == "crops":
+        return [(at, False) for at in FIVE_CROPS]
+    return [(CENTRE, False)]
 
 
 def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: int = 32,
-                 workers: int | None = None, progress: bool = False, mirror: bool = False):
+                 workers: int | None = None, progress: bool = False, mirror: bool = False, at=None):
     """-> (features (N, D) float32, ok mask, head, skipped [{path, reason}]) for data.Samples.
 
     What evaluation, calibration and the report all need. Frozen-backbone runs read the feature
     cache (no forward pass for photos training saw); other runs push the photos through the
-    stored network. `mirror`: the features of each centre crop mirrored left-right (--tta flip;
-    cached apart from the plain ones)."""
+    stored network. `mirror`, `at`: the features of another crop than the centre one (--tta:
+    mirrored, or at a corner, graft.backbones.preprocess.CropAt; cached apart from the plain ones)."""
+    from .backbones.preprocess import CENTRE, CropAt
+
+    at = CENTRE if at is None else tuple(at)
+    desc = "features" + (" (mirrored)" if mirror else "") + (f" (crop at {at[0]:g},{at[1]:g})" if at != CENTRE else "")
     meta = read_run_meta(run_dir)
     paths = [s.path for s in samples]
     if not meta["backbone"].get("stored"):
@@ -362,27 +369,27 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
 
         head = load_head(run_dir)  # checked against model.json before any photo is read
         source = run_backbone_source(meta, weights)
+        # placeholders refused as training refuses them: a placeholder's features in the cache
+        # would be used, undecoded and so unchecked, by the next graft train on these photos
+        def load_for(pre):
+            return RefuseNonPhotos(CropAt(pre, at, mirror))
+
+        point = CropAt(None, at, mirror).point
         if meta["backbone"].get("parts"):  # each part's own cache namespace (graft.features_multi)
             from .features_multi import concat_features
 
-            feats, ok, stats = concat_features(
-                source, samples, cache_root(cache_dir), batch_size=batch_size, workers=workers,
-                progress=progress, point="pooled:mirrored" if mirror else "pooled",
-                wrap_load=(lambda load: Mirrored(RefuseNonPhotos(load))) if mirror else RefuseNonPhotos,
-                desc="features (mirrored)" if mirror else "features")
+            feats, ok, stats = concat_features(source, samples, cache_root(cache_dir), batch_size=batch_size,
+                                               workers=workers, progress=progress, point=point,
+                                               load_for=load_for, desc=desc)
             return feats, ok, head, stats.skipped
-        cache = FeatureCache(cache_root(cache_dir), cache_namespace(source, "pooled:mirrored" if mirror else "pooled"))
-        load = RefuseNonPhotos(source.preprocessing.load)
-        # refused as training refuses them: a placeholder's features in the cache would be used,
-        # undecoded and so unchecked, by the next graft train on these photos
+        cache = FeatureCache(cache_root(cache_dir), cache_namespace(source, point))
         feats, ok, stats = extract_features(source.build, [s.digest for s in samples], paths, cache,
-                                            load=Mirrored(load) if mirror else load, batch_size=batch_size,
-                                            workers=workers, progress=progress,
-                                            desc="features (mirrored)" if mirror else "features")
+                                            load=load_for(source.preprocessing), batch_size=batch_size,
+                                            workers=workers, progress=progress, desc=desc)
         return feats, ok, head, stats.skipped
     model = load_run(run_dir, weights=weights)
     feats, ok, skipped = None, np.ones(len(samples), bool), []
-    for idx, f, errors in model.batches(paths, batch_size=batch_size, workers=workers, mirror=mirror):
+    for idx, f, errors in model.batches(paths, batch_size=batch_size, workers=workers, mirror=mirror, at=at):
         for i, e in errors:
             ok[i] = False
             skipped.append({"path": e.path, "reason": e.reason})

@@ -199,8 +199,50 @@ def test_tta_flip_averages_a_photo_and_its_mirror(trained_run):
     top = tta.predict(img, topk=1)["predictions"][0]
     assert top["class"] == plain.classes[int(p.argmax())] and top["probability"] == pytest.approx(p.max(), abs=1e-5)
     assert tta.describe()["tta"] == "flip" and plain.describe()["tta"] == "none"
-    with pytest.raises(GraftError, match="--tta takes none or flip"):
-        Predictor(trained_run.run, tta="crops")
+    with pytest.raises(GraftError, match="--tta takes none, flip, crops"):
+        Predictor(trained_run.run, tta="zoom")
+
+
+def test_tta_crops_are_torchvisions_five_crops_and_their_logits_averaged(trained_run):
+    """The five crops are torchvision's FiveCrop of the resized photo (centre first), and
+    tta="crops" answers with the mean of the five crops' logits; the novelty is the centre's."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from graft.backbones.preprocess import FIVE_CROPS
+
+    plain = Predictor(trained_run.run, engine="torch")
+    five = Predictor(trained_run.run, engine="torch", tta="crops")
+    pre = plain.preprocessing
+    img = make_photo(np.random.default_rng(9), "blue", size=(150, 110))
+    resized = TF.resize(img, pre.resize, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    tl, tr, bl, br, centre = (np.asarray(c) for c in TF.five_crop(resized, pre.size))
+    stacked = five.prepare(img)
+    assert stacked.shape == (5 * pre.size, pre.size, 3)
+    views = stacked.reshape(5, pre.size, pre.size, 3)
+    for got, want in zip(views, (centre, tl, tr, bl, br)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(views[0], plain.prepare(img))
+    each = [plain.forward(v[None])[0] for v in views]
+    assert max(np.abs(e - each[0]).max() for e in each) > 1e-3  # the crops do see different things
+    got, _ = five.forward(np.stack([stacked, stacked[::-1].copy()]))  # a batch of two inputs stays apart
+    np.testing.assert_allclose(got[0], np.mean(each, axis=0), atol=1e-5)
+    assert np.abs(got[0] - got[1]).max() > 1e-4
+    assert len(FIVE_CROPS) == 5 and five.describe()["tta"] == "crops"
+
+
+def test_evaluate_with_tta_crops_agrees_with_the_predictor(trained_run):
+    kw = dict(cache_dir=trained_run.cache, workers=0)
+    first = graft.evaluate(trained_run.run, trained_run.photos, tta="crops", **kw)
+    with count_backbone_forwards() as calls:
+        again = graft.evaluate(trained_run.run, trained_run.photos, tta="crops", **kw)
+    assert not calls and again == first and first["tta"] == "crops"  # the corners' features were cached
+    from graft.data import scan_class_folders
+
+    _, samples, _ = scan_class_folders(trained_run.photos, cache_dir=trained_run.cache)
+    answers = Predictor(trained_run.run, engine="torch", tta="crops").predict([s.path for s in samples], topk=1)
+    classes = trained_run.metrics["classes"]
+    right = [classes.index(r["predictions"][0]["class"]) == s.label for r, s in zip(answers, samples)]
+    assert first["n"] == len(samples) and first["accuracy"] == pytest.approx(np.mean(right))
 
 
 def test_evaluate_with_tta_flip_caches_the_mirrors_and_agrees_with_the_predictor(trained_run, capsys):

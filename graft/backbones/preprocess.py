@@ -36,6 +36,11 @@ RECIPE = 2
 # is not bit-equal to resizing everything (a level here and there) but needs no 60 MB canvas.
 MAX_RESIZED_PIXELS = 1 << 24
 
+CENTRE = (0.5, 0.5)  # `at` of the evaluation crop: half the margin on each side
+# Test-time `crops` (--tta crops): the centre crop and the four corners of the resized image,
+# torchvision's FiveCrop of the same square; the centre first (the novelty check reads it).
+FIVE_CROPS = (CENTRE, (0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
+
 _PIL_INTERPOLATION = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -78,22 +83,24 @@ class Preprocessing:
         """Read the whole file, resize the shorter side, centre-crop: a uint8 (3, size, size) tensor."""
         return self.crop(read_image(path))
 
-    def crop(self, img: Image.Image) -> "torch.Tensor":
+    def crop(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> "torch.Tensor":
         """An RGB image -> the uint8 (3, size, size) tensor the network sees (see the module doc)."""
         import torch
 
-        return torch.from_numpy(self.crop_array(img)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(self.crop_array(img, at)).permute(2, 0, 1).contiguous()
 
-    def crop_array(self, img: Image.Image) -> np.ndarray:
-        """The same crop as a uint8 (size, size, 3) array."""
+    def crop_array(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> np.ndarray:
+        """The same crop as a uint8 (size, size, 3) array. `at`: where the square sits in the
+        resized image, as fractions (x, y) of the margin left of and above it: CENTRE (the
+        evaluation crop), or (0, 0), (1, 0), (0, 1), (1, 1) for the corners (test-time `crops`)."""
         tw, th = resized_size(img.size, self.resize)
         resample = _PIL_INTERPOLATION[self.interpolation]
         if tw * th <= MAX_RESIZED_PIXELS:
             if (tw, th) != img.size:
                 img = img.resize((tw, th), resample)
-            return center_crop_array(np.asarray(img), self.size)
+            return center_crop_array(np.asarray(img), self.size, at)
         cw, ch = min(self.size, tw), min(self.size, th)
-        left, top = int(round((tw - cw) / 2)), int(round((th - ch) / 2))
+        left, top = int(round((tw - cw) * at[0])), int(round((th - ch) * at[1]))
         sx, sy = img.size[0] / tw, img.size[1] / th
         box = (left * sx, top * sy, (left + cw) * sx, (top + ch) * sy)
         return center_crop_array(np.asarray(img.resize((cw, ch), resample, box=box)), self.size)
@@ -157,16 +164,17 @@ class Tiled:
     def load(self, path) -> "torch.Tensor":
         return self.crop(read_image(path))
 
-    def crop(self, img: Image.Image) -> "torch.Tensor":
+    def crop(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> "torch.Tensor":
         import torch
 
-        return torch.from_numpy(self.crop_array(img)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(self.crop_array(img, at)).permute(2, 0, 1).contiguous()
 
-    def crop_array(self, img: Image.Image) -> np.ndarray:
-        """The canvas, uint8 (sum of sides, widest side, 3); zero outside the tiles."""
+    def crop_array(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> np.ndarray:
+        """The canvas, uint8 (sum of sides, widest side, 3); zero outside the tiles. `at`: every
+        tile's crop at that place (Preprocessing.crop_array)."""
         canvas = np.zeros((*self.shape, 3), np.uint8)
         for t, (top, left, s) in zip(self.tiles, self.boxes()):
-            canvas[top:top + s, left:left + s] = t.crop_array(img)
+            canvas[top:top + s, left:left + s] = t.crop_array(img, at)
         return canvas
 
     def split(self, x: "torch.Tensor") -> list["torch.Tensor"]:
@@ -198,15 +206,16 @@ def resized_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
     return (short_side, new_long) if w <= h else (new_long, short_side)
 
 
-def center_crop_array(arr: np.ndarray, size: int) -> np.ndarray:
+def center_crop_array(arr: np.ndarray, size: int, at: tuple[float, float] = CENTRE) -> np.ndarray:
     """torchvision's center_crop of an (H, W, C) array: zero padding split as it splits it when
-    the image is smaller, then the offset int(round((side - size) / 2))."""
+    the image is smaller, then the offset int(round((side - size) / 2)); with `at` another
+    place, int(round((side - size) * at)) (at = (0, 0): the top-left corner, as FiveCrop's)."""
     h, w = arr.shape[:2]
     if h < size or w < size:
         ph, pw = max(0, size - h), max(0, size - w)
         arr = np.pad(arr, ((ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2), (0, 0)))
         h, w = arr.shape[:2]
-    top, left = int(round((h - size) / 2)), int(round((w - size) / 2))
+    top, left = int(round((h - size) * at[1])), int(round((w - size) * at[0]))
     return arr[top:top + size, left:left + size].copy()  # writable and contiguous
 
 
@@ -215,3 +224,23 @@ def pil_to_tensor(img: Image.Image) -> "torch.Tensor":
 
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 
+
+
+class CropAt:
+    """A `load(path)` for loader workers: the crop of `pre` at `at` (a corner, for --tta crops),
+    optionally mirrored left-right (--tta flip). A class, not a closure: workers receive it."""
+
+    def __init__(self, pre, at: tuple[float, float] = CENTRE, mirror: bool = False):
+        self.pre, self.at, self.mirror = pre, tuple(at), mirror
+
+    def __call__(self, path) -> "torch.Tensor":
+        x = self.pre.crop(read_image(path), self.at)
+        return x.flip(-1) if self.mirror else x
+
+    @property
+    def point(self) -> str:
+        """The feature cache's `point` for these crops: apart from the centre crop's "pooled"."""
+        parts = ["pooled"] + (["mirrored"] if self.mirror else [])
+        if self.at != CENTRE:
+            parts.append(f"at{self.at[0]:g},{self.at[1]:g}")
+        return ":".join(parts)

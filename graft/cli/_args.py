@@ -41,10 +41,10 @@ def engine_arg(p) -> None:
 
 
 def tta_arg(p) -> None:
-    p.add_argument("--tta", choices=("none", "flip"), default="none",
-                   help="test-time augmentation: none (default: the centre crop) or flip (the mean of the centre "
-                   "crop's logits and its left-right mirror's: twice the forward passes; on hymenoptera it changed "
-                   "no answer of 153, so it is off by default: bench/tta.py)")
+    p.add_argument("--tta", choices=("none", "flip", "crops"), default="none",
+                   help="test-time augmentation: none (default: the centre crop), flip (the mean of the centre "
+                   "crop's logits and its left-right mirror's: twice the forward passes) or crops (the centre and "
+                   "four corner crops: five times); off by default: neither helped on hymenoptera (bench/tta.py)")
 
 
 def loader_args(p) -> None:

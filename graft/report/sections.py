@@ -70,6 +70,7 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
             else:
                 cells.append(("<b>" if r.get("chosen") else "") + f"{esc(r['backbone'])}: cv {fmt3(r['cv_accuracy'])} "
                              f"&plusmn; {fmt3(r['cv_accuracy_std'])}, extraction {r['extraction_s']:.1f} s"
+                             + (" (its parts', nothing more extracted)" if "+" in r["backbone"] else "")
                              + ("</b>" if r.get("chosen") else ""))
         rows.append(("backbone (auto)", '<span id="backbone-candidates">' + "<br>".join(cells)
                      + '</span> <span class="muted">(chosen by cross-validation on the training photos)</span>'))

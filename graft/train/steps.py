@@ -73,7 +73,7 @@ class Job:
 
             feats, ok, st = concat_features(self.source, samples, self.cache_root, batch_size=self.cfg.batch_size,
                                             workers=self.cfg.workers, progress=self.progress, dist=self.dist,
-                                            wrap_load=RefuseNonPhotos, desc=desc)
+                                            load_for=lambda pre: RefuseNonPhotos(pre.load), desc=desc)
             for part in st.parts.values():
                 self.stats.hits, self.stats.misses = self.stats.hits + part.hits, self.stats.misses + part.misses
                 self.stats.forward_batches += part.forward_batches
