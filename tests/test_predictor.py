@@ -225,7 +225,7 @@ def test_tta_crops_are_torchvisions_five_crops_and_their_logits_averaged(trained
     each = [plain.forward(v[None])[0] for v in views]
     assert max(np.abs(e - each[0]).max() for e in each) > 1e-3  # the crops do see different things
     got, _ = five.forward(np.stack([stacked, stacked[::-1].copy()]))  # a batch of two inputs stays apart
-    np.testing.assert_allclose(got[0], np.mean(each, axis=0), atol=1e-5)
+    np.testing.assert_allclose(got[0], np.mean(each, axis=0)[0], atol=1e-5)
     assert np.abs(got[0] - got[1]).max() > 1e-4
     assert len(FIVE_CROPS) == 5 and five.describe()["tta"] == "crops"
 
@@ -301,4 +301,4 @@ def test_predict_cli_takes_tta(trained_run, capsys, monkeypatch):
         assert printed["predictions"][0]["probability"] == pytest.approx(want["predictions"][0]["probability"], abs=1e-5)
     assert seen == ["flip"] * 4  # the CLI's Predictor and the reference one, twice
     with pytest.raises(SystemExit):
-        parser.parse_args(["predict", str(trained_run.run), str(photo), "--tta", "crops"])
+        parser.parse_args(["predict", str(trained_run.run), str(photo), "--tta", "zoom"])
