@@ -44,6 +44,9 @@ def check_request(strategy: str, *, from_scratch: bool = False) -> None:
         raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
 
 
+LITTLE_DATA = 250  # fewer training photos than this in the smallest class: `auto` trains the head only
+
+
 def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages: int = 2,
                     frozen_only: str | None = None) -> StrategyChoice:
     """`requested` unless it is "auto"; `data` is a graft.data.Dataset of usable samples.
@@ -59,7 +62,7 @@ def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages
         counts[s.label] += 1
     per_class = min(counts)
     probe = f"linear probe cross-validated accuracy {probe_accuracy:.3f} on the training photos"
-    if per_class < 250:
+    if per_class < LITTLE_DATA:
         return StrategyChoice("head", train_stages,
                               f"{per_class} training images in the smallest class (< 250): little data, "
                               f"train only a new softmax on the frozen backbone ({probe})")

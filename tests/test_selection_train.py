@@ -126,3 +126,59 @@ def test_backbone_auto_weighs_concatenations_of_what_it_extracted(tmp_path):
     best = max(table.values(), key=lambda r: (r["cv_accuracy"], -r["relative_cost"]))
     assert [r["chosen"] for r in table.values()].count(True) == 1 and best["chosen"]
     assert m["backbone"]["spec"] == best["backbone"]
+
+
+def test_aug_views_auto_is_weighed_by_cross_validation_on_the_training_photos(tmp_path, monkeypatch):
+    """--aug-views auto (the default): with 20+ training photos in every class, 4 views are
+    extracted and cross-validated against none on the same folds; the head kept is the winner's,
+    and the record says both figures. With fewer photos, or more than the cap, none are weighed."""
+    from graft.train import config
+
+    photos = tmp_path / "photos"
+    make_photo_folder(photos / "train", per_class=20, seed=45)
+    make_photo_folder(photos / "val", per_class=2, seed=46)
+    with isolated_env(tmp_path):
+        m = graft.train(photos, tmp_path / "run", cache_dir=tmp_path / "cache", workers=0, progress=False,
+                        report=False).metrics
+    v = m["views"]
+    assert v["asked"] == "auto" and v["k"] == config.AUTO_VIEWS and m["cache"]["misses"] == 44 + 40 * config.AUTO_VIEWS
+    assert v["used"] == (v["cv_with"] > v["cv_without"])
+    assert m["cv_accuracy"]["mean"] == (v["cv_with"] if v["used"] else v["cv_without"])  # the winner's head
+    assert (m["augmentation"] is not None) == v["used"]
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert (meta["augmentation"] is not None) == v["used"]
+
+    monkeypatch.setattr(config, "AUTO_VIEWS_MAX_PHOTOS", 39)
+    with isolated_env(tmp_path):
+        m = graft.train(photos, tmp_path / "run2", cache_dir=tmp_path / "cache", workers=0, progress=False,
+                        report=False).metrics
+    assert m["views"]["k"] == 0 and "40 training photos (> 39)" in m["views"]["reason"]
+    assert m["cache"]["misses"] == 0 and m["augmentation"] is None
+
+
+def test_aug_views_auto_needs_photos_enough_to_tell(tmp_path):
+    photos = tmp_path / "photos"
+    make_photo_folder(photos / "train", per_class=8, seed=47)
+    make_photo_folder(photos / "val", per_class=2, seed=48)
+    with isolated_env(tmp_path):
+        m = graft.train(photos, tmp_path / "run", cache_dir=tmp_path / "cache", workers=0, progress=False,
+                        report=False, strategy="head").metrics
+    assert m["views"]["k"] == 0 and "8 training photos in the smallest class (< 20)" in m["views"]["reason"]
+    assert m["cache"]["misses"] == 20  # no view was extracted
+
+
+def test_aug_views_takes_auto_or_a_count_on_the_command_line(capsys):
+    import argparse
+
+    from graft.cli import train as train_cli
+
+    parser = argparse.ArgumentParser(prog="graft")
+    train_cli.add_parser(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["train", "p", "--out", "r"]).aug_views == "auto"
+    assert parser.parse_args(["train", "p", "--out", "r", "--aug-views", "AUTO"]).aug_views == "auto"
+    assert parser.parse_args(["train", "p", "--out", "r", "--aug-views", "3"]).aug_views == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "p", "--out", "r", "--aug-views", "some"])
+    assert "expected auto or a whole number" in capsys.readouterr().err
+    with pytest.raises(graft.GraftError, match="--aug-views must be auto or a whole number >= 0"):
+        graft.train("p", "r", aug_views=-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,6 +10,16 @@ from ..errors import GraftError
 from ._args import augment_args, backbone_args, human, loader_args, output_args, per_class_table, table, workers
 
 HELP = "train a classifier on a folder of photos"  # `graft --help`'s line
+
+
+def views_count(text: str):
+    """--aug-views: "auto" or a whole number (argparse says which, in one line, otherwise)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number, got {text!r}") from None
 
 
 def add_parser(subparsers) -> None:
@@ -54,9 +65,11 @@ def add_parser(subparsers) -> None:
                    f"(default: head {HeadConfig.patience}, fine-tuning {FinetuneConfig.patience})")
     t.add_argument("--batch-size", type=int, default=d.batch_size, help=f"(default {d.batch_size})")
     t.add_argument("--seed", type=int, default=d.seed, help=f"random seed; same seed, same model (default {d.seed})")
-    t.add_argument("--aug-views", type=int, default=d.aug_views, metavar="K",
+    t.add_argument("--aug-views", type=views_count, default=d.aug_views, metavar="K|auto",
                    help="head strategy: also cache the features of K augmented draws of every training "
-                   "image and sample among them each epoch (default 0: no augmentation)")
+                   "image and train on them too; auto (default): 4 views, kept only if they cross-validate "
+                   "better on the training photos (weighed with 20+ photos in every class and up to 1,000 "
+                   "training photos); 0: none")
     t.add_argument("--balance", default=d.balance, choices=["auto", "none"],
                    help="auto (default): weight the loss so each class counts equally when the largest class "
                    "has more than 3x the photos of the smallest; none: never")
@@ -146,6 +159,7 @@ def train_summary(m: dict, run_dir) -> str:
         *([("head", f"{head['solver']}" + (f", L2 {head['strength']:.3g}" if head.get("strength") is not None else "")
                     + (f", {head['epochs']} epochs" if head.get("epochs") else "") + f"; {head.get('balance')}")]
           if head.get("solver") else []),
+        *([("views", _views_line(m["views"]))] if (m.get("views") or {}).get("asked") not in (None, 0) else []),
         ("images", f"{m['n_train']} train, {m['n_val']} val, {len(m['classes'])} classes"),
         ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']})"),
         ("strategy", f"{m['strategy']}: {m['strategy_reason']}"),
@@ -166,6 +180,16 @@ def train_summary(m: dict, run_dir) -> str:
                               f"`graft cache prune` frees it")] if decoded else []),
     ]
     return "\n".join([table(rows), "", per_class_table(m["per_class"])])
+
+
+def _views_line(v: dict) -> str:
+    """What the head's augmented views were: asked for, or weighed by --aug-views auto."""
+    if "used" in v:
+        return (f"{v['k']} augmented views {'used' if v['used'] else 'not used'}: cv {v['cv_with']:.3f} with, "
+                f"{v['cv_without']:.3f} without (--aug-views auto)")
+    if v.get("k"):
+        return f"{v['k']} augmented views of each training photo"
+    return f"none: {v.get('reason')}"
 
 
 def _probe_comparison(m: dict) -> list[tuple[str, str]]:

@@ -74,6 +74,15 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
                              + ("</b>" if r.get("chosen") else ""))
         rows.append(("backbone (auto)", '<span id="backbone-candidates">' + "<br>".join(cells)
                      + '</span> <span class="muted">(chosen by cross-validation on the training photos)</span>'))
+    views = m.get("views") or {}
+    if views.get("asked") == "auto":
+        if "used" in views:
+            verdict = (f"{views['k']} views: cv {fmt3(views['cv_with'])} with, {fmt3(views['cv_without'])} without: "
+                       + ("<b>used</b>" if views["used"] else "not used"))
+        else:
+            verdict = f"not weighed: {esc(views.get('reason') or '')}"
+        rows.append(("augmented views (auto)", verdict + ' <span class="muted">(chosen by cross-validation on the '
+                                                         'training photos)</span>'))
     if m.get("val_balanced_accuracy") is not None:
         rows.append(("balanced accuracy", f"val {fmt3(m['val_balanced_accuracy'])}"
                      + (f", cv {fmt3((m.get('cv_balanced_accuracy') or {}).get('mean'))}"

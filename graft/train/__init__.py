@@ -46,7 +46,7 @@ def train(
     workers: int | None = _D.workers,
     augment: str | None = _D.augment,
     aug=_D.aug,
-    aug_views: int = _D.aug_views,
+    aug_views: int | str = _D.aug_views,
     train_stages: int = _D.train_stages,
     new_hidden=_D.new_hidden,
     from_scratch: bool = _D.from_scratch,
@@ -76,9 +76,9 @@ def train(
     the linear probe `auto` decides with, and the baseline the others are reported against.
 
     Head strategy: `aug_views=K` adds the cached features of K augmented draws of every training
-    image (preset `augment`, default "light", overrides `aug`), sampled one per image each epoch:
-    on hymenoptera light views beat clean features where standard ones only matched them
-    (bench/aug_views.py). Fine-tuning (default preset graft.augment.DEFAULT_PRESET, "standard")
+    image (preset `augment`, default "light", overrides `aug`) to what the head trains on;
+    "auto" (the default) extracts 4 and keeps them only if they cross-validate better on the
+    training photos, where that can tell (graft.train.config.AUTO_VIEWS*); 0: none. Fine-tuning (default preset graft.augment.DEFAULT_PRESET, "standard")
     strategies augment on the fly in loader workers (`augment="none"` switches it off, which lets
     the frozen prefix's activations come from the cache; `aug_device="cpu"|"cuda"` runs flips and
     colour ops per sample on the trainer's device instead; `decode_once` keeps decoded photos in

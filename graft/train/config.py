@@ -23,6 +23,18 @@ from .log import parse_log_kinds, require_tensorboard
 # (bench/aug_views.py). Fine-tuning uses graft.augment's DEFAULT_PRESET.
 VIEWS_PRESET = "light"
 
+# --aug-views auto (the default): whether K cached augmented views help the head is decided by
+# cross-validation on the training photos (with and without them, same folds). It is weighed
+# only where that can tell and pays: a head run whose smallest class has at least
+# AUTO_VIEWS_MIN_PER_CLASS training photos (with fewer, 5-fold CV cannot tell a gain of a photo or
+# two from noise) and whose training set has at most AUTO_VIEWS_MAX_PHOTOS (their extraction,
+# K forward passes a photo, stays within a few minutes on 2 cores: ask for --aug-views K beyond).
+# Measured: hymenoptera (191 training photos) CV 0.969 without, 0.958 with 4 views: not used,
+# 5 s more cold; the issue's 12-species flowers gained 1.7 points held out from views.
+AUTO_VIEWS = 4
+AUTO_VIEWS_MIN_PER_CLASS = 20
+AUTO_VIEWS_MAX_PHOTOS = 1000
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -41,7 +53,7 @@ class TrainConfig:
     workers: int | None = None  # loader processes; None: chosen from the machine
     augment: str | None = None  # preset; None: see preset()
     aug: object = None  # knob overrides: "k=v,..." text, a mapping, or a .json/.toml file
-    aug_views: int = 0  # head: K cached augmented views of every training photo
+    aug_views: int | str = "auto"  # head: K cached augmented views of every training photo, or "auto" (above)
     train_stages: int = 2  # partial: how many of the last stages train
     new_hidden: tuple = ()  # partial: replace those stages by new hidden layers of these sizes
     from_scratch: bool = False  # full: random initialisation
@@ -70,7 +82,7 @@ class TrainConfig:
             from ..features_multi import require_frozen
 
             require_frozen(self.backbone, self.strategy)
-            if self.aug_views:
+            if self.aug_views != "auto" and self.aug_views:
                 raise GraftError(f"--aug-views works with a single backbone, not the concatenation {self.backbone}")
         object.__setattr__(self, "log", parse_log_kinds(self.log))
         if "tensorboard" in self.log:
@@ -114,7 +126,7 @@ _RANGES = {
     "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "patience": (lambda v: v >= 0, "a whole number >= 0 (0 = never stop)"),
-    "aug_views": (lambda v: v >= 0, "a whole number >= 0"),
+    "aug_views": (lambda v: v >= 0, "auto or a whole number >= 0"),
     "val_split": (lambda v: 0 < v < 1, "a number in (0, 1)"),
     "workers": (lambda v: v >= 0, "a whole number >= 0"),
     "train_stages": (lambda v: v >= 1, "a whole number >= 1"),
@@ -128,7 +140,7 @@ def validate(cfg: TrainConfig) -> None:
     The augmentation overrides are parsed here too, so a typo costs no extraction."""
     for name, (ok, rng) in _RANGES.items():
         value = getattr(cfg, name)
-        if value is None:
+        if value is None or (name == "aug_views" and value == "auto"):
             continue
         whole = isinstance(value, int) and not isinstance(value, bool)
         number = whole or (isinstance(value, float) and name not in _WHOLE)
@@ -155,7 +167,7 @@ def check_augmentation(cfg: TrainConfig) -> None:
             check_overrides(dict(aug))
     except (ValueError, TypeError) as e:
         raise GraftError(f"--aug: {e}") from None
-    if cfg.strategy == "head" and not cfg.aug_views and (aug or (cfg.augment not in (None, "none"))):
+    if cfg.strategy == "head" and cfg.aug_views == 0 and (aug or (cfg.augment not in (None, "none"))):
         given = "--aug" if aug else "--augment"
         raise GraftError(f"{given} is unused: --strategy head augments only its cached views; add --aug-views K "
                          f"(e.g. 4) or drop {given}")

@@ -97,6 +97,7 @@ def build_metrics(job: Job, f: Features, common: dict, fitted: Fitted, *, train_
         "history": history,
         **({"finetune": fitted.finetune} if fitted.finetune is not None else {}),
         "augmentation": fitted.augmentation,
+        "views": sel.get("views"),  # the head's augmented views: asked, extracted, and for auto whether they won
         **({"log": job.epoch_log.files()} if job.epoch_log is not None else {}),
         "cache": {"hits": stats.hits, "misses": stats.misses, "dir": str(job.cache.dir),
                   "forward_batches": stats.forward_batches, **decoded_photos(job, f)},

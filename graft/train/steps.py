@@ -114,6 +114,7 @@ class Features:
     y_val: np.ndarray
     skipped: list
     augmentation: dict | None = None  # the views' augmentation
+    views: dict | None = None  # {"asked": K or "auto", "k": views extracted, "reason"} (views_plan)
 
 
 @dataclass
@@ -271,8 +272,10 @@ def features(job: Job, data: Dataset) -> Features:
         x_train = FeatureRows(job.cache, [samples[i].digest for i in train_idx])
         x_val = FeatureRows(job.cache, [samples[i].digest for i in val_idx])
     out = Features(kept, x_train, y[train_idx], x_val, y[val_idx], skipped)
-    if job.cfg.aug_views:
-        out.x_train, out.augmentation = _with_views(job, kept.train, out.x_train)
+    k, why = views_plan(job, kept)
+    out.views = {"asked": job.cfg.aug_views, "k": k, "reason": why}
+    if k:
+        out.x_train, out.augmentation = _with_views(job, kept.train, out.x_train, k)
     if out.x_train.nbytes + out.x_val.nbytes <= memory_budget():  # in memory, as always
         out.x_train, out.x_val = np.asarray(out.x_train), np.asarray(out.x_val)
         if not len(out.x_val):  # no validation photo: (0, D), as the head expects
@@ -280,10 +283,33 @@ def features(job: Job, data: Dataset) -> Features:
     return out
 
 
-def _with_views(job: Job, train, x_train):
+def views_plan(job: Job, data: Dataset) -> tuple[int, str]:
+    """How many augmented views of each training photo to extract for the head, and why: K as
+    asked, or for --aug-views auto AUTO_VIEWS where cross-validation can weigh them (see
+    graft.train.config), else 0."""
+    from ..strategy import LITTLE_DATA
+    from .config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS
+
+    asked = job.cfg.aug_views
+    if asked != "auto":
+        return asked, f"--aug-views {asked}"
+    per_class = int(np.bincount([s.label for s in data.train], minlength=len(data.classes)).min())
+    if job.concat:
+        return 0, "a concatenation of backbones takes no augmented views"
+    if job.cfg.strategy not in ("head", "auto") or (job.cfg.strategy == "auto" and per_class >= LITTLE_DATA):
+        return 0, "the strategy may fine-tune, which augments its own batches"
+    if per_class < AUTO_VIEWS_MIN_PER_CLASS:
+        return 0, (f"{per_class} training photos in the smallest class (< {AUTO_VIEWS_MIN_PER_CLASS}): "
+                   f"too few for cross-validation to tell whether views help")
+    if len(data.train) > AUTO_VIEWS_MAX_PHOTOS:
+        return 0, (f"{len(data.train)} training photos (> {AUTO_VIEWS_MAX_PHOTOS}): views would cost "
+                   f"{AUTO_VIEWS} forward passes each; ask for them with --aug-views K")
+    return AUTO_VIEWS, f"auto: {AUTO_VIEWS} views, kept only if they cross-validate better"
+
+
+def _with_views(job: Job, train, x_train, k: int):
     from ..features import extract_views
 
-    k = job.cfg.aug_views
     preset, pipeline = job.pipeline("views", train)
     views = extract_views(job.source, train, job.cache, pipeline, k, seed=job.cfg.seed,
                           batch_size=job.cfg.batch_size, workers=job.cfg.workers, progress=job.progress,
@@ -312,8 +338,21 @@ def probe(job: Job, f: Features) -> Fitted:
 
     started = time.perf_counter()
     cfg = job.cfg.head_config()
-    choice = choose_head(f.x_train, f.y_train, len(f.data.classes), solvers=job.cfg.solvers(), head_cfg=cfg,
-                         balance=job.cfg.balance, keys=[s.digest for s in f.data.train], seed=job.cfg.seed)
+
+    def choose(x):
+        return choose_head(x, f.y_train, len(f.data.classes), solvers=job.cfg.solvers(), head_cfg=cfg,
+                           balance=job.cfg.balance, keys=[s.digest for s in f.data.train], seed=job.cfg.seed)
+
+    choice = choose(f.x_train)
+    views = dict(f.views or {})
+    if views.get("asked") == "auto" and views.get("k") and isinstance(f.x_train, np.ndarray):
+        # --aug-views auto: the same folds without the views; the views stay only if they win
+        plain = choose(f.x_train[:, 0])
+        with_views, without = choice.cv[choice.score]["mean"], plain.cv[plain.score]["mean"]
+        views.update({"cv_with": with_views, "cv_without": without, "used": bool(with_views > without),
+                      "chosen_by": choice.score})
+        if not views["used"]:
+            choice, f.augmentation = plain, None
     logits = predict_logits(choice.head, f.x_val)
     loop = {"data_wait_s": round(job.stats.wait_s, 4), "step_s": round(job.stats.compute_s, 4)}  # of extraction
     curve = next((r.get("curve") for r in choice.candidates if r.get("solver") == "adamw"), None) or []
@@ -326,7 +365,7 @@ def probe(job: Job, f: Features) -> Fitted:
     record = {"head": {**cfg.to_json(), "solver": choice.solver, "strength": choice.strength,
                        "epochs": choice.epochs, "class_weight": choice.class_weight}}
     return Fitted("head", choice.head, epochs, epochs, history, record, f.augmentation, loop, started,
-                  val_logits=logits, selection=choice.to_json())
+                  val_logits=logits, selection={**choice.to_json(), "views": views or None})
 
 
 def cv_accuracy(fitted: Fitted) -> float:
