@@ -1005,7 +1005,7 @@ BAD_ARGS = [
     (["--label-smoothing", "5"], "--label-smoothing must be a number in [0, 1)"),
     (["--label-smoothing", "1"], "--label-smoothing must be a number in [0, 1)"),
     (["--patience", "-1"], "--patience must be a whole number >= 0"),
-    (["--aug-views", "-1"], "--aug-views must be a whole number >= 0"),
+    (["--aug-views", "-1"], "--aug-views must be auto or a whole number >= 0"),
     (["--val-split", "0"], "--val-split must be a number in (0, 1)"),
     (["--val-split", "1.5"], "--val-split must be a number in (0, 1)"),
     (["--workers", "-2"], "--workers must be"),
@@ -1014,8 +1014,8 @@ BAD_ARGS = [
     (["--strategy", "partial", "--aug", "garbage"], "is not key=value"),
     (["--strategy", "partial", "--aug", "rotate=lots"], "rotate"),
     (["--strategy", "head", "--aug-views", "2", "--aug", "flip=7"], "flip"),
-    (["--strategy", "head", "--aug", "flip=0.5"], "--aug is unused"),
-    (["--strategy", "head", "--augment", "heavy"], "--augment is unused"),
+    (["--strategy", "head", "--aug-views", "0", "--aug", "flip=0.5"], "--aug is unused"),
+    (["--strategy", "head", "--aug-views", "0", "--augment", "heavy"], "--augment is unused"),
     (["--augment", "extreme"], "unknown augment preset 'extreme'"),
 ]
 

@@ -169,8 +169,8 @@ def check_augmentation(cfg: TrainConfig) -> None:
         raise GraftError(f"--aug: {e}") from None
     if cfg.strategy == "head" and cfg.aug_views == 0 and (aug or (cfg.augment not in (None, "none"))):
         given = "--aug" if aug else "--augment"
-        raise GraftError(f"{given} is unused: --strategy head augments only its cached views; add --aug-views K "
-                         f"(e.g. 4) or drop {given}")
+        raise GraftError(f"{given} is unused: --strategy head augments only its cached views, and --aug-views 0 "
+                         f"asks for none; drop --aug-views 0 (auto weighs 4 views) or drop {given}")
 
 
 @dataclass

@@ -274,6 +274,9 @@ def features(job: Job, data: Dataset) -> Features:
     out = Features(kept, x_train, y[train_idx], x_val, y[val_idx], skipped)
     k, why = views_plan(job, kept)
     out.views = {"asked": job.cfg.aug_views, "k": k, "reason": why}
+    given = "--aug" if job.cfg.aug else "--augment" if job.cfg.augment not in (None, "none") else None
+    if not k and given and job.cfg.strategy == "head" and job.dist.is_main:
+        log.warning("%s is unused: no augmented views were weighed (%s)", given, why)
     if k:
         out.x_train, out.augmentation = _with_views(job, kept.train, out.x_train, k)
     if out.x_train.nbytes + out.x_val.nbytes <= memory_budget():  # in memory, as always
