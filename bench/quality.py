@@ -68,17 +68,25 @@ def main() -> None:
                 "cv": round(m["cv_accuracy"]["mean"], 4), "cv_std": round(m["cv_accuracy"]["std"], 4),
                 "n_train": m["n_train"], "n_val": m["n_val"], "n_held_out": ev["n"],
                 "cold_s": round(walls[0], 1), "warm_s": round(walls[1], 1),
+                "views": {k: m["views"].get(k) for k in ("k", "used", "cv_with", "cv_without", "reason")},
             }
             if m.get("backbone_candidates"):
                 rows[name]["candidates"] = m["backbone_candidates"]
             print(f"# {name}: {rows[name]}", flush=True)
     load = os.getloadavg()[0]
-    print(f"{'config':<9}{'backbone':<18}{'solver':<8}{'held-out':>9}{'reported':>9}{'cv':>7}{'cold s':>8}{'warm s':>8}")
+    print(f"{'config':<9}{'backbone':<18}{'solver':<8}{'held-out':>9}{'reported':>9}{'cv':>7}{'cold s':>8}{'warm s':>8}"
+          f"  views (cv with / without)")
     for name, r in rows.items():
         print(f"{name:<9}{r['backbone']:<18}{r['solver']:<8}{r['held_out']:>9.3f}{r['reported_val']:>9.3f}"
-              f"{r['cv']:>7.3f}{r['cold_s']:>8.1f}{r['warm_s']:>8.1f}")
+              f"{r['cv']:>7.3f}{r['cold_s']:>8.1f}{r['warm_s']:>8.1f}  {_views(r['views'])}")
     print(f"(load average {load:.1f} on {os.cpu_count()} cores: wall times are inflated by other work)")
     emit({"bench": "quality", "rows": rows, "load_average": round(load, 1)})
+
+
+def _views(v: dict) -> str:
+    if v.get("used") is None:
+        return f"not weighed ({v.get('reason')})"
+    return f"{'used' if v['used'] else 'not used'} ({v['cv_with']:.3f} / {v['cv_without']:.3f})"
 
 
 if __name__ == "__main__":
