@@ -184,3 +184,21 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_calibrated_probabilities_note_is_one_line_whatever_the_run_is_called(tmp_path, capsys):
+    """`graft predict --reject auto` says on stderr that probabilities are temperature-scaled,
+    naming the calibration file: a run folder named with a newline stays one line."""
+    import argparse
+    import json
+
+    from graft.cli.predict import say_calibrated
+
+    run = tmp_path / "run\nnamed"
+    run.mkdir()
+    (run / "calibration.json").write_text(json.dumps({"temperature": 0.5}))
+    say_calibrated(argparse.Namespace(reject="auto", run_dir=str(run)))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "T=0.500" in err and "run\\nnamed" in err
+    say_calibrated(argparse.Namespace(reject=None, run_dir=str(run)))
+    assert capsys.readouterr().err == ""

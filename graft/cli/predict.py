@@ -80,8 +80,10 @@ def say_calibrated(args) -> None:
     path = Path(args.run_dir) / CALIBRATION_JSON
     cal = read_json(path, missing=f"{path} not found")
     t = float(cal["temperature"])
-    print(f"graft: probabilities are calibrated: logits divided by temperature T={t:.3f} ({path}), so they "
-          f"differ from `graft predict` without --reject auto", file=sys.stderr)
+    from . import one_line
+
+    print(f"graft: probabilities are calibrated: logits divided by temperature T={t:.3f} ({one_line(str(path))}), "
+          f"so they differ from `graft predict` without --reject auto", file=sys.stderr)
 
 
 def format_result(r: dict) -> str:
