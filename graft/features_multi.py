@@ -96,3 +96,29 @@ def concat_features(source: ConcatSource | str, samples, cache_root, *, batch_si
     feats = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(samples), 0), np.float32)
     feats[~ok] = 0.0
     return feats, ok, stats
+
+
+class JoinedCache:
+    """The FeatureCache interface (`refresh`, `get`) over a concatenation's parts: a photo's row
+    is its parts' cached rows side by side, and it misses when any part misses. What lets
+    `graft predict --cache-dir` answer a concatenated run's already extracted photos without
+    the networks, as it does for a single backbone."""
+
+    def __init__(self, parts, cache_root, point: str = "pooled"):
+        """`parts`: a ConcatSource's or a built ConcatBackbone's parts (what names a namespace)."""
+        from .cache import FeatureCache
+
+        self.parts = [FeatureCache(cache_root, cache_namespace(part, point)) for part in parts]
+
+    def refresh(self) -> None:
+        for cache in self.parts:
+            cache.refresh()
+
+    def get(self, names: list[str]) -> tuple[np.ndarray | None, list[int]]:
+        got = [cache.get(names) for cache in self.parts]
+        missing = sorted(set().union(*(m for _, m in got)))
+        if len(missing) == len(names):
+            return None, missing
+        out = np.concatenate([rows for rows, _ in got], axis=1)
+        out[missing] = 0.0
+        return out, missing

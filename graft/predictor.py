@@ -387,11 +387,15 @@ class _TorchNet:
         return logits, novelty
 
     def open_cache(self, cache_dir, meta):
-        if meta["backbone"].get("stored") or meta["backbone"].get("parts") or self.model.cut is not None:
-            return None  # only an untouched single pretrained backbone's features are in one namespace
+        if meta["backbone"].get("stored") or self.model.cut is not None:
+            return None  # only an untouched pretrained backbone's features are in the cache
         from .cache import FeatureCache, cache_root
         from .features import cache_namespace
 
+        if meta["backbone"].get("parts"):  # a concatenation: each part's own namespace, rows joined
+            from .features_multi import JoinedCache
+
+            return JoinedCache(self.model.backbone.parts, cache_root(cache_dir))
         return FeatureCache(cache_root(cache_dir), cache_namespace(self.model.backbone))
 
 

@@ -112,6 +112,27 @@ def test_predict_time_features_are_the_trained_ones_on_every_engine(concat_run):
     assert all(a["predictions"] for a in flipped)
 
 
+def test_a_predictor_with_the_cache_answers_extracted_photos_without_the_networks(concat_run):
+    from conftest import count_backbone_forwards
+    from graft.predictor import Predictor
+
+    root, photos, _ = concat_run
+    paths = sorted((photos / "val").rglob("*.jpg"))
+    plain = Predictor(root / "run", engine="torch").predict(paths, topk=2)
+    cached = Predictor(root / "run", engine="torch", cache_dir=root / "cache")
+    with count_backbone_forwards() as calls:
+        got = cached.predict(paths, topk=2)
+    assert calls == []  # every val photo's parts were extracted by training
+    for a, b in zip(plain, got):
+        assert a["predictions"][0]["class"] == b["predictions"][0]["class"]
+        assert a["predictions"][0]["probability"] == pytest.approx(b["predictions"][0]["probability"], abs=2e-4)
+    new = photos.parent / "new.jpg"
+    Image.open(paths[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new)
+    with count_backbone_forwards() as calls:
+        (answer,) = cached.predict([new])
+    assert calls and answer["predictions"]  # a photo no part has seen goes through the networks
+
+
 def test_evaluate_and_calibrate_read_the_parts_caches(concat_run):
     root, photos, m = concat_run
     ev = graft.evaluate(root / "run", photos, cache_dir=root / "cache")
