@@ -143,8 +143,9 @@ def meta_problem(meta: dict) -> str | None:
     parts = bb.get("parts")
     if parts is not None and not (isinstance(parts, list) and len(parts) >= 2 and all(
             isinstance(q, dict) and all(isinstance(q.get(k), str) for k in ("spec", "arch", "weights_digest"))
-            for q in parts)):
-        return '"backbone"."parts" is not a list of two or more backbones with their spec, arch and weights_digest'
+            and "parts" not in q and "+" not in q["spec"] for q in parts)):
+        return ('"backbone"."parts" is not a list of two or more single backbones with their spec, arch and '
+                'weights_digest')
     pre = meta.get("preprocessing")
     if not isinstance(pre, dict):
         return 'no "preprocessing"'
@@ -156,7 +157,8 @@ def meta_problem(meta: dict) -> str | None:
         if len(tiles) > MAX_TILES:
             return f'preprocessing has {len(tiles)} tiles, over {MAX_TILES}'
         for tile in tiles:
-            problem = preprocessing_problem(tile) if isinstance(tile, dict) else 'a preprocessing tile is not an object'
+            problem = (preprocessing_problem(tile) if isinstance(tile, dict) and "tiles" not in tile
+                       else 'a preprocessing tile is not one plain preprocessing')
             if problem:
                 return problem
         if len({t["size"] % 2 for t in tiles}) > 1:
@@ -197,14 +199,20 @@ def run_backbone_source(meta: dict, weights=None):
         if weights is not None:
             raise GraftError(f"--weights names one file, but this run concatenates {info['spec']}: "
                              f"each part's weights are found as training found them")
-        return ConcatSource(info["spec"], [run_backbone_source({"backbone": part}) for part in info["parts"]])
-    source = resolve_backbone(info["spec"], weights or _recorded_weights(info))
-    if source.weights.digest != info["weights_digest"]:
-        raise GraftError(
-            f"the backbone weights found now ({source.weights.source}, SHA-256 "
-            f"{source.weights.digest[:12]}...) are not the ones this run was trained on "
-            f"({info['weights_digest'][:12]}...); pass the original file with --weights"
-        )
+        source = ConcatSource(info["spec"], [run_backbone_source({"backbone": part}) for part in info["parts"]])
+    else:
+        source = resolve_backbone(info["spec"], weights or _recorded_weights(info))
+        if source.weights.digest != info["weights_digest"]:
+            raise GraftError(
+                f"the backbone weights found now ({source.weights.source}, SHA-256 "
+                f"{source.weights.digest[:12]}...) are not the ones this run was trained on "
+                f"({info['weights_digest'][:12]}...); pass the original file with --weights"
+            )
+    # what predicting crops (model.json's) must be what the backbone's features were computed on
+    if "preprocessing" in meta and Preprocessing.from_json(meta["preprocessing"]) != source.preprocessing:
+        raise GraftError(f"the run's preprocessing in model.json is not what its backbone {info['spec']} uses "
+                         f"now ({source.preprocessing.to_json()}): the run was altered, or the backbone's "
+                         f"pretrained configuration changed since training; train it again")
     return source
 
 
@@ -370,9 +378,12 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
         head = load_head(run_dir)  # checked against model.json before any photo is read
         source = run_backbone_source(meta, weights)
         # placeholders refused as training refuses them: a placeholder's features in the cache
-        # would be used, undecoded and so unchecked, by the next graft train on these photos
+        # would be used, undecoded and so unchecked, by the next graft train on these photos.
+        # Only the centre crop is judged (the one training caches): a corner of a real photo may
+        # well be plain sky or a studio wall.
         def load_for(pre):
-            return RefuseNonPhotos(CropAt(pre, at, mirror))
+            crop = CropAt(pre, at, mirror)
+            return RefuseNonPhotos(crop) if (at, mirror) == (CENTRE, False) else crop
 
         point = CropAt(None, at, mirror).point
         if meta["backbone"].get("parts"):  # each part's own cache namespace (graft.features_multi)

@@ -159,16 +159,42 @@ def test_a_run_whose_parts_and_tiles_disagree_is_refused(concat_run, tmp_path):
     from graft.predictor import Predictor
 
     root, _, _ = concat_run
-    for change in ("drop parts", "drop a tile", "odd tile"):
+    invalid, unlike = "not a valid graft run", "not what its backbone lite0\\+lite1 uses"
+    for change, says in (("drop parts", invalid), ("drop a tile", invalid), ("odd tile", invalid),
+                         ("nested tile", invalid), ("nested part", invalid), ("swap tiles", unlike)):
         run = tmp_path / change.replace(" ", "-")
         shutil.copytree(root / "run", run)
         meta = json.loads((run / "model.json").read_text())
+        tiles, parts = meta["preprocessing"]["tiles"], meta["backbone"]["parts"]
         if change == "drop parts":
             del meta["backbone"]["parts"]
         elif change == "drop a tile":
-            meta["preprocessing"]["tiles"].pop()
-        else:
-            meta["preprocessing"]["tiles"][0]["size"] = 223
+            tiles.pop()
+        elif change == "odd tile":
+            tiles[0]["size"] = 223
+        elif change == "nested tile":
+            tiles[0]["tiles"] = [dict(tiles[0]), dict(tiles[1])]
+        elif change == "nested part":
+            parts[0]["spec"] = "lite0+lite2"
+        else:  # same canvas (464 x 240), but each network would read the other's rows
+            tiles.reverse()
         (run / "model.json").write_text(json.dumps(meta))
-        with pytest.raises(GraftError, match="not a valid graft run"):
+        with pytest.raises(GraftError, match=says) as e:
             Predictor(run, engine="torch")
+        assert "\n" not in str(e.value)
+
+
+def test_auto_weighs_concatenations_only_for_runs_that_can_use_one(tmp_path):
+    from graft.data import Dataset, Sample
+    from graft.train.config import TrainConfig
+    from graft.train.steps import concat_allowed
+
+    def data(per_class):
+        return Dataset(tmp_path, ["a", "b"], [Sample(tmp_path / f"{c}{i}.jpg", c, f"{c}{i}")
+                                             for c in (0, 1) for i in range(per_class)], [])
+
+    assert concat_allowed(TrainConfig(backbone="auto"), data(30))
+    assert concat_allowed(TrainConfig(backbone="auto", strategy="head", aug_views=0), data(300))
+    assert not concat_allowed(TrainConfig(backbone="auto"), data(300))  # auto may fine-tune there
+    assert not concat_allowed(TrainConfig(backbone="auto", strategy="partial"), data(30))
+    assert not concat_allowed(TrainConfig(backbone="auto", strategy="head", aug_views=2), data(30))

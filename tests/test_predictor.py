@@ -302,3 +302,17 @@ def test_predict_cli_takes_tta(trained_run, capsys, monkeypatch):
     assert seen == ["flip"] * 4  # the CLI's Predictor and the reference one, twice
     with pytest.raises(SystemExit):
         parser.parse_args(["predict", str(trained_run.run), str(photo), "--tta", "zoom"])
+
+
+def test_a_plain_corner_does_not_drop_a_real_photo_from_tta_crops(trained_run, tmp_path):
+    """Only the centre crop is judged for placeholders: a wide photo whose left side is a white
+    wall keeps its place in `evaluate --tta crops`, as the Predictor answers for it."""
+    rng = np.random.default_rng(21)
+    img = np.full((300, 900, 3), 255, np.uint8)
+    img[:, 450:] = rng.integers(0, 256, (300, 450, 3), dtype=np.uint8)
+    for c in trained_run.metrics["classes"]:
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        Image.fromarray(img).save(tmp_path / "photos" / c / "wide.png")
+    m = graft.evaluate(trained_run.run, tmp_path / "photos", cache_dir=tmp_path / "cache", workers=0, tta="crops")
+    assert m["n"] == 2 and m["skipped"] == []
+    assert Predictor(trained_run.run, engine="torch", tta="crops").predict(img)["predictions"]

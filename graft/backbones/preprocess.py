@@ -136,7 +136,7 @@ class Tiled:
 
     def __post_init__(self):
         if len(self.tiles) < 2 or any(not isinstance(t, Preprocessing) for t in self.tiles):
-            raise ValueError("a Tiled preprocessing joins two or more plain ones")
+            raise GraftError("a tiled preprocessing joins two or more plain ones")
         if len({t.size % 2 for t in self.tiles}) > 1:
             raise GraftError(f"backbones with crop sizes {', '.join(str(t.size) for t in self.tiles)} cannot be "
                              f"concatenated: their sizes must all be even or all odd")

@@ -184,13 +184,23 @@ def scan(job: Job, photos) -> Dataset:
 AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
 
 
+def concat_allowed(cfg: TrainConfig, data: Dataset) -> bool:
+    """Whether --backbone auto may choose a concatenation: only for a run that would train the head
+    alone anyway (a concatenation cannot fine-tune) and takes no fixed number of views."""
+    from ..strategy import LITTLE_DATA
+
+    per_class = int(np.bincount([s.label for s in data.train], minlength=len(data.classes)).min())
+    head_only = cfg.strategy == "head" or (cfg.strategy == "auto" and per_class < LITTLE_DATA)
+    return head_only and cfg.aug_views in ("auto", 0)
+
+
 def choose_backbone(job: Job, data: Dataset) -> Job:
     """--backbone auto: each bundled backbone whose extraction of the training photos fits in
     --budget seconds (estimated from lite0's measured rate x its relative cost) is cross-validated
-    on the TRAINING photos' cached features (graft.selection.choose_head), then every
-    concatenation of two or more of those (`lite0+lite2`: their features side by side, nothing
-    more to extract); the best mean cv accuracy wins, ties to the cheaper. The winner's features
-    are then in the cache."""
+    on the TRAINING photos' cached features (graft.selection.choose_head), then, where the run
+    can use one (concat_allowed), every concatenation of two or more of those (`lite0+lite2`:
+    their features side by side, nothing more to extract); the best mean cv accuracy wins, ties
+    to the cheaper. The winner's features are then in the cache."""
     from itertools import combinations
 
     from ..selection import choose_head
@@ -227,7 +237,7 @@ def choose_backbone(job: Job, data: Dataset) -> Job:
         extracted[spec] = (feats, ok, factor, stats.seconds)
         cross_validate(spec, feats, ok, extraction_s=round(stats.seconds, 3), computed=stats.misses,
                        relative_cost=factor)
-    for n in range(2, len(extracted) + 1):
+    for n in range(2, len(extracted) + 1) if concat_allowed(cfg, data) else ():
         for specs in combinations(extracted, n):
             parts = [extracted[spec] for spec in specs]
             cross_validate("+".join(specs), np.concatenate([p[0] for p in parts], axis=1),
@@ -273,6 +283,8 @@ def features(job: Job, data: Dataset) -> Features:
         x_val = FeatureRows(job.cache, [samples[i].digest for i in val_idx])
     out = Features(kept, x_train, y[train_idx], x_val, y[val_idx], skipped)
     k, why = views_plan(job, kept)
+    if job.cfg.aug_views == "auto" and k and out.x_train.nbytes * (1 + k) + out.x_val.nbytes > memory_budget():
+        k, why = 0, "the features with views would pass the head's memory budget: ask for them with --aug-views K"
     out.views = {"asked": job.cfg.aug_views, "k": k, "reason": why}
     given = "--aug" if job.cfg.aug else "--augment" if job.cfg.augment not in (None, "none") else None
     if not k and given and job.cfg.strategy == "head" and job.dist.is_main:
@@ -294,11 +306,11 @@ def views_plan(job: Job, data: Dataset) -> tuple[int, str]:
     from .config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS
 
     asked = job.cfg.aug_views
+    if job.concat:  # (TrainConfig refuses --aug-views K with one; auto never chooses one then)
+        return 0, "a concatenation of backbones takes no augmented views"
     if asked != "auto":
         return asked, f"--aug-views {asked}"
     per_class = int(np.bincount([s.label for s in data.train], minlength=len(data.classes)).min())
-    if job.concat:
-        return 0, "a concatenation of backbones takes no augmented views"
     if job.cfg.strategy not in ("head", "auto") or (job.cfg.strategy == "auto" and per_class >= LITTLE_DATA):
         return 0, "the strategy may fine-tune, which augments its own batches"
     if per_class < AUTO_VIEWS_MIN_PER_CLASS:
