@@ -28,7 +28,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         kw = dict(cache_dir=Path(tmp) / "cache", strategy="head", progress=False)
         t = time.perf_counter()
-        plain = graft.train(root, Path(tmp) / "k1", **kw)
+        plain = graft.train(root, Path(tmp) / "k1", aug_views=0, **kw)  # clean features only
         time_1 = time.perf_counter() - t
         t = time.perf_counter()
         views = graft.train(root, Path(tmp) / "kv", aug_views=args.views, augment=args.preset, aug=args.aug, **kw)
