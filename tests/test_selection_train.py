@@ -147,6 +147,11 @@ def test_aug_views_auto_is_weighed_by_cross_validation_on_the_training_photos(tm
     assert (m["augmentation"] is not None) == v["used"]
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert (meta["augmentation"] is not None) == v["used"]
+    from graft.cli.train import train_summary
+
+    line = next(row for row in train_summary(m, tmp_path / "run").splitlines() if row.strip().startswith("views"))
+    assert f"cv {v['cv_with']:.3f} with, {v['cv_without']:.3f} without" in line
+    assert ("views used" in line) == v["used"]
 
     monkeypatch.setattr(config, "AUTO_VIEWS_MAX_PHOTOS", 39)
     with isolated_env(tmp_path):
