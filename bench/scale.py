@@ -12,7 +12,7 @@ Per N, with the digest index and feature cache under --root/cache:
   warm (index present; the least disturbed of --repeat), in this process, wall and CPU seconds
   (on a shared machine the wall time is mostly waiting for a core), photo files opened
   counted by an audit hook;
-- cold extraction photos/s: `graft train --strategy head` on photos not yet cached
+- cold extraction photos/s: `graft train --strategy head --aug-views 0` on photos not yet cached
   (misses / extract_s from its metrics);
 - warm `graft train --strategy head` (everything cached): wall time (process start, imports and
   the HTML report included), graft's own total, the head fit and its time per epoch (early
@@ -246,7 +246,9 @@ def measure(n: int, root: Path, args) -> dict:
           f"{fig['scan_cold']['photo_opens']} photo opens), warm {fig['scan_warm']['s']} s "
           f"(CPU {fig['scan_warm']['cpu_s']} s, {fig['scan_warm']['photo_opens']} opens)", flush=True)
 
-    common = ["--strategy", "head", "--cache-dir", str(cache), "--json", "--quiet"]
+    # --aug-views 0: the pipeline's scaling alone (the default weighs 4 views per training photo up
+    # to 1,000 of them, which would confound the 1k row with the 10k one; bench/quality.py has its cost)
+    common = ["--strategy", "head", "--aug-views", "0", "--cache-dir", str(cache), "--json", "--quiet"]
     if args.workers is not None:
         common += ["--workers", str(args.workers)]
     shutil.rmtree(runs / f"{n}-first", ignore_errors=True)
