@@ -41,9 +41,10 @@ def split_spec(spec: str) -> list[str]:
 
 
 def joined_weights(parts) -> WeightsInfo:
-    """One identity for the parts' weights: their sources joined, a digest of their digests."""
+    """One identity for the parts' weights: a digest of their digests (each part's own file and
+    digest are what a run records and checks, in its "parts")."""
     digest = hashlib.sha256(SEP.join(p.weights.digest for p in parts).encode()).hexdigest()
-    return WeightsInfo(SEP.join(p.weights.source for p in parts), digest)
+    return WeightsInfo("the parts' files: " + ", ".join(p.spec for p in parts), digest)
 
 
 class ConcatBackbone(nn.Module):
