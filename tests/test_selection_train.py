@@ -37,7 +37,7 @@ def test_corrupting_val_labels_changes_no_choice(split_runs):
     _, _, _, runs = split_runs
     clean, corrupt = runs["clean"], runs["corrupt"]
     assert clean["head"]["solver"] in ("lbfgs", "adamw")
-    for key in ("head", "candidates", "cv_accuracy", "cv_balanced_accuracy", "strategy", "probe_cv_accuracy"):
+    for key in ("head", "candidates", "cv_accuracy", "cv_balanced_accuracy", "strategy", "probe_cv_accuracy", "views"):
         assert clean[key] == corrupt[key], key
     # the val figures did see the swap: the choice was blind to it, not the measurement
     assert corrupt["val_accuracy"] == pytest.approx(1 - clean["val_accuracy"])
@@ -152,6 +152,15 @@ def test_aug_views_auto_is_weighed_by_cross_validation_on_the_training_photos(tm
     line = next(row for row in train_summary(m, tmp_path / "run").splitlines() if row.strip().startswith("views"))
     assert f"cv {v['cv_with']:.3f} with, {v['cv_without']:.3f} without" in line
     assert ("views used" in line) == v["used"]
+
+    corrupt = tmp_path / "corrupt"  # the val labels swapped after the split: the views' verdict is blind to it
+    shutil.copytree(photos / "train", corrupt / "train")
+    shutil.copytree(photos / "val" / "blue", corrupt / "val" / "red")
+    shutil.copytree(photos / "val" / "red", corrupt / "val" / "blue")
+    with isolated_env(tmp_path):
+        c = graft.train(corrupt, tmp_path / "run-corrupt", cache_dir=tmp_path / "cache", workers=0, progress=False,
+                        report=False).metrics
+    assert c["views"] == v and c["head"] == m["head"] and c["cache"]["misses"] == 0
 
     monkeypatch.setattr(config, "AUTO_VIEWS_MAX_PHOTOS", 39)
     with isolated_env(tmp_path):
