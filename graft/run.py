@@ -136,13 +136,15 @@ def meta_problem(meta: dict) -> str | None:
     if len(set(classes)) != len(classes):
         return '"classes" names a class twice'
     bb = meta.get("backbone")
-    if not isinstance(bb, dict) or not all(isinstance(bb.get(k), str) for k in ("spec", "arch", "weights_digest")):
-        return 'no "backbone" with its spec, arch and weights_digest'
+    if not isinstance(bb, dict) or not all(isinstance(bb.get(k), str)
+                                           for k in ("spec", "arch", "weights_source", "weights_digest")):
+        return 'no "backbone" with its spec, arch, weights_source and weights_digest'
     if not isinstance(bb.get("stored", False), bool):
         return '"backbone"."stored" is not true or false'
     parts = bb.get("parts")
     if parts is not None and not (isinstance(parts, list) and len(parts) >= 2 and all(
-            isinstance(q, dict) and all(isinstance(q.get(k), str) for k in ("spec", "arch", "weights_digest"))
+            isinstance(q, dict) and all(isinstance(q.get(k), str)
+                                        for k in ("spec", "arch", "weights_source", "weights_digest"))
             and "parts" not in q and "+" not in q["spec"] for q in parts)):
         return ('"backbone"."parts" is not a list of two or more single backbones with their spec, arch and '
                 'weights_digest')
@@ -150,6 +152,8 @@ def meta_problem(meta: dict) -> str | None:
     if not isinstance(pre, dict):
         return 'no "preprocessing"'
     tiles = pre.get("tiles")
+    if "tiles" in pre and not isinstance(tiles, list):
+        return 'preprocessing "tiles" is not a list'
     if (parts is None) != (tiles is None) or (parts is not None and (
             not isinstance(tiles, list) or len(tiles) != len(parts) or bb.get("stored"))):
         return 'the "backbone" parts and the "preprocessing" tiles do not match'
@@ -193,6 +197,7 @@ def run_backbone_source(meta: dict, weights=None):
     from .backbones import resolve_backbone
 
     info = meta["backbone"]
+    recorded = Preprocessing.from_json(meta["preprocessing"]) if "preprocessing" in meta else None
     if info.get("parts"):  # a concatenation: each part found and checked as a single backbone is
         from .backbones.concat import ConcatSource
 
@@ -200,20 +205,46 @@ def run_backbone_source(meta: dict, weights=None):
             raise GraftError(f"--weights names one file, but this run concatenates {info['spec']}: "
                              f"each part's weights are found as training found them")
         source = ConcatSource(info["spec"], [run_backbone_source({"backbone": part}) for part in info["parts"]])
-    else:
-        source = resolve_backbone(info["spec"], weights or _recorded_weights(info))
-        if source.weights.digest != info["weights_digest"]:
-            raise GraftError(
-                f"the backbone weights found now ({source.weights.source}, SHA-256 "
-                f"{source.weights.digest[:12]}...) are not the ones this run was trained on "
-                f"({info['weights_digest'][:12]}...); pass the original file with --weights"
-            )
-    # what predicting crops (model.json's) must be what the backbone's features were computed on
-    if "preprocessing" in meta and Preprocessing.from_json(meta["preprocessing"]) != source.preprocessing:
-        raise GraftError(f"the run's preprocessing in model.json is not what its backbone {info['spec']} uses "
-                         f"now ({source.preprocessing.to_json()}): the run was altered, or the backbone's "
-                         f"pretrained configuration changed since training; train it again")
+        if recorded is not None and recorded != source.preprocessing:  # each network would read another's crop
+            raise GraftError(f"the run's preprocessing tiles in model.json are not its parts' ({info['spec']}): "
+                             f"the run was altered or damaged; train it again or restore its files")
+        return source
+    source = resolve_backbone(_recorded_spec(info), weights or _recorded_weights(info))
+    if source.weights.digest != info["weights_digest"]:
+        raise GraftError(
+            f"the backbone weights found now ({source.weights.source}, SHA-256 "
+            f"{source.weights.digest[:12]}...) are not the ones this run was trained on "
+            f"({info['weights_digest'][:12]}...); pass the original file with --weights"
+        )
+    if recorded is not None and recorded != source.preprocessing:
+        # the network's pretrained configuration changed since training (a timm or torchvision
+        # upgrade, same weights): the run's own crops stay the truth, for features and predictions
+        source = _with_preprocessing(source, recorded)
     return source
+
+
+def _recorded_spec(info: dict) -> str:
+    """The spec to find a single run's backbone by: "default" as it was when the run was trained
+    (the alias moved from lite0 to lite1; the recorded architecture says which it was)."""
+    from .backbones import BUNDLED
+
+    if info["spec"] != "default":
+        return info["spec"]
+    return next((name for name, entry in BUNDLED.items() if entry[0] == info["arch"]), "default")
+
+
+def _with_preprocessing(source, pre: Preprocessing):
+    """`source`, whose built network carries `pre` (what the run was trained on) as its preprocessing."""
+    import dataclasses
+
+    build = source._build
+
+    def rebuilt():
+        backbone = build()
+        backbone.preprocessing = pre
+        return backbone
+
+    return dataclasses.replace(source, preprocessing=pre, _build=rebuilt, _built=None)
 
 
 def load_run(run_dir, *, weights=None) -> Classifier:

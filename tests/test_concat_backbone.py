@@ -159,7 +159,7 @@ def test_a_run_whose_parts_and_tiles_disagree_is_refused(concat_run, tmp_path):
     from graft.predictor import Predictor
 
     root, _, _ = concat_run
-    invalid, unlike = "not a valid graft run", "not what its backbone lite0\\+lite1 uses"
+    invalid, unlike = "not a valid graft run", "tiles in model.json are not its parts'"
     for change, says in (("drop parts", invalid), ("drop a tile", invalid), ("odd tile", invalid),
                          ("nested tile", invalid), ("nested part", invalid), ("swap tiles", unlike)):
         run = tmp_path / change.replace(" ", "-")
@@ -198,3 +198,18 @@ def test_auto_weighs_concatenations_only_for_runs_that_can_use_one(tmp_path):
     assert not concat_allowed(TrainConfig(backbone="auto"), data(300))  # auto may fine-tune there
     assert not concat_allowed(TrainConfig(backbone="auto", strategy="partial"), data(30))
     assert not concat_allowed(TrainConfig(backbone="auto", strategy="head", aug_views=2), data(30))
+
+
+def test_odd_specs_and_tiles_are_one_line(concat_run):
+    from graft.backbones import resolve_backbone
+    from graft.run import meta_problem
+
+    with pytest.raises(GraftError, match="names one network twice"):
+        resolve_backbone("default+lite1")  # default is lite1
+    root, _, _ = concat_run
+    meta = json.loads((root / "run" / "model.json").read_text())
+    single = {**meta, "backbone": meta["backbone"]["parts"][0],
+              "preprocessing": {**meta["preprocessing"]["tiles"][0], "tiles": None}}
+    assert meta_problem(single) == 'preprocessing "tiles" is not a list'
+    del single["backbone"]["weights_source"]
+    assert "weights_source" in meta_problem(single)

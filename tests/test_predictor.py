@@ -316,3 +316,36 @@ def test_a_plain_corner_does_not_drop_a_real_photo_from_tta_crops(trained_run, t
     m = graft.evaluate(trained_run.run, tmp_path / "photos", cache_dir=tmp_path / "cache", workers=0, tta="crops")
     assert m["n"] == 2 and m["skipped"] == []
     assert Predictor(trained_run.run, engine="torch", tta="crops").predict(img)["predictions"]
+
+
+def test_a_run_keeps_its_own_crops_when_its_backbones_configuration_changed(trained_run, tmp_path):
+    """A timm or torchvision upgrade may change a network's pretrained crop settings with the
+    same weights: the run's recorded preprocessing stays what its photos are cropped by."""
+    import json
+
+    from graft.backbones.preprocess import Preprocessing
+    from graft.run import run_backbone_source
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["preprocessing"]["resize"] += 8  # as if trained under another version's configuration
+    (run / "model.json").write_text(json.dumps(meta))
+    recorded = Preprocessing.from_json(meta["preprocessing"])
+    source = run_backbone_source(meta)
+    assert source.preprocessing == recorded and source.build().preprocessing == recorded
+    predictor = Predictor(run, engine="torch")
+    assert predictor.preprocessing == recorded and predictor.engine.model.preprocessing == recorded
+    photo = trained_run.photos / "red" / "red001.jpg"
+    assert predictor.predict(photo)["predictions"]
+
+
+def test_a_run_recorded_as_default_when_default_was_lite0_is_found_by_its_architecture():
+    from graft.backbones import resolve_backbone
+    from graft.run import run_backbone_source
+
+    lite0 = resolve_backbone("lite0")
+    info = {"spec": "default", "arch": lite0.arch, "weights_source": lite0.weights.source,
+            "weights_digest": lite0.weights.digest}
+    source = run_backbone_source({"backbone": info, "preprocessing": lite0.preprocessing.to_json()})
+    assert source.arch == lite0.arch and source.weights.digest == lite0.weights.digest

@@ -44,7 +44,7 @@ def joined_weights(parts) -> WeightsInfo:
     """One identity for the parts' weights: a digest of their digests (each part's own file and
     digest are what a run records and checks, in its "parts")."""
     digest = hashlib.sha256(SEP.join(p.weights.digest for p in parts).encode()).hexdigest()
-    return WeightsInfo("the parts' files: " + ", ".join(p.spec for p in parts), digest)
+    return WeightsInfo("the parts: " + ", ".join(p.spec for p in parts), digest)
 
 
 class ConcatBackbone(nn.Module):

@@ -97,7 +97,10 @@ def resolve_backbone(spec: str = "default", weights=None) -> BackboneSource:
         if weights is not None:
             raise GraftError(f"--weights names one file, but {spec!r} concatenates several backbones: "
                              f"give each part as a bundled name, a timm: or a tv: spec")
-        return ConcatSource(spec, [resolve_backbone(p) for p in split_spec(spec)])
+        parts = [resolve_backbone(p) for p in split_spec(spec)]
+        if len({(p.arch, p.weights.digest) for p in parts}) < len(parts):  # e.g. default+lite1: lite1 twice
+            raise GraftError(f"backbone {spec!r} names one network twice (default is {DEFAULT_BUNDLED})")
+        return ConcatSource(spec, parts)
     if spec == "default":
         return _bundled(DEFAULT_BUNDLED, "default", weights)
     if spec in BUNDLED:

@@ -189,7 +189,8 @@ def concat_allowed(cfg: TrainConfig, data: Dataset) -> bool:
     alone anyway (a concatenation cannot fine-tune) and takes no fixed number of views."""
     from ..strategy import LITTLE_DATA
 
-    per_class = int(np.bincount([s.label for s in data.train], minlength=len(data.classes)).min())
+    trained_on = data.train + data.val if cfg.final else data.train  # what choose_strategy will count
+    per_class = int(np.bincount([s.label for s in trained_on], minlength=len(data.classes)).min())
     head_only = cfg.strategy == "head" or (cfg.strategy == "auto" and per_class < LITTLE_DATA)
     return head_only and cfg.aug_views in ("auto", 0)
 
