@@ -32,6 +32,13 @@ class ExtractStats:
     compute_s: float = 0.0  # time in the backbone
     skipped: list[dict] = field(default_factory=list)
 
+    def add(self, other: "ExtractStats", *, skipped: bool = True) -> None:
+        """Count `other`'s figures in too (a concatenation's parts into its run's)."""
+        for name in ("hits", "misses", "forward_batches", "seconds", "wait_s", "compute_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        if skipped:
+            self.skipped += other.skipped
+
 
 def cache_namespace(source, point: str = "pooled") -> dict:
     """Everything that changes a cached feature (a BackboneSource's identity): the key hashes it."""

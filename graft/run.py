@@ -128,8 +128,6 @@ def preprocessing_problem(pre: dict) -> str | None:
 def meta_problem(meta: dict) -> str | None:
     """What is wrong with a run description (model.json), in a few words, or None. Checked
     wherever a run is read (read_run_meta): predict, evaluate, export, serve, the Predictor."""
-    whole, number = _whole, _number
-
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
         return '"classes" is not a list of class names'
@@ -178,15 +176,15 @@ def meta_problem(meta: dict) -> str | None:
     if head.get("type") not in ("linear", "mlp") or not isinstance(hidden, list):
         return f'"head" has type {head.get("type")!r}, not linear or mlp'
     widths = [head.get("in_features"), *hidden, head.get("out_features")]
-    if not all(whole(w, 1, MAX_WIDTH) for w in widths):
+    if not all(_whole(w, 1, MAX_WIDTH) for w in widths):
         return f'"head" has layer widths {widths}, not whole numbers in 1..{MAX_WIDTH}'
     if sum((a + 1) * b for a, b in zip(widths, widths[1:])) > MAX_HEAD_PARAMETERS:
         return f'"head" has layer widths {widths}: over {MAX_HEAD_PARAMETERS} parameters'
-    if not (number(head.get("dropout", 0.0)) and 0 <= head.get("dropout", 0.0) < 1):
+    if not (_number(head.get("dropout", 0.0)) and 0 <= head.get("dropout", 0.0) < 1):
         return f'"head" has dropout {head.get("dropout")!r}, not a number in [0, 1)'
     if widths[-1] != len(classes):
         return f'"classes" lists {len(classes)} classes but the head has {widths[-1]} outputs'
-    if meta.get("cut") is not None and not whole(meta.get("cut"), 0, 1000):
+    if meta.get("cut") is not None and not _whole(meta.get("cut"), 0, 1000):
         return f'"cut" is {meta.get("cut")!r}, not a whole number'
     return None
 
@@ -416,7 +414,7 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
             crop = CropAt(pre, at, mirror)
             return RefuseNonPhotos(crop) if (at, mirror) == (CENTRE, False) else crop
 
-        point = CropAt(None, at, mirror).point
+        point = "pooled" + (":mirrored" if mirror else "") + (f":at{at[0]:g},{at[1]:g}" if at != CENTRE else "")
         if meta["backbone"].get("parts"):  # each part's own cache namespace (graft.features_multi)
             from .features_multi import concat_features
 

@@ -47,6 +47,20 @@ def check_request(strategy: str, *, from_scratch: bool = False) -> None:
 LITTLE_DATA = 250  # fewer training photos than this in the smallest class: `auto` trains the head only
 
 
+def smallest_class(samples, n_classes: int) -> int:
+    """How many of `samples` (graft.data.Samples) the least represented of n_classes has."""
+    counts = [0] * n_classes
+    for s in samples:
+        counts[s.label] += 1
+    return min(counts) if counts else 0
+
+
+def head_only(requested: str, per_class: int) -> bool:
+    """Whether a run asking for `requested` trains the head alone whatever its photos say: what
+    `auto` can weigh only for such runs (a concatenated backbone, augmented views) asks this."""
+    return requested == "head" or (requested == "auto" and per_class < LITTLE_DATA)
+
+
 def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages: int = 2,
                     frozen_only: str | None = None) -> StrategyChoice:
     """`requested` unless it is "auto"; `data` is a graft.data.Dataset of usable samples.
@@ -57,10 +71,7 @@ def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages
     if frozen_only:
         return StrategyChoice("head", train_stages, f"{frozen_only}: only a new softmax trains "
                                                     f"(linear probe cross-validated accuracy {probe_accuracy:.3f})")
-    counts = [0] * len(data.classes)
-    for s in data.train:
-        counts[s.label] += 1
-    per_class = min(counts)
+    per_class = smallest_class(data.train, len(data.classes))
     probe = f"linear probe cross-validated accuracy {probe_accuracy:.3f} on the training photos"
     if per_class < LITTLE_DATA:
         return StrategyChoice("head", train_stages,

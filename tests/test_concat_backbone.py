@@ -133,7 +133,7 @@ def test_a_predictor_with_the_cache_answers_extracted_photos_without_the_network
     assert calls and answer["predictions"]  # a photo no part has seen goes through the networks
 
 
-def test_evaluate_and_calibrate_read_the_parts_caches(concat_run):
+def test_evaluate_reads_the_parts_caches_and_reports_what_training_reported(concat_run):
     root, photos, m = concat_run
     ev = graft.evaluate(root / "run", photos, cache_dir=root / "cache")
     assert ev["accuracy"] == pytest.approx(m["val_accuracy"])

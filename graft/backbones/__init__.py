@@ -17,7 +17,6 @@ _LAZY = {
     "BackboneSource": ".registry",
     "ConcatBackbone": ".concat",
     "ConcatSource": ".concat",
-    "is_concat": ".concat",
     "DEFAULT_ARCH": ".registry",
     "DEFAULT_PREPROCESSING": ".registry",
     "BUNDLED": ".registry",
@@ -29,7 +28,7 @@ _LAZY = {
     "lukemelas_ordered": ".registry",
 }
 
-__all__ = ["Backbone", "BackboneSource", "ConcatBackbone", "ConcatSource", "is_concat", "load_backbone", "resolve_backbone", "rebuild_backbone",
+__all__ = ["Backbone", "BackboneSource", "ConcatBackbone", "ConcatSource", "load_backbone", "resolve_backbone", "rebuild_backbone",
            "WeightsInfo", "BUNDLED", "DEFAULT_BUNDLED"]
 
 

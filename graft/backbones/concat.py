@@ -51,8 +51,6 @@ class ConcatBackbone(nn.Module):
     """Tiled uint8-normalised canvas (graft.backbones.preprocess.Tiled) -> the parts' pooled
     features concatenated, in the order of the spec. No stages: it is never fine-tuned."""
 
-    sequential = False
-
     def __init__(self, parts: list[Backbone], spec: str):
         super().__init__()
         self.parts = nn.ModuleList(parts)
@@ -60,18 +58,11 @@ class ConcatBackbone(nn.Module):
         self.arch = SEP.join(p.arch for p in parts)
         self.preprocessing = Tiled(tuple(p.preprocessing for p in parts))
         self.weights = joined_weights(parts)
-        self.feature_dims = [int(p.feature_dim) for p in parts]
-        self.feature_dim = sum(self.feature_dims)
-        self.stages, self.stage_names = [], []
+        self.feature_dim = sum(int(p.feature_dim) for p in parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tiles = self.preprocessing.split(x)
         return torch.cat([p(t).flatten(1) for p, t in zip(self.parts, tiles)], dim=1)
-
-    def describe(self) -> dict:
-        return {"spec": self.spec, "arch": self.arch, "weights_source": self.weights.source,
-                "weights_digest": self.weights.digest, "feature_dim": self.feature_dim,
-                "parts": [p.describe() for p in self.parts]}
 
 
 @dataclass

@@ -49,8 +49,28 @@ _PIL_INTERPOLATION = {
 }
 
 
+class _Recipe:
+    """What a crop recipe does given its `crop_array` and `normalize_constants` (Preprocessing,
+    Tiled): read a file, make the uint8 tensor, standardise a batch."""
+
+    def load(self, path) -> "torch.Tensor":
+        """Read the whole file, resize, crop: the uint8 (3, H, W) tensor the network sees."""
+        return self.crop(read_image(path))
+
+    def crop(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> "torch.Tensor":
+        """An RGB image -> the uint8 (3, H, W) tensor the network sees (see the module doc)."""
+        import torch
+
+        return torch.from_numpy(self.crop_array(img, at)).permute(2, 0, 1).contiguous()
+
+    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
+        """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised."""
+        mean, inv_std = (c.to(batch.device) for c in self.normalize_constants())
+        return batch.float().sub_(mean).mul_(inv_std)  # in place: one float batch, not three
+
+
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(_Recipe):
     size: int = 224  # the square the network sees
     resize: int = 256  # shorter side before the centre crop
     interpolation: str = "bicubic"
@@ -79,18 +99,8 @@ class Preprocessing:
         return cls(int(d["size"]), int(d["resize"]), str(d["interpolation"]),
                    tuple(d["mean"]), tuple(d["std"]))
 
-    def load(self, path) -> "torch.Tensor":
-        """Read the whole file, resize the shorter side, centre-crop: a uint8 (3, size, size) tensor."""
-        return self.crop(read_image(path))
-
-    def crop(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> "torch.Tensor":
-        """An RGB image -> the uint8 (3, size, size) tensor the network sees (see the module doc)."""
-        import torch
-
-        return torch.from_numpy(self.crop_array(img, at)).permute(2, 0, 1).contiguous()
-
     def crop_array(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> np.ndarray:
-        """The same crop as a uint8 (size, size, 3) array. `at`: where the square sits in the
+        """The crop as a uint8 (size, size, 3) array. `at`: where the square sits in the
         resized image, as fractions (x, y) of the margin left of and above it: CENTRE (the
         evaluation crop), or (0, 0), (1, 0), (0, 1), (1, 1) for the corners (test-time `crops`)."""
         tw, th = resized_size(img.size, self.resize)
@@ -113,14 +123,9 @@ class Preprocessing:
         mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
         return mean, 1.0 / (torch.tensor(self.std).view(1, 3, 1, 1) * 255.0)
 
-    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
-        """uint8 (N, 3, H, W) -> float32, scaled to [0, 1] then standardised."""
-        mean, inv_std = (c.to(batch.device) for c in self.normalize_constants())
-        return batch.float().sub_(mean).mul_(inv_std)  # in place: one float batch, not three
-
 
 @dataclass(frozen=True)
-class Tiled:
+class Tiled(_Recipe):
     """Several backbones' evaluation preprocessings as ONE uint8 image: each one's centre crop of
     the same photo, stacked top to bottom on a canvas as wide as the widest, each centred across.
 
@@ -161,14 +166,6 @@ class Tiled:
     def to_json(self) -> dict:
         return {"tiles": [t.to_json() for t in self.tiles], "recipe": RECIPE}
 
-    def load(self, path) -> "torch.Tensor":
-        return self.crop(read_image(path))
-
-    def crop(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> "torch.Tensor":
-        import torch
-
-        return torch.from_numpy(self.crop_array(img, at)).permute(2, 0, 1).contiguous()
-
     def crop_array(self, img: Image.Image, at: tuple[float, float] = CENTRE) -> np.ndarray:
         """The canvas, uint8 (sum of sides, widest side, 3); zero outside the tiles. `at`: every
         tile's crop at that place (Preprocessing.crop_array)."""
@@ -191,10 +188,6 @@ class Tiled:
             mean[:, :, top:top + s, left:left + s] = m
             inv_std[:, :, top:top + s, left:left + s] = i
         return mean, inv_std
-
-    def normalize(self, batch: "torch.Tensor") -> "torch.Tensor":
-        mean, inv_std = (c.to(batch.device) for c in self.normalize_constants())
-        return batch.float().sub_(mean).mul_(inv_std)
 
 
 def resized_size(size: tuple[int, int], short_side: int) -> tuple[int, int]:
@@ -225,7 +218,6 @@ def pil_to_tensor(img: Image.Image) -> "torch.Tensor":
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
 
 
-
 class CropAt:
     """A `load(path)` for loader workers: the crop of `pre` at `at` (a corner, for --tta crops),
     optionally mirrored left-right (--tta flip). A class, not a closure: workers receive it."""
@@ -236,11 +228,3 @@ class CropAt:
     def __call__(self, path) -> "torch.Tensor":
         x = self.pre.crop(read_image(path), self.at)
         return x.flip(-1) if self.mirror else x
-
-    @property
-    def point(self) -> str:
-        """The feature cache's `point` for these crops: apart from the centre crop's "pooled"."""
-        parts = ["pooled"] + (["mirrored"] if self.mirror else [])
-        if self.at != CENTRE:
-            parts.append(f"at{self.at[0]:g},{self.at[1]:g}")
-        return ":".join(parts)

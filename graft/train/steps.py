@@ -75,12 +75,8 @@ class Job:
                                             workers=self.cfg.workers, progress=self.progress, dist=self.dist,
                                             load_for=lambda pre: RefuseNonPhotos(pre.load), desc=desc)
             for part in st.parts.values():
-                self.stats.hits, self.stats.misses = self.stats.hits + part.hits, self.stats.misses + part.misses
-                self.stats.forward_batches += part.forward_batches
-                self.stats.seconds += part.seconds
-                self.stats.wait_s += part.wait_s
-                self.stats.compute_s += part.compute_s
-            self.stats.skipped += st.skipped
+                self.stats.add(part, skipped=False)
+            self.stats.skipped += st.skipped  # each unreadable photo once, not once per part
             return feats, ok
         feats, ok, _ = extract_features(
             self.source.build, [s.digest for s in samples], [s.path for s in samples], cache,
@@ -187,12 +183,10 @@ AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
 def concat_allowed(cfg: TrainConfig, data: Dataset) -> bool:
     """Whether --backbone auto may choose a concatenation: only for a run that would train the head
     alone anyway (a concatenation cannot fine-tune) and takes no fixed number of views."""
-    from ..strategy import LITTLE_DATA
+    from ..strategy import head_only, smallest_class
 
     trained_on = data.train + data.val if cfg.final else data.train  # what choose_strategy will count
-    per_class = int(np.bincount([s.label for s in trained_on], minlength=len(data.classes)).min())
-    head_only = cfg.strategy == "head" or (cfg.strategy == "auto" and per_class < LITTLE_DATA)
-    return head_only and cfg.aug_views in ("auto", 0)
+    return head_only(cfg.strategy, smallest_class(trained_on, len(data.classes))) and cfg.aug_views in ("auto", 0)
 
 
 def choose_backbone(job: Job, data: Dataset) -> Job:
@@ -278,14 +272,12 @@ def features(job: Job, data: Dataset) -> Features:
     kept = Dataset(data.root, data.classes, [samples[i] for i in train_idx], [samples[i] for i in val_idx],
                    data.skipped, data.layout)
     if rows is not None:  # joined from its parts' namespaces, in memory
-        x_train, x_val = rows[train_idx], rows[val_idx].reshape(len(val_idx), rows.shape[1])
+        x_train, x_val = rows[train_idx], rows[val_idx]
     else:
         x_train = FeatureRows(job.cache, [samples[i].digest for i in train_idx])
         x_val = FeatureRows(job.cache, [samples[i].digest for i in val_idx])
     out = Features(kept, x_train, y[train_idx], x_val, y[val_idx], skipped)
-    k, why = views_plan(job, kept)
-    if job.cfg.aug_views == "auto" and k and out.x_train.nbytes * (1 + k) + out.x_val.nbytes > memory_budget():
-        k, why = 0, "the features with views would pass the head's memory budget: ask for them with --aug-views K"
+    k, why = views_plan(job, kept, out.x_train.nbytes + out.x_val.nbytes)
     out.views = {"asked": job.cfg.aug_views, "k": k, "reason": why}
     given = "--aug" if job.cfg.aug else "--augment" if job.cfg.augment not in (None, "none") else None
     if not k and given and job.cfg.strategy == "head" and job.dist.is_main:
@@ -299,11 +291,12 @@ def features(job: Job, data: Dataset) -> Features:
     return out
 
 
-def views_plan(job: Job, data: Dataset) -> tuple[int, str]:
+def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
     """How many augmented views of each training photo to extract for the head, and why: K as
     asked, or for --aug-views auto AUTO_VIEWS where cross-validation can weigh them (see
-    graft.train.config), else 0."""
-    from ..strategy import LITTLE_DATA
+    graft.train.config) and, with the clean ones (`feature_bytes`), they fit the head's memory
+    budget, else 0."""
+    from ..strategy import head_only, smallest_class
     from .config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS
 
     asked = job.cfg.aug_views
@@ -311,8 +304,8 @@ def views_plan(job: Job, data: Dataset) -> tuple[int, str]:
         return 0, "a concatenation of backbones takes no augmented views"
     if asked != "auto":
         return asked, f"--aug-views {asked}"
-    per_class = int(np.bincount([s.label for s in data.train], minlength=len(data.classes)).min())
-    if job.cfg.strategy not in ("head", "auto") or (job.cfg.strategy == "auto" and per_class >= LITTLE_DATA):
+    per_class = smallest_class(data.train, len(data.classes))
+    if not head_only(job.cfg.strategy, per_class):
         return 0, "the strategy may fine-tune, which augments its own batches"
     if per_class < AUTO_VIEWS_MIN_PER_CLASS:
         return 0, (f"{per_class} training photos in the smallest class (< {AUTO_VIEWS_MIN_PER_CLASS}): "
@@ -320,6 +313,8 @@ def views_plan(job: Job, data: Dataset) -> tuple[int, str]:
     if len(data.train) > AUTO_VIEWS_MAX_PHOTOS:
         return 0, (f"{len(data.train)} training photos (> {AUTO_VIEWS_MAX_PHOTOS}): views would cost "
                    f"{AUTO_VIEWS} forward passes each; ask for them with --aug-views K")
+    if feature_bytes * (1 + AUTO_VIEWS) > memory_budget():  # weighing them needs them in memory
+        return 0, "the features with views would pass the head's memory budget: ask for them with --aug-views K"
     return AUTO_VIEWS, f"auto: {AUTO_VIEWS} views, kept only if they cross-validate better"
 
 
