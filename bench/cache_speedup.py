@@ -4,7 +4,7 @@
     PyTorch tutorial's fixed-feature-extractor does); validation features are computed once.
 (b) cold: `graft.train` on an empty cache (extraction of train + val included).
 (c) warm: `graft.train` again on the now-filled cache.
-All three train the same head (graft.head.HeadTrainer, same seed, 30 epochs, no early stop).
+All three train the same head (graft.heads.softmax.HeadTrainer, same seed, 30 epochs, no early stop).
 
     .venv/bin/python bench/cache_speedup.py
 """
@@ -23,8 +23,8 @@ from _common import emit, need_hymenoptera  # noqa: E402
 import graft  # noqa: E402
 from graft.backbones import load_backbone  # noqa: E402
 from graft.data import scan_photos  # noqa: E402
-from graft.head import HeadConfig, HeadTrainer  # noqa: E402
-from graft.loader import image_loader  # noqa: E402
+from graft.heads.softmax import HeadConfig, HeadTrainer  # noqa: E402
+from graft.features.loader import image_loader  # noqa: E402
 
 EPOCHS = 30
 

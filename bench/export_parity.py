@@ -7,8 +7,8 @@ graft's prediction path:
   * probabilities: the client's `probabilities` output vs `graft.predict` with the torch engine,
     graft's own network (targets: max |dp| <= 1e-3, 0 top-1 changes);
   * answers: the client's `predict` (temperature, `unknown`) vs `graft predict --reject auto`
-    (graft.inference.predict_with_reject); a photo whose confidence or novelty lies within 1e-5 of
-    its threshold is counted apart (graft.calibrate sets the confidence threshold at one validation
+    (graft.use.inference.predict_with_reject); a photo whose confidence or novelty lies within 1e-5 of
+    its threshold is counted apart (graft.use.calibrate sets the confidence threshold at one validation
     photo's exact confidence, so on that photo float rounding alone decides).
 For scale, the same exported model on the crops graft made before (recipe 1: reduced-size JPEG
 decoding, long side rounded up, box resize) and on crops of a draft decode with today's rounding.
@@ -34,11 +34,11 @@ from _common import emit, need_hymenoptera  # noqa: E402
 
 import graft  # noqa: E402
 from graft.backbones.preprocess import _PIL_INTERPOLATION, Preprocessing  # noqa: E402
-from graft.calibrate import calibrate_run  # noqa: E402
+from graft.use.calibrate import calibrate_run  # noqa: E402
 from graft.data.images import draft_size_for_short_side, read_image  # noqa: E402
-from graft.export import export_run  # noqa: E402
-from graft.inference import predict_with_reject  # noqa: E402
-from graft.run import read_run_meta  # noqa: E402
+from graft.use.export import export_run  # noqa: E402
+from graft.use.inference import predict_with_reject  # noqa: E402
+from graft.run.store import read_run_meta  # noqa: E402
 
 MAX_DP, TOP1 = 1e-3, 0
 
@@ -77,7 +77,7 @@ def full_crop(pre: Preprocessing, path) -> np.ndarray:
 
 def on_threshold(answer: dict, cal: dict, eps: float = 1e-5) -> bool:
     """Whether graft's confidence or novelty is within `eps` of the threshold it is tested against:
-    there float rounding decides (graft.calibrate puts the threshold ON a validation photo's value)."""
+    there float rounding decides (graft.use.calibrate puts the threshold ON a validation photo's value)."""
     near = abs(answer["confidence"] - cal["threshold"]) <= eps
     if cal.get("novelty") and "novelty" in answer:
         near |= abs(answer["novelty"] - cal["novelty"]["threshold"]) <= eps

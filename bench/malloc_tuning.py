@@ -1,4 +1,4 @@
-"""Does graft's mallopt start-up tuning (graft/_malloc.py) speed up the CPU forward pass?
+"""Does graft's mallopt start-up tuning (graft/_util/malloc.py) speed up the CPU forward pass?
 
 Runs EfficientNet-Lite0's forward pass (batch 32, 224 px, channels_last as graft extracts) in
 two fresh processes, with GRAFT_NO_MALLOPT=1 and without, and prints both and the ratio.
@@ -13,7 +13,7 @@ import sys
 
 CHILD = r"""
 import json, time, torch, graft
-from graft._malloc import _applied
+from graft._util.malloc import _applied
 from graft.backbones import load_backbone
 b = load_backbone().eval().to(memory_format=torch.channels_last)
 x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)

@@ -43,7 +43,7 @@ import graft  # noqa: E402,F401  (applies graft's allocator tuning, as in real u
 from graft.augment import build  # noqa: E402
 from graft.backbones import DEFAULT_PREPROCESSING as PRE  # noqa: E402
 from graft.data import scan_photos  # noqa: E402
-from graft.loader import train_loader  # noqa: E402
+from graft.features.loader import train_loader  # noqa: E402
 
 KNOBS = "crop_scale=0.08-1,flip=0.5,brightness=0.4,contrast=0.4,saturation=0.4,rgb_shift=10,rgb_shift_p=1"
 BATCH = 32

@@ -9,7 +9,7 @@ features:
   lbfgs-80     the L-BFGS probe, L2 chosen by 5-fold CV, on the same 80% (like for like with today)
   adamw-refit  AdamW epochs chosen by 5-fold CV on all of train/, then refitted on all of it
   lbfgs-refit  L2 chosen by 5-fold CV on all of train/, then refitted on all of it
-  auto         whichever of the two refits cross-validated better (graft.selection.choose_head)
+  auto         whichever of the two refits cross-validated better (graft.heads.search.choose_head)
 plus each backbone's cold extraction time for train/ (what a cold `graft train` given train/
 pays) and for val/. Then an imbalance check: an uneven subsample of train/ (one class cut to a
 quarter), scored on all of val/ with balance none vs auto. Optional: `--flip lite1,lite2` adds
@@ -41,10 +41,10 @@ import torch  # noqa: E402
 from graft.backbones import resolve_backbone  # noqa: E402
 from graft.cache import FeatureCache  # noqa: E402
 from graft.data import scan_class_folders, scan_photos  # noqa: E402
-from graft.metrics import classification_metrics  # noqa: E402
-from graft.features import cache_namespace, extract_features  # noqa: E402
-from graft.head import HeadConfig, train_head  # noqa: E402
-from graft.selection import choose_head  # noqa: E402
+from graft.heads.metrics import classification_metrics  # noqa: E402
+from graft.features.extract import cache_namespace, extract_features  # noqa: E402
+from graft.heads.softmax import HeadConfig, train_head  # noqa: E402
+from graft.heads.search import choose_head  # noqa: E402
 
 
 def extract(spec, samples, cache_root):

@@ -12,8 +12,8 @@ their own, only a check that keeping more real photos did not open the door to e
   before: what `graft calibrate` did until now: temperature and confidence threshold (target
           accuracy 0.99) fitted on the run's own validation photos, the novelty threshold the
           0.99 quantile of the leave-one-out distances of its training + validation photos
-          (re-implemented here from graft.calibrate's pieces, so both rows run on one run)
-  after:  graft.calibrate.calibrate_run with its defaults: thresholds fitted on out-of-fold
+          (re-implemented here from graft.use.calibrate's pieces, so both rows run on one run)
+  after:  graft.use.calibrate.calibrate_run with its defaults: thresholds fitted on out-of-fold
           predictions of the training photos, at least --keep 0.95 of them kept
 
     .venv/bin/python bench/reject_keep.py
@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, need_hymenoptera  # noqa: E402
 
 import graft  # noqa: E402
-from graft.calibrate import (calibrate_run, choose_threshold, fit_temperature, knn_distance, load_novelty,  # noqa: E402
+from graft.use.calibrate import (calibrate_run, choose_threshold, fit_temperature, knn_distance, load_novelty,  # noqa: E402
                              softmax)
 from graft.data import scan_class_folders  # noqa: E402
 from graft.data.folder import Sample  # noqa: E402
-from graft.run import photos_split, read_run_meta, run_features  # noqa: E402
+from graft.run.store import photos_split, read_run_meta, run_features  # noqa: E402
 
 
 def unit(x):

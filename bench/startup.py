@@ -38,7 +38,7 @@ from _common import emit, need_hymenoptera  # noqa: E402
 
 TARGETS = {"help_s": 0.3, "predict_cold_s": 2.5, "warm_ms": 50.0}
 
-OLD_EAGER = "import graft.train, graft.inference, graft.cache.admin, graft.augment.functional; "
+OLD_EAGER = "import graft.recipe, graft.use.inference, graft.cache.admin, graft.augment.functional; "
 OLD_HELP = OLD_EAGER + "from graft.cli import build_parser; build_parser().parse_args(['--help'])"
 OLD_PREDICT = OLD_EAGER + "import sys; from graft.cli import main; sys.exit(main(sys.argv[1:] + ['--engine', 'torch']))"
 
@@ -59,8 +59,8 @@ def timed(argv: list[str], env: dict) -> tuple[float, float]:
 def prepared_run(args, tmp: Path, data: Path) -> Path:
     """A run with a fresh ONNX export: --run as it is when it has one, else a copy exported here."""
     import graft
-    from graft.export import export_run
-    from graft.predictor import Predictor
+    from graft.use.export import export_run
+    from graft.use.predictor import Predictor
 
     if args.run:
         run = Path(args.run)
@@ -116,7 +116,7 @@ def main():
             print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
                   file=sys.stderr)
 
-        from graft.predictor import Predictor
+        from graft.use.predictor import Predictor
 
         engines = {"onnx": Predictor(run), "torch": Predictor(run, engine="torch")}
         warm: dict[str, list[float]] = {k: [] for k in engines}

@@ -25,9 +25,9 @@ from _common import emit, need_hymenoptera  # noqa: E402
 
 import graft  # noqa: E402
 from graft.data import scan_class_folders  # noqa: E402
-from graft.folds import stratified_folds, train_rows  # noqa: E402
-from graft.probe import fit_probe  # noqa: E402
-from graft.run import load_head, photos_split, read_run_meta, run_features, tta_views  # noqa: E402
+from graft.heads.folds import stratified_folds, train_rows  # noqa: E402
+from graft.heads.probe import fit_probe  # noqa: E402
+from graft.run.store import load_head, photos_split, read_run_meta, run_features, tta_views  # noqa: E402
 
 MODES = ("none", "flip", "crops")
 

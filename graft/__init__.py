@@ -11,20 +11,17 @@ first use (module `__getattr__`), so `graft --help` and the commands that need n
 in a fraction of a second.
 """
 
-import sys
-import types
-
-from ._version import __version__
-from ._malloc import tune_malloc
-from .errors import GraftError
+from graft._version import __version__
+from graft._util.malloc import tune_malloc
+from graft.errors import GraftError
 
 tune_malloc()  # before torch allocates anything (torch is imported later, on first use); see bench/malloc_tuning.py
 
 _LAZY = {  # public name -> (module, attribute)
-    "train": ("graft.train", "train"),  # the function; the recipe's module is graft/train/
-    "predict": ("graft.inference", "predict"),
-    "evaluate": ("graft.inference", "evaluate"),
-    "Predictor": ("graft.predictor", "Predictor"),
+    "train": ("graft.recipe", "train"),  # the function; its package is graft.recipe
+    "predict": ("graft.use.inference", "predict"),
+    "evaluate": ("graft.use.inference", "evaluate"),
+    "Predictor": ("graft.use.predictor", "Predictor"),
     "cache_usage": ("graft.cache.admin", "usage"),
     "prune_cache": ("graft.cache.admin", "prune"),
 }
@@ -45,18 +42,3 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(_LAZY))
-
-
-class _Package(types.ModuleType):
-    """`graft.train` is the function, as it was when this file imported it eagerly: the import
-    system binds the subpackage graft/train/ here when something first imports it, so that one
-    assignment is turned into its `train` function (reach the package's names with
-    `from graft.train import ...`)."""
-
-    def __setattr__(self, name, value):
-        if name == "train" and isinstance(value, types.ModuleType):
-            value = value.train
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

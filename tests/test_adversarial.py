@@ -39,7 +39,7 @@ import pytest
 import torch
 from PIL import Image
 
-from graft._atomic import atomic_path, write_bytes, write_json
+from graft._util.atomic import atomic_path, write_bytes, write_json
 from graft.cache.layout import MARKER as CACHE_MARKER
 from graft.data.decoded import DecodedCache
 from graft.data.images import probe_image, read_image
@@ -637,7 +637,7 @@ def test_training_with_no_validation_photo_writes_strict_json_and_makes_up_no_va
 
 
 def test_the_head_without_validation_features_keeps_the_last_epoch():
-    from graft.head import HeadConfig, HeadTrainer, fold_standardisation
+    from graft.heads.softmax import HeadConfig, HeadTrainer, fold_standardisation
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(12, 8)).astype(np.float32), np.arange(12) % 3
@@ -653,7 +653,7 @@ def test_the_head_without_validation_features_keeps_the_last_epoch():
 
 
 def test_fine_tuning_without_validation_photos_reports_no_validation_figures():
-    from graft.finetune import _validate
+    from graft.finetune.loop import _validate
 
     assert _validate(None, None, None, torch.zeros(0, dtype=torch.long), torch.device("cpu"), None) == (None, None)
 
@@ -679,7 +679,7 @@ def _write_model(d: Path):
     from torch import nn
 
     from graft.backbones import resolve_backbone
-    from graft.run import save_run
+    from graft.run.store import save_run
 
     save_run(d / "run", head=nn.Linear(1280, 50), classes=[f"c{i}" for i in range(50)],
              source=resolve_backbone("default"), strategy="head")
@@ -688,7 +688,7 @@ def _write_model(d: Path):
 def _write_checkpoint(d: Path):
     from torch import nn
 
-    from graft.finetune import FinetuneConfig, _save_checkpoint
+    from graft.finetune.loop import FinetuneConfig, _save_checkpoint
 
     net = nn.Linear(1280, 50)
     opt = torch.optim.AdamW(net.parameters())
@@ -1044,7 +1044,7 @@ def test_the_python_api_validates_the_same(tmp_path, setting, value):
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     """A checkpoint made with batch size 8 and lr 1e-3 is not continued with 4 and 1e-2 (issue 14, item
     5: it used to run to the end and record the new values)."""
-    from graft.finetune import FinetuneConfig, _load_checkpoint
+    from graft.finetune.loop import FinetuneConfig, _load_checkpoint
 
     made = FinetuneConfig(batch_size=8, lr=1e-3, epochs=5)
     torch.save({"config": made.to_json(), "model": {}}, tmp_path / "checkpoint.pt")
@@ -1122,7 +1122,7 @@ def test_prune_takes_an_unmarked_cache_graft_made_before_the_marker(tmp_path):
 
 
 def test_the_decoded_photo_cache_marks_its_folder(tmp_path):
-    from graft._digest import sha256_file
+    from graft._util.digest import sha256_file
     from graft.cache.layout import DECODED, marked
 
     photo = tmp_path / "p.jpg"
@@ -1437,15 +1437,15 @@ def test_a_tampered_run_is_refused_with_one_line_by_every_command(tampered, trai
                                   {"type": "mlp", "in_features": 64, "out_features": 3, "hidden": [32, 16],
                                    "dropout": 0.2}], ids=["linear", "mlp"])
 def test_the_run_check_knows_the_heads_tensors_without_torch(spec):
-    from graft.head import head_from_spec
-    from graft.run import head_tensor_shapes
+    from graft.heads.softmax import head_from_spec
+    from graft.run.store import head_tensor_shapes
 
     built = {f"head.{k}": list(v.shape) for k, v in head_from_spec(spec).state_dict().items()}
     assert head_tensor_shapes(spec) == built
 
 
 def test_a_run_with_a_huge_head_in_model_json_is_refused_before_building_it(trained_run, tmp_path):
-    from graft.run import read_run_meta
+    from graft.run.store import read_run_meta
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.run, run)
@@ -1540,7 +1540,7 @@ def test_no_safetensors_file_graft_keeps_is_written_by_save_file(tmp_path, monke
 
     from graft.backbones import resolve_backbone
     from graft.cache import FeatureCache
-    from graft.run import save_run
+    from graft.run.store import save_run
 
     def refuse(*a, **k):
         raise AssertionError("save_file writes a temp file of its own beside the target")

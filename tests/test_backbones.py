@@ -277,7 +277,7 @@ def test_default_is_an_alias_of_a_bundled_backbone():
     alias, named = resolve_backbone("default"), resolve_backbone(DEFAULT_BUNDLED)
     assert alias.spec == "default" and named.spec == DEFAULT_BUNDLED
     assert (alias.arch, alias.weights, alias.preprocessing) == (named.arch, named.weights, named.preprocessing)
-    from graft.features import cache_namespace
+    from graft.features.extract import cache_namespace
 
     assert cache_namespace(alias) == cache_namespace(named)  # one cache for both names
 

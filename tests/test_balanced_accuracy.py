@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graft.metrics import balanced_accuracy, classification_metrics
+from graft.heads.metrics import balanced_accuracy, classification_metrics
 
 
 def test_balanced_accuracy_is_the_mean_recall():

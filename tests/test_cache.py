@@ -20,7 +20,7 @@ from torch import nn
 
 from conftest import make_photo_folder
 from graft.cache import FeatureCache
-from graft.features import ExtractStats, extract_features
+from graft.features.extract import ExtractStats, extract_features
 
 GRAFT = str(Path(sys.executable).with_name("graft"))
 NS = {"arch": "timm:test_net", "weights_digest": "ab" * 32,

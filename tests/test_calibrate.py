@@ -1,4 +1,4 @@
-"""graft.calibrate: temperature scaling, the confidence threshold, and `unknown` for photos of
+"""graft.use.calibrate: temperature scaling, the confidence threshold, and `unknown` for photos of
 neither class (the lecture's Tigger / Misty / neither), end to end on generated photos.
 """
 
@@ -17,10 +17,10 @@ from PIL import Image
 
 import graft
 from conftest import isolated_env, make_photo, make_photo_folder
-from graft.calibrate import (accuracy_coverage_curve, calibrate_run, choose_threshold, choose_thresholds,
+from graft.use.calibrate import (accuracy_coverage_curve, calibrate_run, choose_threshold, choose_thresholds,
                              fit_temperature, keep_with_margin, novelty_table, out_of_fold_logits)
 from graft.cli.calibrate import add_parser
-from graft.inference import UNKNOWN, apply_reject, csv_header, parse_reject, predict_to_csv, predict_with_reject
+from graft.use.inference import UNKNOWN, apply_reject, csv_header, parse_reject, predict_to_csv, predict_with_reject
 from graft.errors import GraftError
 
 # --- pure functions --------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_out_of_fold_logits_never_come_from_a_head_fitted_on_them():
     """Changing one photo's features changes the out-of-fold logits of the photos whose heads it
     helped fit (the other folds) and of itself, never those of the other photos of its own fold:
     their head was fitted without that fold."""
-    from graft.folds import stratified_folds
+    from graft.heads.folds import stratified_folds
 
     rng = np.random.default_rng(2)
     y = np.repeat([0, 1, 2], 20)

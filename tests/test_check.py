@@ -445,7 +445,7 @@ def test_a_placeholder_stays_skipped_after_calibrate_and_evaluate(tmp_path):
     it too, and the next graft train on the same photos still skips it."""
     import graft
     from conftest import isolated_env, make_photo_folder
-    from graft.calibrate import calibrate_run
+    from graft.use.calibrate import calibrate_run
 
     photos = make_photo_folder(tmp_path / "photos", per_class=8, seed=5)
     _placeholder_gif(photos / "red" / "imageNotFound.gif")

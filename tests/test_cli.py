@@ -170,14 +170,14 @@ def test_commands_that_need_no_network_import_no_torch(tmp_path):
 
 def test_graft_names_load_on_first_use():
     """`import graft` loads no torch; each public name loads its module when first used, and
-    `graft.train` stays the function even once its package graft/train/ is imported."""
+    `graft.train` is the function (its package is graft.recipe, so nothing can shadow it)."""
     code = """
 import sys, types
 import graft
 assert "torch" not in sys.modules and graft.GraftError and graft.__version__
 assert sorted(set(graft.__all__) - set(dir(graft))) == []
-import graft.train.config  # the package: binding it must not hide the function
-assert isinstance(graft.train, types.FunctionType) and graft.train.__module__ == "graft.train"
+import graft.recipe.config  # the recipe package: importing it does not touch the function graft.train
+assert isinstance(graft.train, types.FunctionType) and graft.train.__module__ == "graft.recipe"
 from graft import train, predict, evaluate, Predictor, cache_usage, prune_cache
 assert graft.predict is predict and Predictor.__name__ == "Predictor" and callable(cache_usage)
 print("ok")

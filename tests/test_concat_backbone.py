@@ -82,10 +82,10 @@ def test_a_concatenated_run_trains_the_head_and_records_its_parts(concat_run):
 def test_predict_time_features_are_the_trained_ones_on_every_engine(concat_run):
     """The Predictor's tiled crop through the concatenated network (torch), the ONNX export and
     the standalone client all give the probabilities of the head on the cached features."""
-    from graft.export import export_run
-    from graft.features_multi import concat_features
-    from graft.predictor import Predictor
-    from graft.run import load_head, photos_split, read_run_meta
+    from graft.use.export import export_run
+    from graft.features.concat import concat_features
+    from graft.use.predictor import Predictor
+    from graft.run.store import load_head, photos_split, read_run_meta
 
     root, photos, m = concat_run
     run = root / "run"
@@ -114,7 +114,7 @@ def test_predict_time_features_are_the_trained_ones_on_every_engine(concat_run):
 
 def test_a_predictor_with_the_cache_answers_extracted_photos_without_the_networks(concat_run):
     from conftest import count_backbone_forwards
-    from graft.predictor import Predictor
+    from graft.use.predictor import Predictor
 
     root, photos, _ = concat_run
     paths = sorted((photos / "val").rglob("*.jpg"))
@@ -156,7 +156,7 @@ def test_what_a_concatenation_cannot_do_is_one_line_before_any_photo(tmp_path, p
 def test_a_run_whose_parts_and_tiles_disagree_is_refused(concat_run, tmp_path):
     import shutil
 
-    from graft.predictor import Predictor
+    from graft.use.predictor import Predictor
 
     root, _, _ = concat_run
     invalid, unlike = "not a valid graft run", "tiles in model.json are not its parts'"
@@ -186,8 +186,8 @@ def test_a_run_whose_parts_and_tiles_disagree_is_refused(concat_run, tmp_path):
 
 def test_auto_weighs_concatenations_only_for_runs_that_can_use_one(tmp_path):
     from graft.data import Dataset, Sample
-    from graft.train.config import TrainConfig
-    from graft.train.steps import concat_allowed
+    from graft.recipe.config import TrainConfig
+    from graft.recipe.steps import concat_allowed
 
     def data(per_class):
         return Dataset(tmp_path, ["a", "b"], [Sample(tmp_path / f"{c}{i}.jpg", c, f"{c}{i}")
@@ -202,7 +202,7 @@ def test_auto_weighs_concatenations_only_for_runs_that_can_use_one(tmp_path):
 
 def test_odd_specs_and_tiles_are_one_line(concat_run):
     from graft.backbones import resolve_backbone
-    from graft.run import meta_problem
+    from graft.run.store import meta_problem
 
     with pytest.raises(GraftError, match="names one network twice"):
         resolve_backbone("default+lite1")  # default is lite1

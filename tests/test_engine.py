@@ -16,7 +16,7 @@ from conftest import count_backbone_forwards, make_photo_folder
 from graft.backbones import engine as eng
 from graft.cache import FeatureCache
 from graft.data import scan_photos
-from graft.features import cache_namespace, extract_features
+from graft.features.extract import cache_namespace, extract_features
 
 pytest.importorskip("onnxruntime")
 

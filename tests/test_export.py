@@ -1,4 +1,4 @@
-"""graft.export: an exported run gives graft's own answers from the uint8 crop, and carries all a
+"""graft.use.export: an exported run gives graft's own answers from the uint8 crop, and carries all a
 client needs (classes, preprocessing, calibration) in the file itself; the written reference client
 prints what graft prints; graft's evaluation preprocessing is torchvision's standard recipe.
 
@@ -27,14 +27,14 @@ from PIL import Image, ImageOps
 import graft
 from conftest import isolated_env, make_photo, make_photo_folder
 from graft.backbones.preprocess import RECIPE, Preprocessing
-from graft.calibrate import calibrate_run
+from graft.use.calibrate import calibrate_run
 from graft.data.images import read_image
 from graft.errors import GraftError
 from graft.cli.export import add_parser
-from graft.export import export_run, metadata_path, read_onnx_metadata
-from graft.inference import UNKNOWN, predict_with_reject
-from graft.predictor import Predictor
-from graft.run import load_run
+from graft.use.export import export_run, metadata_path, read_onnx_metadata
+from graft.use.inference import UNKNOWN, predict_with_reject
+from graft.use.predictor import Predictor
+from graft.run.store import load_run
 
 TOL = 1e-4
 

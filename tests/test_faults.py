@@ -163,7 +163,7 @@ def test_two_processes_share_one_cache_without_duplicated_work(photos, tmp_path)
 
 def test_disk_full_while_writing_keeps_previous_files(photos, tmp_path, monkeypatch):
     import graft
-    import graft._atomic as atomic
+    import graft._util.atomic as atomic
     from graft.errors import GraftError
 
     out = tmp_path / "run"

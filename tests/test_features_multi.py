@@ -1,4 +1,4 @@
-"""graft.features_multi: `lite0+lite1` features are each part's cached features side by side,
+"""graft.features.concat: `lite0+lite1` features are each part's cached features side by side,
 every part in its own cache namespace (nothing recomputed), and fine-tuning one is refused."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from graft.backbones import resolve_backbone
 from graft.cache import FeatureCache
 from graft.data import scan_class_folders
 from graft.errors import GraftError
-from graft.features import cache_namespace, extract_features
+from graft.features.extract import cache_namespace, extract_features
 from graft.backbones.concat import split_spec
-from graft.features_multi import concat_features, require_frozen
+from graft.features.concat import concat_features, require_frozen
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""graft/finetune.py with the real default backbone (EfficientNet-Lite0) on the CPU, on tiny
+"""graft/finetune/loop.py with the real default backbone (EfficientNet-Lite0) on the CPU, on tiny
 generated photo sets: partial fine-tuning leaves the frozen stages bit-identical and trains the
 others, new hidden layers replace the last stages, full / from-scratch runs save whole networks,
 checkpoints load safely, and a run killed mid-epoch then resumed ends with exactly the weights of
@@ -30,8 +30,8 @@ import graft
 from conftest import fixed_batch, isolated_env, make_photo_folder
 from graft.backbones import Backbone, WeightsInfo, load_backbone
 from graft.errors import GraftError
-from graft.finetune import CHECKPOINT, FinetuneConfig, lr_factor, plan_stages
-from graft.run import load_run
+from graft.finetune.loop import CHECKPOINT, FinetuneConfig, lr_factor, plan_stages
+from graft.run.store import load_run
 from graft.backbones.preprocess import Preprocessing
 
 GRAFT = Path(sys.executable).with_name("graft")
@@ -527,9 +527,9 @@ def test_calibrating_a_fine_tuned_run_fits_on_the_photos_it_held_out(tiny, parti
     import json
     import shutil
 
-    from graft.calibrate import calibrate_run
+    from graft.use.calibrate import calibrate_run
     from graft.data import scan_photos
-    from graft.run import inner_split
+    from graft.run.store import inner_split
 
     run = tmp_path / "run"
     shutil.copytree(partial_run.run, run)

@@ -13,7 +13,7 @@ import torch
 
 from graft.cache import FeatureCache
 from graft.cache.rows import FeatureRows, with_views
-from graft.head import HeadConfig, HeadTrainer, predict_labels, train_head
+from graft.heads.softmax import HeadConfig, HeadTrainer, predict_labels, train_head
 
 
 def _cache(tmp_path, n=300, dim=24, shard=25, seed=0, classes=3):

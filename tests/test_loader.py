@@ -15,7 +15,7 @@ from graft.augment import RandomResizedCrop, build
 from graft.backbones import DEFAULT_PREPROCESSING as PRE
 from graft.data import scan_photos
 from graft.data.decoded import DecodedCache, reduction_for
-from graft.loader import AugmentedLoad, split_for_device, train_loader
+from graft.features.loader import AugmentedLoad, split_for_device, train_loader
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ def test_shards_named_by_another_node_are_read_even_when_not_listed(tmp_path, mo
 
 
 def test_cpu_threads_are_shared_per_machine_not_per_job(monkeypatch):
-    from graft.distributed import Context
+    from graft.finetune.distributed import Context
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert Context(rank=1, world=2, local_rank=0, local_world=1).cpu_threads() == 8  # two nodes

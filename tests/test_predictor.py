@@ -1,4 +1,4 @@
-"""graft.predictor.Predictor: one load, any input kind, the same answers as graft.predict.
+"""graft.use.predictor.Predictor: one load, any input kind, the same answers as graft.predict.
 
 A photo given as a path, as its encoded bytes, as a PIL image and as a numpy array reaches the
 network as the very same uint8 crop; lists answer like one-by-one calls; unusable inputs come
@@ -19,7 +19,7 @@ import graft
 from conftest import count_backbone_forwards, make_photo
 from graft.data.images import read_image
 from graft.errors import GraftError
-from graft.predictor import Predictor
+from graft.use.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ def test_threads_sharing_one_predictor_get_the_serial_answers(predictor, photos)
 
 
 def test_reject_as_graft_predict_reject(trained_run, photos, tmp_path):
-    from graft.calibrate import calibrate_run
-    from graft.inference import predict_with_reject
+    from graft.use.calibrate import calibrate_run
+    from graft.use.inference import predict_with_reject
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.run, run)  # calibration writes into the run: not the shared one
@@ -251,7 +251,7 @@ def test_evaluate_with_tta_flip_caches_the_mirrors_and_agrees_with_the_predictor
 
     from graft.cli import evaluate as evaluate_cli
     from graft.data import scan_class_folders
-    from graft.run import run_features
+    from graft.run.store import run_features
 
     kw = dict(cache_dir=trained_run.cache, workers=0)
     first = graft.evaluate(trained_run.run, trained_run.photos, tta="flip", **kw)
@@ -324,7 +324,7 @@ def test_a_run_keeps_its_own_crops_when_its_backbones_configuration_changed(trai
     import json
 
     from graft.backbones.preprocess import Preprocessing
-    from graft.run import run_backbone_source
+    from graft.run.store import run_backbone_source
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.run, run)
@@ -342,7 +342,7 @@ def test_a_run_keeps_its_own_crops_when_its_backbones_configuration_changed(trai
 
 def test_a_run_recorded_as_default_when_default_was_lite0_is_found_by_its_architecture():
     from graft.backbones import resolve_backbone
-    from graft.run import run_backbone_source
+    from graft.run.store import run_backbone_source
 
     lite0 = resolve_backbone("lite0")
     info = {"spec": "default", "arch": lite0.arch, "weights_source": lite0.weights.source,

@@ -1,4 +1,4 @@
-"""graft.probe: the L-BFGS logistic-regression probe solves its problem, chooses its L2 strength
+"""graft.heads.probe: the L-BFGS logistic-regression probe solves its problem, chooses its L2 strength
 by cross-validation deterministically, beats a trivial baseline, and returns a head in graft's
 usual format. Features here are synthetic Gaussian clouds: enough to test a solver, not a
 quality measure (bench/quality_study.py measures quality on real photos)."""
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from graft.probe import STRENGTHS, _Problem, fit_probe, train_probe
+from graft.heads.probe import STRENGTHS, _Problem, fit_probe, train_probe
 
 
 def clouds(n_per_class=(30, 30, 30), d=40, sep=3.0, seed=0):
@@ -87,7 +87,7 @@ def test_probe_cv_table_covers_the_grid_and_records_the_choice():
 
 
 def test_probe_head_has_the_usual_format():
-    from graft.head import head_from_spec, head_spec
+    from graft.heads.softmax import head_from_spec, head_spec
 
     x, y = clouds()
     head = train_probe(x, y, 3).head

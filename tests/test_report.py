@@ -109,10 +109,10 @@ def parse(text: str) -> ReportParser:
 def report_run(tmp_path_factory):
     """The run, then `graft calibrate` and `graft check --apply-to` on it, as a user would: the
     report training wrote is rebuilt by check with the calibration and the findings."""
-    from graft.calibrate import calibrate_run
+    from graft.use.calibrate import calibrate_run
     from graft.check import check_photos
     from graft.cli.check import apply_to
-    from graft.run import read_run_meta
+    from graft.run.store import read_run_meta
 
     root = tmp_path_factory.mktemp("report")
     photos = make_photo_folder(root / "photos", per_class=8, seed=11)
@@ -413,7 +413,7 @@ def test_check_apply_to_refuses_other_photos(report_run, tmp_path):
     from graft.check import check_photos
     from graft.cli.check import apply_to
     from graft.errors import GraftError
-    from graft.run import read_run_meta
+    from graft.run.store import read_run_meta
 
     other = make_photo_folder(tmp_path / "other", classes=("green", "red"), per_class=2)
     run = _copy_run(report_run.run, tmp_path / "run")

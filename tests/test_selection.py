@@ -1,4 +1,4 @@
-"""graft.selection: folds are stratified and deterministic, candidates never see their held-out
+"""graft.heads.search: folds are stratified and deterministic, candidates never see their held-out
 rows, the AdamW head's epochs are chosen on folds and refitted, the class-imbalance rule, and the
 whole choice cannot see the validation photos. Synthetic features: tests of the machinery only."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from graft.head import HeadConfig
-from graft.selection import (IMBALANCE_RATIO, NotEnoughPhotos, choose_head, class_weights, cross_validate,
+from graft.heads.softmax import HeadConfig
+from graft.heads.search import (IMBALANCE_RATIO, NotEnoughPhotos, choose_head, class_weights, cross_validate,
                              fit_and_hold_out, refit_head, select_epochs, stratified_folds)
 from test_probe import clouds
 
@@ -177,7 +177,7 @@ def test_selection_cannot_see_the_validation_photos():
 
 
 def test_a_class_with_one_photo_gets_the_default_probe_and_no_cv_figure():
-    from graft.selection import FALLBACK_STRENGTH
+    from graft.heads.search import FALLBACK_STRENGTH
 
     x, y = clouds(n_per_class=(12, 1), d=8, sep=3.0)
     c = choose_head(x, y, 2, balance="none")

@@ -72,7 +72,7 @@ def test_fine_tuning_early_stops_on_an_inner_split_of_the_training_photos():
 
     from graft.data import Dataset
     from graft.data.folder import Sample
-    from graft.train.steps import inner_split
+    from graft.recipe.steps import inner_split
 
     def sample(label, i):
         return Sample(Path(f"{label}-{i}.jpg"), label, hashlib.sha256(f"{label}:{i}".encode()).hexdigest())
@@ -132,7 +132,7 @@ def test_aug_views_auto_is_weighed_by_cross_validation_on_the_training_photos(tm
     """--aug-views auto (the default): with 20+ training photos in every class, 4 views are
     extracted and cross-validated against none on the same folds; the head kept is the winner's,
     and the record says both figures. With fewer photos, or more than the cap, none are weighed."""
-    from graft.train import config
+    from graft.recipe import config
 
     photos = tmp_path / "photos"
     make_photo_folder(photos / "train", per_class=20, seed=45)

@@ -26,8 +26,8 @@ import pytest
 from PIL import Image
 
 from conftest import isolated_env, make_photo
-from graft.predictor import Predictor
-from graft.serve import DEFAULT_MAX_UPLOAD, ServeConfig, create_app, listen, parse_size
+from graft.use.predictor import Predictor
+from graft.use.serve import DEFAULT_MAX_UPLOAD, ServeConfig, create_app, listen, parse_size
 
 CHROMIUM = Path("/usr/bin/chromium")
 LIMIT = 1 << 20  # the test server's --max-upload: 1 MB keeps the oversized uploads cheap

@@ -1,4 +1,4 @@
-"""graft/strategy.py: `--strategy auto` picks how much of the network to train from the size of the
+"""graft/recipe/strategy.py: `--strategy auto` picks how much of the network to train from the size of the
 smallest class and the linear probe's accuracy; explicit strategies pass through. The rule is
 checked on fake data sets (labels only, no images); one end-to-end run checks that graft.train
 records the choice and its reason.
@@ -15,7 +15,7 @@ import graft
 from conftest import make_photo_folder
 from graft.data import Dataset, Sample
 from graft.errors import GraftError
-from graft.strategy import PROBE_GOOD_ENOUGH, STRATEGIES, choose_strategy
+from graft.recipe.strategy import PROBE_GOOD_ENOUGH, STRATEGIES, choose_strategy
 
 
 def fake_data(*per_class: int) -> Dataset:

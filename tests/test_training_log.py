@@ -1,4 +1,4 @@
-"""graft.train.log: one CSV row per epoch and stage (read back), TensorBoard scalars read back
+"""graft.recipe.log: one CSV row per epoch and stage (read back), TensorBoard scalars read back
 from the event file, resume keeps earlier rows, non-finite values become empty cells."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from graft.errors import GraftError
-from graft.train.log import TrainingLog, parse_log_kinds
+from graft.recipe.log import TrainingLog, parse_log_kinds
 
 
 def _rows(path):
@@ -38,7 +38,7 @@ def test_fast_epochs_are_written_now_and_then_and_at_the_end(tmp_path, monkeypat
     EVERY_S seconds, when the stage changes, and when the log is flushed or closed."""
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("graft.train.log"), "EVERY_S", 3600.0)  # no clock in the test: only the events count
+    monkeypatch.setattr(importlib.import_module("graft.recipe.log"), "EVERY_S", 3600.0)  # no clock in the test: only the events count
     log = TrainingLog(tmp_path, "csv")
     for e in range(1, 51):
         log.epoch("head", e, train_loss=1.0 / e)
@@ -74,7 +74,7 @@ def test_log_kinds():
 
 
 def test_a_real_head_run_logs_one_row_per_epoch(trained_run, tmp_path):
-    """graft.train (warm cache, head) with --log tensorboard: the head's epochs are its
+    """graft.recipe (warm cache, head) with --log tensorboard: the head's epochs are its
     cross-validated AdamW curve (what chose its epochs, on the training photos); the CSV and the
     event file both hold one entry per epoch of it, with the curve metrics.json keeps."""
     pytest.importorskip("tensorboard")

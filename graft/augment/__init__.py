@@ -10,7 +10,7 @@ sensible strengths, and `preview_grid` shows what a setting does.
     out = pipe(img_uint8_chw, torch.Generator().manual_seed(0))
 """
 
-from .._lazy import lazy_attributes
+from graft._util.lazy import lazy_attributes
 
 # Bumped whenever a kernel's output changes for the same params (2: the loader's fused colour
 # run, rounding once; 3: its geometry resampled once); cached augmented views carry it in their key.

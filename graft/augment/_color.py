@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from . import functional as AF
-from ._op import RandomOp, check_range, uniform
+from graft.augment import functional as AF
+from graft.augment._op import RandomOp, check_range, uniform
 
 # ImageNet's RGB principal axes as used by fb.resnet.torch and many ports (Lighting transform):
 # eigvecs[i] is the i-th eigenvector. How these eigenvalues were computed is not documented

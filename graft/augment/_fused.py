@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from . import functional as AF
+from graft.augment import functional as AF
 
 
 def apply_fused(ops, img: torch.Tensor, params) -> torch.Tensor:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import functional as AF
-from .functional._geometry import check_padding
-from ._op import Op, RandomOp, check_pair, check_range, uniform
+from graft.augment import functional as AF
+from graft.augment.functional._geometry import check_padding
+from graft.augment._op import Op, RandomOp, check_pair, check_range, uniform
 
 
 @dataclass

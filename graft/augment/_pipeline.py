@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._color import ColorJitter, PCAColor, RGBShift
-from ._fused import apply_fused
-from ._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
-from ._op import Op, stack_params
+from graft.augment._color import ColorJitter, PCAColor, RGBShift
+from graft.augment._fused import apply_fused
+from graft.augment._geometry import Flip, LocalWarp, RandomResizedCrop, Rotate, Shear
+from graft.augment._op import Op, stack_params
 
 # Every op by config name, in the order presets apply them: geometry first (the crop fixes the
 # size the others work at), then colour.

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from graft.errors import GraftError
 
 if TYPE_CHECKING:  # the ops are torch code: imported by `build`, so `graft augment list` needs no torch
-    from ._pipeline import Pipeline
+    from graft.augment._pipeline import Pipeline
 
 DEFAULT_PRESET = "standard"
 
@@ -218,7 +218,7 @@ def build(preset: str = DEFAULT_PRESET, overrides=None, size=224, pca=None) -> P
     elif overrides is not None:
         overrides = check_overrides(overrides)
     knobs = {**PRESETS[preset], **(overrides or {})}
-    from ._pipeline import OPS, Pipeline
+    from graft.augment._pipeline import OPS, Pipeline
 
     hparams: dict[str, dict] = {name: {} for name in OPS}
     for key, value in knobs.items():

@@ -10,11 +10,11 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torchvision.transforms.v2 import functional as F
 
-from graft._atomic import atomic_path
+from graft._util.atomic import atomic_path
 
-from ._geometry import RandomResizedCrop
-from ._op import RandomOp
-from ._pipeline import AugConfig, Pipeline
+from graft.augment._geometry import RandomResizedCrop
+from graft.augment._op import RandomOp
+from graft.augment._pipeline import AugConfig, Pipeline
 
 LABEL_H = 20  # pixels of label strip above every row of cells
 MAX_SIDE = 768  # photos are shrunk to at most this side first, to keep the preview fast

@@ -9,7 +9,7 @@ import torch for them.
 
 from __future__ import annotations
 
-from .._lazy import lazy_attributes
+from graft._util.lazy import lazy_attributes
 
 _LAZY = {
     "Backbone": "._base",

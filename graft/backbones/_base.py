@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .preprocess import Preprocessing
+from graft.backbones.preprocess import Preprocessing
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ features side by side, and the head learns from the concatenation.
 Why: different networks see different things (resolution, depth), and a linear probe on their
 joined features can beat either alone, at the cost of running both. Each part stays an ordinary
 backbone with its own preprocessing, so its features are exactly the ones it computes alone
-(graft.features_multi reads and fills each part's own cache namespace: a photo extracted for
+(graft.features.concat reads and fills each part's own cache namespace: a photo extracted for
 `lite0` is never recomputed for `lite0+lite2`). The parts' crops travel as one tiled image
 (graft.backbones.preprocess.Tiled), so a concatenated run predicts, exports and serves through
 the very code a single backbone does. Only frozen features concatenate: fine-tuning two networks
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import GraftError
-from ._base import Backbone, WeightsInfo
-from .preprocess import Tiled
+from graft.errors import GraftError
+from graft.backbones._base import Backbone, WeightsInfo
+from graft.backbones.preprocess import Tiled
 
 SEP = "+"
 

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import atomic_path
-from ..cache.layout import ENGINES as ENGINES_DIR, touch
-from ..errors import GraftError
-from ._base import Backbone
+from graft._util.atomic import atomic_path
+from graft.cache.layout import ENGINES as ENGINES_DIR, touch
+from graft.errors import GraftError
+from graft.backbones._base import Backbone
 
 log = logging.getLogger("graft")
 

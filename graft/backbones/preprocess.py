@@ -6,14 +6,14 @@ decoding), apply the EXIF orientation, convert to RGB, resize the shorter side t
 Pillow's antialiased filter (long side `int(resize * long / short)`, as
 `torchvision.transforms.v2.functional.resize` computes it), then centre-crop `size` (torchvision's
 `center_crop`: offset `int(round((side - size) / 2))`, zero padding if the image is smaller).
-Exported models record it (graft.export) and take the uint8 crop it produces.
+Exported models record it (graft.use.export) and take the uint8 crop it produces.
 
 It is part of the feature cache's key and of every saved run, so it is a small frozen dataclass
 that round-trips through JSON; `to_json` also carries RECIPE, the version of the pixel recipe, so
 features computed by an earlier recipe are never reused. Images travel as uint8 tensors until
 `normalize`, which runs on the consumer's side (4x less to copy out of loader workers than float32).
 torch is imported only by the functions that make tensors: `crop_array` is the whole recipe in
-numpy, for clients that run an exported model without torch (graft.predictor).
+numpy, for clients that run an exported model without torch (graft.use.predictor).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from ..data.images import read_image
-from ..errors import GraftError
+from graft.data.images import read_image
+from graft.errors import GraftError
 
 # Version of the pixels `crop` produces. 1: JPEG draft decoding and a long side rounded up;
 # 2: the standard recipe above.

@@ -31,10 +31,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import GraftError, WeightsError
-from .preprocess import Preprocessing
-from ._base import Backbone, WeightsInfo
-from .weights import missing_weights_error, offline, one_line, read_state_dict, sniff_weights, verify
+from graft.errors import GraftError, WeightsError
+from graft.backbones.preprocess import Preprocessing
+from graft.backbones._base import Backbone, WeightsInfo
+from graft.backbones.weights import missing_weights_error, offline, one_line, read_state_dict, sniff_weights, verify
 
 __all__ = ["Backbone", "BackboneSource", "load_backbone", "resolve_backbone", "rebuild_backbone",
            "WeightsInfo", "BUNDLED", "DEFAULT_BUNDLED"]
@@ -92,7 +92,7 @@ def resolve_backbone(spec: str = "default", weights=None) -> BackboneSource:
         source._built = spec
         return source
     if "+" in spec:  # a concatenation (graft.backbones.concat): each part resolved on its own
-        from .concat import ConcatSource, split_spec
+        from graft.backbones.concat import ConcatSource, split_spec
 
         if weights is not None:
             raise GraftError(f"--weights names one file, but {spec!r} concatenates several backbones: "

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .._digest import sha256_file as _file_sha256
-from .._files import kind_of
-from ..errors import WeightsError
+from graft._util.digest import sha256_file as _file_sha256
+from graft._util.files import kind_of
+from graft.errors import WeightsError
 
 
 @lru_cache(maxsize=1)

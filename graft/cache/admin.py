@@ -24,9 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import GraftError
-from .layout import (DECODED, DEMO, DIGESTS, ENGINES, EXTRACT_LOCK, NAMESPACE_DIR, NAMESPACE_FILE, OWN_FILES,
-                     OWN_TEMP, PCA, cache_root, marked)
+from graft.errors import GraftError
+from graft.cache.layout import DECODED, DEMO, DIGESTS, ENGINES, EXTRACT_LOCK, NAMESPACE_DIR, NAMESPACE_FILE, OWN_FILES, OWN_TEMP, PCA, cache_root, marked
 
 # Files prune may delete, by area: feature shards, decoded photos, fitted PCA colour axes, photo
 # digest indexes (the next scan reads those photos again) and ONNX exports (exported again).

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import write_error, write_json, write_safetensors
-from ..errors import GraftError
-from .layout import EXTRACT_LOCK, NAMESPACE_FILE, namespace_dir, touch
+from graft._util.atomic import write_error, write_json, write_safetensors
+from graft.errors import GraftError
+from graft.cache.layout import EXTRACT_LOCK, NAMESPACE_FILE, namespace_dir, touch
 
 log = logging.getLogger("graft")
 

@@ -3,7 +3,7 @@
     <root>/                 $GRAFT_CACHE_DIR, else $XDG_CACHE_HOME/graft, else ~/.cache/graft
         <arch>-<key>/       a feature namespace (FeatureCache): shards + namespace.json + .extract.lock
         decoded/            photos decoded once (graft.data.decoded)
-        pca/                PCA colour axes fitted on training sets (graft.train.augmentation)
+        pca/                PCA colour axes fitted on training sets (graft.recipe.augmentation)
         digests/            each photo folder's digest index (graft.data.digests): one .idx per folder
         engines/            backbones exported to ONNX for onnxruntime (graft.backbones.engine)
         demo-photos/        `graft demo`'s photo set (never pruned)
@@ -21,7 +21,7 @@ import stat
 import time
 from pathlib import Path
 
-from ..errors import GraftError
+from graft.errors import GraftError
 
 ENV = "GRAFT_CACHE_DIR"
 DECODED = "decoded"
@@ -43,7 +43,7 @@ OWN_FILES = {
     PCA: re.compile(r"[0-9a-f]{16}\.json"),
 }
 OWN_TEMP = {DECODED: re.compile(r"[0-9a-f]{2}/\.tmp-[0-9a-f]{32}\.npy"),
-            PCA: re.compile(r"\.tmp-[a-z0-9_]{8}\.json")}  # graft._atomic's (tempfile.mkstemp's)
+            PCA: re.compile(r"\.tmp-[a-z0-9_]{8}\.json")}  # graft._util.atomic's (tempfile.mkstemp's)
 
 
 def default_cache_dir() -> Path:

@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..errors import GraftError
+from graft.errors import GraftError
 
 MAX_OPEN = 128  # shard files kept open between reads
 

@@ -28,15 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from ..data.folder import Dataset
-from ..data.source import photo_layout
-from ..data.placeholders import non_photo_reason
-from ..errors import GraftError
-from .duplicates import exact_leaks, find_duplicates, leak_reason
-from .findings import CODES, LEVELS, Findings, relative
-from .inspect import extreme_aspect, inspect
-from .mislabel import find_mislabelled, neighbour_agreement, oof_probabilities
-from .walk import assign_splits, class_checks, collect, collect_listed
+from graft.data.folder import Dataset
+from graft.data.source import photo_layout
+from graft.data.placeholders import non_photo_reason
+from graft.errors import GraftError
+from graft.check.duplicates import exact_leaks, find_duplicates, leak_reason
+from graft.check.findings import CODES, LEVELS, Findings, relative
+from graft.check.inspect import extreme_aspect, inspect
+from graft.check.mislabel import find_mislabelled, neighbour_agreement, oof_probabilities
+from graft.check.walk import assign_splits, class_checks, collect, collect_listed
 
 __all__ = ["CODES", "LEVELS", "check_photos", "format_report", "quick_errors", "skip_quick_errors",
            "neighbour_agreement", "oof_probabilities"]
@@ -94,7 +94,7 @@ def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default
 
 def _input_size(backbone, resolve: bool) -> int:
     if backbone is None or (isinstance(backbone, str) and backbone == "default"):
-        from ..backbones import DEFAULT_PREPROCESSING
+        from graft.backbones import DEFAULT_PREPROCESSING
 
         return DEFAULT_PREPROCESSING.size
     pre = getattr(backbone, "preprocessing", None)
@@ -103,7 +103,7 @@ def _input_size(backbone, resolve: bool) -> int:
     if not resolve:
         return DEFAULT_INPUT_SIZE
     try:
-        from ..backbones import resolve_backbone
+        from graft.backbones import resolve_backbone
 
         return int(resolve_backbone(backbone).preprocessing.size)
     except GraftError:

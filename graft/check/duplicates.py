@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.placeholders import NEAR_CONSTANT_STD
-from .findings import Findings
+from graft.data.placeholders import NEAR_CONSTANT_STD
+from graft.check.findings import Findings
 
 PHASH_MAX_DISTANCE = 40  # bits of 256: re-encoded/resized copies of photos measure <= ~26, different
 DHASH_MAX_DISTANCE = 64  # photos >= ~60 (pHash) / ~57 (dHash); dHash is noisier on flat noise

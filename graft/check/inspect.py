@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.images import SUPPORTED_EXTENSIONS, probe_image, read_bytes, read_image
-from ..data.placeholders import photo_stats
-from ..errors import ImageError
+from graft.data.images import SUPPORTED_EXTENSIONS, probe_image, read_bytes, read_image
+from graft.data.placeholders import photo_stats
+from graft.errors import ImageError
 
 MAX_ASPECT = 20.0  # longer side / shorter side: beyond it the centre crop sees a sliver, and the
 # resize to the shorter side makes a huge image (20 x 4,000,000 -> 256 x 51,200,000 pixels)

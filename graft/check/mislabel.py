@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .findings import Findings
+from graft.check.findings import Findings
 
 MISLABEL_MAX_PROB = 0.2  # out-of-fold probability of the given label below this ...
 MISLABEL_MARGIN = 0.5  # ... and this far below the class's mean self-confidence
@@ -23,9 +23,9 @@ MISLABEL_MIN_PER_CLASS = 4
 def find_mislabelled(files, classes, findings: Findings, *, skip, backbone, cache_dir, progress,
                      workers) -> None:
     """Report likely mislabelled photos among the decoded `files` (PhotoFile), `skip` aside."""
-    from ..backbones import resolve_backbone
-    from ..cache import FeatureCache, cache_root
-    from ..features import cache_namespace, extract_features
+    from graft.backbones import resolve_backbone
+    from graft.cache import FeatureCache, cache_root
+    from graft.features.extract import cache_namespace, extract_features
 
     cand = [f for f in files if f.usable and f.rel not in skip]
     per_class = np.bincount([f.label for f in cand], minlength=len(classes))

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.folder import Sample, class_files, class_folders, split_by_hash
-from ..data.labels import listed_photos
-from .findings import Findings
-from .inspect import PhotoFile
+from graft.data.folder import Sample, class_files, class_folders, split_by_hash
+from graft.data.labels import listed_photos
+from graft.check.findings import Findings
+from graft.check.inspect import PhotoFile
 
 IMBALANCE_RATIO = 3.0  # largest class / smallest class beyond which the small one is under-predicted
 

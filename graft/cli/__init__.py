@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 
-from . import augment, cache, calibrate, check, demo, evaluate, export, predict, report, serve, train
+from graft.cli import augment, cache, calibrate, check, demo, evaluate, export, predict, report, serve, train
 
 COMMANDS = {m.__name__.rsplit(".", 1)[1]: m for m in (train, predict, evaluate, augment, check, export, calibrate,
                                                        report, cache, serve, demo)}
@@ -43,7 +43,7 @@ EPILOG = """examples:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line. `command`: build only that sub-command's options (any other is listed
     with its HELP and cannot be parsed); None: every sub-command's."""
-    from .._version import __version__
+    from graft._version import __version__
 
     p = argparse.ArgumentParser(
         prog="graft",
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(command).parse_args(argv)
     _setup_logging()
-    from ..errors import GraftError
+    from graft.errors import GraftError
 
     try:
         status = args.run(args)

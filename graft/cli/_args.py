@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import GraftError
+from graft.errors import GraftError
 
 
 def backbone_args(p) -> None:

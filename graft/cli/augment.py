@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._args import augment_args
+from graft.cli._args import augment_args
 
 HELP = "see and tune data augmentation"  # `graft --help`'s line
 
@@ -25,11 +25,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     if args.augment_command == "list":
-        from ..augment import preset_table
+        from graft.augment import preset_table
 
         print(preset_table())
         return 0
-    from ..train.augmentation import augment_preview
+    from graft.recipe.augmentation import augment_preview
 
     out = augment_preview(args.photos, args.out, preset=args.augment, aug=args.aug, n_photos=args.n_photos,
                           n_draws=args.draws, size=args.size, seed=args.seed)

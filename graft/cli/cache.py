@@ -7,8 +7,8 @@ import json
 import sys
 import time
 
-from ..errors import GraftError
-from ._args import human
+from graft.errors import GraftError
+from graft.cli._args import human
 
 HELP = "see what graft's cache holds, and prune it"  # `graft --help`'s line
 
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..cache import cache_root
+    from graft.cache import cache_root
 
     root = cache_root(args.cache_dir).absolute()
     if not root.is_dir():
@@ -49,7 +49,7 @@ def run(args) -> int:
 
 
 def _prune(args, root) -> int:
-    from ..cache.admin import parse_age, parse_size, prune
+    from graft.cache.admin import parse_age, parse_size, prune
 
     r = prune(root, older_than=parse_age(args.older_than) if args.older_than else None,
               max_bytes=parse_size(args.max_size) if args.max_size else None, dry_run=args.dry_run)
@@ -76,7 +76,7 @@ def _prune(args, root) -> int:
 
 
 def _info(args, root) -> int:
-    from ..cache.admin import usage
+    from graft.cache.admin import usage
 
     areas = usage(root)
     if args.json:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ._args import cache_dir_arg, loader_args, output_args, run_arg, weights_arg, workers
+from graft.cli._args import cache_dir_arg, loader_args, output_args, run_arg, weights_arg, workers
 
 HELP = "fit confidence calibration and the 'unknown' thresholds of a run"  # `graft --help`'s line
 
 
 def add_parser(subparsers) -> None:
-    from ..calibrate import KEEP, NOVELTY_QUANTILE  # built only for `graft calibrate` (numpy)
+    from graft.use.calibrate import KEEP, NOVELTY_QUANTILE  # built only for `graft calibrate` (numpy)
 
     p = subparsers.add_parser(
         "calibrate", help=HELP,
@@ -42,14 +42,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..calibrate import calibrate_run
+    from graft.use.calibrate import calibrate_run
 
     cal = calibrate_run(args.run_dir, args.photos, args.target_accuracy, keep=args.keep, novelty=not args.no_novelty,
                         novelty_quantile=args.novelty_quantile, cache_dir=args.cache_dir, weights=args.weights,
                         workers=workers(args.workers), progress=not args.quiet and not args.json)
     report = Path(args.run_dir) / "report.html"
     if report.is_file():  # the report training wrote: now with the calibration section
-        from ..report import write_report
+        from graft.report import write_report
 
         write_report(args.run_dir, photos=args.photos, cache_dir=args.cache_dir, weights=args.weights,
                      workers=workers(args.workers))
@@ -63,8 +63,8 @@ def run(args) -> int:
 
 
 def calibration_summary(cal: dict, run_dir) -> str:
-    from ..calibrate import CALIBRATION_JSON
-    from ..report.page import ordinal
+    from graft.use.calibrate import CALIBRATION_JSON
+    from graft.report.page import ordinal
 
     fit = cal["fit"]
     where = {"training": "training photos, out of fold", "inner": "training photos fine-tuning held out",

@@ -31,10 +31,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..check import check_photos, format_report
+    from graft.check import check_photos, format_report
 
     if args.apply_to:
-        from ..run import read_run_meta
+        from graft.run.store import read_run_meta
 
         meta = read_run_meta(args.apply_to)  # before the check: a wrong RUN is said at once
     report = check_photos(args.photos, deep=not args.quick, cache_dir=args.cache_dir, backbone=args.backbone,
@@ -50,9 +50,9 @@ def run(args) -> int:
 def apply_to(report: dict, run_dir, meta: dict, photos) -> Path:
     """Keep `report` in RUN/check.json (paths absolute, so the report's links work from anywhere)
     and rebuild RUN/report.html. The run must have the classes the photos have."""
-    from .._atomic import write_json
-    from ..errors import GraftError
-    from ..report import CHECK_JSON, write_report
+    from graft._util.atomic import write_json
+    from graft.errors import GraftError
+    from graft.report import CHECK_JSON, write_report
 
     if report["classes"] != list(meta["classes"]):
         raise GraftError(f"{run_dir} was trained on classes {', '.join(meta['classes'])}, but {photos} has "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._args import loader_args, output_args, workers
+from graft.cli._args import loader_args, output_args, workers
 
 HELP = "train and evaluate on a small photo set that ships with graft's dependencies"  # `graft --help`'s line
 
@@ -24,12 +24,12 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from ..cache.layout import DEMO, cache_root
-    from ..demo import make_demo_photos
-    from ..inference import evaluate
-    from ..train import train
-    from .evaluate import format_confusion
-    from .train import train_summary
+    from graft.cache.layout import DEMO, cache_root
+    from graft.data.demo import make_demo_photos
+    from graft.use.inference import evaluate
+    from graft.recipe import train
+    from graft.cli.evaluate import format_confusion
+    from graft.cli.train import train_summary
 
     data = Path(args.data) if args.data else cache_root(args.cache_dir) / DEMO
     quiet = args.quiet or args.json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ._args import cache_dir_arg, loader_args, output_args, per_class_table, run_arg, tta_arg, weights_arg, workers
+from graft.cli._args import cache_dir_arg, loader_args, output_args, per_class_table, run_arg, tta_arg, weights_arg, workers
 
 HELP = "accuracy of a run on labelled photos"  # `graft --help`'s line
 
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..inference import evaluate
+    from graft.use.inference import evaluate
 
     m = evaluate(args.run_dir, args.photos, cache_dir=args.cache_dir, weights=args.weights,
                  workers=workers(args.workers), progress=not args.quiet and not args.json, tta=args.tta)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ._args import run_arg, weights_arg
+from graft.cli._args import run_arg, weights_arg
 
-FORMATS = ("onnx", "torchscript")  # graft.export.FORMATS' keys; listed here so --help imports no torch
+FORMATS = ("onnx", "torchscript")  # graft.use.export.FORMATS' keys; listed here so --help imports no torch
 
 HELP = "write a run as an ONNX or TorchScript file"  # `graft --help`'s line
 
@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..export import export_run, metadata_path
+    from graft.use.export import export_run, metadata_path
 
     out = export_run(args.run_dir, args.format, args.out, weights=args.weights)
     meta_file = metadata_path(args.run_dir, out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ._args import cache_dir_arg, engine_arg, loader_args, output_args, run_arg, tta_arg, weights_arg, workers
+from graft.cli._args import cache_dir_arg, engine_arg, loader_args, output_args, run_arg, tta_arg, weights_arg, workers
 
 HELP = "classify images with a trained run"  # `graft --help`'s line
 
@@ -33,11 +33,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..inference import parse_reject, predict, predict_to_csv, predict_with_reject
+    from graft.use.inference import parse_reject, predict, predict_to_csv, predict_with_reject
 
     n_workers = workers(args.workers)
     if args.topk < 1:
-        from ..errors import GraftError
+        from graft.errors import GraftError
 
         raise GraftError(f"--topk must be a whole number >= 1, got {args.topk}")
     common = {"topk": args.topk, "weights": args.weights, "workers": n_workers, "cache_dir": args.cache_dir,
@@ -67,20 +67,20 @@ def run(args) -> int:
 def say_calibrated(args) -> None:
     """With --reject auto the probabilities shown are temperature-scaled: one line on stderr says
     so, since the same photo then shows another number than a plain `graft predict`."""
-    from ..inference import parse_reject
+    from graft.use.inference import parse_reject
 
     if parse_reject(args.reject) != "auto":
         return
     import sys
     from pathlib import Path
 
-    from .._atomic import read_json
-    from ..calibrate import CALIBRATION_JSON
+    from graft._util.atomic import read_json
+    from graft.use.calibrate import CALIBRATION_JSON
 
     path = Path(args.run_dir) / CALIBRATION_JSON
     cal = read_json(path, missing=f"{path} not found")
     t = float(cal["temperature"])
-    from . import one_line
+    from graft.cli import one_line
 
     print(f"graft: probabilities are calibrated: logits divided by temperature T={t:.3f} ({one_line(str(path))}), "
           f"so they differ from `graft predict` without --reject auto", file=sys.stderr)
@@ -88,8 +88,8 @@ def say_calibrated(args) -> None:
 
 def format_result(r: dict) -> str:
     """One line for the terminal (control characters in names escaped: one file, one line)."""
-    from ..reject import UNKNOWN
-    from . import one_line
+    from graft.use.reject import UNKNOWN
+    from graft.cli import one_line
 
     path = one_line(str(r["path"]))
     if "error" in r:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._args import run_arg, weights_arg
+from graft.cli._args import run_arg, weights_arg
 
 HELP = "write RUN/report.html: curves, confusion matrix, worst photos, timings"  # `graft --help`'s line
 
@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..report import write_report
+    from graft.report import write_report
 
     out = write_report(args.run_dir, photos=args.photos, cache_dir=args.cache_dir, weights=args.weights)
     print(out)

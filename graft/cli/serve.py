@@ -1,8 +1,8 @@
-"""`graft serve RUN`: the run over HTTP, with a page to try it (the server itself is graft.serve)."""
+"""`graft serve RUN`: the run over HTTP, with a page to try it (the server itself is graft.use.serve)."""
 
 from __future__ import annotations
 
-from ._args import engine_arg, run_arg, weights_arg
+from graft.cli._args import engine_arg, run_arg, weights_arg
 
 HELP = "serve a run over HTTP, with a web page to try it"  # `graft --help`'s line
 
@@ -42,7 +42,7 @@ def run(args) -> int:
         # shares its cores with its own decoding threads and often with other programs, and on a
         # busy 2-core machine a batch-1 forward pass took 3.2 s with spinning threads, 0.18 s without.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from ..serve import cli_config, serve
+    from graft.use.serve import cli_config, serve
 
     serve(args.run_dir, host=args.host, port=args.port, config=cli_config(args), weights=args.weights,
           threads=args.threads, engine=args.engine)

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import GraftError
-from ._args import augment_args, backbone_args, human, loader_args, output_args, per_class_table, table, workers
+from graft.errors import GraftError
+from graft.cli._args import augment_args, backbone_args, human, loader_args, output_args, per_class_table, table, workers
 
 HELP = "train a classifier on a folder of photos"  # `graft --help`'s line
 
@@ -24,10 +24,10 @@ def views_count(text: str):
 
 def add_parser(subparsers) -> None:
     # here, not at the top: the defaults' modules import torch, which only training needs
-    from ..finetune import FinetuneConfig
-    from ..head import HeadConfig
-    from ..strategy import STRATEGIES
-    from ..train.config import TrainConfig
+    from graft.finetune.loop import FinetuneConfig
+    from graft.heads.softmax import HeadConfig
+    from graft.recipe.strategy import STRATEGIES
+    from graft.recipe.config import TrainConfig
 
     d = TrainConfig  # every default shown here is TrainConfig's (or the trainer's, for None)
     t = subparsers.add_parser("train", help=HELP,
@@ -97,8 +97,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..train import train
-    from ..distributed import context
+    from graft.recipe import train
+    from graft.finetune.distributed import context
 
     result = train(args.photos, args.out, backbone=args.backbone, weights=args.weights,
                    strategy=args.strategy, val_split=args.val_split, cache_dir=args.cache_dir,

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import open_regular
-from ..cache.layout import DECODED, mark, touch
-from .images import read_image
+from graft._util.files import open_regular
+from graft.cache.layout import DECODED, mark, touch
+from graft.data.images import read_image
 
 log = logging.getLogger("graft")
 

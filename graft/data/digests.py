@@ -35,11 +35,11 @@ import os
 import time
 from pathlib import Path
 
-from .._atomic import write_bytes
-from .._files import open_regular
-from ..errors import IMAGE_ERROR_CODES, ImageError
-from ..cache.layout import DIGESTS, touch
-from .images import MAX_FILE_BYTES, probe_file, read_error
+from graft._util.atomic import write_bytes
+from graft._util.files import open_regular
+from graft.errors import IMAGE_ERROR_CODES, ImageError
+from graft.cache.layout import DIGESTS, touch
+from graft.data.images import MAX_FILE_BYTES, probe_file, read_error
 
 log = logging.getLogger("graft")
 
@@ -54,7 +54,7 @@ _now = time.time_ns  # the clock an entry's read time comes from (tests move it 
 
 def index_path(folder, cache_root=None) -> Path:
     if cache_root is None:
-        from ..cache.layout import default_cache_dir
+        from graft.cache.layout import default_cache_dir
 
         cache_root = default_cache_dir()
     key = hashlib.sha256(str(Path(folder).expanduser().absolute()).encode()).hexdigest()[:24]

@@ -9,7 +9,7 @@ feature cache's key.
 What is read, and what is left out, is decided once, by `class_folders` and `class_files`: hidden
 entries, files next to the class folders, symbolic links to folders (not followed), loops and
 unsupported extensions (a pipe or device named like a photo is then refused unread by
-`graft._files.open_regular`). `graft train` and `graft check` both walk with them, so they always agree on which
+`graft._util.files.open_regular`). `graft train` and `graft check` both walk with them, so they always agree on which
 files a folder holds.
 
 Reading is what costs at scale (every photo, every run), so each file's result is remembered in a
@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._digest import sha256_file
-from ..errors import GraftError
-from .digests import DigestIndex, identify_file
-from .images import SUPPORTED_EXTENSIONS
+from graft._util.digest import sha256_file
+from graft.errors import GraftError
+from graft.data.digests import DigestIndex, identify_file
+from graft.data.images import SUPPORTED_EXTENSIONS
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ evaluation preprocessing (graft.backbones.preprocess) does not: its pixels must 
 which decodes the whole file.
 
 Only regular files are read (a FIFO, device or socket with an image's name is refused, never
-opened blocking: graft._files), at most MAX_FILE_BYTES of them, and decoding is bounded by a
+opened blocking: graft._util.files), at most MAX_FILE_BYTES of them, and decoding is bounded by a
 memory budget (`decode_budget`): a JPEG over it is decoded at a DCT reduction that fits, any
 other image over it is refused, already when its header is probed.
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .._files import FileTooLarge, NotRegularFile, open_regular, read_regular
-from ..errors import ImageError
+from graft._util.files import FileTooLarge, NotRegularFile, open_regular, read_regular
+from graft.errors import ImageError
 
 # extension -> the Pillow format its content must have
 SUPPORTED_EXTENSIONS = {

@@ -15,8 +15,8 @@ import csv
 import json
 from pathlib import Path
 
-from ..errors import GraftError
-from .folder import Dataset, identify, split_by_hash, warn_classes_without_val
+from graft.errors import GraftError
+from graft.data.folder import Dataset, identify, split_by_hash, warn_classes_without_val
 
 LABEL_FILE_SUFFIXES = (".csv", ".jsonl")
 SPLITS = ("train", "val", "test")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..errors import ImageError
+from graft.errors import ImageError
 
 NEAR_CONSTANT_STD = 6.0  # pixel std (0-255) below which an image shows nothing
 FLAT_TOP_FRACTION = 0.5  # share of pixels in the most common colour (5 bits/channel) ...

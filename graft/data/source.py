@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import GraftError
-from .folder import Dataset, scan_folder
-from .labels import LABEL_FILE_SUFFIXES, scan_label_file
+from graft.errors import GraftError
+from graft.data.folder import Dataset, scan_folder
+from graft.data.labels import LABEL_FILE_SUFFIXES, scan_label_file
 
 
 def photo_layout(root, val_split: float = 0.2) -> tuple[Path, str]:

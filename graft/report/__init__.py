@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._atomic import atomic_path, read_json
-from ..errors import GraftError
-from .calibration import calibration
-from .findings import CHECK_JSON, check_findings
-from .gallery import augmentation, examples, gallery
-from .page import esc, fmt3, page
-from .sections import confusion, curves, header, timings
+from graft._util.atomic import atomic_path, read_json
+from graft.errors import GraftError
+from graft.report.calibration import calibration
+from graft.report.findings import CHECK_JSON, check_findings
+from graft.report.gallery import augmentation, examples, gallery
+from graft.report.page import esc, fmt3, page
+from graft.report.sections import confusion, curves, header, timings
 
 __all__ = ["write_report", "val_predictions", "stored_val_predictions", "fmt3", "CHECK_JSON"]
 
@@ -41,7 +41,7 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
     when the caller scanned them already: training does) adds the augmentation preview, and the
     gallery for runs trained before graft stored their validation predictions.
     """
-    from ..run import photos_split, read_run_meta
+    from graft.run.store import photos_split, read_run_meta
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
@@ -49,7 +49,7 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
                         missing=f"{run_dir / 'metrics.json'} not found: the run did not finish; train it with `graft train`")
     if data is None and photos is not None:
         data = photos_split(meta, photos, cache_dir=_cache_root(run_dir, cache_dir))
-    from ..run import read_val_predictions
+    from graft.run.store import read_val_predictions
 
     preds, note = _gallery_predictions(run_dir, meta, metrics, data, cache_dir=cache_dir, weights=weights,
                                        workers=workers)
@@ -92,7 +92,7 @@ def stored_val_predictions(run_dir, meta: dict | None = None) -> list[dict] | No
     """The validation photos with the run's prediction for each, as training stored them
     (RUN/val_predictions.npz); None for a run trained before graft stored them. Items as for
     `val_predictions`."""
-    from ..run import read_run_meta, read_val_predictions
+    from graft.run.store import read_run_meta, read_val_predictions
 
     stored = read_val_predictions(run_dir)
     if stored is None:
@@ -106,13 +106,13 @@ def val_predictions(run_dir, photos, *, cache_dir=None, weights=None, batch_size
     """Each validation photo of the run's split of `photos`, with the run's prediction for it,
     computed afresh.
 
-    The split is found again as training drew it (graft.run.photos_split). Each item is {"path",
+    The split is found again as training drew it (graft.run.store.photos_split). Each item is {"path",
     "true", "pred", "probability" (of the predicted class), "true_probability", "correct"};
     files that cannot be read are left out. Frozen-backbone runs score the cached features (no
     forward pass when training filled the cache: `cache_dir` defaults to the run's own cache);
     other runs run the stored network on the run's evaluation preprocessing.
     """
-    from ..run import photos_split, read_run_meta
+    from graft.run.store import photos_split, read_run_meta
 
     meta = read_run_meta(run_dir)
     return _recomputed(run_dir, meta, photos_split(meta, photos, cache_dir=_cache_root(run_dir, cache_dir)), cache_dir=cache_dir, weights=weights,
@@ -123,7 +123,7 @@ def _recomputed(run_dir, meta, data, *, cache_dir, weights, batch_size, workers)
     import numpy as np
     import torch
 
-    from ..run import run_features
+    from graft.run.store import run_features
 
     samples = list(data.val)
     if not samples:
@@ -154,7 +154,7 @@ def _items(classes, paths, labels, probabilities) -> list[dict]:
 
 def _cache_root(run_dir, cache_dir) -> Path:
     """The feature cache training used: given, else the parent of metrics' cache dir, else default."""
-    from ..cache import cache_root
+    from graft.cache import cache_root
 
     if cache_dir:
         return cache_root(cache_dir)

@@ -15,17 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import read_json
-from .._digest import sha256_file
-from ..errors import GraftError
-from .page import esc, figure, fmt3, img_tag, ordinal, png_of, section
+from graft._util.atomic import read_json
+from graft._util.digest import sha256_file
+from graft.errors import GraftError
+from graft.report.page import esc, figure, fmt3, img_tag, ordinal, png_of, section
 
 BINS = 10
 
 
 def calibration(run_dir: Path, stored: dict | None) -> str:
-    """The section; `stored`: graft.run.read_val_predictions's dict, or None."""
-    from ..calibrate import CALIBRATION_JSON
+    """The section; `stored`: graft.run.store.read_val_predictions's dict, or None."""
+    from graft.use.calibrate import CALIBRATION_JSON
 
     title = "Calibration: what predict --reject auto does"
     path = run_dir / CALIBRATION_JSON

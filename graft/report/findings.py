@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from .._atomic import read_json
-from ..errors import GraftError
-from .page import esc, file_href, section, shown_name
+from graft._util.atomic import read_json
+from graft.errors import GraftError
+from graft.report.page import esc, file_href, section, shown_name
 
 CHECK_JSON = "check.json"  # written by `graft check PHOTOS --apply-to RUN`
 LEVEL_TITLES = {"error": "errors", "warning": "warnings", "info": "notes"}

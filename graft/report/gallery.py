@@ -10,8 +10,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from ..errors import GraftError
-from .page import esc, file_href, img_tag, section, shown_name
+from graft.errors import GraftError
+from graft.report.page import esc, file_href, img_tag, section, shown_name
 
 log = logging.getLogger("graft")
 
@@ -25,7 +25,7 @@ PREVIEW_DRAWS = 5
 def _thumb_png(path) -> bytes:
     from PIL import ImageOps
 
-    from ..data.images import read_image
+    from graft.data.images import read_image
 
     img = ImageOps.contain(read_image(path, min_short_side=THUMB), (THUMB, THUMB))
     buf = io.BytesIO()
@@ -131,9 +131,9 @@ def augmentation(meta, m, data) -> str:
 
 
 def _augmentation_png(pipeline: dict, data) -> bytes:
-    from ..augment import preview_grid
-    from ..data.folder import spread_over_classes
-    from ..data.images import read_image
+    from graft.augment import preview_grid
+    from graft.data.folder import spread_over_classes
+    from graft.data.images import read_image
 
     picked = spread_over_classes(data.train, PREVIEW_PHOTOS)
     if not picked:

@@ -11,7 +11,7 @@ import html
 import io
 import math
 
-from .._version import __version__
+from graft._version import __version__
 
 
 def fmt3(x) -> str:

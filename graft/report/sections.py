@@ -7,7 +7,7 @@ import datetime as _dt
 import math
 from pathlib import Path
 
-from .page import esc, figure, file_href, fmt3, img_tag, png_of, section
+from graft.report.page import esc, figure, file_href, fmt3, img_tag, png_of, section
 
 # metrics["timings"] keys, in display order, with what each one measures
 TIMING_KEYS = {

@@ -7,28 +7,9 @@ geometric kernels are also stated as maps of points (`*_matrix`, `warp_planes`),
 chains into one read of the source (the loader's path).
 """
 
-from ._color import (
-    adjust_brightness,
-    adjust_contrast,
-    adjust_saturation,
-    color_twist,
-    pca_color,
-    pca_offsets,
-    rgb_shift,
-    to_uint8,
-)
-from ._geometry import (
-    PADDINGS,
-    affine,
-    elastic,
-    flip,
-    resized_crop,
-    rotate,
-    shear,
-    warp_field,
-    warp_planes,
-)
-from ._resample import PointMap, affine_matrix, box_matrix, flip_matrix, resample
+from graft.augment.functional._color import adjust_brightness, adjust_contrast, adjust_saturation, color_twist, pca_color, pca_offsets, rgb_shift, to_uint8
+from graft.augment.functional._geometry import PADDINGS, affine, elastic, flip, resized_crop, rotate, shear, warp_field, warp_planes
+from graft.augment.functional._resample import PointMap, affine_matrix, box_matrix, flip_matrix, resample
 
 __all__ = [
     "PADDINGS",

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._atomic import atomic_path, write_json
-from ._digest import sha256_file
-from .errors import GraftError
-from .run import EXPORT_JSON
+from graft._util.atomic import atomic_path, write_json
+from graft._util.digest import sha256_file
+from graft.errors import GraftError
+from graft.run.store import EXPORT_JSON
 
 log = logging.getLogger("graft")
 
@@ -70,7 +70,7 @@ class Exported(nn.Module):
         feats = self.model.features(x)
         logits = self.model.head(feats)
         out = (torch.softmax(logits, dim=1), logits)
-        if self.novelty:  # graft.calibrate.Novelty.distance
+        if self.novelty:  # graft.use.calibrate.Novelty.distance
             f = feats.float()
             f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
             out = out + (1.0 - (f @ self.reference.T).topk(self.k, dim=1).values[:, -1],)
@@ -86,7 +86,7 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
     The run's calibration (RUN/calibration.json), when current, is exported with it.
     `weights`: the backbone weights file, if not where training found it.
     """
-    from .run import load_run
+    from graft.run.store import load_run
 
     fmt = str(fmt).lower()
     if fmt not in FORMATS:
@@ -149,7 +149,7 @@ def read_onnx_metadata(path) -> dict:
 
 def _calibration(run_dir: Path, classes: list[str]):
     """(calibration dict, Novelty or None) of a run, or (None, None) when it has none that fits."""
-    from .calibrate import CALIBRATION_JSON, load_calibration, load_novelty
+    from graft.use.calibrate import CALIBRATION_JSON, load_calibration, load_novelty
 
     if not (run_dir / CALIBRATION_JSON).is_file():
         return None, None
@@ -165,8 +165,8 @@ def _calibration(run_dir: Path, classes: list[str]):
 
 def _describe(run_dir: Path, model, cal: dict | None, novelty: bool) -> dict:
     """The document that goes into the file's metadata and export.json."""
-    from ._version import __version__
-    from .calibrate import CALIBRATION_JSON
+    from graft._version import __version__
+    from graft.use.calibrate import CALIBRATION_JSON
 
     meta, pre = model.meta, model.preprocessing
     classes, (h, w) = list(model.classes), pre.shape

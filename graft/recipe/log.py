@@ -26,14 +26,14 @@ import math
 import time
 from pathlib import Path
 
-from .._atomic import write_bytes
-from ..errors import GraftError
-from ..run import LOG_CSV, TENSORBOARD
+from graft._util.atomic import write_bytes
+from graft.errors import GraftError
+from graft.run.store import LOG_CSV, TENSORBOARD
 
 log = logging.getLogger("graft")
 
 LOG_KINDS = ("csv", "tensorboard")
-CSV_FILE, TENSORBOARD_DIR = LOG_CSV, TENSORBOARD  # named once, in graft.run (what --out may hold)
+CSV_FILE, TENSORBOARD_DIR = LOG_CSV, TENSORBOARD  # named once, in graft.run.store (what --out may hold)
 EVENTS_SUFFIX = ".graft"  # the end of every event file graft writes: what a fresh run may remove
 EVERY_S = 1.0  # seconds between writes while epochs end faster than that
 COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "lr", "lr_backbone", "epoch_s",
@@ -82,7 +82,7 @@ class TrainingLog:
         return {"csv": CSV_FILE, **({"tensorboard": TENSORBOARD_DIR} if "tensorboard" in self.kinds else {})}
 
     def on_epoch(self, stage: str, *, each: bool = False):
-        """The callback graft.head.train_head and graft.finetune.finetune call: (epoch, scalars).
+        """The callback graft.heads.softmax.train_head and graft.finetune.loop.finetune call: (epoch, scalars).
         `each`: write every epoch (fine-tuning, whose epochs end in a checkpoint: the log then
         holds every epoch a resumed run will not run again)."""
         return lambda epoch, scalars: self.epoch(stage, epoch, flush=each, **scalars)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .._atomic import write_json
-from ..run import remove_stale, save_run, save_val_predictions
-from ..strategy import StrategyChoice
-from .steps import Features, Fitted, Job, accuracy
+from graft._util.atomic import write_json
+from graft.run.store import remove_stale, save_run, save_val_predictions
+from graft.recipe.strategy import StrategyChoice
+from graft.recipe.steps import Features, Fitted, Job, accuracy
 
 log = logging.getLogger("graft")
 
@@ -63,7 +63,7 @@ def write(job: Job, f: Features, common: dict, fitted: Fitted) -> dict:
     write_json(job.out / "metrics.json", metrics)
     if job.cfg.report:
         try:
-            from ..report import write_report
+            from graft.report import write_report
 
             write_report(job.out, data=f.data, cache_dir=job.cache_root, workers=job.cfg.workers)
         except Exception as e:  # a report is a nicety: never fail a finished run over it
@@ -112,8 +112,8 @@ def decoded_photos(job: Job, f: Features) -> dict:
     folder = job.decoded_dir
     if folder is None or not folder.is_dir():
         return {}
-    from ..cache.admin import folder_bytes
-    from ..data.decoded import stored_bytes
+    from graft.cache.admin import folder_bytes
+    from graft.data.decoded import stored_bytes
 
     files, size = stored_bytes(folder, [s.digest for s in f.data.train + f.data.val])
     if not files:

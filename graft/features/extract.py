@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .backbones.engine import extraction_engine
-from .cache import FeatureCache
-from .loader import image_loader
+from graft.backbones.engine import extraction_engine
+from graft.cache import FeatureCache
+from graft.features.loader import image_loader
 
 log = logging.getLogger("graft")
 
@@ -74,7 +74,7 @@ def extract_features(
     to load are zero and False in `ok_mask`, and listed in `stats.skipped`. `forward(backbone, x)`
     computes what is cached (default: the pooled features, `backbone(x)`), flattened per image.
 
-    Under torchrun (`dist`, a graft.distributed.Context with several ranks) each rank computes
+    Under torchrun (`dist`, a graft.finetune.distributed.Context with several ranks) each rank computes
     its share of the missing entries into the shared cache, then every rank reads them all.
 
     `engine` computes the pooled features: "auto", "torch" or "onnxruntime"
@@ -180,8 +180,8 @@ def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, see
     clean pass. With `decoded_dir`, each photo is decoded once for all its views
     (graft.data.decoded).
     """
-    from .augment import KERNELS
-    from .loader import AugmentedLoad, decoded_cache_for, mix_seed
+    from graft.augment import KERNELS
+    from graft.features.loader import AugmentedLoad, decoded_cache_for, mix_seed
 
     key = pipeline.config().key()
     names, items = [], []
@@ -197,7 +197,7 @@ def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, see
                                    batch_size=batch_size, workers=workers, progress=progress,
                                    desc=f"augmented views x{k}", stats=stats, dist=dist, keep=keep)
     if not keep:
-        from .cache.rows import FeatureRows
+        from graft.cache.rows import FeatureRows
 
         return FeatureRows(cache, [names[i * k:(i + 1) * k] for i in range(len(samples))])
     return feats.reshape(len(samples), k, -1)

@@ -1,4 +1,4 @@
-"""Training a classifier: the lecture's little-data recipe, step by step (graft/train/steps.py).
+"""Training a classifier: the lecture's little-data recipe, step by step (graft/recipe/steps.py).
 
     start     the process group, the seed, the backbone resolved (not built) and its feature cache
     scan      the photos, split into train and val by content hash; what check calls an error skipped
@@ -6,21 +6,21 @@
               plus K augmented views of each training photo with --aug-views
     probe     the new softmax on those features: the head strategy's classifier, and the
               linear probe the `auto` rule reads
-    choose    how much of the network to train (graft.strategy)
-    fit       fine-tune the last stages, or all of them, when the strategy says so (graft.finetune)
+    choose    how much of the network to train (graft.recipe.strategy)
+    fit       fine-tune the last stages, or all of them, when the strategy says so (graft.finetune.loop)
     write     the run folder: model, validation predictions, metrics.json, report.html (record.py)
 
 Every setting and its default is in `TrainConfig` (config.py); `train` takes them as keywords.
 `graft.train` is this module's `train` function, so reach the module's other names with
-`from graft.train import ...`.
+`from graft.recipe import ...`.
 """
 
 from __future__ import annotations
 
-from ..strategy import choose_strategy
-from .config import TrainConfig, TrainResult
-from .record import summary, write
-from .steps import choose_backbone, cv_accuracy, features, fine_tune, probe, scan, score_val, start
+from graft.recipe.strategy import choose_strategy
+from graft.recipe.config import TrainConfig, TrainResult
+from graft.recipe.run_folder import summary, write
+from graft.recipe.steps import choose_backbone, cv_accuracy, features, fine_tune, probe, scan, score_val, start
 
 __all__ = ["train", "run_recipe", "TrainConfig", "TrainResult"]
 
@@ -72,13 +72,13 @@ def train(
     `strategy`: "head" (frozen backbone, new softmax on cached features), "partial" (the last
     `train_stages` stages train too; or, with `new_hidden`, are replaced by new hidden layers),
     "full" (everything trains; `from_scratch` for random initialisation) or "auto" (chosen from
-    the data, see graft.strategy). The head on cached features is always trained first: it is
+    the data, see graft.recipe.strategy). The head on cached features is always trained first: it is
     the linear probe `auto` decides with, and the baseline the others are reported against.
 
     Head strategy: `aug_views=K` adds the cached features of K augmented draws of every training
     image (preset `augment`, default "light", overrides `aug`) to what the head trains on;
     "auto" (the default) extracts 4 and keeps them only if they cross-validate better on the
-    training photos, where that can tell (graft.train.config.AUTO_VIEWS*); 0: none. Fine-tuning (default preset graft.augment.DEFAULT_PRESET, "standard")
+    training photos, where that can tell (graft.recipe.config.AUTO_VIEWS*); 0: none. Fine-tuning (default preset graft.augment.DEFAULT_PRESET, "standard")
     strategies augment on the fly in loader workers (`augment="none"` switches it off, which lets
     the frozen prefix's activations come from the cache; `aug_device="cpu"|"cuda"` runs flips and
     colour ops per sample on the trainer's device instead; `decode_once` keeps decoded photos in
@@ -92,7 +92,7 @@ def train(
 
     `photos` may also be a label file (.csv or .jsonl, columns path,label[,split]; graft.data.labels).
     Every epoch of the head and of fine-tuning adds a row to RUN/log.csv as it ends; `log=
-    "tensorboard"` also writes TensorBoard event files to RUN/tensorboard/ (graft.train.log).
+    "tensorboard"` also writes TensorBoard event files to RUN/tensorboard/ (graft.recipe.log).
     """
     settings = dict(locals())  # exactly the keywords above
     photos, out = settings.pop("photos"), settings.pop("out")

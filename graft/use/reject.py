@@ -1,9 +1,9 @@
 """`unknown` for photos of no class: what `--reject` asks for (auto, none or a probability),
 the calibration that answers it, and the rule that applies it to a batch of logits.
 
-graft.calibrate fits the thresholds (temperature, confidence, novelty); this module only reads
+graft.use.calibrate fits the thresholds (temperature, confidence, novelty); this module only reads
 and applies them, with numpy: the same rule serves the PyTorch network and an exported ONNX
-graph (graft.predictor), and is the one an exported model's metadata spells out.
+graph (graft.use.predictor), and is the one an exported model's metadata spells out.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate import CALIBRATION_JSON, calibrate_run, load_calibration, softmax
-from .errors import GraftError
+from graft.use.calibrate import CALIBRATION_JSON, calibrate_run, load_calibration, softmax
+from graft.errors import GraftError
 
 UNKNOWN = "unknown"
 

@@ -14,7 +14,7 @@ Two engines run the network, with the same answers (probabilities within 1e-5):
          and the file still hashes to what export.json recorded. It needs only onnxruntime,
          numpy and Pillow: no torch, no timm, so a one-photo `graft predict` starts in about a
          second instead of ten.
-  torch  the run's network rebuilt with torch (graft.run.load_run): always possible, and the
+  torch  the run's network rebuilt with torch (graft.run.store.load_run): always possible, and the
          one a feature cache (`cache_dir`: cached features skip the backbone) or a GPU needs.
 `engine="auto"` (the default) takes onnx when it can; the model card (`describe`) says which ran.
 """
@@ -32,17 +32,17 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from ._digest import sha256_file
-from .backbones.preprocess import FIVE_CROPS, Preprocessing
-from .calibrate import CALIBRATION_JSON, load_calibration
-from .errors import GraftError, ImageError
-from .reject import apply_reject, calibration_for, parse_reject
-from .run import EXPORT_JSON, parse_tta, read_run_meta
+from graft._util.digest import sha256_file
+from graft.backbones.preprocess import FIVE_CROPS, Preprocessing
+from graft.use.calibrate import CALIBRATION_JSON, load_calibration
+from graft.errors import GraftError, ImageError
+from graft.use.reject import apply_reject, calibration_for, parse_reject
+from graft.run.store import EXPORT_JSON, parse_tta, read_run_meta
 
 ENGINES = ("auto", "onnx", "torch")
 ONNX_FILE = "model.onnx"
 EXPORT_FORMAT = 2  # the exported interface this module runs: uint8 NHWC in, logits and novelty out
-IN_PROCESS = 16  # fewer inputs than this are decoded in the calling thread (graft.loader.auto_workers' rule)
+IN_PROCESS = 16  # fewer inputs than this are decoded in the calling thread (graft.features.loader.auto_workers' rule)
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -101,7 +101,7 @@ class Predictor:
         else:
             self.engine = _TorchNet(self.run_dir, weights=weights, device=device, threads=threads)
             if self.calibration is not None and self.calibration.get("novelty"):
-                from .calibrate import load_novelty
+                from graft.use.calibrate import load_novelty
 
                 try:
                     self.engine.novelty = load_novelty(self.run_dir, self.calibration)
@@ -205,7 +205,7 @@ class Predictor:
         return out
 
     def rejection(self, reject) -> dict | None:
-        """The calibration `reject` asks for (see graft.reject.calibration_for); None for none."""
+        """The calibration `reject` asks for (see graft.use.reject.calibration_for); None for none."""
         reject = parse_reject(reject)
         if reject == "auto":
             if self._calibration_error is not None:
@@ -258,7 +258,7 @@ class Predictor:
             return
         import functools
 
-        from .loader import image_loader  # decoding processes: torch's DataLoader
+        from graft.features.loader import image_loader  # decoding processes: torch's DataLoader
 
         load = functools.partial(_prepare_tensor, self._input)
         for idx, batch, errors in image_loader([(kinds[i], items[i]) for i in todo], load,
@@ -354,21 +354,21 @@ class _OnnxNet:
 
 
 class _TorchNet:
-    """The run's network rebuilt in torch (graft.run.load_run), and its novelty check."""
+    """The run's network rebuilt in torch (graft.run.store.load_run), and its novelty check."""
 
     name = "torch"
 
     def __init__(self, run_dir: Path, *, weights, device, threads: int | None = None):
         import torch
 
-        from .run import load_run
+        from graft.run.store import load_run
 
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
         self.device = str(torch.device(device or "cpu"))
         self.model = load_run(run_dir, weights=weights).to(self.device).eval()
-        self.novelty = None  # graft.calibrate.Novelty, set by the Predictor when the run has one
+        self.novelty = None  # graft.use.calibrate.Novelty, set by the Predictor when the run has one
 
     def run(self, crops: np.ndarray):
         torch = self.torch
@@ -389,11 +389,11 @@ class _TorchNet:
     def open_cache(self, cache_dir, meta):
         if meta["backbone"].get("stored") or self.model.cut is not None:
             return None  # only an untouched pretrained backbone's features are in the cache
-        from .cache import FeatureCache, cache_root
-        from .features import cache_namespace
+        from graft.cache import FeatureCache, cache_root
+        from graft.features.extract import cache_namespace
 
         if meta["backbone"].get("parts"):  # a concatenation: each part's own namespace, rows joined
-            from .features_multi import JoinedCache
+            from graft.features.concat import JoinedCache
 
             return JoinedCache(self.model.backbone.parts, cache_root(cache_dir))
         return FeatureCache(cache_root(cache_dir), cache_namespace(self.model.backbone))
@@ -432,7 +432,7 @@ def _prepare_tensor(pre: Preprocessing, kind_item):
 
 
 def _prepare(pre: Preprocessing, kind: str, item) -> np.ndarray:
-    from .data.images import read_image
+    from graft.data.images import read_image
 
     if kind == "path":
         return pre.crop_array(read_image(item))
@@ -454,7 +454,7 @@ def _array_image(arr: np.ndarray) -> Image.Image:
 
 def _prepare_image(pre: Preprocessing, img: Image.Image) -> np.ndarray:
     """A decoded image as read_image leaves a file: EXIF orientation applied, 8-bit RGB."""
-    from .data.images import to_rgb
+    from graft.data.images import to_rgb
 
     try:
         with warnings.catch_warnings():

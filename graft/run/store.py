@@ -9,7 +9,7 @@ found again from its spec and must hash to the recorded digest, so a 5 KB head d
 `val_predictions.npz` keeps the validation photos' probabilities as training computed them, so
 the report needs neither the photos nor a forward pass.
 
-Reading a run's description (`read_run_meta`) imports no torch: graft.predictor runs a fresh
+Reading a run's description (`read_run_meta`) imports no torch: graft.use.predictor runs a fresh
 ONNX export of the run without it.
 """
 
@@ -23,25 +23,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._atomic import atomic_path, read_json, write_json, write_safetensors
-from ._version import __version__
-from .backbones.preprocess import Preprocessing
-from .errors import GraftError
+from graft._util.atomic import atomic_path, read_json, write_json, write_safetensors
+from graft._version import __version__
+from graft.backbones.preprocess import Preprocessing
+from graft.errors import GraftError
 
 if TYPE_CHECKING:  # the network's modules import torch: loaded where a network is built
     from torch import nn
 
-    from .backbones import Backbone, BackboneSource
-    from .classifier import Classifier
-    from .data import Dataset
+    from graft.backbones import Backbone, BackboneSource
+    from graft.finetune.classifier import Classifier
+    from graft.data import Dataset
 
 FORMAT = 1
 VAL_PREDICTIONS = "val_predictions.npz"
 MARKER = {"written_by": "graft"}  # in model.json: what makes a folder a graft run (see check_out)
-EXPORT_JSON = "export.json"  # graft.export's record of the files it made from the run's model
-CALIBRATION_JSON = "calibration.json"  # graft.calibrate's thresholds (they name their own reference file)
-CHECKPOINT = "checkpoint.pt"  # graft.finetune's, before a model is written
-LOG_CSV, TENSORBOARD = "log.csv", "tensorboard"  # graft.train.log's, written as epochs end
+EXPORT_JSON = "export.json"  # graft.use.export's record of the files it made from the run's model
+CALIBRATION_JSON = "calibration.json"  # graft.use.calibrate's thresholds (they name their own reference file)
+CHECKPOINT = "checkpoint.pt"  # graft.finetune.loop's, before a model is written
+LOG_CSV, TENSORBOARD = "log.csv", "tensorboard"  # graft.recipe.log's, written as epochs end
 # What a run killed before its model leaves (and --resume continues from): not the user's files.
 IN_PROGRESS = frozenset({CHECKPOINT, LOG_CSV, TENSORBOARD})
 
@@ -50,7 +50,7 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
              strategy: str, backbone: Backbone | None = None, cut: int | None = None,
              extra: dict | None = None) -> None:
     """Write model.safetensors then model.json (the json last: it is what marks a run complete)."""
-    from .head import head_spec
+    from graft.heads.softmax import head_spec
 
     run_dir = Path(run_dir)
     tensors = {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
@@ -192,12 +192,12 @@ def meta_problem(meta: dict) -> str | None:
 def run_backbone_source(meta: dict, weights=None):
     """The backbone a head-only run was trained on (a BackboneSource, or a ConcatSource whose
     every part is), verified against the recorded digests."""
-    from .backbones import resolve_backbone
+    from graft.backbones import resolve_backbone
 
     info = meta["backbone"]
     recorded = Preprocessing.from_json(meta["preprocessing"]) if "preprocessing" in meta else None
     if info.get("parts"):  # a concatenation: each part found and checked as a single backbone is
-        from .backbones.concat import ConcatSource
+        from graft.backbones.concat import ConcatSource
 
         if weights is not None:
             raise GraftError(f"--weights names one file, but this run concatenates {info['spec']}: "
@@ -224,7 +224,7 @@ def run_backbone_source(meta: dict, weights=None):
 def _recorded_spec(info: dict) -> str:
     """The spec to find a single run's backbone by: "default" as it was when the run was trained
     (the alias moved from lite0 to lite1; the recorded architecture says which it was)."""
-    from .backbones import BUNDLED
+    from graft.backbones import BUNDLED
 
     if info["spec"] != "default":
         return info["spec"]
@@ -249,9 +249,9 @@ def load_run(run_dir, *, weights=None) -> Classifier:
     """Rebuild the classifier of a run folder with no other input."""
     from safetensors.torch import load_file
 
-    from .backbones import rebuild_backbone
-    from .classifier import Classifier
-    from .head import head_from_spec
+    from graft.backbones import rebuild_backbone
+    from graft.finetune.classifier import Classifier
+    from graft.heads.softmax import head_from_spec
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
@@ -278,7 +278,7 @@ def load_head(run_dir) -> nn.Module:
     """Just the trained top of a run (for head runs, scoring cached features needs nothing else)."""
     from safetensors import safe_open
 
-    from .head import head_from_spec
+    from graft.heads.softmax import head_from_spec
 
     meta = read_run_meta(run_dir)
     head = head_from_spec(meta["head"])
@@ -293,7 +293,7 @@ def load_head(run_dir) -> nn.Module:
 
 
 def head_tensor_shapes(spec: dict) -> dict[str, list[int]]:
-    """The tensors graft.head.make_head's module for `spec` has, as model.safetensors names them
+    """The tensors graft.heads.softmax.make_head's module for `spec` has, as model.safetensors names them
     (`head.` + its state_dict keys) with their shapes; computed here without torch."""
     widths = [spec["in_features"], *spec.get("hidden", []), spec["out_features"]]
     if len(widths) == 2:  # nn.Linear
@@ -374,7 +374,7 @@ def parse_tta(value) -> str | None:
 
 def tta_views(tta) -> list[tuple[tuple[float, float], bool]]:
     """The (at, mirror) crops whose logits --tta averages, the centre crop first."""
-    from .backbones.preprocess import CENTRE, FIVE_CROPS
+    from graft.backbones.preprocess import CENTRE, FIVE_CROPS
 
     tta = parse_tta(tta)
     if tta == "flip":
@@ -392,17 +392,17 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
     cache (no forward pass for photos training saw); other runs push the photos through the
     stored network. `mirror`, `at`: the features of another crop than the centre one (--tta:
     mirrored, or at a corner, graft.backbones.preprocess.CropAt; cached apart from the plain ones)."""
-    from .backbones.preprocess import CENTRE, CropAt
+    from graft.backbones.preprocess import CENTRE, CropAt
 
     at = CENTRE if at is None else tuple(at)
     desc = "features" + (" (mirrored)" if mirror else "") + (f" (crop at {at[0]:g},{at[1]:g})" if at != CENTRE else "")
     meta = read_run_meta(run_dir)
     paths = [s.path for s in samples]
     if not meta["backbone"].get("stored"):
-        from .cache import FeatureCache, cache_root
-        from .features import cache_namespace, extract_features
+        from graft.cache import FeatureCache, cache_root
+        from graft.features.extract import cache_namespace, extract_features
 
-        from .data.placeholders import RefuseNonPhotos
+        from graft.data.placeholders import RefuseNonPhotos
 
         head = load_head(run_dir)  # checked against model.json before any photo is read
         source = run_backbone_source(meta, weights)
@@ -415,8 +415,8 @@ def run_features(run_dir, samples, *, cache_dir=None, weights=None, batch_size: 
             return RefuseNonPhotos(crop) if (at, mirror) == (CENTRE, False) else crop
 
         point = "pooled" + (":mirrored" if mirror else "") + (f":at{at[0]:g},{at[1]:g}" if at != CENTRE else "")
-        if meta["backbone"].get("parts"):  # each part's own cache namespace (graft.features_multi)
-            from .features_multi import concat_features
+        if meta["backbone"].get("parts"):  # each part's own cache namespace (graft.features.concat)
+            from graft.features.concat import concat_features
 
             feats, ok, stats = concat_features(source, samples, cache_root(cache_dir), batch_size=batch_size,
                                                workers=workers, progress=progress, point=point,
@@ -485,7 +485,7 @@ def remove_stale(run_dir) -> list[str]:
     lists (each file only while it has the digest recorded there; export.json itself) and the
     calibration (calibration.json; its reference features while they have their recorded
     digest). Returns the names removed."""
-    from ._digest import sha256_file
+    from graft._util.digest import sha256_file
 
     run_dir = Path(run_dir)
     removed: list[str] = []
@@ -531,7 +531,7 @@ def photos_split(meta: dict, photos, *, cache_dir=None):
     class folder given to a run trained on train/ + val/ is all validation. -> graft.data.Dataset
     with the run's classes (a GraftError if the photos have others). `cache_dir`: where the
     photos' digest index lives (graft.data.digests; default: graft's cache)."""
-    from .data import Dataset, is_label_file, scan_class_folders, scan_photos
+    from graft.data import Dataset, is_label_file, scan_class_folders, scan_photos
 
     photos = Path(photos).expanduser()
     training = meta.get("training") or {}
@@ -555,7 +555,7 @@ def inner_split(data: Dataset, share: float, seed: int = 0) -> Dataset:
     photos_split, because calibration finds these photos again too."""
     import hashlib
 
-    from .data import Dataset
+    from graft.data import Dataset
 
     train, held = [], []
     for label in range(len(data.classes)):
@@ -594,7 +594,7 @@ def _recorded_weights(info: dict):
     """A --weights file recorded in the run; a bundled backbone's packaged file (default, lite0,
     lite1, lite2) is found afresh, so a run does not pin one site-packages path (the digest
     check still proves it is the same file)."""
-    from .backbones import BUNDLED
+    from graft.backbones import BUNDLED
 
     packaged = info["spec"] == "default" or info["spec"] in BUNDLED
     return None if packaged else info["weights_source"]

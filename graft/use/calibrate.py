@@ -3,7 +3,7 @@
 `graft calibrate RUN PHOTOS` writes `RUN/calibration.json` (+ `RUN/calibration.safetensors`),
 everything fitted on photos of the run's classes that the model was NOT fitted on: out-of-fold
 predictions of the TRAINING photos (stratified k-fold on the cached features, the run's head
-recipe refitted without each fold; graft.folds, graft.probe, graft.selection), or for a
+recipe refitted without each fold; graft.heads.folds, graft.heads.probe, graft.heads.search), or for a
 fine-tuned run the training photos fine-tuning held out for early stopping. Fitted on a few
 dozen validation photos instead (what graft did before), the thresholds refused one real test
 photo in eight on a 12-class flower set (issue 11); and those photos could not then be the
@@ -28,7 +28,7 @@ thresholds and buy in accuracy; `novelty.curve`: the share of in-class photos ea
 threshold refuses) and then, as the reported figure, what the rule does to the validation
 photos, scored once as new photos and never used to choose (`val_unknown`, `val_kept`).
 
-A prediction (graft.inference) is `unknown` when its confidence is below tau or its novelty above
+A prediction (graft.use.inference) is `unknown` when its confidence is below tau or its novelty above
 the threshold; it still lists the top-k classes with their (temperature-scaled) probabilities.
 """
 
@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._atomic import read_json, write_json, write_safetensors
-from ._digest import sha256_file
-from .errors import GraftError
-from .run import CALIBRATION_JSON
+from graft._util.atomic import read_json, write_json, write_safetensors
+from graft._util.digest import sha256_file
+from graft.errors import GraftError
+from graft.run.store import CALIBRATION_JSON
 
 if TYPE_CHECKING:  # torch is imported by the functions that fit or compute with tensors: using a
     import torch  # calibration on an exported model's outputs (load_calibration, softmax) needs none
@@ -301,14 +301,14 @@ class _FitSet:
 
 def out_of_fold_logits(meta: dict, x, y, keys=None, *, k: int = FOLDS) -> tuple[np.ndarray, str]:
     """Logits of each training photo by the run's head recipe fitted WITHOUT it: stratified
-    k-fold on the cached features (graft.folds, the folds training chose the head on), the
+    k-fold on the cached features (graft.heads.folds, the folds training chose the head on), the
     recipe model.json records (L-BFGS at its L2 strength, or AdamW for its number of epochs,
     with its class weights) refitted on the other folds, the held-out fold predicted. A run
     that records no recipe gets the L-BFGS probe with its strength chosen on the same folds.
     Augmented views are not used: the folds train on the clean features. -> (logits, the folds
     and recipe in words)."""
-    from .folds import stratified_folds, train_rows
-    from .probe import train_probe
+    from graft.heads.folds import stratified_folds, train_rows
+    from graft.heads.probe import train_probe
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=int)
@@ -319,7 +319,7 @@ def out_of_fold_logits(meta: dict, x, y, keys=None, *, k: int = FOLDS) -> tuple[
     folds = stratified_folds(y, k, keys=keys, seed=seed)  # NotEnoughPhotos: the caller falls back
     weights = rec.get("class_weight")
     if rec.get("solver") == "lbfgs" and rec.get("strength"):
-        from .probe import fit_probe
+        from graft.heads.probe import fit_probe
 
         def fit(tr):
             return fit_probe(x[tr], y[tr], c, float(rec["strength"]), class_weight=weights).head
@@ -327,8 +327,8 @@ def out_of_fold_logits(meta: dict, x, y, keys=None, *, k: int = FOLDS) -> tuple[
     elif rec.get("solver") == "adamw" and rec.get("epochs"):
         from dataclasses import fields
 
-        from .head import HeadConfig
-        from .selection import refit_head
+        from graft.heads.softmax import HeadConfig
+        from graft.heads.search import refit_head
 
         cfg = HeadConfig(**{f.name: rec[f.name] for f in fields(HeadConfig) if f.name in rec})
 
@@ -359,8 +359,8 @@ def _fit_set(run_dir: Path, meta: dict, feats, ok, samples: list, n_train: int, 
     split, or a class with one training photo)."""
     import torch
 
-    from .folds import NotEnoughPhotos
-    from .run import inner_split
+    from graft.heads.folds import NotEnoughPhotos
+    from graft.run.store import inner_split
 
     training = meta.get("training") or {}
     train = samples[:n_train]
@@ -383,7 +383,7 @@ def _fit_set(run_dir: Path, meta: dict, feats, ok, samples: list, n_train: int, 
         except NotEnoughPhotos:
             why = "a class has a single readable training photo: nothing to cross-validate"
     elif training.get("inner_split") is not None and training.get("finetune"):
-        from .data import Dataset
+        from graft.data import Dataset
 
         seed = int((training.get("finetune") or {}).get("seed", 0) or 0)
         held = inner_split(Dataset(Path("."), list(meta["classes"]), list(train), []),
@@ -414,7 +414,7 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, ke
     """Fit T, the confidence threshold and the novelty threshold; write RUN/calibration.json.
 
     `photos_val`: the PHOTOS folder the run was trained on; its train/val split is found again
-    exactly as training drew it (graft.run.photos_split). Everything is fitted on photos of the
+    exactly as training drew it (graft.run.store.photos_split). Everything is fitted on photos of the
     run's classes that the model was NOT fitted on: out-of-fold predictions of the training
     photos for frozen-backbone runs (their features come from the cache training filled), the
     photos fine-tuning held out for early stopping for fine-tuned ones (_fit_set). The
@@ -425,7 +425,7 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, ke
     """
     import torch
 
-    from .run import photos_split, read_run_meta, run_features
+    from graft.run.store import photos_split, read_run_meta, run_features
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)

@@ -1,10 +1,10 @@
 """Using a trained run: `predict` (top-k classes, optionally calibrated, with `unknown` for
 photos of no class, optionally to CSV) and `evaluate` (accuracy on labelled photos).
 
-Every prediction goes through graft.predictor.Predictor: the run loaded once, each photo's crop
+Every prediction goes through graft.use.predictor.Predictor: the run loaded once, each photo's crop
 through the network (or its cached features through the head), the logits divided by the
 calibration's temperature, the top-k classes kept, and the photo called `unknown` when the
-calibration's confidence or novelty check refuses it (graft.reject; graft.calibrate fits those
+calibration's confidence or novelty check refuses it (graft.use.reject; graft.use.calibrate fits those
 thresholds). Results come back in input order.
 """
 
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_path
-from .calibrate import CALIBRATION_JSON, calibrate_run
-from .data import is_label_file, scan_class_folders
-from .data.labels import evaluation_photos
-from .data.images import SUPPORTED_EXTENSIONS
-from .errors import GraftError
-from .metrics import classification_metrics
-from .predictor import Predictor
-from .reject import UNKNOWN, apply_reject, calibration_for, parse_reject  # noqa: F401  (graft.inference's API)
-from .run import parse_tta, read_run_meta, run_features, tta_views
+from graft._util.atomic import atomic_path
+from graft.use.calibrate import CALIBRATION_JSON, calibrate_run
+from graft.data import is_label_file, scan_class_folders
+from graft.data.labels import evaluation_photos
+from graft.data.images import SUPPORTED_EXTENSIONS
+from graft.errors import GraftError
+from graft.heads.metrics import classification_metrics
+from graft.use.predictor import Predictor
+from graft.use.reject import UNKNOWN, apply_reject, calibration_for, parse_reject  # noqa: F401  (graft.use.inference's API)
+from graft.run.store import parse_tta, read_run_meta, run_features, tta_views
 
 log = logging.getLogger("graft")
 
@@ -119,7 +119,7 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
     Frozen-backbone runs reuse the feature cache, so evaluating on the validation photos after
     training makes no forward pass through the backbone. `tta="flip"`: each photo's logits are
     the mean of its centre crop's and its mirror's; `tta="crops"`: of its centre and four corner
-    crops (graft.run.tta_views; their features are cached too).
+    crops (graft.run.store.tta_views; their features are cached too).
     """
     tta = parse_tta(tta)
     photos = Path(photos).expanduser()

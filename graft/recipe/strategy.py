@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import GraftError
+from graft.errors import GraftError
 
 STRATEGIES = ("auto", "head", "partial", "full")
 PROBE_GOOD_ENOUGH = 0.97

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backbones import resolve_backbone
-from .backbones.concat import ConcatSource, is_concat
-from .errors import GraftError
-from .features import ExtractStats, cache_namespace, extract_features
+from graft.backbones import resolve_backbone
+from graft.backbones.concat import ConcatSource, is_concat
+from graft.errors import GraftError
+from graft.features.extract import ExtractStats, cache_namespace, extract_features
 
 
 def require_frozen(spec, strategy: str) -> None:
@@ -74,7 +74,7 @@ def concat_features(source: ConcatSource | str, samples, cache_root, *, batch_si
     the `load` of a part with preprocessing `pre` (default its centre crop, `pre.load`; e.g. one
     refusing placeholders, graft.data.placeholders.RefuseNonPhotos, or the corner crops of --tta
     crops, whose features live under another `point` of the namespace)."""
-    from .cache import FeatureCache
+    from graft.cache import FeatureCache
 
     if isinstance(source, str):
         source = resolve_backbone(source)
@@ -106,7 +106,7 @@ class JoinedCache:
 
     def __init__(self, parts, cache_root, point: str = "pooled"):
         """`parts`: a ConcatSource's or a built ConcatBackbone's parts (what names a namespace)."""
-        from .cache import FeatureCache
+        from graft.cache import FeatureCache
 
         self.parts = [FeatureCache(cache_root, cache_namespace(part, point)) for part in parts]
 

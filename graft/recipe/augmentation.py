@@ -16,16 +16,16 @@ import json
 import logging
 from pathlib import Path
 
-from .._atomic import write_json
-from ..cache.layout import PCA, cache_root, mark, touch
-from ..errors import GraftError, ImageError
+from graft._util.atomic import write_json
+from graft.cache.layout import PCA, cache_root, mark, touch
+from graft.errors import GraftError, ImageError
 
 log = logging.getLogger("graft")
 
 
 def resolve_augmentation(preset: str, overrides, *, size: int, train_samples, cache_dir: Path):
     """-> Pipeline. `overrides`: "k=v,..." text, a mapping, or a path to a .json/.toml file."""
-    from ..augment import build, load_overrides
+    from graft.augment import build, load_overrides
 
     try:
         if isinstance(overrides, (str, Path)) and Path(str(overrides)).suffix in (".json", ".toml"):
@@ -48,9 +48,9 @@ def describe(preset: str, pipeline, views: int | None = None) -> dict:
 
 def fitted_pca(samples, cache_dir: Path) -> tuple[list[float], list[list[float]]]:
     """PCA of the training photos' RGB colours, cached by the set of their content hashes."""
-    from ..augment import fit_pca
-    from ..backbones.preprocess import pil_to_tensor
-    from ..data.images import read_image
+    from graft.augment import fit_pca
+    from graft.backbones.preprocess import pil_to_tensor
+    from graft.data.images import read_image
 
     key = hashlib.sha256("\n".join(sorted(s.digest for s in samples)).encode()).hexdigest()[:16]
     path = Path(cache_dir) / PCA / f"{key}.json"
@@ -81,10 +81,10 @@ def augment_preview(photos, out, *, preset: str | None = None, aug=None, n_photo
                     n_draws: int = 6, size: int = 224, seed: int = 0, cache_dir=None) -> Path:
     """One picture: a few photos raw and under `n_draws` draws of the pipeline, one row per op.
     `preset` None: graft.augment's DEFAULT_PRESET, as for fine-tuning."""
-    from ..augment import DEFAULT_PRESET, preview_grid
-    from ..data import scan_photos
-    from ..data.folder import spread_over_classes
-    from ..data.images import read_image
+    from graft.augment import DEFAULT_PRESET, preview_grid
+    from graft.data import scan_photos
+    from graft.data.folder import spread_over_classes
+    from graft.data.images import read_image
 
     data = scan_photos(photos)
     pipeline = resolve_augmentation(preset or DEFAULT_PRESET, aug, size=size, train_samples=data.train,

@@ -5,7 +5,7 @@ Why next to the AdamW head: on a few hundred photos a convex problem solved to c
 no epochs, learning rate or early stopping to choose, so nothing is tuned on the photos that are
 reported; the one knob, the L2 strength, is chosen on folds of the training photos. The result
 is an `nn.Linear` on raw backbone features (the standardisation is folded in), the same shape
-and file format as graft.head's head, so saving and prediction do not change.
+and file format as graft.heads.softmax's head, so saving and prediction do not change.
 
 Objective, on standardised features z: mean (class-weighted) cross-entropy + strength/2 * |W|^2
 (the bias is not penalised). Solved from zero (or along a path of strengths, each from the
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .head import fold_standardisation
+from graft.heads.softmax import fold_standardisation
 
 # Log grid of L2 strengths on standardised features, half a decade apart: 1e-3 (weak) .. 10 (strong)
 STRENGTHS: tuple[float, ...] = tuple(float(s) for s in np.logspace(-3, 1, 9))
@@ -151,7 +151,7 @@ def train_probe(x, y, n_classes: int, *, strengths=STRENGTHS, k: int = 5, keys=N
     default when `class_weight` is given); ties go to the lower cross-validated log loss, then
     to the stronger regularisation.
     """
-    from .folds import best_row, fold_scores, stratified_folds, train_rows
+    from graft.heads.folds import best_row, fold_scores, stratified_folds, train_rows
 
     score = score or ("balanced_accuracy" if class_weight is not None else "accuracy")
     x = np.asarray(x)

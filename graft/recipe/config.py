@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import GraftError
+from graft.errors import GraftError
 
-from ..finetune import FinetuneConfig
-from ..head import HeadConfig
-from ..strategy import StrategyChoice, check_request
-from .log import parse_log_kinds, require_tensorboard
+from graft.finetune.loop import FinetuneConfig
+from graft.heads.softmax import HeadConfig
+from graft.recipe.strategy import StrategyChoice, check_request
+from graft.recipe.log import parse_log_kinds, require_tensorboard
 
 # The augmentation preset of cached views of a frozen backbone when none is asked for: on
 # hymenoptera light views beat clean features where standard ones only matched them
@@ -40,7 +40,7 @@ AUTO_VIEWS_MAX_PHOTOS = 1000
 class TrainConfig:
     backbone: object = "default"  # "default", "timm:<name>", "tv:<name>" or a built Backbone
     weights: object = None  # a local weights file for the backbone
-    strategy: str = "auto"  # "auto", "head", "partial" or "full" (graft.strategy)
+    strategy: str = "auto"  # "auto", "head", "partial" or "full" (graft.recipe.strategy)
     val_split: float = 0.2  # share of each class held out when the photos have no val/
     cache_dir: object = None  # None: graft.cache.layout.default_cache_dir()
     epochs: int | None = None  # None: the trainer's own
@@ -79,7 +79,7 @@ class TrainConfig:
             raise GraftError(f"solver must be auto, lbfgs or adamw, not {self.solver!r}")
         validate(self)
         if isinstance(self.backbone, str) and "+" in self.backbone:  # a concatenation: frozen features only
-            from ..features_multi import require_frozen
+            from graft.features.concat import require_frozen
 
             require_frozen(self.backbone, self.strategy)
             if self.aug_views != "auto" and self.aug_views:
@@ -89,7 +89,7 @@ class TrainConfig:
             require_tensorboard()
 
     def solvers(self) -> tuple[str, ...]:
-        from ..selection import SOLVERS
+        from graft.heads.search import SOLVERS
 
         return SOLVERS if self.solver == "auto" else (self.solver,)
 
@@ -99,7 +99,7 @@ class TrainConfig:
             return self.augment
         if use == "views":
             return VIEWS_PRESET
-        from ..augment import DEFAULT_PRESET  # here: graft.augment imports torchvision (seconds)
+        from graft.augment import DEFAULT_PRESET  # here: graft.augment imports torchvision (seconds)
 
         return DEFAULT_PRESET
 
@@ -153,7 +153,7 @@ def validate(cfg: TrainConfig) -> None:
 
 def check_augmentation(cfg: TrainConfig) -> None:
     """Parse the preset and the overrides now; refuse them where nothing would use them."""
-    from ..augment import PRESETS, check_overrides, load_overrides, parse_overrides
+    from graft.augment import PRESETS, check_overrides, load_overrides, parse_overrides
 
     if cfg.augment is not None and cfg.augment not in PRESETS:
         raise GraftError(f"unknown augment preset {cfg.augment!r}; valid presets: {', '.join(PRESETS)}")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .folds import NotEnoughPhotos, best_row, fold_scores, stratified_folds, train_rows  # noqa: F401 (re-exported)
+from graft.heads.folds import NotEnoughPhotos, best_row, fold_scores, stratified_folds, train_rows  # noqa: F401 (re-exported)
 
 IMBALANCE_RATIO = 3.0  # balance="auto" weights classes when the largest has more than 3x the smallest
 SOLVERS = ("lbfgs", "adamw")
@@ -90,7 +90,7 @@ def select_epochs(x, y, n_classes: int, cfg=None, *, folds: list[np.ndarray], cl
     and stop when the mean held-out loss over the folds has not improved for `cfg.patience`
     epochs; the number of epochs is where that mean was lowest. Its cross-validated accuracy
     is the folds' accuracy at that epoch."""
-    from .probe import small_problem_threads
+    from graft.heads.probe import small_problem_threads
 
     x = np.asarray(x)
     with small_problem_threads(int(np.prod(x.shape[:-1])), x.shape[-1]):
@@ -98,7 +98,7 @@ def select_epochs(x, y, n_classes: int, cfg=None, *, folds: list[np.ndarray], cl
 
 
 def _select_epochs(x, y, n_classes, cfg, folds, class_weight) -> EpochChoice:
-    from .head import HeadConfig, HeadTrainer
+    from graft.heads.softmax import HeadConfig, HeadTrainer
 
     cfg = cfg or HeadConfig()
     y = np.asarray(y, dtype=int)
@@ -129,8 +129,8 @@ def _select_epochs(x, y, n_classes, cfg, folds, class_weight) -> EpochChoice:
 
 def refit_head(x, y, n_classes: int, cfg, epochs: int, *, class_weight=None) -> nn.Linear:
     """The AdamW head trained on all photos given for exactly `epochs` epochs (no validation)."""
-    from .head import HeadTrainer, fold_standardisation
-    from .probe import small_problem_threads
+    from graft.heads.softmax import HeadTrainer, fold_standardisation
+    from graft.heads.probe import small_problem_threads
 
     x = np.asarray(x)
     with small_problem_threads(int(np.prod(x.shape[:-1])), x.shape[-1]):
@@ -181,8 +181,8 @@ def choose_head(x, y, n_classes: int, *, solvers=SOLVERS, strengths=None, head_c
     With weighted classes the choice is by balanced accuracy, else by accuracy; ties go to the
     lower cross-validated log loss, then to L-BFGS (no epochs to choose).
     """
-    from .head import HeadConfig
-    from .probe import STRENGTHS, train_probe
+    from graft.heads.softmax import HeadConfig
+    from graft.heads.probe import STRENGTHS, train_probe
 
     unknown = set(solvers) - set(SOLVERS)
     if unknown or not solvers:
@@ -225,7 +225,7 @@ FALLBACK_STRENGTH = 0.03
 
 def _without_cv(x, y, n_classes, weights, why, score) -> HeadChoice:
     """Too few photos to cross-validate: the probe at FALLBACK_STRENGTH, and no cv figure."""
-    from .probe import fit_probe
+    from graft.heads.probe import fit_probe
 
     head = fit_probe(x, y, n_classes, FALLBACK_STRENGTH, class_weight=weights).head
     nothing = {"mean": None, "std": None, "folds": []}
@@ -243,7 +243,7 @@ def fit_and_hold_out(feats, y, train_idx, val_idx, n_classes: int, classes: list
     `feats` (N, D) and `y` cover training and validation photos; `keys` their content digests;
     `views` (len(train_idx), K, D): augmented views of the training rows, trained on beside
     the clean features. Other keywords go to `choose_head`."""
-    from .metrics import classification_metrics
+    from graft.heads.metrics import classification_metrics
 
     feats = np.asarray(feats)
     y = np.asarray(y, dtype=int)

@@ -9,7 +9,7 @@ The lecture's data-size ladder past the frozen-feature head:
 What experts expect of the loop: AdamW, linear warm-up then cosine decay, a lower learning rate
 for pretrained layers than for the new top, label smoothing, gradient clipping, early stopping on
 validation loss with the best epoch kept (with no validation photo: every epoch runs and the last
-is kept, as for the head, graft.head). A checkpoint (model, optimiser, scheduler, RNG state,
+is kept, as for the head, graft.heads.softmax). A checkpoint (model, optimiser, scheduler, RNG state,
 position) is written atomically after every epoch, so `resume=True` continues a killed run and
 ends with the same weights as an uninterrupted one: every random draw is a function of (seed,
 epoch, image), never of which worker or which process did the work.
@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._atomic import atomic_path
-from .errors import GraftError
-from .classifier import Classifier, GraftedNet, boundary_activation_shape, feature_dim, reinitialise
-from .head import make_head
-from .strategy import check_request
+from graft._util.atomic import atomic_path
+from graft.errors import GraftError
+from graft.finetune.classifier import Classifier, GraftedNet, boundary_activation_shape, feature_dim, reinitialise
+from graft.heads.softmax import make_head
 
 log = logging.getLogger("graft")
 
@@ -81,7 +80,10 @@ class FinetuneResult:
 def plan_stages(backbone, cfg: FinetuneConfig) -> tuple[int, int | None]:
     """-> (k frozen stages, cut). Checks the request against the backbone's stages."""
     n = len(backbone.stage_names)
-    check_request(cfg.strategy, from_scratch=cfg.from_scratch)
+    if cfg.strategy not in ("partial", "full"):
+        raise GraftError(f"fine-tuning trains 'partial' or 'full', not {cfg.strategy!r}")
+    if cfg.from_scratch and cfg.strategy != "full":
+        raise GraftError("--from-scratch trains every layer from random weights: use it with --strategy full")
     if cfg.strategy == "full":
         if cfg.new_hidden:
             raise GraftError("--new-hidden replaces the last stages; use it with --strategy partial")
@@ -127,10 +129,10 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     lr_backbone, epoch_s, data_wait_s, step_s, val_s, data_wait_share), so a log of the run
     grows while it runs; a resumed run calls it again from the epoch it resumes.
     """
-    from .distributed import Context
+    from graft.finetune.distributed import Context
 
     dist = dist or Context()
-    from .loader import EpochSampler, image_loader, train_loader
+    from graft.features.loader import EpochSampler, image_loader, train_loader
 
     torch.manual_seed(cfg.seed)
     device = torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
@@ -209,7 +211,7 @@ def finetune(backbone, data, cfg: FinetuneConfig, *, run_dir, pipeline=None, wor
     if not use_boundary:
         worker_pipe = pipeline
         if pipeline is not None and aug_device in ("cpu", "cuda"):
-            from .loader import split_for_device
+            from graft.features.loader import split_for_device
 
             if aug_device == "cuda" and device.type != "cuda":
                 raise GraftError("--aug-device cuda: no CUDA device here; use cpu or workers")

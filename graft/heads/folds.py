@@ -1,5 +1,5 @@
-"""Deterministic stratified folds and their scores: what cross-validation in graft.probe and
-graft.selection shares (one module, below both, so neither imports the other)."""
+"""Deterministic stratified folds and their scores: what cross-validation in graft.heads.probe and
+graft.heads.search shares (one module, below both, so neither imports the other)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def train_rows(n: int, held_out: np.ndarray) -> np.ndarray:
 
 def fold_scores(oof_logits: np.ndarray, y: np.ndarray, folds: list[np.ndarray]) -> dict:
     """Accuracy and balanced accuracy per fold (mean, std), and the mean out-of-fold log loss."""
-    from .metrics import balanced_accuracy
+    from graft.heads.metrics import balanced_accuracy
 
     pred = oof_logits.argmax(1)
     acc = [float((pred[f] == y[f]).mean()) for f in folds]

@@ -18,7 +18,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .errors import GraftError
+from graft.errors import GraftError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

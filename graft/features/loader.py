@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import ImageError
+from graft.errors import ImageError
 
 
 class ImageFiles(Dataset):
@@ -99,9 +99,9 @@ class AugmentedLoad:
         self.decoded = decoded  # a DecodedCache: decode once, crop from the stored pixels after
 
     def __call__(self, item) -> torch.Tensor:
-        from .augment import RandomResizedCrop
-        from .data.images import read_image
-        from .backbones.preprocess import pil_to_tensor
+        from graft.augment import RandomResizedCrop
+        from graft.data.images import read_image
+        from graft.backbones.preprocess import pil_to_tensor
 
         path, (w, h), seed, *digest = item
         if self.pipeline is None:  # no augmentation: the evaluation preprocessing
@@ -115,7 +115,7 @@ class AugmentedLoad:
         crop, box = ops[0], params[0]
         out_h, out_w = crop.output_size((h, w))
         if self.decoded is not None and digest:
-            from .data.decoded import reduction_for
+            from graft.data.decoded import reduction_for
 
             arr = self.decoded.load(path, digest[0], (w, h), reduction_for((w, h), crop, (out_h, out_w)))
             if arr.shape[:2] != (h, w):
@@ -205,8 +205,8 @@ def train_loader(samples, pipeline, preprocessing, *, seed: int, batch_size: int
 
 
 def decoded_cache_for(samples, pipeline, root, budget):
-    from .augment import RandomResizedCrop
-    from .data.decoded import DEFAULT_BUDGET, DecodedCache, estimate_bytes
+    from graft.augment import RandomResizedCrop
+    from graft.data.decoded import DEFAULT_BUDGET, DecodedCache, estimate_bytes
 
     if root is None or pipeline is None or not pipeline.ops or not isinstance(pipeline.ops[0], RandomResizedCrop):
         return None

@@ -44,9 +44,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from .data.images import SUPPORTED_EXTENSIONS
-from .errors import GraftError, ImageError
-from .predictor import Predictor
+from graft.data.images import SUPPORTED_EXTENSIONS
+from graft.errors import GraftError, ImageError
+from graft.use.predictor import Predictor
 
 log = logging.getLogger("graft")
 
@@ -243,7 +243,7 @@ class ServeConfig:
 def resolve_reject(predictor: Predictor, reject):
     """-> (mode text, calibration). Unset (None): "auto" if the run has a usable calibration,
     else "none"; set, as `graft predict --reject` (a GraftError stops the start)."""
-    from .reject import parse_reject
+    from graft.use.reject import parse_reject
 
     if reject is None:
         reject = "auto" if predictor.calibration is not None else "none"

@@ -1,4 +1,4 @@
-"""The steps of graft.train, each one job; graft/train/__init__.py runs them in order.
+"""The steps of graft.train, each one job; graft/recipe/__init__.py runs them in order.
 
 A `Job` carries what every step shares: the settings, the process group, the backbone (resolved,
 not built), the feature cache and its statistics. Steps hand their results on in small records
@@ -15,23 +15,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..backbones import BackboneSource, resolve_backbone
-from ..backbones.concat import is_concat
-from ..cache import FeatureCache, cache_root
-from ..cache.layout import DECODED
-from ..cache.rows import FeatureRows, with_views
-from ..check import skip_quick_errors
-from ..data import Dataset, scan_photos
-from ..data.placeholders import RefuseNonPhotos
-from ..errors import GraftError
-from ..features import ExtractStats, cache_namespace, extract_features
-from ..head import memory_budget, predict_logits
-from ..metrics import classification_metrics
-from ..run import inner_split
-from ..strategy import StrategyChoice
-from .augmentation import describe, resolve_augmentation
-from .config import TrainConfig
-from .log import TrainingLog
+from graft.backbones import BackboneSource, resolve_backbone
+from graft.backbones.concat import is_concat
+from graft.cache import FeatureCache, cache_root
+from graft.cache.layout import DECODED
+from graft.cache.rows import FeatureRows, with_views
+from graft.check import skip_quick_errors
+from graft.data import Dataset, scan_photos
+from graft.data.placeholders import RefuseNonPhotos
+from graft.errors import GraftError
+from graft.features.extract import ExtractStats, cache_namespace, extract_features
+from graft.heads.softmax import memory_budget, predict_logits
+from graft.heads.metrics import classification_metrics
+from graft.run.store import inner_split
+from graft.recipe.strategy import StrategyChoice
+from graft.recipe.augmentation import describe, resolve_augmentation
+from graft.recipe.config import TrainConfig
+from graft.recipe.log import TrainingLog
 
 log = logging.getLogger("graft")
 
@@ -40,7 +40,7 @@ log = logging.getLogger("graft")
 class Job:
     cfg: TrainConfig
     out: Path
-    dist: object  # graft.distributed.Context
+    dist: object  # graft.finetune.distributed.Context
     source: BackboneSource
     cache: FeatureCache  # the backbone's pooled features
     progress: bool
@@ -69,7 +69,7 @@ class Job:
         `keep=False` the rows stay in the cache (None) for graft.cache.rows to read. A
         concatenation's rows are its parts', each from its own namespace, joined in memory."""
         if self.concat:
-            from ..features_multi import concat_features
+            from graft.features.concat import concat_features
 
             feats, ok, st = concat_features(self.source, samples, self.cache_root, batch_size=self.cfg.batch_size,
                                             workers=self.cfg.workers, progress=self.progress, dist=self.dist,
@@ -137,11 +137,11 @@ class Fitted:
 # --- 0. start ---------------------------------------------------------------------------------------
 
 def start(cfg: TrainConfig, out, photos=None) -> Job:
-    """The process group, the seed, the run folder checked (graft.run.check_out) and the backbone
+    """The process group, the seed, the run folder checked (graft.run.store.check_out) and the backbone
     resolved (configuration errors before any scanning; building the network waits until a
     feature is missing)."""
-    from ..distributed import context
-    from ..run import check_out
+    from graft.finetune.distributed import context
+    from graft.run.store import check_out
 
     started = time.perf_counter()
     if photos is not None:
@@ -156,7 +156,7 @@ def start(cfg: TrainConfig, out, photos=None) -> Job:
 
 def pooled_cache(root, source) -> FeatureCache:
     """The namespace of `source`'s pooled features (a concatenation's first part's: its rows are
-    read part by part, graft.features_multi, and this one only anchors the cache's root)."""
+    read part by part, graft.features.concat, and this one only anchors the cache's root)."""
     return FeatureCache(root, cache_namespace(source.parts[0] if is_concat(source.spec) else source))
 
 
@@ -183,7 +183,7 @@ AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
 def concat_allowed(cfg: TrainConfig, data: Dataset) -> bool:
     """Whether --backbone auto may choose a concatenation: only for a run that would train the head
     alone anyway (a concatenation cannot fine-tune) and takes no fixed number of views."""
-    from ..strategy import head_only, smallest_class
+    from graft.recipe.strategy import head_only, smallest_class
 
     trained_on = data.train + data.val if cfg.final else data.train  # what choose_strategy will count
     return head_only(cfg.strategy, smallest_class(trained_on, len(data.classes))) and cfg.aug_views in ("auto", 0)
@@ -192,13 +192,13 @@ def concat_allowed(cfg: TrainConfig, data: Dataset) -> bool:
 def choose_backbone(job: Job, data: Dataset) -> Job:
     """--backbone auto: each bundled backbone whose extraction of the training photos fits in
     --budget seconds (estimated from lite0's measured rate x its relative cost) is cross-validated
-    on the TRAINING photos' cached features (graft.selection.choose_head), then, where the run
+    on the TRAINING photos' cached features (graft.heads.search.choose_head), then, where the run
     can use one (concat_allowed), every concatenation of two or more of those (`lite0+lite2`:
     their features side by side, nothing more to extract); the best mean cv accuracy wins, ties
     to the cheaper. The winner's features are then in the cache."""
     from itertools import combinations
 
-    from ..selection import choose_head
+    from graft.heads.search import choose_head
 
     cfg = job.cfg
     table, spent, rate, extracted = [], 0.0, None, {}
@@ -294,10 +294,10 @@ def features(job: Job, data: Dataset) -> Features:
 def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
     """How many augmented views of each training photo to extract for the head, and why: K as
     asked, or for --aug-views auto AUTO_VIEWS where cross-validation can weigh them (see
-    graft.train.config) and, with the clean ones (`feature_bytes`), they fit the head's memory
+    graft.recipe.config) and, with the clean ones (`feature_bytes`), they fit the head's memory
     budget, else 0."""
-    from ..strategy import head_only, smallest_class
-    from .config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS
+    from graft.recipe.strategy import head_only, smallest_class
+    from graft.recipe.config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS
 
     asked = job.cfg.aug_views
     if job.concat:  # (TrainConfig refuses --aug-views K with one; auto never chooses one then)
@@ -319,7 +319,7 @@ def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
 
 
 def _with_views(job: Job, train, x_train, k: int):
-    from ..features import extract_views
+    from graft.features.extract import extract_views
 
     preset, pipeline = job.pipeline("views", train)
     views = extract_views(job.source, train, job.cache, pipeline, k, seed=job.cfg.seed,
@@ -342,10 +342,10 @@ def probe(job: Job, f: Features) -> Fitted:
     probe that `auto` decides with and fine-tuning is measured against.
 
     Everything about it (solver, L2 strength or number of epochs, class weights) is chosen by
-    stratified k-fold cross-validation on the TRAINING photos only (graft.selection), and the
+    stratified k-fold cross-validation on the TRAINING photos only (graft.heads.search), and the
     winner is refitted on all of them; the validation photos are predicted once, here, for the
     reported val_accuracy and never used to choose anything."""
-    from ..selection import choose_head
+    from graft.heads.search import choose_head
 
     started = time.perf_counter()
     cfg = job.cfg.head_config()
@@ -387,15 +387,15 @@ def cv_accuracy(fitted: Fitted) -> float:
 
 
 def accuracy(f: Features, logits: np.ndarray) -> dict:
-    """Validation metrics of `logits` (graft.metrics.classification_metrics)."""
+    """Validation metrics of `logits` (graft.heads.metrics.classification_metrics)."""
     return classification_metrics(f.y_val, logits.argmax(1), f.data.classes)
 
 
 # --- 5. fit (when the strategy fine-tunes) ---------------------------------------------------------
 
 def fine_tune(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
-    """Train the last stages (or all) with the new top; see graft.finetune."""
-    from ..finetune import finetune
+    """Train the last stages (or all) with the new top; see graft.finetune.loop."""
+    from graft.finetune.loop import finetune
 
     cfg = job.cfg.finetune_config(choice)
     preset, pipeline = job.pipeline("finetune", f.data.train)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._atomic import atomic_path, write_json
+from graft._util.atomic import atomic_path, write_json
 
 # class -> (photo for training crops, photo for validation crops, how to split one photo)
 SOURCES = {

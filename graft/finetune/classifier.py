@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import Backbone
-from .backbones.preprocess import Preprocessing
+from graft.backbones import Backbone
+from graft.backbones.preprocess import Preprocessing
 
 
 class Classifier(nn.Module):
@@ -42,8 +42,8 @@ class Classifier(nn.Module):
         """Yield (indices, features (n, D), [(index, ImageError)]) for image files, batch by batch,
         through the parallel loader and the run's preprocessing; `self.head(features)` scores them.
         `mirror`, `at`: of another crop than the centre one (backbones.preprocess.CropAt)."""
-        from .backbones.preprocess import CENTRE, CropAt
-        from .loader import image_loader
+        from graft.backbones.preprocess import CENTRE, CropAt
+        from graft.features.loader import image_loader
 
         pre = self.preprocessing
         self.eval()
