@@ -1,7 +1,7 @@
 """Fuzz graft end to end: thousands of mutated images through the image reader, `graft train` and
 `graft predict`, each in a child process with a timeout; no hang, no traceback, bounded memory.
 
-The inputs are the small valid JPEG/PNG/GIF/WebP/BMP seeds of tests/test_fuzz_images.py under
+The inputs are the small valid JPEG/PNG/GIF/WebP/BMP seeds of tests/data/test_fuzz_images.py under
 its mutators (bit flips, truncation, inserted and overwritten bytes, header fields set to odd
 values), drawn here by a seeded RNG rather than by hypothesis, so they are other inputs than
 CI's 2,250. Each child's peak RSS (os.wait4, the same figure as getrusage(RUSAGE_CHILDREN)

@@ -7,7 +7,7 @@ dozen passes. Here a run of geometric ops (a crop first, then flips, rotation an
 warp last) chains their maps of points (Op.source_map) from the output's pixels back to the
 source and reads it once (functional.resample), and a run of colour ops goes through
 functional.color_twist. Each op's own `apply` stays the reference (and what previews use): the
-result equals it up to interpolation and rounding (tests/test_augment_fused.py says how closely).
+result equals it up to interpolation and rounding (tests/augment/test_augment_fused.py says how closely).
 """
 
 import math

@@ -11,7 +11,7 @@ they save), torch runs.
 The feature cache's key does not name the engine, so the engines must agree: every session
 is checked when built, on a fixed random batch, against torch's forward pass of the very
 backbone object in hand, and is used only if no output differs by more than `TOLERANCE`;
-otherwise graft warns once and uses torch. (tests/test_engine.py checks the same on real photos.)
+otherwise graft warns once and uses torch. (tests/backbones/test_engine.py checks the same on real photos.)
 
 `engine`: "auto" (the rule above), "torch" or "onnxruntime" (ONNX whatever the count; still
 checked, still falls back); default from GRAFT_ENGINE, else "auto".
