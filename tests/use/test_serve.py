@@ -18,6 +18,7 @@ import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from pathlib import Path
 
 import httpx
@@ -106,6 +107,9 @@ def test_model_card_health_and_a_self_contained_page(client, served):
     assert "<script>" in html and "<style>" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "the page must not load anything remote"
     assert "@import" not in html and "url(" not in html
+    # the page is page.html, shipped as package data, told this server's upload limit
+    shipped = resources.files("graft.use.serve").joinpath("page.html").read_text(encoding="utf-8")
+    assert html == shipped.replace("__MAX_UPLOAD__", str(LIMIT)) and f"const MAX_UPLOAD = {LIMIT};" in html
 
 
 def test_multipart_files_and_raw_bytes_answer_as_the_predictor(client, served):

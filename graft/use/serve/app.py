@@ -1,0 +1,153 @@
+"""The Starlette app: the routes, their statuses and JSON, the model card and the page.
+
+Bad input gets a status and a one-line message, never a crash: 413 over `max_upload`
+(Content-Length first, then the streamed body), 400 no image or a malformed form, and per photo
+415/422 from graft.use.serve.uploads. Of several photos, any usable one makes the answer 200;
+if none is, 422 if any was 422, else 415."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from importlib import resources
+from typing import TYPE_CHECKING
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from graft.use.serve.batcher import Batcher
+from graft.use.serve.config import ServeConfig, size_text
+from graft.use.serve.uploads import BadImage, UploadTooLarge, decode, read_uploads
+
+if TYPE_CHECKING:
+    from graft.use.predictor import Predictor
+
+log = logging.getLogger("graft")
+
+
+def resolve_reject(predictor: Predictor, reject):
+    """-> (mode text, calibration). Unset (None): "auto" if the run has a usable calibration,
+    else "none"; set, as `graft predict --reject` (a GraftError stops the start)."""
+    from graft.use.reject import parse_reject
+
+    if reject is None:
+        reject = "auto" if predictor.calibration is not None else "none"
+    reject = parse_reject(reject)
+    if reject is None:
+        return "none", None
+    return ("auto" if reject == "auto" else f"{reject:g}"), predictor.rejection(reject)
+
+
+def page_html(max_upload: int) -> str:
+    """The page at GET / (page.html, shipped as package data), told the upload limit."""
+    page = resources.files("graft.use.serve").joinpath("page.html").read_text(encoding="utf-8")
+    return page.replace("__MAX_UPLOAD__", str(max_upload))
+
+
+def create_app(predictor: Predictor, config: ServeConfig | None = None) -> Starlette:
+    service = _Service(predictor, config or ServeConfig())
+    routes = [Route("/", service.index), Route("/model", service.model), Route("/health", service.health),
+              Route("/predict", service.predict, methods=["POST"])]
+    app = Starlette(routes=routes, lifespan=service.lifespan,
+                    exception_handlers={Exception: _server_error, HTTPException: _http_error})
+    app.state.batcher = service.batcher
+    app.state.card = service.card
+    return app
+
+
+class _Service:
+    """What the routes share: the predictor behind its batcher, the decoding threads, the card."""
+
+    def __init__(self, predictor: Predictor, cfg: ServeConfig):
+        self.predictor, self.cfg = predictor, cfg
+        mode, cal = resolve_reject(predictor, cfg.reject)
+        self.batcher = Batcher(predictor, window_s=cfg.batch_window_ms / 1000.0, max_batch=cfg.max_batch,
+                               calibration=cal, plain=cal is None)
+        self.decoders = anyio.CapacityLimiter(cfg.decoders or max(1, len(os.sched_getaffinity(0))))
+        self.card = {**predictor.describe(), "reject": mode, "max_upload": cfg.max_upload,
+                     "max_batch": self.batcher.max_batch, "batch_window_ms": cfg.batch_window_ms}
+        self.started = time.time()
+        self.page = page_html(cfg.max_upload)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        """The batcher's task lives as long as the server."""
+        await self.batcher.start()
+        try:
+            yield
+        finally:
+            await self.batcher.stop()
+
+    async def index(self, request: Request):
+        return HTMLResponse(self.page)
+
+    async def model(self, request: Request):
+        return JSONResponse(self.card)
+
+    async def health(self, request: Request):
+        return JSONResponse({"status": "ok", "uptime_s": round(time.time() - self.started, 3),
+                             **self.batcher.stats.to_json()})
+
+    async def predict(self, request: Request):
+        try:
+            topk = int(request.query_params.get("topk", 3))
+        except ValueError:
+            return _error(400, "topk must be a whole number")
+        limit = self.cfg.max_upload
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _error(413, _too_large(limit))  # refused before reading a byte
+        try:
+            uploads = await read_uploads(request, limit)
+        except UploadTooLarge:
+            return _error(413, _too_large(limit))
+        except ClientDisconnect:
+            return _error(400, "the client went away before the upload was complete")
+        if not uploads:
+            return _error(400, "no image in the request: POST image bytes, or a multipart form with image files")
+        return _answer(await asyncio.gather(*(self._one(name, data, topk) for name, data in uploads)))
+
+    async def _one(self, name: str, data: bytes, topk: int) -> dict:
+        key = {"input": name}
+        try:
+            crop = await anyio.to_thread.run_sync(decode, self.predictor, data, limiter=self.decoders)
+        except BadImage as e:
+            return {**key, "error": e.message, "status": e.status}
+        return await self.batcher.predict(crop, key, topk)
+
+
+def _answer(results: list[dict]) -> JSONResponse:
+    """One request's answer: 200 if any photo was usable, else the worst photo's status."""
+    good = [r for r in results if "error" not in r]
+    if good:
+        status = 200
+    else:
+        status = 422 if any(r["status"] == 422 for r in results) else 415
+    body = {"results": results}
+    if not good:
+        body["error"] = results[0]["error"] if len(results) == 1 else "no usable image in the request"
+    return JSONResponse(body, status_code=status)
+
+
+async def _server_error(request: Request, exc: Exception):
+    log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return _error(500, f"internal error ({type(exc).__name__}); the server keeps running")
+
+
+async def _http_error(request: Request, exc: HTTPException):  # e.g. a malformed multipart form
+    return _error(exc.status_code, str(exc.detail))
+
+
+def _too_large(limit: int) -> str:
+    return f"upload over the limit of {size_text(limit)} (graft serve --max-upload)"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
