@@ -38,7 +38,7 @@ from graft.use.calibrate import calibrate_run  # noqa: E402
 from graft.data.images import draft_size_for_short_side, read_image  # noqa: E402
 from graft.use.export import export_run  # noqa: E402
 from graft.use.inference import predict_with_reject  # noqa: E402
-from graft.run.store import read_run_meta  # noqa: E402
+from graft.run.store import read_record  # noqa: E402
 
 MAX_DP, TOP1 = 1e-3, 0
 
@@ -141,7 +141,7 @@ def main() -> None:
         onnx_file = export_run(run, "onnx")
         client = load_client(onnx_file.parent / "predict_onnx.py")
         session, meta = client.load(onnx_file)
-        classes = read_run_meta(run)["classes"]
+        classes = list(read_record(run).classes)
         assert meta["classes"] == classes
         pre = Preprocessing.from_json(meta["preprocessing"])
         paths = sorted(p for p in (data / "val").rglob("*") if p.is_file())

@@ -38,7 +38,9 @@ from graft.use.calibrate import (calibrate_run, choose_threshold, fit_temperatur
                              softmax)
 from graft.data import scan_class_folders  # noqa: E402
 from graft.data.folder import Sample  # noqa: E402
-from graft.run.store import photos_split, read_run_meta, run_features  # noqa: E402
+from graft.run.photos import photos_split  # noqa: E402
+from graft.run.store import read_record  # noqa: E402
+from graft.use.features import run_features  # noqa: E402
 
 
 def unit(x):
@@ -106,13 +108,13 @@ def main():
         cache = work / "cache"
         t0 = time.perf_counter()
         run = graft.train(root / "train", work / "run", cache_dir=cache, progress=False, workers=0).run_dir
-        meta = read_run_meta(run)
+        record = read_record(run)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        before = old_rule(run, photos_split(meta, root / "train", cache_dir=cache), cache)
+        before = old_rule(run, photos_split(record, root / "train", cache_dir=cache), cache)
         after = new_rule(run, root / "train", cache)
         calibrate_s = time.perf_counter() - t0
-        _, held, _ = scan_class_folders(root / "val", classes=meta["classes"], cache_dir=cache)
+        _, held, _ = scan_class_folders(root / "val", classes=list(record.classes), cache_dir=cache)
         feats, ok, head, _ = run_features(run, held, cache_dir=cache, workers=0)
         labels = np.array([s.label for s in held])[ok]
         odd = neither_photos()
@@ -140,7 +142,7 @@ def main():
           "n_held_out": rows["after"]["in_class"]["n"], "n_neither": rows["after"]["neither"]["n"],
           "rows": rows, "fit_kept_after": fit.get("kept"), "fit_how": fit.get("how"),
           "train_s": round(train_s, 1), "calibrate_s": round(calibrate_s, 1),
-          "strategy": meta["strategy"], "backbone": meta["backbone"]["spec"]})
+          "strategy": record.strategy, "backbone": record.backbone.spec})
 
 
 if __name__ == "__main__":

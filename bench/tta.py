@@ -27,7 +27,10 @@ import graft  # noqa: E402
 from graft.data import scan_class_folders  # noqa: E402
 from graft.heads.folds import stratified_folds, train_rows  # noqa: E402
 from graft.heads.probe import fit_probe  # noqa: E402
-from graft.run.store import load_head, photos_split, read_run_meta, run_features, tta_views  # noqa: E402
+from graft.backbones.preprocess import tta_views  # noqa: E402
+from graft.run.photos import photos_split  # noqa: E402
+from graft.run.store import load_head, read_record  # noqa: E402
+from graft.use.features import run_features  # noqa: E402
 
 MODES = ("none", "flip", "crops")
 
@@ -48,18 +51,18 @@ def views(run, samples, cache, mode):
     return out, ok
 
 
-def out_of_fold(meta, xs, y, keys):
+def out_of_fold(record, xs, y, keys):
     """Out-of-fold logits, averaged over the views `xs` (L-BFGS at the run's strength, fitted on
     the centre crops xs[0] of the other folds)."""
-    rec = meta["training"]["head"]
-    strength = rec.get("strength") or 0.03
-    logits = np.zeros((len(y), len(meta["classes"])))
-    for held in stratified_folds(y, 5, keys=keys, seed=rec.get("seed", 0)):
+    rec = record.training.head
+    strength = rec.strength or 0.03
+    logits = np.zeros((len(y), len(record.classes)))
+    for held in stratified_folds(y, 5, keys=keys, seed=rec.seed):
         rows = train_rows(len(y), held)
-        head = fit_probe(xs[0][rows], y[rows], len(meta["classes"]), strength).head
+        head = fit_probe(xs[0][rows], y[rows], len(record.classes), strength).head
         with torch.no_grad():
             logits[held] = (sum(head(torch.from_numpy(x[held])).double() for x in xs) / len(xs)).numpy()
-    return logits, rec.get("solver"), strength
+    return logits, rec.solver, strength
 
 
 def main():
@@ -71,7 +74,7 @@ def main():
         work = Path(args.work or tmp)
         cache = work / "cache"
         run = graft.train(root / "train", work / "run", cache_dir=cache, progress=False, workers=0).run_dir
-        meta = read_run_meta(run)
+        record = read_record(run)
         timings, results = {}, {}
         for mode in MODES + ("crops_warm",):  # the first evaluate of a mode computes its views' features
             t = time.perf_counter()
@@ -79,7 +82,7 @@ def main():
                                            tta=None if mode == "none" else mode.split("_")[0])
             timings[mode] = round(time.perf_counter() - t, 2)
         # log loss and changed answers, from the same cached features evaluate used
-        _, held, _ = scan_class_folders(root / "val", classes=meta["classes"], cache_dir=cache)
+        _, held, _ = scan_class_folders(root / "val", classes=list(record.classes), cache_dir=cache)
         head = load_head(run)
         per_mode = {mode: views(run, held, cache, mode) for mode in MODES}
         ok = np.logical_and.reduce([v[1] for v in per_mode.values()])
@@ -90,14 +93,14 @@ def main():
         val = {m: scores(z, y) for m, z in val_logits.items()}
         changed = {m: int((val_logits["none"].argmax(1) != z.argmax(1)).sum()) for m, z in val_logits.items()}
         # the training photos, out of fold: what choosing TTA by cross-validation would see
-        data = photos_split(meta, root / "train", cache_dir=cache)
+        data = photos_split(record, root / "train", cache_dir=cache)
         train_views = {mode: views(run, data.train, cache, mode) for mode in MODES}
         rows = np.flatnonzero(np.logical_and.reduce([v[1] for v in train_views.values()]))
         ty = np.array([s.label for s in data.train])[rows]
         keys = [data.train[i].digest for i in rows]
         cv = {}
         for mode, (xs, _) in train_views.items():
-            logits, solver, strength = out_of_fold(meta, [x[rows] for x in xs], ty, keys)
+            logits, solver, strength = out_of_fold(record, [x[rows] for x in xs], ty, keys)
             cv[mode] = scores(logits, ty)
     for mode in MODES:
         print(f"tta {mode:5s} held-out val: accuracy {val[mode]['accuracy']:.4f} log loss {val[mode]['log_loss']:.4f} "
@@ -109,8 +112,8 @@ def main():
           **{f"val_changed_{m}": changed[m] for m in MODES}, "n_val": int(len(y)),
           **{f"cv_accuracy_{m}": cv[m]["accuracy"] for m in MODES},
           **{f"cv_log_loss_{m}": cv[m]["log_loss"] for m in MODES},
-          "n_train": int(len(ty)), "evaluate_s": timings, "backbone": meta["backbone"]["spec"],
-          "strategy": meta["strategy"], "solver": solver, "strength": strength})
+          "n_train": int(len(ty)), "evaluate_s": timings, "backbone": record.backbone.spec,
+          "strategy": record.strategy, "solver": solver, "strength": strength})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Pretrained backbones: the registry (`default`, `lite0`/`lite1`/`lite2`, `timm:<name>`, `tv:<name>`; registry.py), the
-`Backbone` they all become (_base.py), concatenations of them (`lite0+lite2`; concat.py), their weights (weights.py) and evaluation preprocessing
-(preprocess.py).
+`Backbone` they all become (_base.py), concatenations of them (`lite0+lite2`; concat.py; what a spec's text joins,
+spec.py), their weights (weights.py) and evaluation preprocessing (preprocess.py).
 
 The names below load their module on first use: `graft.backbones.preprocess` (what a photo
 becomes before the network) is needed by commands that never build a network, and must not
@@ -17,6 +17,8 @@ _LAZY = {
     "BackboneSource": ".registry",
     "ConcatBackbone": ".concat",
     "ConcatSource": ".concat",
+    "join_sources": ".concat",
+    "is_joined": ".spec",
     "DEFAULT_ARCH": ".registry",
     "DEFAULT_PREPROCESSING": ".registry",
     "BUNDLED": ".registry",

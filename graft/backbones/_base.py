@@ -47,6 +47,12 @@ class Backbone(nn.Module):
         return self.net(x)
 
     @property
+    def parts(self) -> tuple[Backbone, ...]:
+        """The one part of itself (a ConcatBackbone's are its networks): what names its cache
+        namespaces (graft.features.concat.JoinedCache)."""
+        return (self,)
+
+    @property
     def stages(self) -> list[tuple[str, list[nn.Module]]]:
         """[(name, modules)] from input to output; every parameter belongs to exactly one."""
         return [(name, [self.net.get_submodule(p) for p in paths]) for name, paths in self._stage_names]

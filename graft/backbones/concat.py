@@ -19,25 +19,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from graft.errors import GraftError
 from graft.backbones._base import Backbone, WeightsInfo
 from graft.backbones.preprocess import Tiled
-
-SEP = "+"
-
-
-def is_concat(spec) -> bool:
-    return isinstance(spec, str) and SEP in spec
-
-
-def split_spec(spec: str) -> list[str]:
-    """"lite0+lite2" -> ["lite0", "lite2"]."""
-    parts = [p.strip() for p in str(spec).split(SEP)]
-    if any(not p for p in parts):
-        raise GraftError(f"backbone {spec!r}: empty part; write parts joined by '+', e.g. lite0+lite2")
-    if len(set(parts)) != len(parts):
-        raise GraftError(f"backbone {spec!r} names a part twice")
-    return parts
+from graft.backbones.spec import SEP, join_specs
 
 
 def joined_weights(parts) -> WeightsInfo:
@@ -55,7 +39,7 @@ class ConcatBackbone(nn.Module):
         super().__init__()
         self.parts = nn.ModuleList(parts)
         self.spec = spec
-        self.arch = SEP.join(p.arch for p in parts)
+        self.arch = join_specs(p.arch for p in parts)
         self.preprocessing = Tiled(tuple(p.preprocessing for p in parts))
         self.weights = joined_weights(parts)
         self.feature_dim = sum(int(p.feature_dim) for p in parts)
@@ -68,15 +52,17 @@ class ConcatBackbone(nn.Module):
 @dataclass
 class ConcatSource:
     """The verified parts of a concatenated backbone, nothing built: what the feature cache's
-    parts, a saved run and `--backbone auto` record (the interface of registry.BackboneSource)."""
+    parts, a saved run and `--backbone auto` record. The interface of registry.BackboneSource
+    (a single backbone is the one part of itself), so callers read both alike."""
 
     spec: str
     parts: list  # [registry.BackboneSource]
     _built: ConcatBackbone | None = field(default=None, repr=False)
+    frozen_only = True  # the parts' frozen features only: no fine-tuning, no augmented views, no --weights
 
     @property
     def arch(self) -> str:
-        return SEP.join(p.arch for p in self.parts)
+        return join_specs(p.arch for p in self.parts)
 
     @property
     def weights(self) -> WeightsInfo:
@@ -95,3 +81,9 @@ class ConcatSource:
         """model.json's backbone "parts": each part's identity, found again part by part."""
         return [{"spec": p.spec, "arch": p.arch, "weights_source": p.weights.source,
                  "weights_digest": p.weights.digest} for p in self.parts]
+
+
+def join_sources(spec: str, parts: list):
+    """The source whose parts are `parts` (verified sources of single backbones), named `spec`:
+    one part is itself, several a ConcatSource."""
+    return parts[0] if len(parts) == 1 else ConcatSource(spec, list(parts))

@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from graft.data.images import read_image
 from graft.errors import GraftError
+
+if TYPE_CHECKING:  # annotations only: the functions that make tensors import torch themselves
+    import torch
 
 # Version of the pixels `crop` produces. 1: JPEG draft decoding and a long side rounded up;
 # 2: the standard recipe above.
@@ -228,3 +232,41 @@ class CropAt:
     def __call__(self, path) -> "torch.Tensor":
         x = self.pre.crop(read_image(path), self.at)
         return x.flip(-1) if self.mirror else x
+
+
+# --- test-time augmentation: the views whose logits --tta averages ---------------------------------
+
+TTA_MODES = ("none", "flip", "crops")  # the centre crop alone, averaged with its mirror, or with the four corners
+
+
+def parse_tta(value) -> str | None:
+    """--tta / tta=: None or "none" (the centre crop alone), "flip" (the centre crop and its
+    left-right mirror), "crops" (the centre crop and the four corner crops of the resized photo,
+    torchvision's FiveCrop), their logits averaged. -> None, "flip" or "crops"; else a GraftError."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text not in TTA_MODES:
+        raise GraftError(f"--tta takes {', '.join(TTA_MODES)}, got {value!r}")
+    return None if text == "none" else text
+
+
+def tta_views(tta) -> list[tuple[tuple[float, float], bool]]:
+    """The (at, mirror) crops whose logits --tta averages, the centre crop first."""
+    tta = parse_tta(tta)
+    if tta == "flip":
+        return [(CENTRE, False), (CENTRE, True)]
+    if tta == "crops":
+        return [(at, False) for at in FIVE_CROPS]
+    return [(CENTRE, False)]
+
+
+class FiveCrops:
+    """--tta crops as one input: the centre crop and the four corner crops of `pre`, stacked top
+    to bottom in one uint8 array, so they travel through a loader as one crop does."""
+
+    def __init__(self, pre):
+        self.pre = pre
+
+    def crop_array(self, img: Image.Image) -> np.ndarray:
+        return np.concatenate([self.pre.crop_array(img, at) for at in FIVE_CROPS], axis=0)

@@ -34,6 +34,7 @@ from torch import nn
 from graft.errors import GraftError, WeightsError
 from graft.backbones.preprocess import Preprocessing
 from graft.backbones._base import Backbone, WeightsInfo
+from graft.backbones.spec import is_joined, split_spec
 from graft.backbones.weights import missing_weights_error, offline, one_line, read_state_dict, sniff_weights, verify
 
 __all__ = ["Backbone", "BackboneSource", "load_backbone", "resolve_backbone", "rebuild_backbone",
@@ -62,7 +63,9 @@ DEFAULT_PREPROCESSING = BUNDLED[DEFAULT_BUNDLED][2]
 
 @dataclass
 class BackboneSource:
-    """A verified backbone that is not built yet: what the cache key and a saved run record."""
+    """A verified backbone that is not built yet: what the cache key and a saved run record.
+    It is the one part of itself, so a caller reads it as it reads a concatenation of several
+    (graft.backbones.concat.ConcatSource): part by part."""
 
     spec: str
     arch: str
@@ -70,6 +73,15 @@ class BackboneSource:
     preprocessing: Preprocessing
     _build: Callable[[], Backbone] = field(repr=False)
     _built: Backbone | None = field(default=None, repr=False)
+    frozen_only = False  # it fine-tunes, takes augmented views and a --weights file
+
+    @property
+    def parts(self) -> tuple[BackboneSource, ...]:
+        return (self,)
+
+    def describe_parts(self) -> list[dict]:
+        """model.json's backbone "parts": none, its own identity says it all."""
+        return []
 
     def build(self) -> Backbone:
         if self._built is None:
@@ -91,8 +103,8 @@ def resolve_backbone(spec: str = "default", weights=None) -> BackboneSource:
         source = BackboneSource(spec.spec, spec.arch, spec.weights, spec.preprocessing, lambda: spec)
         source._built = spec
         return source
-    if "+" in spec:  # a concatenation (graft.backbones.concat): each part resolved on its own
-        from graft.backbones.concat import ConcatSource, split_spec
+    if is_joined(spec):  # a concatenation (graft.backbones.concat): each part resolved on its own
+        from graft.backbones.concat import ConcatSource
 
         if weights is not None:
             raise GraftError(f"--weights names one file, but {spec!r} concatenates several backbones: "

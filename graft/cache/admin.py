@@ -135,12 +135,12 @@ def _describe(sub: Path) -> tuple[str, str]:
     ns = sub / NAMESPACE_FILE
     if NAMESPACE_DIR.fullmatch(sub.name) and ns.is_file():
         try:
-            meta = json.loads(ns.read_text())
-            parts = [str(meta.get("arch", "?"))]
-            if meta.get("weights_digest"):
-                parts.append(f"weights {str(meta['weights_digest'])[:12]}")
-            if meta.get("point"):
-                parts.append(str(meta["point"]))
+            namespace = json.loads(ns.read_text())  # what the cached features are of (features.FeatureCache)
+            parts = [str(namespace.get("arch", "?"))]
+            if namespace.get("weights_digest"):
+                parts.append(f"weights {str(namespace['weights_digest'])[:12]}")
+            if namespace.get("point"):
+                parts.append(str(namespace["point"]))
             return "features", ", ".join(parts)
         except (OSError, ValueError, AttributeError):
             pass
@@ -235,16 +235,7 @@ def _try_lock(stack: contextlib.ExitStack, ns_dir: Path) -> bool:
 
 # -- sizes and ages as people write them (`--max-size 2G`, `--older-than 30d`) -----------------------
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _AGES = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_size(text: str) -> int:
-    """'500M', '2G', '1.5g', '1024' (bytes) -> bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?)?b?\s*", str(text).lower())
-    if not m:
-        raise GraftError(f"a size looks like 500M or 2G, got {text!r}")
-    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
 
 
 def parse_age(text: str) -> float:

@@ -224,8 +224,8 @@ class FeatureCache:
         if self._spill is None and not (self.dir / NAMESPACE_FILE).exists():
             write_json(self.dir / NAMESPACE_FILE, {"format": FORMAT, **self.namespace})
         shard = folder / f"{time.time_ns():x}-{os.getpid()}-{uuid.uuid4().hex[:8]}.safetensors"
-        meta = {"names": json.dumps(names), "sha256": hashlib.sha256(features.tobytes()).hexdigest()}
-        write_safetensors(shard, {"features": features}, metadata=meta)
+        metadata = {"names": json.dumps(names), "sha256": hashlib.sha256(features.tobytes()).hexdigest()}
+        write_safetensors(shard, {"features": features}, metadata=metadata)
         for row, name in enumerate(names):
             self._index[name] = (shard, row)
         self.written.append(shard)
@@ -251,9 +251,9 @@ def _parse_header(path: Path, mmap: bool):
         if n > 100_000_000:
             raise ValueError("implausible header size")
         header = json.loads(f.read(n))
-    meta = header.get("__metadata__") or {}
+    metadata = header.get("__metadata__") or {}  # the shard's own: its row names and checksum
     info = header["features"]
-    names = json.loads(meta["names"])
+    names = json.loads(metadata["names"])
     rows, dim = info["shape"]
     start, end = info["data_offsets"]
     if info["dtype"] != "F32" or len(names) != rows or end - start != rows * dim * 4:
@@ -263,4 +263,4 @@ def _parse_header(path: Path, mmap: bool):
     arr = None
     if mmap:
         arr = np.memmap(path, dtype="<f4", mode="r", offset=8 + n + start, shape=(rows, dim))
-    return names, arr, meta.get("sha256")
+    return names, arr, metadata.get("sha256")

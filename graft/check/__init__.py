@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from graft.data.folder import Dataset
+from graft.data.folder import VAL_SPLIT, Dataset
 from graft.data.source import photo_layout
 from graft.data.placeholders import non_photo_reason
 from graft.errors import GraftError
@@ -45,7 +45,7 @@ DEFAULT_INPUT_SIZE = 224
 GROUPED_LEVELS = ("info",)  # notes that repeat word for word print as one line with a count
 
 
-def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default", val_split: float = 0.2,
+def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default", val_split: float = VAL_SPLIT,
                  progress: bool = False, workers: int | None = None, input_size: int | None = None) -> dict:
     """Scan `photos` (a folder or label file `graft train` accepts) and report its problems; see
     the module doc.

@@ -1,12 +1,12 @@
 """`graft` on the command line: one module per sub-command (or group), each a thin shell over the
 Python API that owns its arguments and what it prints.
 
-Each module offers `HELP` (its line in `graft --help`) and `add_parser(subparsers)`, which
-registers its sub-command with `set_defaults(run=<function(args) -> exit status>)`; `main`
-parses and calls `args.run(args)`. `main` builds the options of the one sub-command on its
-command line only (the others are listed by their HELP), and the modules import what their
-command needs when it runs: `graft --help`, `graft augment list` or `graft cache` never import
-torch (seconds), `graft predict` on a run with a fresh ONNX export neither.
+Each module offers `HELP` (its line in `graft --help`), `add_parser(subparsers)`, which registers
+its sub-command with `set_defaults(main=<its main>)`, and `main(args) -> exit status`; this
+package's `main(argv)` parses and calls `args.main(args)`. It builds the options of the one
+sub-command on its command line only (the others are listed by their HELP), and the modules import
+what their command needs when it runs: `graft --help`, `graft train --help`, `graft augment list` or
+`graft cache` never import torch (seconds), `graft predict` on a run with a fresh ONNX export neither.
 Errors the user can fix (GraftError) print one line and exit with status 2, no traceback;
 warnings (skipped files) print one line each; progress bars go to stderr and `--quiet` hides them.
 """
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     from graft.errors import GraftError
 
     try:
-        status = args.run(args)
+        status = args.main(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return status
     except GraftError as e:

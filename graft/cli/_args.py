@@ -1,28 +1,59 @@
-"""What several sub-commands share: option groups, `--workers` parsing, aligned tables."""
+"""What several sub-commands share: options made from training's settings, option groups, aligned
+tables."""
 
 from __future__ import annotations
 
-from graft.errors import GraftError
+import argparse
 
 
-def backbone_args(p) -> None:
-    p.add_argument("--backbone", "-b", default="default", metavar="SPEC",
-                   help="default (= lite1), lite0, lite1, lite2 (EfficientNet-Lite0/1/2, ImageNet, ship with "
-                   "graft; see README 'Which backbone to pick'), timm:<model> or tv:<model>; several joined "
-                   "by + (e.g. lite0+lite2) concatenate their frozen features (head strategy only)")
-    p.add_argument("--weights", metavar="FILE", help="local weights file for the backbone (.safetensors or .pth)")
+def setting_args(p, names=None) -> None:
+    """Options for graft.train's settings (all, or those `names`), each made from its TrainConfig
+    field: flags, default, type, choices, metavar and help are the field's (graft.recipe.settings).
+    Off-by-default switches are `--flag`; on-by-default ones `--flag/--no-flag`; an option whose
+    setting has a `parse` takes text (read by settings_given)."""
+    from graft.recipe.settings import flags, help_text
+
+    for f in _settings(names):
+        spec = f.metadata  # the setting's flag, type and help (graft.recipe.settings)
+        options = {"dest": f.name, "default": f.default, "help": help_text(f)}
+        if isinstance(f.default, bool):
+            options["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        else:
+            options.update({k: spec[k] for k in ("type", "choices", "metavar") if k in spec})
+            if "type" not in options and "parse" not in spec and type(f.default) in (int, float):
+                options["type"] = type(f.default)
+        p.add_argument(*flags(f), **options)
 
 
-def augment_args(p) -> None:
-    p.add_argument("--augment", "--preset", dest="augment", default=None, metavar="PRESET",
-                   help="augmentation preset: none, light, standard, heavy (default: standard when fine-tuning, "
-                   "light for --aug-views); see `graft augment list`")
-    p.add_argument("--aug", metavar="KNOBS|FILE", default=None,
-                   help="override knobs, e.g. flip=0.5,rotate=15,crop_scale=0.35-1, or a .json/.toml file")
+def settings_given(args, names=None) -> dict:
+    """The settings `setting_args` made options for, as graft.train takes them: text that has a
+    form of its own (`parse`: --budget 2m, --workers auto) read here, so a bad one is one line."""
+    values = {}
+    for f in _settings(names):
+        value, parse = getattr(args, f.name), f.metadata.get("parse")
+        values[f.name] = parse(value) if parse is not None and isinstance(value, str) else value
+    return values
+
+
+def workers_given(args) -> int | None:
+    """--workers (TrainConfig's setting, which every command that reads photos takes): None for auto."""
+    return settings_given(args, ["workers"])["workers"]
+
+
+def _settings(names):
+    from dataclasses import fields
+
+    from graft.recipe.config import TrainConfig  # here: the settings import numpy, which `graft --help` does not
+
+    chosen = [f for f in fields(TrainConfig) if "no_flag" not in f.metadata and (names is None or f.name in names)]
+    if names is not None and len(chosen) != len(names):
+        raise KeyError(f"no option for the setting(s) {set(names) - {f.name for f in chosen}}")
+    return chosen
 
 
 def run_arg(p, help: str | None = "run folder written by graft train") -> None:
-    """The RUN positional (stored as `run_dir`: `run` is the sub-command's function)."""
+    """The RUN positional (stored as `run_dir`: `main` is the sub-command's function, and graft.run
+    a package)."""
     p.add_argument("run_dir", metavar="RUN", help=help)
 
 
@@ -47,26 +78,9 @@ def tta_arg(p) -> None:
                    "four corner crops: five times); off by default: neither helped on hymenoptera (bench/tta.py)")
 
 
-def loader_args(p) -> None:
-    p.add_argument("--workers", default="auto", metavar="N|auto", help="image decoding processes (default auto)")
-
-
 def output_args(p, json_help: str = "print the result as JSON on stdout") -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or summary")
     p.add_argument("--json", action="store_true", help=json_help)
-
-
-def workers(value) -> int | None:
-    """--workers: "auto" (None: chosen from the machine) or a number >= 0."""
-    if value in (None, "auto"):
-        return None
-    try:
-        n = int(value)
-        if n < 0:
-            raise ValueError
-        return n
-    except ValueError:
-        raise GraftError(f"--workers must be 'auto' or a number >= 0, got {value!r}") from None
 
 
 def table(rows) -> str:
@@ -82,7 +96,7 @@ def per_class_table(per_class: dict) -> str:
     return "\n".join(lines)
 
 
-def human(n: float) -> str:
+def format_bytes(n: float) -> str:
     """Bytes as people read them: 129.4 MB."""
     for unit in ("B", "KB", "MB", "GB"):
         if round(n, 1) < 1024 or unit == "GB":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graft.cli._args import augment_args
+from graft.cli._args import setting_args
 
 HELP = "see and tune data augmentation"  # `graft --help`'s line
 
@@ -15,15 +15,15 @@ def add_parser(subparsers) -> None:
     pv = asub.add_parser("preview", help="write a picture of photos under random draws, one row per op")
     pv.add_argument("photos", metavar="PHOTOS", help="photo folder (a few photos are picked)")
     pv.add_argument("--out", "-o", required=True, metavar="PNG", help="picture to write")
-    augment_args(pv)
+    setting_args(pv, ["augment", "aug"])  # as graft train takes them
     pv.add_argument("--photos", dest="n_photos", type=int, default=3, help="photos to show (default 3)")
     pv.add_argument("--draws", type=int, default=6, help="random draws per row (default 6)")
     pv.add_argument("--size", type=int, default=224, help="crop size (default 224, the default backbone's)")
     pv.add_argument("--seed", type=int, default=0)
-    a.set_defaults(run=run)
+    a.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     if args.augment_command == "list":
         from graft.augment import preset_table
 

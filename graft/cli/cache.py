@@ -8,7 +8,7 @@ import sys
 import time
 
 from graft.errors import GraftError
-from graft.cli._args import human
+from graft.cli._args import format_bytes
 
 HELP = "see what graft's cache holds, and prune it"  # `graft --help`'s line
 
@@ -34,10 +34,10 @@ def add_parser(subparsers) -> None:
     pr.add_argument("--max-size", metavar="SIZE", help="then delete the oldest until shards, decoded photos, "
                     "PCA fits, digest indexes and ONNX exports take at most SIZE (e.g. 2G)")
     pr.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
-    p.set_defaults(run=run)
+    p.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     from graft.cache import cache_root
 
     root = cache_root(args.cache_dir).absolute()
@@ -49,10 +49,11 @@ def run(args) -> int:
 
 
 def _prune(args, root) -> int:
-    from graft.cache.admin import parse_age, parse_size, prune
+    from graft._util.sizes import parse_size
+    from graft.cache.admin import parse_age, prune
 
     r = prune(root, older_than=parse_age(args.older_than) if args.older_than else None,
-              max_bytes=parse_size(args.max_size) if args.max_size else None, dry_run=args.dry_run)
+              max_bytes=parse_size(args.max_size, "--max-size") if args.max_size else None, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(r.as_dict()))
         return 1 if r.failed else 0
@@ -61,11 +62,11 @@ def _prune(args, root) -> int:
             print(f"would delete {path}")
         if len(r.paths) > 20:
             print(f"... and {len(r.paths) - 20} more")
-        print(f"would delete {r.deleted_files} file(s), {human(r.deleted_bytes)}, "
-              f"leaving {human(r.kept_bytes)} ({human(r.prunable_bytes)} prunable)")
+        print(f"would delete {r.deleted_files} file(s), {format_bytes(r.deleted_bytes)}, "
+              f"leaving {format_bytes(r.kept_bytes)} ({format_bytes(r.prunable_bytes)} prunable)")
     else:
-        print(f"deleted {r.deleted_files} file(s), {human(r.deleted_bytes)}; the cache now holds "
-              f"{human(r.kept_bytes)} ({human(r.prunable_bytes)} prunable)")
+        print(f"deleted {r.deleted_files} file(s), {format_bytes(r.deleted_bytes)}; the cache now holds "
+              f"{format_bytes(r.kept_bytes)} ({format_bytes(r.prunable_bytes)} prunable)")
     for path in r.skipped_busy:
         print(f"skipped {path}: a run is extracting into it")
     if r.unmet:
@@ -87,11 +88,11 @@ def _info(args, root) -> int:
         print(f"{root}: empty")
         return 0
     now = time.time()
-    print(f"{root}: {human(sum(a.bytes for a in areas))}")
+    print(f"{root}: {format_bytes(sum(a.bytes for a in areas))}")
     for a in areas:
         age = _age(now - a.last_used) if a.last_used else "-"
         files = f"{a.files} file" + ("" if a.files == 1 else "s")
-        print(f"  {human(a.bytes):>9}  {files:>11}  used {age:>9}  {a.path.name}  ({a.kind}: {a.what})")
+        print(f"  {format_bytes(a.bytes):>9}  {files:>11}  used {age:>9}  {a.path.name}  ({a.kind}: {a.what})")
     return 0
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from graft.cli._args import cache_dir_arg, loader_args, output_args, run_arg, weights_arg, workers
+from graft.cli._args import cache_dir_arg, output_args, run_arg, setting_args, weights_arg, workers_given
+from graft.run.files import REPORT_HTML
 
 HELP = "fit confidence calibration and the 'unknown' thresholds of a run"  # `graft --help`'s line
 
@@ -36,23 +37,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-novelty", action="store_true", help="refuse on low confidence only")
     cache_dir_arg(p)
     weights_arg(p)
-    loader_args(p)
+    setting_args(p, ["workers"])
     output_args(p, json_help="print the calibration as JSON on stdout")
-    p.set_defaults(run=run)
+    p.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     from graft.use.calibrate import calibrate_run
 
     cal = calibrate_run(args.run_dir, args.photos, args.target_accuracy, keep=args.keep, novelty=not args.no_novelty,
                         novelty_quantile=args.novelty_quantile, cache_dir=args.cache_dir, weights=args.weights,
-                        workers=workers(args.workers), progress=not args.quiet and not args.json)
-    report = Path(args.run_dir) / "report.html"
+                        workers=workers_given(args), progress=not args.quiet and not args.json)
+    report = Path(args.run_dir) / REPORT_HTML
     if report.is_file():  # the report training wrote: now with the calibration section
         from graft.report import write_report
 
         write_report(args.run_dir, photos=args.photos, cache_dir=args.cache_dir, weights=args.weights,
-                     workers=workers(args.workers))
+                     workers=workers_given(args))
     if args.json:
         print(json.dumps(cal))
     elif not args.quiet:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from graft.cli._args import loader_args, output_args, workers
+from graft.cli._args import output_args, setting_args, workers_given
 
 HELP = "train and evaluate on a small photo set that ships with graft's dependencies"  # `graft --help`'s line
 
@@ -16,12 +16,12 @@ def add_parser(subparsers) -> None:
     d.add_argument("--data", metavar="DIR", default=None, help="where to write the demo photos (default: in the cache)")
     d.add_argument("--out", "-o", metavar="RUN", default="runs/demo", help="run folder (default runs/demo)")
     d.add_argument("--cache-dir", metavar="DIR")
-    loader_args(d)
+    setting_args(d, ["workers"])
     output_args(d)
-    d.set_defaults(run=run)
+    d.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     from pathlib import Path
 
     from graft.cache.layout import DEMO, cache_root
@@ -38,8 +38,8 @@ def run(args) -> int:
               f"train and val crops come from different parts of each photo)")
     else:
         make_demo_photos(data)
-    result = train(data, args.out, cache_dir=args.cache_dir, workers=workers(args.workers), progress=not quiet)
-    m = evaluate(args.out, data / "val", cache_dir=args.cache_dir, workers=workers(args.workers))
+    result = train(data, args.out, cache_dir=args.cache_dir, workers=workers_given(args), progress=not quiet)
+    m = evaluate(args.out, data / "val", cache_dir=args.cache_dir, workers=workers_given(args))
     if args.json:
         print(json.dumps({"train": result.metrics, "evaluate": m}))
     elif not args.quiet:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from graft.cli._args import cache_dir_arg, loader_args, output_args, per_class_table, run_arg, tta_arg, weights_arg, workers
+from graft.cli._args import (cache_dir_arg, output_args, per_class_table, run_arg, setting_args, tta_arg, weights_arg,
+                             workers_given)
 
 HELP = "accuracy of a run on labelled photos"  # `graft --help`'s line
 
@@ -19,16 +20,16 @@ def add_parser(subparsers) -> None:
     cache_dir_arg(ev)
     weights_arg(ev)
     tta_arg(ev)
-    loader_args(ev)
+    setting_args(ev, ["workers"])
     output_args(ev)
-    ev.set_defaults(run=run)
+    ev.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     from graft.use.inference import evaluate
 
     m = evaluate(args.run_dir, args.photos, cache_dir=args.cache_dir, weights=args.weights,
-                 workers=workers(args.workers), progress=not args.quiet and not args.json, tta=args.tta)
+                 workers=workers_given(args), progress=not args.quiet and not args.json, tta=args.tta)
     if args.json:
         print(json.dumps(m))
     else:

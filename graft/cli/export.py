@@ -25,10 +25,10 @@ def add_parser(subparsers) -> None:
     weights_arg(p)
     p.add_argument("--json", action="store_true", help="print the export metadata as JSON on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print nothing on success")
-    p.set_defaults(run=run)
+    p.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     from graft.use.export import export_run, metadata_path
 
     out = export_run(args.run_dir, args.format, args.out, weights=args.weights)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from graft.cli._args import cache_dir_arg, engine_arg, loader_args, output_args, run_arg, tta_arg, weights_arg, workers
+from graft.cli._args import (cache_dir_arg, engine_arg, output_args, run_arg, setting_args, tta_arg, weights_arg,
+                             workers_given)
 
 HELP = "classify images with a trained run"  # `graft --help`'s line
 
@@ -21,7 +22,7 @@ def add_parser(subparsers) -> None:
                   "backbone (default: none; graft train's is $GRAFT_CACHE_DIR or ~/.cache/graft)")
     engine_arg(pr)
     tta_arg(pr)
-    loader_args(pr)
+    setting_args(pr, ["workers"])
     output_args(pr)
     pr.add_argument("--reject", default="none", metavar="auto|none|P",
                     help="answer `unknown` for photos of no class: auto (the thresholds of `graft "
@@ -29,13 +30,13 @@ def add_parser(subparsers) -> None:
     pr.add_argument("--calibrate-on", metavar="PHOTOS", default=None,
                     help="with --reject auto and no calibration yet: calibrate on these photos first")
     pr.add_argument("--csv", metavar="FILE", default=None, help="write one CSV row per image to FILE")
-    pr.set_defaults(run=run)
+    pr.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     from graft.use.inference import parse_reject, predict, predict_to_csv, predict_with_reject
 
-    n_workers = workers(args.workers)
+    n_workers = workers_given(args)
     if args.topk < 1:
         from graft.errors import GraftError
 

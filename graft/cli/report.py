@@ -18,10 +18,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: the one the run used)")
     weights_arg(p)
     p.add_argument("--open", action="store_true", help="open the report in a web browser")
-    p.set_defaults(run=run)
+    p.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     from graft.report import write_report
 
     out = write_report(args.run_dir, photos=args.photos, cache_dir=args.cache_dir, weights=args.weights)

@@ -30,10 +30,10 @@ def add_parser(subparsers) -> None:
                    help="threads of the forward pass (default: one per core; 1 on a busy shared machine)")
     engine_arg(p)
     weights_arg(p)
-    p.set_defaults(run=run)
+    p.set_defaults(main=main)
 
 
-def run(args) -> int:
+def main(args) -> int:
     import os
     import sys
 

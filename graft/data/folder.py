@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import contextlib
 import gc
+import hashlib
 import logging
 import os
 import stat
@@ -33,6 +34,8 @@ from graft._util.digest import sha256_file
 from graft.errors import GraftError
 from graft.data.digests import DigestIndex, identify_file
 from graft.data.images import SUPPORTED_EXTENSIONS
+
+VAL_SPLIT = 0.2  # the share of each class held out for validation when the photos have no val/
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class Dataset:
     layout: str = "folders"  # "train/val" or "folders" (split by hash)
 
 
-def scan_folder(root: Path, layout: str, *, val_split: float = 0.2, cache_dir=None) -> Dataset:
+def scan_folder(root: Path, layout: str, *, val_split: float = VAL_SPLIT, cache_dir=None) -> Dataset:
     """Find classes and samples under the folder `root` laid out as `layout` ("train/val" or
     "folders", see graft.data.source.photo_layout and the module docstring).
 
@@ -65,25 +68,27 @@ def scan_folder(root: Path, layout: str, *, val_split: float = 0.2, cache_dir=No
         return Dataset(root, classes, train, val, skipped + skipped_val, "train/val")
     classes, samples, skipped = scan_class_folders(root, cache_dir=cache_dir)
     train, val = split_by_hash(samples, len(classes), val_split)
-    warn_classes_without_val(classes, val, val_split)
+    warn_classes_without_val(root, classes, val, val_split)
     return Dataset(root, classes, train, val, skipped, "folders")
 
 
-def warn_classes_without_val(classes: list[str], val: list[Sample], val_split: float) -> None:
+def warn_classes_without_val(photos, classes: list[str], val: list[Sample], val_split: float) -> None:
     without_val = sorted(set(classes) - {classes[s.label] for s in val})
     if without_val:
-        _warn_once(f"class(es) {', '.join(without_val)} have no validation photo at --val-split "
+        _warn_once(photos, f"class(es) {', '.join(without_val)} have no validation photo at --val-split "
                    f"{val_split:g} (too few photos): validation figures will not cover them")
 
 
-_warned: set[str] = set()
+_warned: set[tuple[str, str]] = set()
 
 
-def _warn_once(message: str) -> None:
+def _warn_once(photos, message: str) -> None:
     """One process scans the same photos more than once (train, then its report; calibrate):
-    the user is told about them once."""
-    if message not in _warned:
-        _warned.add(message)
+    the user is told about them once. Once per photo set, not per process: a notebook that trains
+    on two folders with the same class names hears about each."""
+    key = (str(photos), message)
+    if key not in _warned:
+        _warned.add(key)
         logging.getLogger("graft").warning("%s", message)
 
 
@@ -149,16 +154,43 @@ def split_by_hash(samples: list[Sample], n_classes: int, val_split: float):
     class trainable: if every photo of a class falls in val (a class of one or two photos, say),
     its highest-hash photo trains. A class with no validation photo is reported by the caller.
     """
-    train, val = [], []
-    for label in range(n_classes):
-        members = sorted((s for s in samples if s.label == label), key=lambda s: s.digest)
+    def below(members: list[Sample]) -> list[Sample]:
         in_val = [s for s in members if hash_fraction(s.digest) < val_split]
-        if in_val and len(in_val) == len(members):
-            in_val = in_val[:-1]
-        chosen = {id(s) for s in in_val}
-        val += in_val
-        train += [s for s in members if id(s) not in chosen]
-    return train, val
+        return in_val[:-1] if in_val and len(in_val) == len(members) else in_val
+
+    return _hash_split(samples, n_classes, None, below)
+
+
+def inner_split(data: Dataset, share: float, seed: int = 0) -> Dataset:
+    """Fine-tuning's early-stopping photos, carved from the TRAINING photos: per class, the
+    `share` with the lowest hash of (seed, content digest), at least one when the class has two
+    or more photos. A hash of its own (not the train/val one, which placed every training photo
+    above val_split), so the carve does not depend on file order; an exact share, not a
+    threshold: nothing here must hold still as photos are added. Calibration finds these photos
+    again from the share and seed model.json records. -> Dataset(train=the rest, val=the held)."""
+    def share_of(members: list[Sample]) -> list[Sample]:
+        n = min(max(int(round(share * len(members))), 1), len(members) - 1) if len(members) > 1 else 0
+        return members[:n]
+
+    train, held = _hash_split(data.train, len(data.classes), f"inner:{seed}", share_of)
+    return Dataset(data.root, data.classes, train, held, data.skipped, data.layout)
+
+
+def _hash_split(samples: list[Sample], n_classes: int, salt: str | None, held_of):
+    """The one content-hash splitter: per class, the photos ordered by their content hash (salted:
+    by SHA-256 of "salt:digest", an order of its own), `held_of(ordered members)` held out.
+    -> (the rest, the held), each class after the other, in that order."""
+    def order(s: Sample):
+        return s.digest if salt is None else hashlib.sha256(f"{salt}:{s.digest}".encode()).digest()
+
+    rest, held = [], []
+    for label in range(n_classes):
+        members = sorted((s for s in samples if s.label == label), key=order)
+        chosen = held_of(members)
+        picked = {id(s) for s in chosen}
+        held += chosen
+        rest += [s for s in members if id(s) not in picked]
+    return rest, held
 
 
 def _walk_and_look_up(root: Path, classes: list[str], cache_dir):

@@ -222,11 +222,26 @@ def read_image(
         except Exception as e:  # Pillow raises many types for damaged data
             raise _decode_error(path, e) from None
     try:
-        if orientation not in (None, 1):
-            img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+        return to_rgb(upright(img, orientation))
     except Exception as e:
         raise _decode_error(path, e) from None
+
+
+def upright(img: Image.Image, orientation: int | None) -> Image.Image:
+    """`img` turned and mirrored as its EXIF `orientation` says (None or 1: as it is)."""
+    return img if orientation in (None, 1) else ImageOps.exif_transpose(img)
+
+
+def decoded_to_rgb(img: Image.Image) -> Image.Image:
+    """An image a program decoded itself (a PIL image, not a file) as read_image leaves a file:
+    its pixels loaded, turned upright by its EXIF orientation, 8-bit RGB. Its EXIF is read whole,
+    not from the header only (_orientation): once the pixels are loaded that costs nothing more.
+    Pillow's own errors go through (a lazily opened image can fail now): the caller names it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EXIF chatter, as read_image
+        img.load()
+        img = upright(img, img.getexif().get(_EXIF_ORIENTATION))
+    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from graft.errors import GraftError
-from graft.data.folder import Dataset, identify, split_by_hash, warn_classes_without_val
+from graft.data.folder import VAL_SPLIT, Dataset, identify, split_by_hash, warn_classes_without_val
 
 LABEL_FILE_SUFFIXES = (".csv", ".jsonl")
 SPLITS = ("train", "val", "test")
@@ -102,7 +102,7 @@ def listed_photos(path, *, classes: list[str] | None = None, split: str | None =
     return list(classes), [(base / r["path"], index[r["label"]], r["split"]) for r in rows]
 
 
-def scan_label_file(path, *, val_split: float = 0.2) -> Dataset:
+def scan_label_file(path, *, val_split: float = VAL_SPLIT) -> Dataset:
     """The Dataset a label file describes for training (see the module docstring)."""
     path = Path(path).expanduser()
     classes, listed = listed_photos(path)
@@ -115,7 +115,7 @@ def scan_label_file(path, *, val_split: float = 0.2) -> Dataset:
         layout = "labels:split"
     else:
         train, val = split_by_hash(samples, len(classes), val_split)
-        warn_classes_without_val(classes, val, val_split)
+        warn_classes_without_val(path, classes, val, val_split)
         layout = "labels"
     empty = [c for i, c in enumerate(classes) if not any(s.label == i for s in train)]
     if empty:

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from graft.errors import GraftError
-from graft.data.folder import Dataset, scan_folder
+from graft.data.folder import VAL_SPLIT, Dataset, scan_folder
 from graft.data.labels import LABEL_FILE_SUFFIXES, scan_label_file
 
 
-def photo_layout(root, val_split: float = 0.2) -> tuple[Path, str]:
+def photo_layout(root, val_split: float = VAL_SPLIT) -> tuple[Path, str]:
     """(root, layout): "train/val" (ROOT/train + ROOT/val), "folders" (ROOT/<class>/*) or "labels"
     (a .csv/.jsonl file of path,label[,split]). A missing one or a bad split is an error."""
     root = Path(root).expanduser()
@@ -26,7 +26,7 @@ def photo_layout(root, val_split: float = 0.2) -> tuple[Path, str]:
     return root, "train/val" if (root / "train").is_dir() and (root / "val").is_dir() else "folders"
 
 
-def scan_photos(root, *, val_split: float = 0.2, cache_dir=None) -> Dataset:
+def scan_photos(root, *, val_split: float = VAL_SPLIT, cache_dir=None) -> Dataset:
     """Classes and samples, split into train and val, of a photo folder or a label file
     (`cache_dir`: where a folder's digest index lives; see graft.data.digests)."""
     root, layout = photo_layout(root, val_split)

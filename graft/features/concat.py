@@ -1,12 +1,13 @@
-"""Features of a concatenated backbone (`lite0+lite2`, graft.backbones.concat), part by part
-from each part's own cache namespace.
+"""A backbone's frozen features, part by part from each part's own cache namespace: a single
+backbone is its one part, a concatenation (`lite0+lite2`, graft.backbones.concat) joins its
+parts' rows side by side.
 
-Why a module of its own: extraction through the concatenated network would compute every part
-again for every photo; here each part reads and fills the namespace a run with that backbone
-alone uses (cache_namespace(part)), so only what a part is missing is computed, by that part
-alone, and `--backbone auto` weighs concatenations of the backbones it already extracted for
-free. Reading from both is exact: the features are the ones each part computed alone, which is
-also what the concatenated network computes from the tiled crop at predict time.
+Why part by part: extraction through the concatenated network would compute every part again
+for every photo; here each part reads and fills the namespace a run with that backbone alone
+uses (cache_namespace(part)), so only what a part is missing is computed, by that part alone,
+and `--backbone auto` weighs concatenations of the backbones it already extracted for free.
+Reading from both is exact: the features are the ones each part computed alone, which is also
+what the concatenated network computes from the tiled crop at predict time.
 """
 
 from __future__ import annotations
@@ -15,21 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graft.backbones import resolve_backbone
-from graft.backbones.concat import ConcatSource, is_concat
+from graft.data import BATCH_SIZE
 from graft.errors import GraftError
 from graft.features.extract import ExtractStats, cache_namespace, extract_features
 
 
-def require_frozen(spec, strategy: str) -> None:
-    """Refuse, in one line, to fine-tune a concatenation."""
-    if is_concat(spec) and strategy not in ("head", "auto"):
-        raise GraftError(f"--backbone {spec} concatenates frozen features and works with --strategy head "
-                         f"(or auto, which then keeps the head); fine-tuning a concatenation is not supported")
-
-
 @dataclass
-class ConcatStats:
+class SourceStats:
     """Per part, the usual extraction figures; the totals are what a run's metrics report."""
 
     parts: dict[str, ExtractStats] = field(default_factory=dict)
@@ -52,6 +45,7 @@ class ConcatStats:
 
     @property
     def skipped(self) -> list[dict]:
+        """Each unreadable photo once, not once per part."""
         seen, out = set(), []
         for s in self.parts.values():
             for item in s.skipped:
@@ -60,52 +54,15 @@ class ConcatStats:
                     out.append(item)
         return out
 
-    def to_json(self) -> dict:
-        return {spec: {"hits": s.hits, "misses": s.misses, "seconds": round(s.seconds, 4)}
-                for spec, s in self.parts.items()}
-
-
-def concat_features(source: ConcatSource | str, samples, cache_root, *, batch_size: int = 32,
-                    workers: int | None = None, progress: bool = True, dist=None,
-                    load_for=None, point: str = "pooled", desc: str = "features"):
-    """-> (features (N, sum of widths) float32, ok mask, ConcatStats) for data.Samples.
-
-    A photo is ok only if every part could read it (its row is zero otherwise). `load_for(pre)`:
-    the `load` of a part with preprocessing `pre` (default its centre crop, `pre.load`; e.g. one
-    refusing placeholders, graft.data.placeholders.RefuseNonPhotos, or the corner crops of --tta
-    crops, whose features live under another `point` of the namespace)."""
-    from graft.cache import FeatureCache
-
-    if isinstance(source, str):
-        source = resolve_backbone(source)
-    names, paths = [s.digest for s in samples], [s.path for s in samples]
-    stats = ConcatStats()
-    blocks, ok = [], np.ones(len(samples), bool)
-    for part in source.parts:
-        cache = FeatureCache(cache_root, cache_namespace(part, point))
-        load = load_for(part.preprocessing) if load_for else part.preprocessing.load
-        feats, part_ok, st = extract_features(part.build, names, paths, cache, load=load,
-                                              batch_size=batch_size, workers=workers, progress=progress,
-                                              desc=f"{desc} ({part.spec})", dist=dist)
-        stats.parts[part.spec] = st
-        blocks.append(feats)
-        ok &= part_ok
-    widths = [b.shape[1] for b in blocks]
-    if 0 in widths and len(samples) and ok.any():  # a part produced nothing although photos were read
-        raise GraftError(f"backbone {source.spec}: a part produced no features")
-    feats = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(samples), 0), np.float32)
-    feats[~ok] = 0.0
-    return feats, ok, stats
-
 
 class JoinedCache:
-    """The FeatureCache interface (`refresh`, `get`) over a concatenation's parts: a photo's row
-    is its parts' cached rows side by side, and it misses when any part misses. What lets
-    `graft predict --cache-dir` answer a concatenated run's already extracted photos without
-    the networks, as it does for a single backbone."""
+    """The FeatureCache interface (`refresh`, `get`) over a backbone's parts: a photo's row is its
+    parts' cached rows side by side, and it misses when any part misses. What lets `graft
+    predict --cache-dir` answer already extracted photos without the networks, and what
+    source_features reads and fills."""
 
     def __init__(self, parts, cache_root, point: str = "pooled"):
-        """`parts`: a ConcatSource's or a built ConcatBackbone's parts (what names a namespace)."""
+        """`parts`: a source's or a built backbone's parts (what names a namespace)."""
         from graft.cache import FeatureCache
 
         self.parts = [FeatureCache(cache_root, cache_namespace(part, point)) for part in parts]
@@ -122,3 +79,56 @@ class JoinedCache:
         out = np.concatenate([rows for rows, _ in got], axis=1)
         out[missing] = 0.0
         return out, missing
+
+
+class CachedRows:
+    """Rows of `names` left in `cache` (extraction with `keep=False`): indexing by a list of
+    positions gives a graft.cache.rows.FeatureRows over those entries, as an array's would."""
+
+    def __init__(self, cache, names: list[str]):
+        self.cache, self.names = cache, names
+
+    def __getitem__(self, positions):
+        from graft.cache.rows import FeatureRows
+
+        return FeatureRows(self.cache, [self.names[i] for i in positions])
+
+
+def source_features(source, samples, cache: JoinedCache, *, batch_size: int = BATCH_SIZE,
+                    workers: int | None = None, progress: bool = True, dist=None, load_for=None,
+                    desc: str = "features", forward=None, keep: bool = True):
+    """-> (features (N, sum of the parts' widths) float32, ok mask, SourceStats) of data.Samples
+    through `source` (a graft.backbones source), each part read from and written to its own
+    namespace of `cache` (JoinedCache(source.parts, root, point)).
+
+    A photo is ok only if every part could read it (its row is zero otherwise). `load_for(pre)`:
+    the `load` of a part with preprocessing `pre` (default its centre crop, `pre.load`; e.g. one
+    refusing placeholders, graft.data.placeholders.RefuseNonPhotos, or the corner crops of --tta
+    crops, whose features live under another point of the namespace). `forward`, `keep`: as
+    extract_features's; with `keep=False` a single backbone's rows stay in the cache (CachedRows),
+    several parts' are joined in memory."""
+    names, paths = [s.digest for s in samples], [s.path for s in samples]
+    several = len(source.parts) > 1  # several parts: joined in memory, each part's progress named
+    stats, blocks, oks = SourceStats(), [], []
+    for part, part_cache in zip(source.parts, cache.parts):
+        load = load_for(part.preprocessing) if load_for else part.preprocessing.load
+        feats, ok, st = extract_features(part.build, names, paths, part_cache, load=load, batch_size=batch_size,
+                                         workers=workers, progress=progress, dist=dist, forward=forward,
+                                         desc=f"{desc} ({part.spec})" if several else desc, keep=keep or several)
+        stats.parts[part.spec] = st
+        blocks.append(feats)
+        oks.append(ok)
+    if not several:  # one part's rows are themselves
+        return (blocks[0] if keep else CachedRows(cache.parts[0], names)), oks[0], stats
+    return (*join_rows(blocks, oks, source.spec), stats)
+
+
+def join_rows(blocks: list[np.ndarray], oks: list[np.ndarray], spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """-> (the parts' rows side by side, ok mask): a photo is ok only if every part read it, and
+    its row is zero otherwise. `spec`: the concatenation's, for the error."""
+    ok = np.logical_and.reduce(oks)
+    if 0 in [b.shape[1] for b in blocks] and len(ok) and ok.any():  # a part produced nothing although photos were read
+        raise GraftError(f"backbone {spec}: a part produced no features")
+    feats = np.concatenate(blocks, axis=1)
+    feats[~ok] = 0.0
+    return feats, ok

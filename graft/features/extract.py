@@ -17,6 +17,7 @@ import torch
 
 from graft.backbones.engine import extraction_engine
 from graft.cache import FeatureCache
+from graft.data import BATCH_SIZE
 from graft.features.loader import image_loader
 
 log = logging.getLogger("graft")
@@ -57,7 +58,7 @@ def extract_features(
     cache: FeatureCache,
     *,
     load: Callable,
-    batch_size: int = 32,
+    batch_size: int = BATCH_SIZE,
     workers: int | None = None,
     progress: bool = True,
     desc: str = "features",
@@ -86,6 +87,12 @@ def extract_features(
     t0 = time.perf_counter()
     feats, missing = _lookup(cache, names, keep)
     ok = np.ones(len(names), bool)
+    if dist is not None and dist.enabled:
+        # Every rank shards the same list: the union of what each one found missing, gathered (a
+        # collective) before any rank writes. Sharding each rank's own list raced: a rank that
+        # looked up after another had written some entries sharded a shorter list, and an entry
+        # fell to no rank (the two-node test lost a photo's boundary activations now and then).
+        missing = sorted(set(dist.gather_lists(missing)))
     if missing and dist is not None and dist.enabled:
         mine = dist.shard(missing)
         before = (stats.misses, stats.forward_batches)
@@ -169,7 +176,7 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
 
 
 def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, seed: int,
-                  batch_size: int = 32, workers: int | None = None, progress: bool = True,
+                  batch_size: int = BATCH_SIZE, workers: int | None = None, progress: bool = True,
                   stats: ExtractStats | None = None, decoded_dir=None, dist=None, keep: bool = True):
     """Features of `k` augmented draws of each sample: (N, k, D), cached like clean features
     (with `keep=False`, a graft.cache.rows.FeatureRows over them instead of an array).

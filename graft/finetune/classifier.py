@@ -9,6 +9,7 @@ from torch import nn
 
 from graft.backbones import Backbone
 from graft.backbones.preprocess import Preprocessing
+from graft.data import BATCH_SIZE
 
 
 class Classifier(nn.Module):
@@ -37,7 +38,7 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def batches(self, paths, *, batch_size: int = 32, workers: int | None = None, mirror: bool = False,
+    def batches(self, paths, *, batch_size: int = BATCH_SIZE, workers: int | None = None, mirror: bool = False,
                 at=None):
         """Yield (indices, features (n, D), [(index, ImageError)]) for image files, batch by batch,
         through the parallel loader and the run's preprocessing; `self.head(features)` scores them.

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from graft.heads.early_stopping import EarlyStopping
 from graft.heads.folds import NotEnoughPhotos, best_row, fold_scores, stratified_folds, train_rows  # noqa: F401 (re-exported)
 
 IMBALANCE_RATIO = 3.0  # balance="auto" weights classes when the largest has more than 3x the smallest
@@ -108,8 +109,8 @@ def _select_epochs(x, y, n_classes, cfg, folds, class_weight) -> EpochChoice:
         trainers.append(HeadTrainer(x[tr], y[tr], _clean(x[held]), y[held], n_classes, cfg,
                                     class_weight=class_weight))
     curve: list[float] = []
-    snapshots: list[np.ndarray] = []  # out-of-fold logits at the best epoch so far
-    best = 0
+    stopping = EarlyStopping(cfg.patience)
+    best_oof = None  # out-of-fold logits at the best epoch so far
     for epoch in range(cfg.epochs):
         oof = np.zeros((len(y), n_classes), np.float32)
         for held, t in zip(folds, trainers):
@@ -119,12 +120,13 @@ def _select_epochs(x, y, n_classes, cfg, folds, class_weight) -> EpochChoice:
                 oof[held] = t.layer(t.x_val).numpy()
         loss = float(nn.functional.cross_entropy(torch.from_numpy(oof).double(), torch.from_numpy(y)).item())
         curve.append(round(loss, 6))
-        if epoch == 0 or loss < curve[best] - 1e-6:
-            best, snapshots = epoch, [oof]
-        elif cfg.patience and epoch - best >= cfg.patience:
+        # the first epoch is the best so far whatever its loss; a later one must beat the curve's figure
+        if epoch == 0 or stopping.improves(loss):
+            stopping.keep(epoch, curve[-1])
+            best_oof = oof
+        elif stopping.should_stop(epoch):
             break
-    oof = snapshots[0]
-    return EpochChoice(best + 1, fold_scores(oof, y, folds), curve, oof)
+    return EpochChoice(stopping.best_epoch + 1, fold_scores(best_oof, y, folds), curve, best_oof)
 
 
 def refit_head(x, y, n_classes: int, cfg, epochs: int, *, class_weight=None) -> nn.Linear:

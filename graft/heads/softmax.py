@@ -3,8 +3,9 @@
 The head is one linear layer (logistic regression on the frozen features). Features are
 standardised for a well-conditioned optimisation, and the standardisation is folded back into
 the layer afterwards, so the saved head is a plain `nn.Linear` on raw backbone features. AdamW
-with weight decay, mini-batches, early stopping on validation loss with the best epoch restored;
-seeded, so the same features and seed give bit-identical weights.
+with weight decay, mini-batches, early stopping on validation loss with the best epoch restored
+(graft.heads.early_stopping: fine-tuning's rule too); seeded, so the same features and seed give
+bit-identical weights.
 
 With augmented views (features of shape (N, K, D)), each epoch draws one view per image.
 
@@ -25,27 +26,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from graft.heads.early_stopping import EarlyStopping
+from graft.heads.optimisation import Optimisation
+
 
 @dataclass
-class HeadConfig:
+class HeadConfig(Optimisation):
+    """Batch size, weight decay, label smoothing, patience (15) and seed: see Optimisation."""
+
     epochs: int = 100
     lr: float = 1e-3
-    weight_decay: float = 1e-2
-    batch_size: int = 32
-    label_smoothing: float = 0.1
-    patience: int = 15  # epochs without a better validation loss before stopping; 0 = never stop
-    seed: int = 0
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -145,7 +142,8 @@ class HeadTrainer:
         weight = None if class_weight is None else torch.as_tensor(np.asarray(class_weight), dtype=torch.float32)
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.history = {"train_loss": [], "val_loss": [], "val_accuracy": []}
-        self.best = (math.inf, -1, copy.deepcopy(self.layer.state_dict()))
+        self.stopping = EarlyStopping(cfg.patience)
+        self.best_weights = copy.deepcopy(self.layer.state_dict())  # kept while no epoch is better
         self.epoch = 0
 
     def standardise(self, x) -> torch.Tensor:
@@ -185,12 +183,10 @@ class HeadTrainer:
         self.history["train_loss"].append(total / n)
         self.history["val_loss"].append(val_loss)
         self.history["val_accuracy"].append(val_acc)
-        if val_loss is None:  # no validation photo: the last epoch is the result
-            self.best = (math.inf, self.epoch, copy.deepcopy(self.layer.state_dict()))
-        elif val_loss < self.best[0] - 1e-6:
-            self.best = (val_loss, self.epoch, copy.deepcopy(self.layer.state_dict()))
+        if self.stopping.update(self.epoch, val_loss):
+            self.best_weights = copy.deepcopy(self.layer.state_dict())
         self.epoch += 1
-        return not (cfg.patience and self.epoch - 1 - self.best[1] >= cfg.patience)
+        return not self.stopping.should_stop(self.epoch - 1)
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
         loss = self.loss_fn(self.layer(xb), yb)
@@ -222,8 +218,8 @@ class HeadTrainer:
 
     def result(self) -> HeadResult:
         """The best epoch's layer, standardisation folded in."""
-        self.layer.load_state_dict(self.best[2])
-        return HeadResult(fold_standardisation(self.layer, self.mean, self.std), self.best[1] + 1,
+        self.layer.load_state_dict(self.best_weights)
+        return HeadResult(fold_standardisation(self.layer, self.mean, self.std), self.stopping.best_epoch + 1,
                           self.epoch, self.history)
 
 

@@ -1,22 +1,33 @@
-"""Every setting of a training run and its default, in one place: `TrainConfig`.
+"""Every setting of a training run, its default and what it means, in one place: `TrainConfig`.
 
-`graft.train(...)` and `graft train ...` both build one. A setting left at None means "what the
-trainer that runs uses": the head on cached features costs milliseconds an epoch, so it runs
-long and waits long (HeadConfig), fine-tuning costs minutes an epoch (FinetuneConfig).
+`graft.train(photos, out, **settings)` takes its fields as keywords and `graft train` offers each
+as an option; both are made from the fields (graft/recipe/settings.py says how), so a setting is
+added here and nowhere else. A setting left at None means "what the trainer that runs uses": the
+head on cached features costs milliseconds an epoch, so it runs long and waits long
+(graft.heads.softmax.HeadConfig), fine-tuning costs minutes an epoch (graft.finetune.config.FinetuneConfig).
+The help of epochs, lr and patience quotes their defaults: this module imports no torch (`graft
+train --help` must not), and tests/recipe/test_settings.py holds the quotes to those configs.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from graft.backbones.spec import is_joined
+from graft.data import BATCH_SIZE, VAL_SPLIT
 from graft.errors import GraftError
-
-from graft.finetune.loop import FinetuneConfig
-from graft.heads.softmax import HeadConfig
-from graft.recipe.strategy import StrategyChoice, check_request
+from graft.heads.optimisation import Optimisation
+from graft.recipe.settings import (NOT_NEGATIVE, POSITIVE, SHARE, WHOLE_FROM_0, WHOLE_FROM_1, Range, flags,
+                                   parse_hidden_sizes, parse_seconds, setting, unknown_setting, views_count,
+                                   worker_count)
+from graft.recipe.strategy import STRATEGIES, StrategyChoice, check_request
 from graft.recipe.log import parse_log_kinds, require_tensorboard
+
+if TYPE_CHECKING:  # both import torch: loaded when a trainer's settings are made
+    from graft.finetune.config import FinetuneConfig
+    from graft.heads.softmax import HeadConfig
 
 # The augmentation preset of cached views of a frozen backbone when none is asked for: on
 # hymenoptera light views beat clean features where standard ones only matched them
@@ -35,58 +46,109 @@ AUTO_VIEWS = 4
 AUTO_VIEWS_MIN_PER_CLASS = 20
 AUTO_VIEWS_MAX_PHOTOS = 1000
 
+# --backbone auto: the bundled candidates and their extraction cost relative to lite0 (hymenoptera,
+# cold CPU-seconds: lite0 19.9, lite1 23.3, lite2 25.5; bench/quality_study.py), cheapest first:
+# ties go to the cheaper. Concatenations of those that were extracted are weighed too (their cost
+# is the sum of the parts': each photo goes through every part at predict time); their features
+# are already in the cache.
+AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    backbone: object = "default"  # "default", "timm:<name>", "tv:<name>" or a built Backbone
-    weights: object = None  # a local weights file for the backbone
-    strategy: str = "auto"  # "auto", "head", "partial" or "full" (graft.recipe.strategy)
-    val_split: float = 0.2  # share of each class held out when the photos have no val/
-    cache_dir: object = None  # None: graft.cache.layout.default_cache_dir()
-    epochs: int | None = None  # None: the trainer's own
-    lr: float | None = None  # None: the trainer's own (the new top's; pretrained layers get less)
-    weight_decay: float = 1e-2
-    label_smoothing: float = 0.1
-    patience: int | None = None  # epochs without a lower validation loss; 0 = never stop; None: the trainer's
-    batch_size: int = 32
-    seed: int = 0
-    workers: int | None = None  # loader processes; None: chosen from the machine
-    augment: str | None = None  # preset; None: see preset()
-    aug: object = None  # knob overrides: "k=v,..." text, a mapping, or a .json/.toml file
-    aug_views: int | str = "auto"  # head: K cached augmented views of every training photo, or "auto" (above)
-    train_stages: int = 2  # partial: how many of the last stages train
-    new_hidden: tuple = ()  # partial: replace those stages by new hidden layers of these sizes
-    from_scratch: bool = False  # full: random initialisation
-    resume: bool = False  # continue a killed fine-tuning run
-    boundary_cache: bool = True  # cache the frozen stages' activations when nothing is augmented
-    aug_device: str = "workers"  # where flips and colour ops run when fine-tuning: workers, cpu, cuda
-    decode_once: bool = True  # keep decoded photos in the cache so later epochs skip decoding
-    balance: str = "auto"  # "auto": weight classes equally when the largest has > 3x the smallest; "none"
-    solver: str = "auto"  # the head's solver: "auto" (chosen by CV on the training photos), "lbfgs", "adamw"
-    inner_split: float = 0.15  # fine-tuning: share of the TRAINING photos (by content hash) early stopping watches
-    budget: float = 300.0  # --backbone auto: seconds of feature extraction the candidates may cost
-    final: bool = False  # deployment model: the validation photos are trained on too (no held-out figure)
-    report: bool = True  # write RUN/report.html
-    log: object = "csv"  # per-epoch log: "csv" (RUN/log.csv, always written) or "tensorboard" (also RUN/tensorboard/)
-    progress: bool = True  # progress bars
+    """Every setting of graft.train; the order is `graft train --help`'s."""
+
+    backbone: object = setting(
+        "default", "default (= lite1), lite0, lite1, lite2 (EfficientNet-Lite0/1/2, ImageNet, ship with graft; "
+        "see README 'Which backbone to pick'), timm:<model> or tv:<model>; several joined by + (e.g. lite0+lite2) "
+        "concatenate their frozen features (head strategy only); auto: the bundled one that cross-validates best "
+        "within --budget", flags=("--backbone", "-b"), metavar="SPEC")
+    weights: object = setting(None, "local weights file for the backbone (.safetensors or .pth)", metavar="FILE")
+    strategy: str = setting(
+        "auto", "head: frozen backbone + new softmax on cached features; partial: also train the last "
+        "--train-stages stages; full: train everything; auto (default): choose from the data (see README)",
+        choices=STRATEGIES)
+    train_stages: int = setting(2, "partial: how many of the backbone's last stages train (default {default})",
+                                metavar="N", valid=WHOLE_FROM_1)
+    new_hidden: tuple = setting((), "partial: replace the last N stages by new hidden layers of these sizes "
+                                "(with dropout)", metavar="H[,H2]", parse=parse_hidden_sizes)
+    from_scratch: bool = setting(False, "full: random initialisation instead of the pretrained weights "
+                                 "(for comparison)")
+    resume: bool = setting(False, "continue a killed or interrupted fine-tuning run in RUN")
+    val_split: float = setting(VAL_SPLIT, "share of each class held out for validation when PHOTOS has no val/ "
+                               "(default {default})", metavar="F", valid=SHARE)
+    cache_dir: object = setting(None, "feature cache (default: $GRAFT_CACHE_DIR or ~/.cache/graft)", metavar="DIR")
+    epochs: int | None = setting(None, "maximum epochs (default: head 100, fine-tuning 15)", type=int,
+                                 valid=WHOLE_FROM_1)
+    lr: float | None = setting(None, "AdamW learning rate of the new top (default 0.001; pretrained layers get "
+                               "1/10)", type=float, valid=POSITIVE)
+    weight_decay: float = setting(1e-2, "AdamW weight decay (default {default:g})", valid=NOT_NEGATIVE)
+    label_smoothing: float = setting(0.1, "label smoothing of the loss (default {default:g})",
+                                     valid=Range(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    patience: int | None = setting(None, "stop after this many epochs without a lower validation loss; 0 = never "
+                                   "(default: head 15, fine-tuning 5)", type=int,
+                                   valid=Range(lambda v: v >= 0, "a whole number >= 0 (0 = never stop)", whole=True))
+    batch_size: int = setting(BATCH_SIZE, "images per batch (default {default})", valid=WHOLE_FROM_1)
+    seed: int = setting(0, "random seed; same seed, same model (default {default})")
+    aug_views: int | str = setting(
+        "auto", "head strategy: also cache the features of K augmented draws of every training image and train "
+        "on them too; auto (default): 4 views, kept only if they cross-validate better on the training photos "
+        "(weighed with 20+ photos in every class and up to 1,000 training photos); 0: none", type=views_count,
+        metavar="K|auto", valid=Range(lambda v: v >= 0, "auto or a whole number >= 0", whole=True, words=("auto",)))
+    balance: str = setting("auto", "auto (default): weight the loss so each class counts equally when the largest "
+                           "class has more than 3x the photos of the smallest; none: never", choices=("auto", "none"))
+    solver: str = setting(
+        "auto", "the head's solver: lbfgs (logistic regression, L2 strength by cross-validation), adamw (epochs "
+        "by cross-validation), or auto (default): whichever cross-validates better on the training photos",
+        choices=("auto", "lbfgs", "adamw"))
+    inner_split: float = setting(
+        0.15, "fine-tuning: share of the training photos (picked by content hash) held out for early stopping "
+        "and the best epoch, which never look at the validation photos (default {default:g})",
+        metavar="F", valid=SHARE)
+    budget: float = setting(
+        300.0, "--backbone auto: seconds (or e.g. 2m) of feature extraction the candidates lite0, lite1, lite2 "
+        "may cost, estimated from lite0's measured rate (default {default:g} s); concatenations of those "
+        "extracted are weighed too, at no extraction cost", metavar="SECONDS|Nm", parse=parse_seconds)
+    final: bool = setting(False, "a model for deployment: after choosing everything on the training photos' "
+                          "cross-validation, also train on the validation photos (no held-out accuracy then)")
+    augment: str | None = setting(
+        None, "augmentation preset: none, light, standard, heavy (default: standard when fine-tuning, light for "
+        "--aug-views); see `graft augment list`", flags=("--augment", "--preset"), metavar="PRESET")
+    aug: object = setting(None, "override knobs, e.g. flip=0.5,rotate=15,crop_scale=0.35-1, or a .json/.toml "
+                          "file", metavar="KNOBS|FILE")
+    aug_device: str = setting(
+        "workers", "fine-tuning: where flips and colour ops run: in the loader workers (default), or batched per "
+        "sample on the consumer's CPU (cpu) or the trainer's GPU (cuda)", choices=("workers", "cpu", "cuda"))
+    boundary_cache: bool = setting(True, "fine-tuning with nothing augmented: compute the frozen stages' "
+                                   "activations once, into the cache, so epochs run only the trainable stages "
+                                   "(default; --no-boundary-cache runs them every epoch)")
+    decode_once: bool = setting(True, "keep decoded photos in the cache folder so later epochs and runs skip "
+                                "decoding (default; `graft cache prune` frees them)")
+    log: object = setting("csv", "per-epoch log of the head and fine-tuning epochs: RUN/log.csv is always "
+                          "written; tensorboard also writes RUN/tensorboard/ (needs pip install "
+                          "'graft[tensorboard]')", metavar="csv|tensorboard")
+    report: bool = setting(True, "write RUN/report.html: curves, confusion matrix, the worst photos (default)")
+    workers: int | None = setting(None, "image decoding processes (default auto)", metavar="N|auto",
+                                  parse=worker_count, valid=WHOLE_FROM_0)
+    progress: bool = setting(True, "progress bars", no_flag="--quiet and --json switch them off, with the summary")
 
     def __post_init__(self):
         check_request(self.strategy, from_scratch=self.from_scratch)  # before any photo is read
         object.__setattr__(self, "new_hidden", tuple(self.new_hidden or ()))
-        if self.balance not in ("auto", "none"):
-            raise GraftError(f"balance must be auto or none, not {self.balance!r}")
-        if self.solver not in ("auto", "lbfgs", "adamw"):
-            raise GraftError(f"solver must be auto, lbfgs or adamw, not {self.solver!r}")
         validate(self)
-        if isinstance(self.backbone, str) and "+" in self.backbone:  # a concatenation: frozen features only
-            from graft.features.concat import require_frozen
-
-            require_frozen(self.backbone, self.strategy)
-            if self.aug_views != "auto" and self.aug_views:
-                raise GraftError(f"--aug-views works with a single backbone, not the concatenation {self.backbone}")
+        check_frozen_only(self)
         object.__setattr__(self, "log", parse_log_kinds(self.log))
         if "tensorboard" in self.log:
             require_tensorboard()
+
+    @classmethod
+    def from_keywords(cls, settings: dict) -> TrainConfig:
+        """graft.train's keywords; one that is no setting is refused in one line naming them all."""
+        names = [f.name for f in fields(cls)]
+        for name in settings:
+            if name not in names:
+                raise GraftError(unknown_setting(name, names))
+        return cls(**settings)
 
     def solvers(self) -> tuple[str, ...]:
         from graft.heads.search import SOLVERS
@@ -103,52 +165,49 @@ class TrainConfig:
 
         return DEFAULT_PRESET
 
+    def optimisation(self) -> dict:
+        """The settings both trainers share (graft.heads.optimisation.Optimisation); None: the trainer's own."""
+        return {f.name: getattr(self, f.name) for f in fields(Optimisation) if getattr(self, f.name) is not None}
+
     def head_config(self) -> HeadConfig:
-        return HeadConfig(epochs=self.epochs or HeadConfig.epochs, lr=self.lr or HeadConfig.lr,
-                          weight_decay=self.weight_decay, batch_size=self.batch_size,
-                          label_smoothing=self.label_smoothing,
-                          patience=HeadConfig.patience if self.patience is None else self.patience, seed=self.seed)
+        from graft.heads.softmax import HeadConfig
+
+        return HeadConfig(epochs=self.epochs or HeadConfig.epochs, lr=self.lr or HeadConfig.lr, **self.optimisation())
 
     def finetune_config(self, choice: StrategyChoice) -> FinetuneConfig:
+        from graft.finetune.config import FinetuneConfig
+
         return FinetuneConfig(strategy=choice.strategy, train_stages=choice.train_stages, new_hidden=self.new_hidden,
                               from_scratch=self.from_scratch, epochs=self.epochs or FinetuneConfig.epochs,
-                              batch_size=self.batch_size, lr=self.lr or FinetuneConfig.lr,
-                              weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-                              patience=FinetuneConfig.patience if self.patience is None else self.patience,
-                              seed=self.seed)
-
-
-# setting -> (test, the range as the message says it); None (the trainer's default) always passes
-_RANGES = {
-    "epochs": (lambda v: v >= 1, "a whole number >= 1"),
-    "batch_size": (lambda v: v >= 1, "a whole number >= 1"),
-    "lr": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
-    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "patience": (lambda v: v >= 0, "a whole number >= 0 (0 = never stop)"),
-    "aug_views": (lambda v: v >= 0, "auto or a whole number >= 0"),
-    "val_split": (lambda v: 0 < v < 1, "a number in (0, 1)"),
-    "workers": (lambda v: v >= 0, "a whole number >= 0"),
-    "train_stages": (lambda v: v >= 1, "a whole number >= 1"),
-}
-_WHOLE = {"epochs", "batch_size", "patience", "aug_views", "workers", "train_stages"}
+                              lr=self.lr or FinetuneConfig.lr, **self.optimisation())
 
 
 def validate(cfg: TrainConfig) -> None:
     """Refuse nonsense settings before any photo is read (issue 14: `--epochs -1` saved an untrained
-    head, `--lr nan` trained NaNs, `--batch-size 0` crashed after extraction), naming the range.
-    The augmentation overrides are parsed here too, so a typo costs no extraction."""
-    for name, (ok, rng) in _RANGES.items():
-        value = getattr(cfg, name)
-        if value is None or (name == "aug_views" and value == "auto"):
-            continue
-        whole = isinstance(value, int) and not isinstance(value, bool)
-        number = whole or (isinstance(value, float) and name not in _WHOLE)
-        if not number or not ok(value):
-            flag = "--" + name.replace("_", "-")
-            raise GraftError(f"{flag} must be {rng}, got {value!r}")
+    head, `--lr nan` trained NaNs, `--batch-size 0` crashed after extraction), naming the range
+    (each field's `valid`) or the choices. The augmentation overrides are parsed here too, so a
+    typo costs no extraction."""
+    for f in fields(cfg):
+        value, valid, choices = getattr(cfg, f.name), f.metadata.get("valid"), f.metadata.get("choices")
+        if valid is not None and not valid.holds(value):
+            raise GraftError(f"{flags(f)[0]} must be {valid.says}, got {value!r}")
+        if choices is not None and value not in choices:
+            raise GraftError(f"{f.name} must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
     if cfg.augment is not None or cfg.aug is not None:
         check_augmentation(cfg)
+
+
+def check_frozen_only(cfg: TrainConfig) -> None:
+    """A concatenation of backbones (`lite0+lite2`) gives frozen features only (its source's
+    `frozen_only`): fine-tuning it and --aug-views K are refused in one line, read from the spec
+    before any photo is read or any weight is found."""
+    if not is_joined(cfg.backbone):
+        return
+    if cfg.strategy not in ("head", "auto"):
+        raise GraftError(f"--backbone {cfg.backbone} concatenates frozen features and works with --strategy head "
+                         f"(or auto, which then keeps the head); fine-tuning a concatenation is not supported")
+    if cfg.aug_views != "auto" and cfg.aug_views:
+        raise GraftError(f"--aug-views works with a single backbone, not the concatenation {cfg.backbone}")
 
 
 def check_augmentation(cfg: TrainConfig) -> None:

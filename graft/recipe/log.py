@@ -28,12 +28,12 @@ from pathlib import Path
 
 from graft._util.atomic import write_bytes
 from graft.errors import GraftError
-from graft.run.store import LOG_CSV, TENSORBOARD
+from graft.run.files import LOG_CSV, TENSORBOARD
 
 log = logging.getLogger("graft")
 
 LOG_KINDS = ("csv", "tensorboard")
-CSV_FILE, TENSORBOARD_DIR = LOG_CSV, TENSORBOARD  # named once, in graft.run.store (what --out may hold)
+CSV_FILE, TENSORBOARD_DIR = LOG_CSV, TENSORBOARD  # named once, in graft.run.files (what --out may hold)
 EVENTS_SUFFIX = ".graft"  # the end of every event file graft writes: what a fresh run may remove
 EVERY_S = 1.0  # seconds between writes while epochs end faster than that
 COLUMNS = ["stage", "epoch", "train_loss", "val_loss", "val_accuracy", "lr", "lr_backbone", "epoch_s",

@@ -10,7 +10,10 @@ from pathlib import Path
 import torch
 
 from graft._util.atomic import write_json
-from graft.run.store import remove_stale, save_run, save_val_predictions
+from graft.run.files import METRICS_JSON, REPORT_HTML
+from graft.run.guard import remove_stale
+from graft.run.photos import save_val_predictions
+from graft.run.store import save_run
 from graft.recipe.strategy import StrategyChoice
 from graft.recipe.steps import Features, Fitted, Job, accuracy
 
@@ -51,23 +54,23 @@ def write(job: Job, f: Features, common: dict, fitted: Fitted) -> dict:
         log.warning("removed %s from %s: made from the model this run replaces", ", ".join(stale), job.out)
     save_run(job.out, head=fitted.head, classes=f.data.classes, source=job.source, strategy=fitted.strategy,
              backbone=fitted.backbone, cut=fitted.cut,
-             extra={"training": {**fitted.config, "val_split": job.cfg.val_split, "layout": f.data.layout,
-                                 # what graft calibrate needs to find the photos the model never
-                                 # trained on: fine-tuning's inner split, and whether val was trained on
-                                 "inner_split": job.cfg.inner_split, "final": job.cfg.final},
-                    "augmentation": fitted.augmentation})
+             training={**fitted.config, "val_split": job.cfg.val_split, "layout": f.data.layout,
+                       # what graft calibrate needs to find the photos the model never
+                       # trained on: fine-tuning's inner split, and whether val was trained on
+                       "inner_split": job.cfg.inner_split, "final": job.cfg.final},
+             augmentation=fitted.augmentation)
     probs = torch.from_numpy(fitted.val_logits).float().softmax(1).numpy()
     # absolute: the report links each photo, and may be rebuilt from another folder
     save_val_predictions(job.out, [Path(s.path).absolute() for s in f.data.val], f.y_val, probs)
     metrics = build_metrics(job, f, common, fitted, train_s=time.perf_counter() - fitted.started)
-    write_json(job.out / "metrics.json", metrics)
+    write_json(job.out / METRICS_JSON, metrics)
     if job.cfg.report:
         try:
             from graft.report import write_report
 
             write_report(job.out, data=f.data, cache_dir=job.cache_root, workers=job.cfg.workers)
         except Exception as e:  # a report is a nicety: never fail a finished run over it
-            log.warning("could not write %s: %s", job.out / "report.html", e)
+            log.warning("could not write %s: %s", job.out / REPORT_HTML, e)
     return metrics
 
 

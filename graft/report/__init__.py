@@ -25,10 +25,11 @@ from pathlib import Path
 from graft._util.atomic import atomic_path, read_json
 from graft.errors import GraftError
 from graft.report.calibration import calibration
-from graft.report.findings import CHECK_JSON, check_findings
+from graft.report.findings import check_findings
 from graft.report.gallery import augmentation, examples, gallery
 from graft.report.page import esc, fmt3, page
 from graft.report.sections import confusion, curves, header, timings
+from graft.run.files import CHECK_JSON, METRICS_JSON, REPORT_HTML
 
 __all__ = ["write_report", "val_predictions", "stored_val_predictions", "fmt3", "CHECK_JSON"]
 
@@ -41,39 +42,38 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
     when the caller scanned them already: training does) adds the augmentation preview, and the
     gallery for runs trained before graft stored their validation predictions.
     """
-    from graft.run.store import photos_split, read_run_meta
+    from graft.run.photos import photos_split, read_val_predictions
+    from graft.run.store import read_record
 
     run_dir = Path(run_dir)
-    meta = read_run_meta(run_dir)
-    metrics = read_json(run_dir / "metrics.json",
-                        missing=f"{run_dir / 'metrics.json'} not found: the run did not finish; train it with `graft train`")
+    record = read_record(run_dir)
+    metrics = read_json(run_dir / METRICS_JSON,
+                        missing=f"{run_dir / METRICS_JSON} not found: the run did not finish; train it with `graft train`")
     if data is None and photos is not None:
-        data = photos_split(meta, photos, cache_dir=_cache_root(run_dir, cache_dir))
-    from graft.run.store import read_val_predictions
-
-    preds, note = _gallery_predictions(run_dir, meta, metrics, data, cache_dir=cache_dir, weights=weights,
+        data = photos_split(record, photos, cache_dir=_cache_root(run_dir, cache_dir))
+    preds, note = _gallery_predictions(run_dir, record, metrics, data, cache_dir=cache_dir, weights=weights,
                                        workers=workers)
     root = metrics.get("photos") or (data.root if data is not None else None)
-    parts = [header(run_dir, meta, metrics), examples(metrics, data, preds), curves(metrics), confusion(metrics),
+    parts = [header(run_dir, record, metrics), examples(metrics, data, preds), curves(metrics), confusion(metrics),
              gallery(run_dir, preds, note, root), calibration(run_dir, read_val_predictions(run_dir)),
-             check_findings(run_dir, metrics), augmentation(meta, metrics, data), timings(metrics)]
+             check_findings(run_dir, metrics), augmentation(record, metrics, data), timings(metrics)]
     text = page(f"graft report: {run_dir.resolve().name}", "\n".join(s for s in parts if s))
-    out = run_dir / "report.html"
+    out = run_dir / REPORT_HTML
     with atomic_path(out) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
     return out
 
 
-def _gallery_predictions(run_dir, meta, metrics, data, **kw) -> tuple[list[dict] | None, str]:
+def _gallery_predictions(run_dir, record, metrics, data, **kw) -> tuple[list[dict] | None, str]:
     """-> (prediction items or None, a note saying where they come from)."""
-    stored = stored_val_predictions(run_dir, meta)
+    stored = stored_val_predictions(run_dir, record)
     if stored is not None:
         n_ok = sum(p["correct"] for p in stored)
         return stored, f"As training scored them: {len(stored)} validation photos, {n_ok} right."
     if data is None:
         return None, ""
     try:
-        preds = _recomputed(run_dir, meta, data, batch_size=32, **kw)
+        preds = _recomputed(run_dir, record, data, batch_size=32, **kw)
     except GraftError as e:
         return None, f'<p class="warn">No gallery: {esc(e)}</p>'
     n_ok = sum(p["correct"] for p in preds)
@@ -88,16 +88,17 @@ def _gallery_predictions(run_dir, meta, metrics, data, **kw) -> tuple[list[dict]
 
 # --- per-image predictions on the validation split --------------------------------------------
 
-def stored_val_predictions(run_dir, meta: dict | None = None) -> list[dict] | None:
+def stored_val_predictions(run_dir, record=None) -> list[dict] | None:
     """The validation photos with the run's prediction for each, as training stored them
     (RUN/val_predictions.npz); None for a run trained before graft stored them. Items as for
-    `val_predictions`."""
-    from graft.run.store import read_run_meta, read_val_predictions
+    `val_predictions`. `record`: the run's RunRecord, when the caller read it already."""
+    from graft.run.photos import read_val_predictions
+    from graft.run.store import read_record
 
     stored = read_val_predictions(run_dir)
     if stored is None:
         return None
-    classes = (meta or read_run_meta(run_dir))["classes"]
+    classes = (record or read_record(run_dir)).classes
     return _items(classes, stored["paths"], stored["labels"], stored["probabilities"])
 
 
@@ -106,35 +107,36 @@ def val_predictions(run_dir, photos, *, cache_dir=None, weights=None, batch_size
     """Each validation photo of the run's split of `photos`, with the run's prediction for it,
     computed afresh.
 
-    The split is found again as training drew it (graft.run.store.photos_split). Each item is {"path",
+    The split is found again as training drew it (graft.run.photos.photos_split). Each item is {"path",
     "true", "pred", "probability" (of the predicted class), "true_probability", "correct"};
     files that cannot be read are left out. Frozen-backbone runs score the cached features (no
     forward pass when training filled the cache: `cache_dir` defaults to the run's own cache);
     other runs run the stored network on the run's evaluation preprocessing.
     """
-    from graft.run.store import photos_split, read_run_meta
+    from graft.run.photos import photos_split
+    from graft.run.store import read_record
 
-    meta = read_run_meta(run_dir)
-    return _recomputed(run_dir, meta, photos_split(meta, photos, cache_dir=_cache_root(run_dir, cache_dir)), cache_dir=cache_dir, weights=weights,
-                       batch_size=batch_size, workers=workers)
+    record = read_record(run_dir)
+    return _recomputed(run_dir, record, photos_split(record, photos, cache_dir=_cache_root(run_dir, cache_dir)),
+                       cache_dir=cache_dir, weights=weights, batch_size=batch_size, workers=workers)
 
 
-def _recomputed(run_dir, meta, data, *, cache_dir, weights, batch_size, workers) -> list[dict]:
+def _recomputed(run_dir, record, data, *, cache_dir, weights, batch_size, workers) -> list[dict]:
     import numpy as np
     import torch
 
-    from graft.run.store import run_features
+    from graft.use.features import run_features
 
     samples = list(data.val)
     if not samples:
         return []
     feats, ok, head, _ = run_features(run_dir, samples, cache_dir=_cache_root(run_dir, cache_dir), weights=weights,
                                       batch_size=batch_size, workers=workers)
-    probs = np.full((len(samples), len(meta["classes"])), np.nan, dtype=np.float32)
+    probs = np.full((len(samples), len(record.classes)), np.nan, dtype=np.float32)
     if ok.any():
         with torch.inference_mode():
             probs[ok] = head(torch.from_numpy(feats[ok])).softmax(1).numpy()
-    return _items(meta["classes"], [s.path for s in samples], [s.label for s in samples], probs)
+    return _items(record.classes, [s.path for s in samples], [s.label for s in samples], probs)
 
 
 def _items(classes, paths, labels, probabilities) -> list[dict]:
@@ -159,7 +161,7 @@ def _cache_root(run_dir, cache_dir) -> Path:
     if cache_dir:
         return cache_root(cache_dir)
     try:
-        recorded = (read_json(Path(run_dir) / "metrics.json", missing="").get("cache") or {}).get("dir")
+        recorded = (read_json(Path(run_dir) / METRICS_JSON, missing="").get("cache") or {}).get("dir")
     except (GraftError, AttributeError):  # then the default cache
         recorded = None
     if recorded and Path(recorded).parent.is_dir():

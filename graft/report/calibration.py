@@ -19,14 +19,13 @@ from graft._util.atomic import read_json
 from graft._util.digest import sha256_file
 from graft.errors import GraftError
 from graft.report.page import esc, figure, fmt3, img_tag, ordinal, png_of, section
+from graft.run.files import CALIBRATION_JSON, MODEL_TENSORS
 
 BINS = 10
 
 
 def calibration(run_dir: Path, stored: dict | None) -> str:
-    """The section; `stored`: graft.run.store.read_val_predictions's dict, or None."""
-    from graft.use.calibrate import CALIBRATION_JSON
-
+    """The section; `stored`: graft.run.photos.read_val_predictions's dict, or None."""
     title = "Calibration: what predict --reject auto does"
     path = run_dir / CALIBRATION_JSON
     if not path.is_file():
@@ -35,7 +34,7 @@ def calibration(run_dir: Path, stored: dict | None) -> str:
                               "below which <code>graft predict --reject auto</code> answers <i>unknown</i>.</p>")
     try:
         cal = read_json(path, missing="")
-        current = cal.get("model_sha256") == sha256_file(run_dir / "model.safetensors")
+        current = cal.get("model_sha256") == sha256_file(run_dir / MODEL_TENSORS)
     except (GraftError, OSError) as e:
         return section(title, f'<p class="warn">Cannot read {esc(path)}: {esc(e)}</p>')
     if not current:

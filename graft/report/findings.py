@@ -15,8 +15,8 @@ from pathlib import Path
 from graft._util.atomic import read_json
 from graft.errors import GraftError
 from graft.report.page import esc, file_href, section, shown_name
+from graft.run.files import CHECK_JSON  # written by `graft check PHOTOS --apply-to RUN`
 
-CHECK_JSON = "check.json"  # written by `graft check PHOTOS --apply-to RUN`
 LEVEL_TITLES = {"error": "errors", "warning": "warnings", "info": "notes"}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from graft.errors import GraftError
 from graft.report.page import esc, file_href, img_tag, section, shown_name
+from graft.run.record import AugmentationRecord
 
 log = logging.getLogger("graft")
 
@@ -109,21 +110,22 @@ def gallery(run_dir, preds: list[dict] | None, note: str, root=None) -> str:
     return section(title, "\n".join(body))
 
 
-def augmentation(meta, m, data) -> str:
-    """The run's augmentation settings and, given its training photos (`data`), a preview."""
-    aug = meta.get("augmentation") or m.get("augmentation")
-    if not aug or not aug.get("pipeline"):
+def augmentation(record, m, data) -> str:
+    """The run's augmentation settings (its RunRecord's, else metrics.json's) and, given its
+    training photos (`data`), a preview."""
+    aug = record.augmentation or AugmentationRecord.from_json(m.get("augmentation"))
+    if not aug or not aug.pipeline:
         return ""
-    desc = ", ".join(f"{k}" for k in aug["pipeline"])
-    head = (f"<p>Preset <b>{esc(aug.get('preset', '?'))}</b>"
-            + (f", {esc(aug['views'])} cached augmented view(s) per training photo" if aug.get("views") else "")
+    desc = ", ".join(f"{k}" for k in aug.pipeline)
+    head = (f"<p>Preset <b>{esc(aug.preset or '?')}</b>"
+            + (f", {esc(aug.views)} cached augmented view(s) per training photo" if aug.views else "")
             + f"; ops in order: {esc(desc)}.</p>")
-    details = f"<details><summary>pipeline settings</summary><pre>{esc(json.dumps(aug['pipeline'], indent=1))}</pre></details>"
+    details = f"<details><summary>pipeline settings</summary><pre>{esc(json.dumps(aug.pipeline, indent=1))}</pre></details>"
     if data is None:
         return section("Augmentation", head + '<p class="muted">A preview needs the photos '
                         "(<code>--photos PHOTOS</code>).</p>" + details)
     try:
-        png = _augmentation_png(aug["pipeline"], data)
+        png = _augmentation_png(aug.pipeline, data)
     except Exception as e:  # a preview is a nicety: never lose the whole report to it
         log.warning("report: no augmentation preview: %s", e)
         return section("Augmentation", head + f'<p class="warn">No preview: {esc(e)}</p>' + details)

@@ -7,7 +7,9 @@ import datetime as _dt
 import math
 from pathlib import Path
 
+from graft.backbones.spec import is_joined
 from graft.report.page import esc, figure, file_href, fmt3, img_tag, png_of, section
+from graft.run.files import METRICS_JSON
 
 # metrics["timings"] keys, in display order, with what each one measures
 TIMING_KEYS = {
@@ -28,27 +30,26 @@ def _created(run_dir: Path, metrics: dict) -> str:
     if metrics.get("created"):
         return str(metrics["created"])
     try:
-        ts = (run_dir / "metrics.json").stat().st_mtime
+        ts = (run_dir / METRICS_JSON).stat().st_mtime
     except OSError:
         return "unknown"
     return _dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
-def header(run_dir: Path, meta: dict, m: dict) -> str:
-    bb = {**meta.get("backbone", {}), **m.get("backbone", {})}
-    digest = str(bb.get("weights_digest") or "")
-    classes = m.get("classes") or meta.get("classes") or []
+def header(run_dir: Path, record, m: dict) -> str:
+    """The page's header: the validation accuracy and the run's facts. `record`: the run's
+    graft.run.record.RunRecord; metrics.json (`m`) has the last word where both say."""
+    classes = m.get("classes") or list(record.classes)
     n_val = m.get("n_val")
     acc = m.get("val_accuracy")
     correct = ""
     if isinstance(acc, (int, float)) and not math.isnan(acc) and n_val:
         correct = f"{round(acc * n_val)} of {n_val} validation photos right"
-    strategy = m.get("strategy") or meta.get("strategy") or "?"
+    strategy = m.get("strategy") or record.strategy or "?"
     rows = [
         ("run folder", f"<code>{esc(run_dir.resolve())}</code>"),
         ("classes", " ".join(f'<span class="chip">{esc(c)}</span>' for c in classes) + f" &nbsp;({len(classes)})"),
-        ("backbone", f"<b>{esc(bb.get('spec', '?'))}</b> &nbsp;<code>{esc(bb.get('arch', '?'))}</code>"
-                     + (f' &nbsp;weights <code title="SHA-256 {esc(digest)}">{esc(digest[:12])}</code>' if digest else "")),
+        ("backbone", _backbone(record, m)),
         ("strategy", f'<b id="strategy">{esc(strategy)}</b>'
                      + (f' <span class="muted">&mdash; {esc(m["strategy_reason"])}</span>' if m.get("strategy_reason") else "")),
         ("images", f"{esc(m.get('n_train', '?'))} train, {esc(n_val if n_val is not None else '?')} val"),
@@ -63,17 +64,7 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
                      + (f', {head["epochs"]} epochs' if head.get("epochs") else "")
                      + "); the validation accuracy above is on photos nothing was chosen on</span>"))
     if m.get("backbone_candidates"):
-        cells = []
-        for r in m["backbone_candidates"]:
-            if r.get("skipped"):
-                cells.append(f"{esc(r['backbone'])}: {esc(r['skipped'])}")
-            else:
-                cells.append(("<b>" if r.get("chosen") else "") + f"{esc(r['backbone'])}: cv {fmt3(r['cv_accuracy'])} "
-                             f"&plusmn; {fmt3(r['cv_accuracy_std'])}, extraction {r['extraction_s']:.1f} s"
-                             + (" (its parts', nothing more extracted)" if "+" in r["backbone"] else "")
-                             + ("</b>" if r.get("chosen") else ""))
-        rows.append(("backbone (auto)", '<span id="backbone-candidates">' + "<br>".join(cells)
-                     + '</span> <span class="muted">(chosen by cross-validation on the training photos)</span>'))
+        rows.append(("backbone (auto)", _backbone_candidates(m["backbone_candidates"])))
     views = m.get("views") or {}
     if views.get("asked") == "auto":
         if "used" in views:
@@ -120,6 +111,31 @@ def header(run_dir: Path, meta: dict, m: dict) -> str:
   <table class="facts">{table}</table>
 </div>
 </header>"""
+
+
+def _backbone(record, m: dict) -> str:
+    """The backbone's spec, architecture and weights digest (metrics.json's, else the record's)."""
+    recorded = record.backbone
+    bb = {"spec": recorded.spec, "arch": recorded.arch, "weights_digest": recorded.weights_digest,
+          **m.get("backbone", {})}
+    digest = str(bb.get("weights_digest") or "")
+    return (f"<b>{esc(bb.get('spec', '?'))}</b> &nbsp;<code>{esc(bb.get('arch', '?'))}</code>"
+            + (f' &nbsp;weights <code title="SHA-256 {esc(digest)}">{esc(digest[:12])}</code>' if digest else ""))
+
+
+def _backbone_candidates(candidates: list[dict]) -> str:
+    """--backbone auto: each candidate's cross-validated accuracy and cost, the chosen one bold."""
+    cells = []
+    for r in candidates:
+        if r.get("skipped"):
+            cells.append(f"{esc(r['backbone'])}: {esc(r['skipped'])}")
+        else:
+            cells.append(("<b>" if r.get("chosen") else "") + f"{esc(r['backbone'])}: cv {fmt3(r['cv_accuracy'])} "
+                         f"&plusmn; {fmt3(r['cv_accuracy_std'])}, extraction {r['extraction_s']:.1f} s"
+                         + (" (its parts', nothing more extracted)" if is_joined(r["backbone"]) else "")
+                         + ("</b>" if r.get("chosen") else ""))
+    return ('<span id="backbone-candidates">' + "<br>".join(cells)
+            + '</span> <span class="muted">(chosen by cross-validation on the training photos)</span>')
 
 
 def selection_curves(m: dict) -> str:

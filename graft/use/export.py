@@ -32,12 +32,11 @@ from torch import nn
 from graft._util.atomic import atomic_path, write_json
 from graft._util.digest import sha256_file
 from graft.errors import GraftError
-from graft.run.store import EXPORT_JSON
+from graft.run.files import CALIBRATION_JSON, EXPORT_FORMAT, EXPORT_JSON, MODEL_TENSORS, ONNX_CLIENT, ONNX_MODEL, TORCHSCRIPT_MODEL
 
 log = logging.getLogger("graft")
 
-FORMAT = 2  # of the exported files' interface and metadata; 1 took a normalised float32 NCHW batch
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": ONNX_MODEL, "torchscript": TORCHSCRIPT_MODEL}
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probabilities", "logits")
@@ -45,7 +44,7 @@ NOVELTY_NAME = "novelty"
 TOLERANCE = 1e-4  # max abs difference in probability tolerated when checking the written file
 METADATA_NAME = EXPORT_JSON
 TORCHSCRIPT_METADATA = "graft.json"  # the extra file inside a TorchScript export
-CLIENT_NAME = "predict_onnx.py"
+CLIENT_NAME = ONNX_CLIENT
 CLIENT_SOURCE = Path(__file__).with_name("export_client.py")
 
 
@@ -149,7 +148,7 @@ def read_onnx_metadata(path) -> dict:
 
 def _calibration(run_dir: Path, classes: list[str]):
     """(calibration dict, Novelty or None) of a run, or (None, None) when it has none that fits."""
-    from graft.use.calibrate import CALIBRATION_JSON, load_calibration, load_novelty
+    from graft.use.calibrate import load_calibration, load_novelty
 
     if not (run_dir / CALIBRATION_JSON).is_file():
         return None, None
@@ -166,9 +165,8 @@ def _calibration(run_dir: Path, classes: list[str]):
 def _describe(run_dir: Path, model, cal: dict | None, novelty: bool) -> dict:
     """The document that goes into the file's metadata and export.json."""
     from graft._version import __version__
-    from graft.use.calibrate import CALIBRATION_JSON
 
-    meta, pre = model.meta, model.preprocessing
+    record, pre = model.record, model.preprocessing  # graft.run.store.load_run's
     classes, (h, w) = list(model.classes), pre.shape
     outputs = [
         {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(classes)],
@@ -191,9 +189,9 @@ def _describe(run_dir: Path, model, cal: dict | None, novelty: bool) -> dict:
             "rule": "unknown when the top calibrated probability < threshold, or novelty > novelty.threshold",
         }
     doc = {
-        "format": FORMAT,
+        "format": EXPORT_FORMAT,
         "graft_version": __version__,
-        "model_sha256": sha256_file(run_dir / "model.safetensors"),  # the run's model the files were made from
+        "model_sha256": sha256_file(run_dir / MODEL_TENSORS),  # the run's model the files were made from
         "classes": classes,
         "preprocessing": pre.to_json(),
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", h, w, 3],
@@ -201,8 +199,9 @@ def _describe(run_dir: Path, model, cal: dict | None, novelty: bool) -> dict:
         "outputs": outputs,
         "recipe": _recipe(pre),
         "calibration": calibration,
-        "strategy": meta.get("strategy"),
-        "backbone": {k: meta["backbone"].get(k) for k in ("spec", "arch", "weights_digest")},
+        "strategy": record.strategy,
+        "backbone": {"spec": record.backbone.spec, "arch": record.backbone.arch,
+                     "weights_digest": record.backbone.weights_digest},
     }
     return json.loads(json.dumps(doc))  # as read back: lists, not tuples, so it compares with export.json
 

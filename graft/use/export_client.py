@@ -6,7 +6,8 @@ under which graft answers `unknown`.
 
     python predict_onnx.py RUN/model.onnx photo.jpg [more.jpg ...] [--top 3]
 
-(graft writes this file as RUN/predict_onnx.py; it is not part of the graft package's API.)
+(graft writes this file as RUN/predict_onnx.py; it is not part of the graft package's API. It
+imports nothing of graft, so it spells its file names and reads the export's metadata itself.)
 """
 
 import argparse

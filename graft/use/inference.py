@@ -17,15 +17,18 @@ from pathlib import Path
 import numpy as np
 
 from graft._util.atomic import atomic_path
-from graft.use.calibrate import CALIBRATION_JSON, calibrate_run
+from graft.backbones.preprocess import parse_tta, tta_views
 from graft.data import is_label_file, scan_class_folders
-from graft.data.labels import evaluation_photos
 from graft.data.images import SUPPORTED_EXTENSIONS
+from graft.data.labels import evaluation_photos
 from graft.errors import GraftError
 from graft.heads.metrics import classification_metrics
+from graft.run.files import CALIBRATION_JSON
+from graft.run.store import read_record
+from graft.use.calibrate import calibrate_run
+from graft.use.features import run_features
 from graft.use.predictor import Predictor
 from graft.use.reject import UNKNOWN, apply_reject, calibration_for, parse_reject  # noqa: F401  (graft.use.inference's API)
-from graft.run.store import parse_tta, read_run_meta, run_features, tta_views
 
 log = logging.getLogger("graft")
 
@@ -83,7 +86,7 @@ def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=No
     atomically: path, label (the class or `unknown`, empty for an unreadable file), confidence,
     class_1, probability_1, ... class_k, probability_k, novelty, reason (why unknown), error.
     `reject` as for predict_with_reject (default None: every readable image gets a class)."""
-    k = max(1, min(int(topk), len(read_run_meta(run)["classes"])))
+    k = max(1, min(int(topk), len(read_record(run).classes)))
     header = csv_header(k)
     out_csv = Path(out_csv)
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
@@ -119,27 +122,29 @@ def evaluate(run, photos, *, cache_dir=None, weights=None, batch_size: int = 32,
     Frozen-backbone runs reuse the feature cache, so evaluating on the validation photos after
     training makes no forward pass through the backbone. `tta="flip"`: each photo's logits are
     the mean of its centre crop's and its mirror's; `tta="crops"`: of its centre and four corner
-    crops (graft.run.store.tta_views; their features are cached too).
+    crops (graft.backbones.preprocess.tta_views; their features are cached too).
     """
     tta = parse_tta(tta)
     photos = Path(photos).expanduser()
     if (photos / "val").is_dir() and (photos / "train").is_dir():
         photos = photos / "val"
-    meta = read_run_meta(run)
+    run_classes = list(read_record(run).classes)
     if is_label_file(photos):
-        data = evaluation_photos(photos, meta["classes"])
+        data = evaluation_photos(photos, run_classes)
         classes, samples, skipped = data.classes, data.val, data.skipped
     else:
-        classes, samples, skipped = scan_class_folders(photos, classes=meta["classes"], cache_dir=cache_dir)
+        classes, samples, skipped = scan_class_folders(photos, classes=run_classes, cache_dir=cache_dir)
     views = []  # each --tta crop's features; the same files fail every way: their reasons are listed once
     for i, (at, mirror) in enumerate(tta_views(tta)):
         feats, ok_v, head, more = run_features(run, samples, cache_dir=cache_dir, weights=weights,
                                                batch_size=batch_size, workers=workers, progress=progress,
                                                mirror=mirror, at=at)
         views.append(feats)
-        ok = ok_v if i == 0 else ok & ok_v
         if i == 0:
+            ok = ok_v
             skipped += more
+        else:
+            ok = ok & ok_v
     import torch
 
     with torch.no_grad():  # logits averaged (graft.Predictor's tta): a fitted temperature still divides them

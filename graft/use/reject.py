@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.use.calibrate import CALIBRATION_JSON, calibrate_run, load_calibration, softmax
 from graft.errors import GraftError
+from graft.run.files import CALIBRATION_JSON
+from graft.use.calibrate import calibrate_run, load_calibration, softmax
 
 UNKNOWN = "unknown"
 

@@ -83,14 +83,18 @@ def test_predict_time_features_are_the_trained_ones_on_every_engine(concat_run):
     """The Predictor's tiled crop through the concatenated network (torch), the ONNX export and
     the standalone client all give the probabilities of the head on the cached features."""
     from graft.use.export import export_run
-    from graft.features.concat import concat_features
+    from graft.backbones import resolve_backbone
+    from graft.features.concat import JoinedCache, source_features
     from graft.use.predictor import Predictor
-    from graft.run.store import load_head, photos_split, read_run_meta
+    from graft.run.photos import photos_split
+    from graft.run.store import load_head, read_record
 
     root, photos, m = concat_run
     run = root / "run"
-    data = photos_split(read_run_meta(run), photos)
-    feats, ok, _ = concat_features("lite0+lite1", data.val, root / "cache", workers=0, progress=False)
+    data = photos_split(read_record(run), photos)
+    source = resolve_backbone("lite0+lite1")
+    feats, ok, _ = source_features(source, data.val, JoinedCache(source.parts, root / "cache"), workers=0,
+                                   progress=False)
     assert ok.all()
     with torch.inference_mode():
         expected = load_head(run)(torch.from_numpy(feats)).softmax(1).numpy()
@@ -100,7 +104,7 @@ def test_predict_time_features_are_the_trained_ones_on_every_engine(concat_run):
     onnx_pred = Predictor(run)
     assert onnx_pred.engine.name == "onnx"
     onnx_p = onnx_pred.predict(paths, topk=2)
-    classes = read_run_meta(run)["classes"]
+    classes = read_record(run).classes
     for answers in (torch_p, onnx_p):
         got = np.array([[{p["class"]: p["probability"] for p in a["predictions"]}[c] for c in classes]
                         for a in answers])
@@ -187,7 +191,7 @@ def test_a_run_whose_parts_and_tiles_disagree_is_refused(concat_run, tmp_path):
 def test_auto_weighs_concatenations_only_for_runs_that_can_use_one(tmp_path):
     from graft.data import Dataset, Sample
     from graft.recipe.config import TrainConfig
-    from graft.recipe.steps import concat_allowed
+    from graft.recipe.backbone_choice import concat_allowed
 
     def data(per_class):
         return Dataset(tmp_path, ["a", "b"], [Sample(tmp_path / f"{c}{i}.jpg", c, f"{c}{i}")
@@ -202,7 +206,7 @@ def test_auto_weighs_concatenations_only_for_runs_that_can_use_one(tmp_path):
 
 def test_odd_specs_and_tiles_are_one_line(concat_run):
     from graft.backbones import resolve_backbone
-    from graft.run.store import meta_problem
+    from graft.run.record import record_problem
 
     with pytest.raises(GraftError, match="names one network twice"):
         resolve_backbone("default+lite1")  # default is lite1
@@ -210,6 +214,6 @@ def test_odd_specs_and_tiles_are_one_line(concat_run):
     meta = json.loads((root / "run" / "model.json").read_text())
     single = {**meta, "backbone": meta["backbone"]["parts"][0],
               "preprocessing": {**meta["preprocessing"]["tiles"][0], "tiles": None}}
-    assert meta_problem(single) == 'preprocessing "tiles" is not a list'
+    assert record_problem(single) == 'preprocessing "tiles" is not a list'
     del single["backbone"]["weights_source"]
-    assert "weights_source" in meta_problem(single)
+    assert "weights_source" in record_problem(single)

@@ -16,6 +16,7 @@ from conftest import count_backbone_forwards, make_photo_folder
 from graft.backbones import engine as eng
 from graft.cache import FeatureCache
 from graft.data import scan_photos
+from graft.errors import GraftError
 from graft.features.extract import cache_namespace, extract_features
 
 pytest.importorskip("onnxruntime")
@@ -82,7 +83,7 @@ def test_auto_rule(exported, default_backbone, monkeypatch):
     monkeypatch.setenv("GRAFT_ENGINE", "torch")
     assert pick(10_000) == "torch"
     monkeypatch.setenv("GRAFT_ENGINE", "tensorrt")
-    with pytest.raises(Exception, match="unknown extraction engine"):
+    with pytest.raises(GraftError, match="unknown extraction engine"):
         pick(10_000)
     monkeypatch.delenv("GRAFT_ENGINE")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed

@@ -19,7 +19,8 @@ import graft
 from graft.backbones import DEFAULT_ARCH
 from conftest import make_photo_folder
 from graft.cache import FeatureCache
-from graft.cache.admin import parse_age, parse_size, prune, usage
+from graft._util.sizes import parse_size
+from graft.cache.admin import parse_age, prune, usage
 from graft.cache.layout import mark, touch
 from graft.data.decoded import DecodedCache
 from graft.errors import GraftError

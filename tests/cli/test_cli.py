@@ -50,6 +50,94 @@ def test_subcommand_help(capsys, cmd):
     assert "--help" in out
 
 
+# --- graft train's options: TrainConfig's fields ----------------------------------------------------
+
+def _train_options() -> dict:
+    parser = build_parser("train")
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in action.choices["train"]._actions}
+
+
+def test_every_setting_is_a_train_option_or_says_why_not():
+    from dataclasses import fields
+
+    from graft.recipe.config import TrainConfig
+    from graft.recipe.settings import flags
+
+    options = _train_options()
+    for f in fields(TrainConfig):
+        if "no_flag" in f.metadata:  # deliberately none: the reason is written beside the field
+            assert f.name not in options and f.metadata["no_flag"], f.name
+            continue
+        option = options[f.name]
+        assert option.option_strings[:len(flags(f))] == list(flags(f)), f.name
+        assert option.default == f.default and option.help, f.name
+        assert option.choices == f.metadata.get("choices"), f.name
+    assert [f.name for f in fields(TrainConfig) if "no_flag" in f.metadata] == ["progress"]
+
+
+# Command-line text for the settings whose option reads a form of its own, and what graft.train gets
+TEXT = {"new_hidden": ("512,256", (512, 256)), "budget": ("2m", 120.0), "workers": ("3", 3), "aug_views": ("3", 3),
+        "log": ("tensorboard", "tensorboard")}
+
+
+def _other_than_the_default(f) -> tuple[list[str], object]:
+    """(words after the option's name, what graft.train should get) for a value that is not the default."""
+    if f.name in TEXT:
+        text, value = TEXT[f.name]
+        return [text], value
+    if isinstance(f.default, bool):
+        return [], not f.default
+    if f.metadata.get("choices"):
+        value = next(c for c in reversed(f.metadata["choices"]) if c != f.default)
+        return [value], value
+    kind = f.metadata.get("type") or (type(f.default) if f.default is not None else str)
+    value = {int: 3, float: 0.3, str: "sample"}[kind]
+    return [str(value)], value
+
+
+def test_every_option_reaches_graft_train_as_its_setting(monkeypatch, capsys):
+    """Each option given on the command line (a value other than its default) reaches graft.train
+    as the value of its setting; none is dropped, renamed or left as text."""
+    from dataclasses import fields
+
+    import graft.recipe
+    from graft.recipe.config import TrainConfig
+    from graft.recipe.settings import flags
+
+    got = {}
+
+    def fake_train(photos, out, **settings):
+        got.update(settings)
+        return argparse.Namespace(metrics={"fake": True}, run_dir=out)
+
+    monkeypatch.setattr(graft.recipe, "train", fake_train)
+    argv, expected = ["train", "PHOTOS", "--out", "RUN", "--json"], {}
+    for f in fields(TrainConfig):
+        if "no_flag" in f.metadata:
+            continue
+        words, expected[f.name] = _other_than_the_default(f)
+        flag = flags(f)[0] if words or not f.default else "--no-" + flags(f)[0][2:]
+        argv += [flag, *words]
+    assert main(argv) == 0 and json.loads(capsys.readouterr().out) == {"fake": True}
+    assert {k: v for k, v in got.items() if k != "progress"} == expected and got["progress"] is False
+    assert all(expected[name] != f.default for f in fields(TrainConfig) if (name := f.name) in expected)
+
+
+@pytest.mark.parametrize("words, says", [
+    (["--budget", "abc"], "--budget takes seconds like 90, 90s or 2m, got 'abc'"),
+    (["--budget", "0"], "--budget must be positive"),
+    (["--new-hidden", "512,x"], "--new-hidden takes sizes like 512 or 512,256"),
+    (["--inner-split", "1"], "--inner-split must be a number in (0, 1)"),
+])
+def test_a_setting_given_as_nonsense_text_is_one_line(tmp_path, capsys, words, says):
+    from conftest import assert_one_line, graft_cli
+
+    rc, out, err = graft_cli(["train", tmp_path / "no-photos", "--out", tmp_path / "run", *words], capsys)
+    assert_one_line(rc, err, says)
+    assert rc == 2 and not (tmp_path / "run").exists()
+
+
 def test_version(capsys):
     import graft
 
@@ -160,7 +248,8 @@ def test_commands_that_need_no_network_import_no_torch(tmp_path):
     code = ("import sys\nfrom graft.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "print('LOADED', sorted(m for m in ('torch', 'timm', 'torchvision') if m in sys.modules), file=sys.stderr)")
     (tmp_path / "cache").mkdir()
-    for argv in (["--help"], ["augment", "list"], ["cache", "--cache-dir", str(tmp_path / "cache")],
+    for argv in (["--help"], ["train", "--help"], ["augment", "list"],
+                 ["cache", "--cache-dir", str(tmp_path / "cache")],
                  ["cache", "--cache-dir", str(tmp_path / "cache"), "prune", "--older-than", "30d", "--dry-run"],
                  ["predict", "--help"]):
         out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)

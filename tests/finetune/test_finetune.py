@@ -30,7 +30,8 @@ import graft
 from conftest import fixed_batch, isolated_env, make_photo_folder
 from graft.backbones import Backbone, WeightsInfo, load_backbone
 from graft.errors import GraftError
-from graft.finetune.loop import CHECKPOINT, FinetuneConfig, lr_factor, plan_stages
+from graft.finetune.config import FinetuneConfig, lr_factor, plan_stages
+from graft.run import CHECKPOINT
 from graft.run.store import load_run
 from graft.backbones.preprocess import Preprocessing
 
@@ -529,7 +530,7 @@ def test_calibrating_a_fine_tuned_run_fits_on_the_photos_it_held_out(tiny, parti
 
     from graft.use.calibrate import calibrate_run
     from graft.data import scan_photos
-    from graft.run.store import inner_split
+    from graft.data.folder import inner_split
 
     run = tmp_path / "run"
     shutil.copytree(partial_run.run, run)

@@ -72,7 +72,7 @@ def test_fine_tuning_early_stops_on_an_inner_split_of_the_training_photos():
 
     from graft.data import Dataset
     from graft.data.folder import Sample
-    from graft.recipe.steps import inner_split
+    from graft.data.folder import inner_split
 
     def sample(label, i):
         return Sample(Path(f"{label}-{i}.jpg"), label, hashlib.sha256(f"{label}:{i}".encode()).hexdigest())

@@ -248,7 +248,7 @@ def test_out_that_is_not_a_graft_run_is_refused(trained_run, tmp_path):
 
 
 def test_out_a_graft_run_or_an_empty_or_resumable_folder_is_accepted(trained_run, tmp_path):
-    from graft.run.store import check_out, is_graft_run
+    from graft.run.guard import check_out, is_graft_run
 
     photos = trained_run.photos
     assert is_graft_run(trained_run.run) and not is_graft_run(tmp_path)

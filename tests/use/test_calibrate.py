@@ -118,20 +118,20 @@ def test_out_of_fold_logits_never_come_from_a_head_fitted_on_them():
     helped fit (the other folds) and of itself, never those of the other photos of its own fold:
     their head was fitted without that fold."""
     from graft.heads.folds import stratified_folds
+    from graft.run.record import RecipeSettings
 
     rng = np.random.default_rng(2)
     y = np.repeat([0, 1, 2], 20)
     x = (rng.normal(0, 1, (60, 8)) + 2.0 * np.eye(3, 8)[y]).astype(np.float32)
     keys = [f"photo{i}" for i in range(60)]
-    classes = {"classes": ["a", "b", "c"]}
-    for recipe in ({"solver": "lbfgs", "strength": 0.1}, {"solver": "adamw", "epochs": 5, "seed": 0}):
-        meta = {**classes, "training": {"head": recipe}}
-        before, how = out_of_fold_logits(meta, x, y, keys)
+    for settings in ({"solver": "lbfgs", "strength": 0.1}, {"solver": "adamw", "epochs": 5, "seed": 0}):
+        recipe = RecipeSettings(settings)  # model.json's training.head
+        before, how = out_of_fold_logits(3, recipe, x, y, keys)
         assert before.shape == (60, 3) and how.startswith("5 folds")
         folds = stratified_folds(y, 5, keys=keys)
         moved = x.copy()
         moved[0] += 5.0
-        after, _ = out_of_fold_logits(meta, moved, y, keys)
+        after, _ = out_of_fold_logits(3, recipe, moved, y, keys)
         own = next(f for f in folds if 0 in f)
         same_fold = [i for i in own if i != 0]
         others = [i for i in range(60) if i not in own]
@@ -286,18 +286,18 @@ def test_calibrate_cli(calibrated, capsys):
     common = [str(calibrated.run), str(calibrated.photos), "--cache-dir", str(calibrated.root / "cache"),
               "--workers", "0"]
     args = parser.parse_args(["calibrate", *common, "--target-accuracy", "0.95", "--keep", "0.8", "--json"])
-    assert args.run(args) == 0
+    assert args.main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["target_accuracy"] == 0.95 and printed["keep"] == 0.8
     assert printed["temperature"] == pytest.approx(calibrated.cal["temperature"])  # the same out-of-fold fit
     assert printed["fit"]["keep_with_margin"] < calibrated.cal["fit"]["keep_with_margin"]
     args = parser.parse_args(["calibrate", *common])
-    assert args.run(args) == 0
+    assert args.main(args) == 0
     out = capsys.readouterr().out
     assert "out-of-fold predictions of the" in out and "(asked: at least 0.95)" in out and "validation photos kept" in out
     with pytest.raises(GraftError, match="--keep"):
         args = parser.parse_args(["calibrate", *common, "--keep", "2"])
-        args.run(args)
+        args.main(args)
 
 
 def test_the_validation_photos_choose_nothing(calibrated, tmp_path):
@@ -343,13 +343,13 @@ def test_predict_reject_auto_says_the_probabilities_are_calibrated(calibrated, c
     red = str(calibrated.known / "red0.jpg")
     for extra in ([], ["--json"]):
         args = parser.parse_args(["predict", str(calibrated.run), red, "--reject", "auto", "--workers", "0", *extra])
-        assert args.run(args) == 0
+        assert args.main(args) == 0
         captured = capsys.readouterr()
         t = json.loads((calibrated.run / "calibration.json").read_text())["temperature"]
         notes = [line for line in captured.err.splitlines() if "calibrated" in line]
         assert len(notes) == 1 and f"T={t:.3f}" in notes[0], captured.err
     args = parser.parse_args(["predict", str(calibrated.run), red, "--workers", "0"])
-    assert args.run(args) == 0
+    assert args.main(args) == 0
     assert "calibrated" not in capsys.readouterr().err  # plain probabilities: nothing to say
 
 

@@ -397,7 +397,7 @@ def test_cli_parses_and_sidecar_location(run, tmp_path):
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["export", str(run.dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
     assert (args.command, args.format, args.out) == ("export", "onnx", str(tmp_path / "m.onnx"))
-    assert callable(args.run)
+    assert callable(args.main)
     with pytest.raises(SystemExit):
         parser.parse_args(["export", str(run.dir), "--format", "tflite"])
     assert metadata_path(run.dir, run.dir / "model.onnx") == run.dir / "export.json"

@@ -13,7 +13,7 @@ import threading
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import graft
 from conftest import count_backbone_forwards, make_photo
@@ -65,6 +65,22 @@ def test_every_input_kind_is_the_same_crop_and_answer(predictor, photos, trained
             r = predictor.predict(convert(path))
             assert strip_key(r) == strip_key(ref), convert.__name__
         assert predictor.predict(path) == ref  # a path answers with its "path", as graft.predict
+
+
+def test_a_sideways_photo_is_turned_upright_whatever_the_input_kind(predictor, tmp_path):
+    """EXIF orientation has one home (graft.data.images.upright): a file, its bytes and the PIL
+    image opened from it all give the crop of the photo as displayed, not as stored."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display needs a 90 degree clockwise turn
+    path = tmp_path / "sideways.jpg"
+    make_photo(np.random.default_rng(8), "red", size=(320, 200)).save(path, quality=95, exif=exif.tobytes())
+    with Image.open(path) as im:
+        shown = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # an array carries no EXIF
+        stored = np.asarray(im.convert("RGB"))
+    crop = predictor.prepare(shown)
+    for convert in (str, as_bytes, as_pil):
+        assert np.array_equal(predictor.prepare(convert(path)), crop), convert.__name__
+    assert not np.array_equal(predictor.prepare(stored), crop)
 
 
 def test_a_list_answers_like_one_call_per_input(predictor, photos):
@@ -251,7 +267,7 @@ def test_evaluate_with_tta_flip_caches_the_mirrors_and_agrees_with_the_predictor
 
     from graft.cli import evaluate as evaluate_cli
     from graft.data import scan_class_folders
-    from graft.run.store import run_features
+    from graft.use.features import run_features
 
     kw = dict(cache_dir=trained_run.cache, workers=0)
     first = graft.evaluate(trained_run.run, trained_run.photos, tta="flip", **kw)
@@ -270,7 +286,7 @@ def test_evaluate_with_tta_flip_caches_the_mirrors_and_agrees_with_the_predictor
     evaluate_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["evaluate", str(trained_run.run), str(trained_run.photos), "--tta", "flip", "--json",
                               "--cache-dir", str(trained_run.cache), "--workers", "0"])
-    assert args.run(args) == 0
+    assert args.main(args) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == first["accuracy"]
 
 
@@ -294,7 +310,7 @@ def test_predict_cli_takes_tta(trained_run, capsys, monkeypatch):
     for extra in ([], ["--reject", "0.5"]):
         args = parser.parse_args(["predict", str(trained_run.run), str(photo), "--tta", "flip", "--json",
                                   "--workers", "0", *extra])
-        assert args.run(args) == 0
+        assert args.main(args) == 0
         (printed,) = json.loads(capsys.readouterr().out)
         want = Predictor(trained_run.run, engine="torch", tta="flip").predict(photo)
         assert [p["class"] for p in printed["predictions"]] == [p["class"] for p in want["predictions"]]
@@ -324,6 +340,7 @@ def test_a_run_keeps_its_own_crops_when_its_backbones_configuration_changed(trai
     import json
 
     from graft.backbones.preprocess import Preprocessing
+    from graft.run.record import RunRecord
     from graft.run.store import run_backbone_source
 
     run = tmp_path / "run"
@@ -332,7 +349,8 @@ def test_a_run_keeps_its_own_crops_when_its_backbones_configuration_changed(trai
     meta["preprocessing"]["resize"] += 8  # as if trained under another version's configuration
     (run / "model.json").write_text(json.dumps(meta))
     recorded = Preprocessing.from_json(meta["preprocessing"])
-    source = run_backbone_source(meta)
+    record = RunRecord.from_json(meta)
+    source = run_backbone_source(record.backbone, record.preprocessing)
     assert source.preprocessing == recorded and source.build().preprocessing == recorded
     predictor = Predictor(run, engine="torch")
     assert predictor.preprocessing == recorded and predictor.engine.model.preprocessing == recorded
@@ -342,10 +360,11 @@ def test_a_run_keeps_its_own_crops_when_its_backbones_configuration_changed(trai
 
 def test_a_run_recorded_as_default_when_default_was_lite0_is_found_by_its_architecture():
     from graft.backbones import resolve_backbone
+    from graft.run.record import BackboneRecord
     from graft.run.store import run_backbone_source
 
     lite0 = resolve_backbone("lite0")
-    info = {"spec": "default", "arch": lite0.arch, "weights_source": lite0.weights.source,
-            "weights_digest": lite0.weights.digest}
-    source = run_backbone_source({"backbone": info, "preprocessing": lite0.preprocessing.to_json()})
+    recorded = BackboneRecord(spec="default", arch=lite0.arch, weights_source=lite0.weights.source,
+                              weights_digest=lite0.weights.digest)
+    source = run_backbone_source(recorded, lite0.preprocessing)
     assert source.arch == lite0.arch and source.weights.digest == lite0.weights.digest

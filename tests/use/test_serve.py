@@ -5,7 +5,6 @@ leaked files after bad input, the CLI, and the page driven in headless Chromium.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
@@ -26,11 +25,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from browser import DESKTOP, PHONE, DevTools, assert_seen, needs_chromium
 from conftest import isolated_env, make_photo
 from graft.use.predictor import Predictor
-from graft.use.serve import DEFAULT_MAX_UPLOAD, ServeConfig, create_app, listen, parse_size
+from graft.use.serve import DEFAULT_MAX_UPLOAD, ServeConfig, create_app, listen, parse_max_upload
 
-CHROMIUM = Path("/usr/bin/chromium")
 LIMIT = 1 << 20  # the test server's --max-upload: 1 MB keeps the oversized uploads cheap
 
 
@@ -363,88 +362,16 @@ def test_graft_serve_command(trained_run, tmp_path):
 
 
 def test_sizes_and_defaults():
-    assert parse_size("20MB") == DEFAULT_MAX_UPLOAD == 20 * 1024 * 1024
-    assert parse_size("512KB") == 512 * 1024 and parse_size("1000") == 1000
+    assert parse_max_upload("20MB") == DEFAULT_MAX_UPLOAD == 20 * 1024 * 1024
+    assert parse_max_upload("512KB") == 512 * 1024 and parse_max_upload("1000") == 1000
     from graft.errors import GraftError
 
-    for bad in ("lots", "-1MB", "0"):
+    for bad in ("lots", "-1MB", "0", "1e400"):  # 1e400: no overflow, one line
         with pytest.raises(GraftError, match="--max-upload"):
-            parse_size(bad)
+            parse_max_upload(bad)
 
 
 # --- the page, in a real browser ---------------------------------------------------------------
-
-ON_FDS_3_4 = """import os, sys
-r, w = int(sys.argv[1]), int(sys.argv[2])
-os.dup2(r, 3); os.dup2(w, 4); os.close(r); os.close(w)
-os.execv(sys.argv[3], sys.argv[3:])"""
-
-
-class DevTools:
-    """Headless Chromium driven over the DevTools protocol on a pipe (--remote-debugging-pipe:
-    it reads commands on fd 3 and writes answers on fd 4, NUL-separated JSON), so no websocket
-    client is needed."""
-
-    def __init__(self, profile: Path):
-        cmd_r, self._cmd_w = os.pipe()
-        self._out_r, out_w = os.pipe()
-        # above any fd the child must end up with, so moving them onto 3 and 4 clobbers nothing
-        far = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (cmd_r, out_w)]
-        for fd in (cmd_r, out_w):
-            os.close(fd)
-        chrome = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
-        self.proc = subprocess.Popen([sys.executable, "-c", ON_FDS_3_4, *map(str, far), *chrome], pass_fds=far,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for fd in far:
-            os.close(fd)
-        self._next = 0
-        self._answers: dict[int, dict] = {}
-        self._cv = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        buf = b""
-        while True:
-            data = os.read(self._out_r, 1 << 16)
-            if not data:
-                break
-            buf += data
-            *messages, buf = buf.split(b"\0")
-            with self._cv:
-                for m in messages:
-                    msg = json.loads(m)
-                    if "id" in msg:
-                        self._answers[msg["id"]] = msg
-                self._cv.notify_all()
-
-    def send(self, method: str, session: str | None = None, **params) -> dict:
-        self._next += 1
-        msg = {"id": self._next, "method": method, "params": params}
-        if session:
-            msg["sessionId"] = session
-        try:
-            os.write(self._cmd_w, json.dumps(msg).encode() + b"\0")
-        except BrokenPipeError:
-            raise AssertionError(f"chromium exited: {self.proc.stderr.read().decode()[-2000:]}") from None
-        with self._cv:
-            assert self._cv.wait_for(lambda: self._next in self._answers, timeout=60), f"{method}: no answer"
-            answer = self._answers.pop(self._next)
-        assert "error" not in answer, answer
-        return answer["result"]
-
-    def close(self):
-        try:
-            self.send("Browser.close")
-        except Exception:
-            pass
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        os.close(self._cmd_w)
-
 
 PAGE_STATE = """JSON.stringify({
   card: Object.fromEntries([...document.querySelectorAll('#card-fields dd')].map(d => [d.dataset.field, d.textContent])),
@@ -455,38 +382,43 @@ PAGE_STATE = """JSON.stringify({
 })"""
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install -y chromium)")
+ANSWERED = ("[...document.querySelectorAll('.result')].length === 3"
+            " && !document.querySelector('.result[data-state=pending]')")
+# what a person must see: the heading, the drop zone, the model card, each answer and its class name
+SEEN = ["h1", "#drop", "#card", ".result", ".result .top-class"]
+
+
+@needs_chromium
 def test_the_page_in_a_real_browser(served, tmp_path):
+    """The page as a person uses it: photos picked through its file input, each answer shown, and
+    the heading, the drop zone and the answers drawn, on top and apart, on a desktop window and
+    on a phone's. The screenshots stay in browser.screenshot_dir() for a human to look at."""
     red, blue, text = tmp_path / "a red one.jpg", tmp_path / "blue.png", tmp_path / "notes.jpg"
     red.write_bytes(jpeg("red", 20, size=(400, 300)))
     make_photo(np.random.default_rng(21), "blue", size=(300, 400)).save(blue)
     text.write_bytes(b"not a photo at all")
     browser = DevTools(tmp_path / "profile")
     try:
-        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
-        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        browser.send("Page.navigate", session, url=served.url + "/")
-
-        def state():
-            r = browser.send("Runtime.evaluate", session, expression=PAGE_STATE, returnByValue=True)
-            return json.loads(r["result"].get("value") or "{}")
-
-        deadline = time.monotonic() + 60
-        while not state().get("card", {}).get("classes"):
-            assert time.monotonic() < deadline, "the model card never loaded"
-            time.sleep(0.1)
-        root = browser.send("DOM.getDocument", session, depth=0)["root"]["nodeId"]
-        node = browser.send("DOM.querySelector", session, nodeId=root, selector="#file")["nodeId"]
-        browser.send("DOM.setFileInputFiles", session, nodeId=node, files=[str(red), str(blue), str(text)])
-        deadline = time.monotonic() + 120
-        while True:
-            page = state()
-            if len(page["results"]) == 3 and all(r["state"] != "pending" for r in page["results"]):
-                break
-            assert time.monotonic() < deadline, page
-            time.sleep(0.2)
+        tab = browser.tab(DESKTOP)
+        tab.open(served.url + "/")
+        tab.wait_for("document.querySelector('#card-fields [data-field=classes]')", "the model card never loaded")
+        fresh = tab.layout(SEEN[:3])
+        tab.pick_files("#file", [red, blue, text])
+        tab.wait_for(ANSWERED, "the answers never came", timeout=120)
+        page = json.loads(tab.eval(PAGE_STATE))
+        answered = tab.layout(SEEN)
+        shots = [tab.screenshot("serve-page.png")]
+        tab.resize(PHONE)
+        on_phone = tab.layout(SEEN, scroll=True)
+        shots.append(tab.screenshot("serve-page-phone.png"))
     finally:
         browser.close()
+    assert_seen(fresh, "before any upload", shots[0])
+    assert_seen(answered, "after the answers came", shots[0])
+    assert_seen(on_phone, "on a phone", shots[1])
+    # each answer's class name, as drawn on the page
+    tops = [s["text"] for s in answered["elements"] if s["selector"] == ".result .top-class"]
+    assert sorted(tops) == ["blue", "error", "red"]
     card = page["card"]
     assert card["classes"] == "blue, red" and card["backbone"].startswith("default")
     assert card["held-out accuracy"].startswith(f"{100 * served.run.metrics['val_accuracy']:.1f}%")

@@ -87,50 +87,60 @@ def color_twist(img: torch.Tensor, steps) -> torch.Tensor:
     k, t = 1.0, [0.0, 0.0, 0.0]
     means = None  # channel means of x, while x is unchanged
     dirty = False  # k * x + t may have left 0..255: clamp before the next step
-
-    def settle(x, k, t):
-        if k != 1.0:
-            x = x.mul_(k)
-        if any(t):
-            x = x.add_(torch.tensor(t, dtype=x.dtype, device=x.device).view(3, 1, 1))
-        return x
-
     for kind, value in steps:
-        if kind == "offset":
-            value = [float(v) for v in value]
-            if len(value) != 3 or not all(math.isfinite(v) for v in value):
-                raise ValueError(f"an offset is three finite numbers, got {value}")
-            if not any(value):
-                continue
-        elif kind in ("brightness", "contrast", "saturation"):
-            if not (float(value) >= 0 and math.isfinite(float(value))):  # as torchvision: no negatives
-                raise ValueError(f"{kind} factor must be a finite number >= 0, got {value}")
-            if float(value) == 1.0:
-                continue
-        else:
-            raise ValueError(f"unknown colour step {kind!r}")
+        value = _checked_step(kind, value)
+        if value is None:  # the identity
+            continue
         if dirty:
-            x, k, t, means, dirty = settle(x, k, t).clamp_(0, 255), 1.0, [0.0, 0.0, 0.0], None, False
+            x, k, t, means = _settle(x, k, t).clamp_(0, 255), 1.0, [0.0, 0.0, 0.0], None
         if kind == "offset":
             t = [a + b for a, b in zip(t, value)]
             dirty = True
             continue
-        f = float(value)
-        if kind == "brightness":  # f * image
-            k, t = k * f, [f * a for a in t]
-        elif kind == "contrast":  # blend with the mean grey level
-            if means is None:
-                means = x.mean(dim=(-2, -1)).tolist()
-            m = sum(w * (k * mc + tc) for w, mc, tc in zip(GRAY, means, t))
-            k, t = k * f, [f * a + (1 - f) * m for a in t]
-        elif kind == "saturation":  # blend with the grey image: needs the pixels
-            r, g, b = x.unbind(0)
-            grey = r.mul(GRAY[0]).add_(g, alpha=GRAY[1]).add_(b, alpha=GRAY[2])
-            wt = sum(w * tc for w, tc in zip(GRAY, t))
-            x = x.mul_(f * k).add_(grey.unsqueeze(0), alpha=(1 - f) * k)
-            k, t, means = 1.0, [f * a + (1 - f) * wt for a in t], None
-        dirty = f > 1  # factors up to 1 blend towards values inside the range
-    return to_uint8(settle(x, k, t).round_().clamp_(0, 255))
+        x, k, t, means = _apply_factor(kind, value, x, k, t, means)
+        dirty = value > 1  # factors up to 1 blend towards values inside the range
+    return to_uint8(_settle(x, k, t).round_().clamp_(0, 255))
+
+
+def _checked_step(kind: str, value):
+    """A colour step's value, checked (three finite offsets, or a finite factor >= 0 as
+    torchvision allows), or None when the step changes nothing."""
+    if kind == "offset":
+        value = [float(v) for v in value]
+        if len(value) != 3 or not all(math.isfinite(v) for v in value):
+            raise ValueError(f"an offset is three finite numbers, got {value}")
+        return value if any(value) else None
+    if kind not in ("brightness", "contrast", "saturation"):
+        raise ValueError(f"unknown colour step {kind!r}")
+    if not (float(value) >= 0 and math.isfinite(float(value))):  # as torchvision: no negatives
+        raise ValueError(f"{kind} factor must be a finite number >= 0, got {value}")
+    return None if float(value) == 1.0 else float(value)
+
+
+def _settle(x: torch.Tensor, k: float, t: list) -> torch.Tensor:
+    """Rewrite the pixels as k * x + t (in place)."""
+    if k != 1.0:
+        x = x.mul_(k)
+    if any(t):
+        x = x.add_(torch.tensor(t, dtype=x.dtype, device=x.device).view(3, 1, 1))
+    return x
+
+
+def _apply_factor(kind: str, f: float, x: torch.Tensor, k: float, t: list, means):
+    """One brightness, contrast or saturation factor applied to the image carried as k * x + t:
+    -> (x, k, t, means). Only saturation needs the pixels (the grey image)."""
+    if kind == "brightness":  # f * image
+        return x, k * f, [f * a for a in t], means
+    if kind == "contrast":  # blend with the mean grey level
+        if means is None:
+            means = x.mean(dim=(-2, -1)).tolist()
+        m = sum(w * (k * mc + tc) for w, mc, tc in zip(GRAY, means, t))
+        return x, k * f, [f * a + (1 - f) * m for a in t], means
+    r, g, b = x.unbind(0)  # saturation: blend with the grey image
+    grey = r.mul(GRAY[0]).add_(g, alpha=GRAY[1]).add_(b, alpha=GRAY[2])
+    wt = sum(w * tc for w, tc in zip(GRAY, t))
+    x = x.mul_(f * k).add_(grey.unsqueeze(0), alpha=(1 - f) * k)
+    return x, 1.0, [f * a + (1 - f) * wt for a in t], None
 
 
 def pca_offsets(alphas, eigvals, eigvecs) -> torch.Tensor:

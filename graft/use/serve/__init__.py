@@ -13,9 +13,9 @@ and the forward pass in its own thread, so the event loop only moves bytes.
 
 from graft.use.serve.app import create_app, resolve_reject
 from graft.use.serve.batcher import Batcher, BatchStats
-from graft.use.serve.config import DEFAULT_MAX_UPLOAD, MAX_FILES, ServeConfig, cli_config, parse_size
+from graft.use.serve.config import DEFAULT_MAX_UPLOAD, MAX_FILES, ServeConfig, cli_config, parse_max_upload
 from graft.use.serve.server import listen, serve
 from graft.use.serve.uploads import BadImage, UploadTooLarge, sniff
 
 __all__ = ["DEFAULT_MAX_UPLOAD", "MAX_FILES", "BadImage", "BatchStats", "Batcher", "ServeConfig", "UploadTooLarge",
-           "cli_config", "create_app", "listen", "parse_size", "resolve_reject", "serve", "sniff"]
+           "cli_config", "create_app", "listen", "parse_max_upload", "resolve_reject", "serve", "sniff"]

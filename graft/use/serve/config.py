@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from graft._util.sizes import parse_size
 from graft.errors import GraftError
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
@@ -27,23 +28,13 @@ def cli_config(args) -> ServeConfig:
         raise GraftError(f"--max-batch must be at least 1, got {args.max_batch}")
     if args.batch_window_ms < 0:
         raise GraftError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
-    return ServeConfig(max_upload=parse_size(args.max_upload), batch_window_ms=args.batch_window_ms,
+    return ServeConfig(max_upload=parse_max_upload(args.max_upload), batch_window_ms=args.batch_window_ms,
                        max_batch=args.max_batch, reject=args.reject)
 
 
-def parse_size(text: str) -> int:
-    """"20MB", "512KB", "1.5GB" or a number of bytes."""
-    t = str(text).strip().upper().replace(" ", "")
-    for unit, mult in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10), ("B", 1)):
-        if t.endswith(unit):
-            t, scale = t[: -len(unit)], mult
-            break
-    else:
-        scale = 1
-    try:
-        n = int(float(t) * scale)
-    except ValueError:
-        raise GraftError(f"--max-upload takes a size like 20MB, 512KB or a number of bytes, got {text!r}") from None
+def parse_max_upload(text: str) -> int:
+    """--max-upload: "20MB", "512KB", "1.5GB" or a number of bytes (graft._util.sizes), above 0."""
+    n = parse_size(text, "--max-upload")
     if n <= 0:
         raise GraftError(f"--max-upload must be positive, got {text!r}")
     return n

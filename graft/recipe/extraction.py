@@ -1,0 +1,95 @@
+"""The recipe's feature step: every photo's frozen features from the cache (computing only what is
+missing) and, for the head, the augmented views of the training photos that --aug-views asks for
+or `auto` weighs."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from graft.cache.rows import with_views
+from graft.data import Dataset
+from graft.errors import GraftError
+from graft.heads.softmax import memory_budget
+from graft.recipe.augmentation import describe
+from graft.recipe.steps import Features, Job
+
+log = logging.getLogger("graft")
+
+
+def extract(job: Job, data: Dataset) -> Features:
+    """Every photo's frozen features from the cache (computing only what is missing), and with
+    --aug-views those of K augmented draws of each training photo."""
+    samples = data.train + data.val
+    rows, ok = job.extract(samples, job.pooled, "extracting features", keep=False)
+    skipped = data.skipped + job.stats.skipped
+    if job.dist.is_main:
+        for item in skipped:
+            log.warning("skipped %s: %s", item["path"], item["reason"])
+    n_train = len(data.train)
+    train_idx = [i for i in range(n_train) if ok[i]]
+    val_idx = [i for i in range(n_train, len(samples)) if ok[i]]
+    y = np.array([s.label for s in samples])
+    require_every_class(data.classes, y[train_idx], "training")
+    if job.cfg.final:  # a deployment model: the validation photos are trained on too
+        train_idx, val_idx = train_idx + val_idx, []
+    kept = Dataset(data.root, data.classes, [samples[i] for i in train_idx], [samples[i] for i in val_idx],
+                   data.skipped, data.layout)
+    out = Features(kept, rows[train_idx], y[train_idx], rows[val_idx], y[val_idx], skipped)
+    k, why = views_plan(job, kept, out.x_train.nbytes + out.x_val.nbytes)
+    out.views = {"asked": job.cfg.aug_views, "k": k, "reason": why}
+    given = "--aug" if job.cfg.aug else "--augment" if job.cfg.augment not in (None, "none") else None
+    if not k and given and job.cfg.strategy == "head" and job.dist.is_main:
+        log.warning("%s is unused: no augmented views were weighed (%s)", given, why)
+    if k:
+        out.x_train, out.augmentation = _with_views(job, kept.train, out.x_train, k)
+    if out.x_train.nbytes + out.x_val.nbytes <= memory_budget():  # in memory, as always
+        out.x_train, out.x_val = np.asarray(out.x_train), np.asarray(out.x_val)
+        if not len(out.x_val):  # no validation photo: (0, D), as the head expects
+            out.x_val = np.zeros((0, out.x_train.shape[-1]), np.float32)
+    return out
+
+
+def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
+    """How many augmented views of each training photo to extract for the head, and why: K as
+    asked, or for --aug-views auto AUTO_VIEWS where cross-validation can weigh them (see
+    graft.recipe.config) and, with the clean ones (`feature_bytes`), they fit the head's memory
+    budget, else 0."""
+    from graft.recipe.strategy import head_only, smallest_class
+    from graft.recipe.config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS
+
+    asked = job.cfg.aug_views
+    if job.source.frozen_only:  # (TrainConfig refuses --aug-views K with one; auto never chooses one then)
+        return 0, "a concatenation of backbones takes no augmented views"
+    if asked != "auto":
+        return asked, f"--aug-views {asked}"
+    per_class = smallest_class(data.train, len(data.classes))
+    if not head_only(job.cfg.strategy, per_class):
+        return 0, "the strategy may fine-tune, which augments its own batches"
+    if per_class < AUTO_VIEWS_MIN_PER_CLASS:
+        return 0, (f"{per_class} training photos in the smallest class (< {AUTO_VIEWS_MIN_PER_CLASS}): "
+                   f"too few for cross-validation to tell whether views help")
+    if len(data.train) > AUTO_VIEWS_MAX_PHOTOS:
+        return 0, (f"{len(data.train)} training photos (> {AUTO_VIEWS_MAX_PHOTOS}): views would cost "
+                   f"{AUTO_VIEWS} forward passes each; ask for them with --aug-views K")
+    if feature_bytes * (1 + AUTO_VIEWS) > memory_budget():  # weighing them needs them in memory
+        return 0, "the features with views would pass the head's memory budget: ask for them with --aug-views K"
+    return AUTO_VIEWS, f"auto: {AUTO_VIEWS} views, kept only if they cross-validate better"
+
+
+def _with_views(job: Job, train, x_train, k: int):
+    from graft.features.extract import extract_views
+
+    preset, pipeline = job.pipeline("views", train)
+    views = extract_views(job.source, train, job.cache, pipeline, k, seed=job.cfg.seed,
+                          batch_size=job.cfg.batch_size, workers=job.cfg.workers, progress=job.progress,
+                          stats=job.stats, decoded_dir=job.decoded_dir, dist=job.dist, keep=False)
+    return with_views(x_train, views, job.cache), describe(preset, pipeline, views=k)
+
+
+def require_every_class(classes, labels, what) -> None:
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        raise GraftError(f"no usable {what} image left for class(es): {', '.join(empty)}")
