@@ -33,7 +33,7 @@ _TORCH_WRITE = re.compile(r"inline_container|PytorchStreamWriter|file write fail
 @contextlib.contextmanager
 def atomic_path(target):
     """Yield a temp path in the target's folder; on success it is renamed onto `target`."""
-    target = Path(target)
+    target = _written_through(Path(target))
     tmp = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +56,19 @@ def atomic_path(target):
         if is_write_failure(e):
             raise write_error(target, e) from e
         raise
+
+
+def _written_through(target: Path) -> Path:
+    """The file a write to `target` replaces: a link's regular target (the link stays a link), or
+    `target`. A device node, FIFO, socket or folder there, or a link to nothing, is refused: the
+    rename would put a regular file in its place."""
+    from graft._util.output import not_regular
+
+    kind = not_regular(target)
+    if kind is not None:
+        raise GraftError(f"could not write {target}: it is {kind}, not a regular file; graft replaces only "
+                         f"files it wrote: give another path")
+    return Path(os.path.realpath(target)) if target.is_symlink() else target
 
 
 def is_write_failure(e: BaseException) -> bool:

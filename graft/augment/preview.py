@@ -7,10 +7,11 @@ import dataclasses
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 from torchvision.transforms.v2 import functional as F
 
 from graft._util.atomic import atomic_path
+from graft._util.output import check_output, read_head
 
 from graft.augment._geometry import RandomResizedCrop
 from graft.augment._op import RandomOp
@@ -19,6 +20,7 @@ from graft.augment._pipeline import AugConfig, Pipeline
 LABEL_H = 20  # pixels of label strip above every row of cells
 MAX_SIDE = 768  # photos are shrunk to at most this side first, to keep the preview fast
 _BACKGROUND = (32, 32, 32)
+_SIGNED = ("Software", "graft augment preview")  # the PNG text chunk that marks a preview as graft's
 
 
 def preview_grid(images, pipeline_or_config, out_path, n_draws: int = 6, seed: int = 0, cell: int = 160) -> Path:
@@ -33,6 +35,7 @@ def preview_grid(images, pipeline_or_config, out_path, n_draws: int = 6, seed: i
       central crop at the pipeline's output size, so pixel-sized settings look as in training.
     All draws come from one generator seeded with `seed`, so the sheet is reproducible.
     """
+    out_path = check_output(out_path, "--out", is_ours=is_preview)  # before any work
     pipeline = _as_pipeline(pipeline_or_config)
     photos = [_shrink(_as_tensor(im)) for im in images]
     if not photos:
@@ -48,10 +51,18 @@ def preview_grid(images, pipeline_or_config, out_path, n_draws: int = 6, seed: i
         draws = [shown(source, gen) for _ in range(n_draws)]
         rows.append((f"{op.name}: {_format_hparams(op.hparams())}{note}", [source, *draws]))
     sheet = _render(rows, 1 + n_draws, cell)
-    out_path = Path(out_path)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*_SIGNED)
     with atomic_path(out_path) as tmp:
-        sheet.save(tmp, format="PNG")
+        sheet.save(tmp, format="PNG", pnginfo=info)
     return out_path
+
+
+def is_preview(path) -> bool:
+    """A picture preview_grid wrote (its PNG text chunk says so): the only file it replaces."""
+    head = read_head(path)
+    key, value = _SIGNED
+    return head.startswith(b"\x89PNG\r\n\x1a\n") and b"tEXt" + key.encode() + b"\0" + value.encode() in head
 
 
 def _as_pipeline(obj) -> Pipeline:

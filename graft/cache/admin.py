@@ -25,12 +25,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.errors import GraftError
-from graft.cache.layout import DECODED, DEMO, DIGESTS, ENGINES, EXTRACT_LOCK, NAMESPACE_DIR, NAMESPACE_FILE, OWN_FILES, OWN_TEMP, PCA, cache_root, marked
+from graft.cache.layout import DECODED, DEMO, DIGESTS, ENGINES, EXTRACT_LOCK, HEADS, NAMESPACE_DIR, NAMESPACE_FILE, OWN_FILES, OWN_TEMP, PCA, PREVIEWS, cache_root, marked
 
 # Files prune may delete, by area: feature shards, decoded photos, fitted PCA colour axes, photo
 # digest indexes (the next scan reads those photos again) and ONNX exports (exported again).
 PRUNABLE = {"features": "*.safetensors", "decoded": "*.npy", "pca": "*.json", "digests": "*.idx",
             "engines": "*.onnx"}
+# graft's names for its files in every area (layout.OWN_FILES: decoded/, pca/): feature shards
+# (graft.cache.features), digest indexes (graft.data.digests.index_path), ONNX engines
+# (graft.backbones.engine.onnx_path); and the temp files graft._util.atomic writes them through.
+# Only files so named are pruned: a user's weights file or model in the cache folder stays.
+_TEMP = r"\.tmp-[a-z0-9_]{8}"
+OWN_NAMES = {**OWN_FILES, "features": re.compile(r"[0-9a-f]+-\d+-[0-9a-f]{8}\.safetensors"),
+             DIGESTS: re.compile(r"[0-9a-f]{24}\.idx"), ENGINES: re.compile(r"[^/]+-[0-9a-f]{16}\.onnx")}
+OWN_TEMPS = {**OWN_TEMP, "features": re.compile(_TEMP + r"\.safetensors"), DIGESTS: re.compile(_TEMP + r"\.idx"),
+             ENGINES: re.compile(_TEMP + r"\.onnx")}
+# The heads chosen (graft.heads.search) and the report's augmentation previews (graft.report.gallery),
+# each named by the digest of its inputs: made again when pruned.
+PRUNABLE.update({HEADS: "*.safetensors", PREVIEWS: "*.png"})
+OWN_NAMES.update({HEADS: re.compile(r"[0-9a-f]{32}\.safetensors"), PREVIEWS: re.compile(r"[0-9a-f]{32}\.png")})
+OWN_TEMPS.update({HEADS: re.compile(_TEMP + r"\.safetensors"), PREVIEWS: re.compile(_TEMP + r"\.png")})
 
 
 def last_used(st: os.stat_result) -> float:
@@ -42,7 +56,7 @@ class Area:
     """One part of the cache: a feature namespace, the decoded photos, the PCA fits, the demo."""
 
     path: Path
-    kind: str  # "features", "decoded", "pca", "digests", "engines", "demo", "other"
+    kind: str  # "features", "decoded", "pca", "digests", "engines", "heads", "previews", "demo", "other"
     what: str  # for features: backbone, weights digest, activation
     files: int = 0
     bytes: int = 0
@@ -62,12 +76,12 @@ def usage(root=None) -> list[Area]:
     """Every area of the cache under `root` (default: graft's cache), largest first.
 
     Only graft's own folders hold prunable files: feature namespaces (`<arch>-<key>` with a
-    `namespace.json`), `digests` and `engines` (graft's own names inside), and `decoded` and `pca`
-    when they carry graft's marker (layout.MARKER, written at creation) or, made before the
-    marker, already hold a file named as graft names its own. In those two only files with
-    graft's names (layout.OWN_FILES) are prunable: a folder of the user's that happens to be
-    called `pca` keeps its `r.json`. Anything else found there, and symlinked folders, are
-    listed as "other" and never pruned.
+    `namespace.json`), and `digests`, `engines`, `decoded` and `pca` when they carry graft's marker
+    (layout.MARKER, written at creation) or, made before the marker, already hold a file named as
+    graft names its own. In all of them only files with graft's names (OWN_NAMES) are prunable: a
+    folder of the user's that happens to be called `pca` keeps its `r.json`, `engines` its
+    `my_model.onnx`. Anything else found there, and symlinked folders, are listed as "other" and
+    never pruned.
     """
     root = cache_root(root)
     if not root.is_dir():
@@ -89,18 +103,12 @@ def usage(root=None) -> list[Area]:
             area.last_used = max(area.last_used, last_used(st))
             if pattern is None:
                 continue
-            own = OWN_FILES.get(kind)
             rel = f.relative_to(sub).as_posix()
-            if own is not None:  # decoded/, pca/: graft's names only
-                if OWN_TEMP[kind].fullmatch(rel):
-                    area.stale.append((last_used(st), st.st_size, f))
-                elif own.fullmatch(rel):
-                    area.entries.append((last_used(st), st.st_size, f))
-            elif f.name.startswith(".tmp-"):  # a write in progress, or left by a killed run
+            if OWN_TEMPS[kind].fullmatch(rel):  # a write in progress, or left by a killed run
                 area.stale.append((last_used(st), st.st_size, f))
-            elif f.match(pattern) and not f.name.startswith("."):
+            elif OWN_NAMES[kind].fullmatch(rel):  # graft's names only
                 area.entries.append((last_used(st), st.st_size, f))
-        if kind in OWN_FILES and not (marked(sub, kind) or area.entries):
+        if kind != "features" and not (marked(sub, kind) or area.entries):
             # neither graft's marker nor a single file named as graft names its own: not graft's
             area.kind, area.what, area.entries, area.stale = "other", "not graft's (no marker), left alone", [], []
         areas.append(area)
@@ -130,6 +138,10 @@ def _describe(sub: Path) -> tuple[str, str]:
         return "digests", "photo digest indexes: a rescan reads only changed photos"
     if sub.name == ENGINES:
         return "engines", "backbones exported to ONNX for onnxruntime"
+    if sub.name == HEADS:
+        return HEADS, "heads chosen by cross-validation, reused by a rerun on the same features"
+    if sub.name == PREVIEWS:
+        return PREVIEWS, "the report's augmentation previews"
     if sub.name == DEMO:
         return "demo", "graft demo's photos"
     ns = sub / NAMESPACE_FILE

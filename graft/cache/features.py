@@ -38,7 +38,7 @@ import numpy as np
 
 from graft._util.atomic import write_error, write_json, write_safetensors
 from graft.errors import GraftError
-from graft.cache.layout import EXTRACT_LOCK, NAMESPACE_FILE, namespace_dir, touch
+from graft.cache.layout import EXTRACT_LOCK, NAMESPACE_FILE, SKIPPED, namespace_dir, touch
 
 log = logging.getLogger("graft")
 
@@ -214,6 +214,42 @@ class FeatureCache:
             log.warning("the feature cache %s cannot be written (%s): what it holds is used, missing features are "
                         "computed for this run only and not kept; give a writable --cache-dir to keep them",
                         root, _why(cause))
+
+    # -- files that could not be extracted ----------------------------------------------------------
+    def skips(self, names: list[str], rule: str) -> dict[str, dict]:
+        """{name: {"reason", "code"}} of the entries among `names` that a load following `rule`
+        could not use before (remember_skips): a warm run neither opens them nor builds a network."""
+        wanted, found = set(names), {}
+        try:
+            with open(self.dir / SKIPPED, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        item = json.loads(line)
+                        if item["rule"] == rule and item["name"] in wanted:
+                            found[item["name"]] = {"reason": str(item["reason"]), "code": str(item["code"])}
+                    except (ValueError, KeyError, TypeError):  # a line a killed run left half written
+                        continue
+        except OSError:  # none yet (or unreadable): they are tried again
+            pass
+        return found
+
+    def remember_skips(self, items: list[dict], rule: str) -> None:
+        """Note entries (`name`, `reason`, `code`) a load following `rule` could not use. Appended
+        one line each (concurrent runs append whole lines); best effort, and nothing is kept for
+        a read-only cache."""
+        if not items or self.read_only:
+            return
+        lines = "".join(json.dumps({"name": i["name"], "rule": rule, "reason": i["reason"], "code": i["code"]}) + "\n"
+                        for i in items)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / SKIPPED, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, lines.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            log.info("could not remember the skipped files in %s: %s", self.dir, _why(e))
 
     # -- writing ------------------------------------------------------------------------------------
     def put(self, names: list[str], features: np.ndarray) -> None:

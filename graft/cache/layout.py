@@ -1,11 +1,14 @@
 """Where graft's cache lives and what its folders are called: the one module that knows.
 
     <root>/                 $GRAFT_CACHE_DIR, else $XDG_CACHE_HOME/graft, else ~/.cache/graft
-        <arch>-<key>/       a feature namespace (FeatureCache): shards + namespace.json + .extract.lock
+        <arch>-<key>/       a feature namespace (FeatureCache): shards + namespace.json + .extract.lock,
+                            and skipped.jsonl (the files extraction could not use)
         decoded/            photos decoded once (graft.data.decoded)
         pca/                PCA colour axes fitted on training sets (graft.recipe.augmentation)
         digests/            each photo folder's digest index (graft.data.digests): one .idx per folder
         engines/            backbones exported to ONNX for onnxruntime (graft.backbones.engine)
+        heads/              heads chosen by cross-validation, by the digest of their inputs (graft.heads.search)
+        previews/           the report's augmentation previews, by the digest of their inputs (graft.report.gallery)
         demo-photos/        `graft demo`'s photo set (never pruned)
 
 Every part can be recomputed; `graft cache` (graft.cache.admin) lists and prunes it.
@@ -28,9 +31,12 @@ DECODED = "decoded"
 PCA = "pca"
 DIGESTS = "digests"
 ENGINES = "engines"
+HEADS = "heads"
+PREVIEWS = "previews"
 DEMO = "demo-photos"
 NAMESPACE_FILE = "namespace.json"
 EXTRACT_LOCK = ".extract.lock"  # held while a run computes missing entries (and by prune)
+SKIPPED = "skipped.jsonl"  # a namespace's files that could not be extracted, one JSON line each
 NAMESPACE_DIR = re.compile(r".+-[0-9a-f]{16}")  # what namespace_dir names look like
 # `decoded/` and `pca/` carry this file from their creation: `graft cache prune` deletes in them
 # only what graft names its own files, and only in a folder that says graft made it (or, for caches

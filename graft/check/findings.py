@@ -18,6 +18,7 @@ CODES = {
     "empty_class": "error",
     "class_mismatch": "error",
     "too_few_classes": "error",
+    "class_name_clash": "error",
     "leakage": "error",
     "not_a_photo": "error",
     # warnings: graft uses the file, but probably not as you expect

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from graft.data.class_names import class_name_clashes, clash_message
 from graft.data.folder import Sample, class_files, class_folders, split_by_hash
 from graft.data.labels import listed_photos
 from graft.check.findings import Findings
@@ -36,6 +37,10 @@ def collect(root: Path, layout: str, findings: Findings) -> tuple[list[str], lis
     classes = [name for name, _ in per_split["train" if layout == "train/val" else None]]
     if layout == "train/val":
         _class_mismatch(root, classes, [name for name, _ in per_split["val"]], findings)
+    clashes = class_name_clashes(classes)
+    if clashes:  # one finding: they all lie in one folder
+        findings.add("class_name_clash", root / "train" if layout == "train/val" else root,
+                     clash_message(clashes, "folders", "move their photos into one folder"))
     if len(classes) < 2:
         findings.add("too_few_classes", root / "train" if layout == "train/val" else root,
                      f"{len(classes)} class folder(s) ({', '.join(classes) or 'none'}); graft needs at least two")
@@ -53,13 +58,14 @@ def collect(root: Path, layout: str, findings: Findings) -> tuple[list[str], lis
 
 
 def collect_listed(label_file: Path, findings: Findings) -> tuple[list[str], list[PhotoFile], str]:
-    """Classes, files and layout ("labels:split" with a split column, else "labels") of a label
-    file, as graft train reads it: rows with split=test are not checked (train never reads them)."""
+    """Classes, files and layout ("labels:split" with split=val rows, else "labels": validation by
+    content hash) of a label file, as graft train reads it: rows with split=test are not checked
+    (train never reads them)."""
     classes, listed = listed_photos(label_file)
-    has_split = any(split for _, _, split in listed)
-    files = [PhotoFile(p, findings.rel(p), classes[label], label, (split or "train") if has_split else None)
+    has_val = any(split == "val" for _, _, split in listed)
+    files = [PhotoFile(p, findings.rel(p), classes[label], label, (split or "train") if has_val else None)
              for p, label, split in listed if split != "test"]
-    return classes, files, "labels:split" if has_split else "labels"
+    return classes, files, "labels:split" if has_val else "labels"
 
 
 def _class_mismatch(root: Path, train: list[str], val: list[str], findings: Findings) -> None:

@@ -65,7 +65,7 @@ def main(args) -> int:
 
 def calibration_summary(cal: dict, run_dir) -> str:
     from graft.use.calibrate import CALIBRATION_JSON
-    from graft.report.page import ordinal
+    from graft.report.page import ordinal, unknown_reasons
 
     fit = cal["fit"]
     where = {"training": "training photos, out of fold", "inner": "training photos fine-tuning held out",
@@ -87,8 +87,8 @@ def calibration_summary(cal: dict, run_dir) -> str:
     u, v = cal.get("val_unknown"), cal.get("val_kept")
     if u and v:
         lines.append(f"  validation       {u['n_val'] - u['either']} of {u['n_val']} validation photos kept "
-                     f"({v['kept']:.3f}), {v['accuracy_kept']:.3f} of them right; unknown: {u['confidence']} by "
-                     f"confidence" + (f", {u['novelty']} by novelty" if u["novelty"] is not None else ""))
+                     f"({v['kept']:.3f}), {v['accuracy_kept']:.3f} of them right; unknown: {u['either']} "
+                     f"({unknown_reasons(u)})")
     elif cal.get("final"):
         lines.append("  validation       none held out (--final run): no independent figure")
     lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}  (its keep_table: other --keep choices)")

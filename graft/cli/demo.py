@@ -33,11 +33,10 @@ def main(args) -> int:
 
     data = Path(args.data) if args.data else cache_root(args.cache_dir) / DEMO
     quiet = args.quiet or args.json
+    made = make_demo_photos(data, parents=not args.data)
     if not quiet:
-        print(f"demo photos: {make_demo_photos(data)} (crops of scikit-image's bundled photos; "
+        print(f"demo photos: {made} (crops of scikit-image's bundled photos; "
               f"train and val crops come from different parts of each photo)")
-    else:
-        make_demo_photos(data)
     result = train(data, args.out, cache_dir=args.cache_dir, workers=workers_given(args), progress=not quiet)
     m = evaluate(args.out, data / "val", cache_dir=args.cache_dir, workers=workers_given(args))
     if args.json:

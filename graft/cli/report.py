@@ -27,7 +27,13 @@ def main(args) -> int:
     out = write_report(args.run_dir, photos=args.photos, cache_dir=args.cache_dir, weights=args.weights)
     print(out)
     if args.open:
+        import sys
         import webbrowser
 
-        webbrowser.open(out.resolve().as_uri())
+        try:
+            opened = webbrowser.open(out.resolve().as_uri())
+        except webbrowser.Error:
+            opened = False
+        if not opened:  # a server or container: say so rather than nothing
+            print(f"graft: no web browser found to open it: open {out} yourself", file=sys.stderr)
     return 0

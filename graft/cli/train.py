@@ -42,6 +42,8 @@ def main(args) -> int:
 
 
 def train_summary(m: dict, run_dir) -> str:
+    from graft.report.page import epochs_words
+
     run_dir = Path(run_dir)
     t = m["timings"]
     decoded = m["cache"].get("decoded")
@@ -63,7 +65,7 @@ def train_summary(m: dict, run_dir) -> str:
         ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']})"),
         ("strategy", f"{m['strategy']}: {m['strategy_reason']}"),
         ("features", f"{c['misses']} computed, {c['hits']} from cache  ({t['extract_s']:.2f} s)"),
-        ("training", f"best epoch {m['best_epoch']} of {m['epochs_run']}  ({t['train_s']:.2f} s"
+        ("training", f"{epochs_words(m)}  ({t['train_s']:.2f} s"
                      + (f", {100 * t['data_wait_s'] / max(1e-9, t['data_wait_s'] + t['step_s']):.0f}% waiting for data"
                         if t.get("step_s") else "") + ")"),
         *([("boundary cache", "frozen stages ran once; epochs ran only the trainable stages")]

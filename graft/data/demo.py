@@ -10,12 +10,15 @@ pretrained backbone in about a minute, not a measure of generalisation to new sc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from graft._util.atomic import atomic_path, write_json
+from graft._util.output import not_regular
+from graft.errors import GraftError
 
 # class -> (photo for training crops, photo for validation crops, how to split one photo)
 SOURCES = {
@@ -37,12 +40,22 @@ def _photo(name: str) -> np.ndarray:
 N_TRAIN, N_VAL = 24, 8
 
 
-def make_demo_photos(root, *, seed: int = 0) -> Path:
-    """Write `root/train/<class>/*.jpg` and `root/val/<class>/*.jpg`; reuse them if complete."""
+def make_demo_photos(root, *, seed: int = 0, parents: bool = False) -> Path:
+    """Write `root/train/<class>/*.jpg` and `root/val/<class>/*.jpg`; reuse them if complete.
+
+    Only into a new or empty folder, or one this function made (its demo.json, written first,
+    says so): a user's photos are never overwritten. `parents`: make missing parent folders (the
+    cache's own place); a folder the user names must be in one that exists."""
     root = Path(root).expanduser()
     marker = root / "demo.json"
-    if marker.is_file():
+    made = _marker(marker)
+    if made is not None and made.get("complete", True):
         return root
+    if made is None:
+        _check_new(root, parents)
+    about = {"seed": seed, "classes": sorted(SOURCES), "train_per_class": N_TRAIN, "val_per_class": N_VAL,
+             "source": "scikit-image's bundled photos"}
+    write_json(marker, {**about, "complete": False})  # from now on the folder says it is graft's
     rng = np.random.default_rng(seed)
     for name, (train_fn, val_fn, split) in SOURCES.items():
         train_img, val_img = _photo(train_fn), _photo(val_fn)
@@ -52,9 +65,33 @@ def make_demo_photos(root, *, seed: int = 0) -> Path:
                 crop = _random_crop(img, rng)
                 with atomic_path(root / subset / name / f"{name}-{i:02d}.jpg") as tmp:
                     Image.fromarray(crop).save(tmp, format="JPEG", quality=90)
-    write_json(marker, {"seed": seed, "classes": sorted(SOURCES), "train_per_class": N_TRAIN,
-                        "val_per_class": N_VAL, "source": "scikit-image's bundled photos"})
+    write_json(marker, {**about, "complete": True})
     return root
+
+
+def _marker(path: Path) -> dict | None:
+    """demo.json when it is a regular file holding a JSON object (the folder is the demo's), else None."""
+    if not_regular(path) is not None or not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _check_new(root: Path, parents: bool) -> None:
+    """Refuse (one GraftError) a demo folder that is not new or empty, or whose parent is missing."""
+    if not parents and not root.parent.is_dir():
+        raise GraftError(f"--data {root}: the folder {root.parent} does not exist; create it first or give "
+                         f"another folder")
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise GraftError(f"--data {root} is not a folder; give a new or empty folder for the demo photos")
+    entries = sorted(e.name for e in root.iterdir()) if root.is_dir() else []
+    if entries:
+        shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
+        raise GraftError(f"--data {root} is a folder graft demo did not make (it holds {shown}); give a new "
+                         f"or empty folder: its photos are never overwritten")
 
 
 def _halves(img: np.ndarray, split, *, first: bool) -> np.ndarray:

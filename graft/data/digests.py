@@ -13,8 +13,10 @@ Never trusted blindly:
   file rewritten within the tick of the stat we recorded can keep an identical stat. An entry is
   trusted only when its mtime and ctime are older, by `RACY_MARGIN_NS`, than the moment its file
   was read (git's "racily clean" rule, measured against the read time rather than the index
-  write time, which also covers a slow scan). A racy entry is re-read on the next scan, which
-  then records it as settled.
+  write time, which also covers a slow scan). A racy entry is re-read once its file is old
+  enough, and then recorded as settled: by `settle_racy`, which graft train calls once its
+  features are extracted (so the first rerun after photos were copied opens none), else by the
+  next scan.
 - A file whose stat changes while it is being read is not recorded at all.
 - Concurrent runs: the index is rewritten atomically (temp file + rename) under an exclusive
   lock, merged with what another run wrote meanwhile, so the last writer loses no one's work and
@@ -50,6 +52,8 @@ RACY_MARGIN_NS = 2_000_000_000
 
 
 _now = time.time_ns  # the clock an entry's read time comes from (tests move it forward)
+# index file -> (folder, cache root, paths relative to it) of the entries this process recorded racy
+_unsettled: dict[Path, tuple[str, object, set[str]]] = {}
 
 
 def index_path(folder, cache_root=None) -> Path:
@@ -74,6 +78,7 @@ class DigestIndex:
 
     def __init__(self, folder, cache_root=None):
         self.folder = str(Path(folder).expanduser().absolute())
+        self.cache_root = cache_root
         self.path = index_path(folder, cache_root)
         self.entries: dict[str, list] = self._load()
         self.seen: set[str] = set()
@@ -104,8 +109,7 @@ class DigestIndex:
         e = self.entries.get(rel)
         if e is None or e[0] != stat_key(st):
             return None
-        read_at = e[1]
-        if max(st.st_mtime_ns, st.st_ctime_ns) + RACY_MARGIN_NS >= read_at:
+        if _racy(e[0], e[1]):
             return None  # racily clean: a same-tick rewrite would look identical
         return tuple(e[2:5]) if e[2] == "bad" else ("ok", e[3], tuple(e[4]))
 
@@ -120,6 +124,8 @@ class DigestIndex:
         if entry is not None:
             self.entries[rel] = entry
             self.changed = True
+            if _racy(entry[0], entry[1]):
+                _unsettled.setdefault(self.path, (self.folder, self.cache_root, set()))[2].add(rel)
 
     # -- writing ------------------------------------------------------------------------------------
     def save(self) -> None:
@@ -151,6 +157,33 @@ class DigestIndex:
             log.info("could not update the photo digest index %s: %s", self.path, e)
             return
         self.entries, self.changed = keep, False
+
+
+def _racy(key: list[int], read_at: int) -> bool:
+    """Was the file (stat `key`) modified within the margin before it was read at `read_at`?"""
+    return max(key[1], key[3]) + RACY_MARGIN_NS >= read_at
+
+
+def settle_racy() -> int:
+    """Read again, once, the photos this process indexed while their stat was too new to trust, where
+    it is now old enough (as git refreshes racily clean entries): what is read now is recorded
+    settled, so the next scan opens none of them. Entries still too new stay for the next scan.
+    -> the number of files read."""
+    read = 0
+    for path, (folder, root, rels) in list(_unsettled.items()):
+        index = DigestIndex(folder, root)
+        index.seen = set(index.entries)  # keep every entry: this is no scan of the whole folder
+        for rel in sorted(rels):
+            e = index.entries.get(rel)
+            if e is not None and _racy(e[0], e[1]) and not _racy(e[0], _now()):
+                index.record(rel, identify_file(Path(folder) / rel)[1])
+                read += 1
+            if e is None or not _racy(e[0], _now()):
+                rels.discard(rel)
+        index.save()
+        if not rels:
+            del _unsettled[path]
+    return read
 
 
 def _serialise(entries: dict, folder: str) -> bytes:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from graft._util.digest import sha256_file
 from graft.errors import GraftError
+from graft.data.class_names import refuse_clashing_class_names
 from graft.data.digests import DigestIndex, identify_file
 from graft.data.images import SUPPORTED_EXTENSIONS
 
@@ -75,21 +76,21 @@ def scan_folder(root: Path, layout: str, *, val_split: float = VAL_SPLIT, cache_
 def warn_classes_without_val(photos, classes: list[str], val: list[Sample], val_split: float) -> None:
     without_val = sorted(set(classes) - {classes[s.label] for s in val})
     if without_val:
-        _warn_once(photos, f"class(es) {', '.join(without_val)} have no validation photo at --val-split "
+        tell_once(photos, f"class(es) {', '.join(without_val)} have no validation photo at --val-split "
                    f"{val_split:g} (too few photos): validation figures will not cover them")
 
 
 _warned: set[tuple[str, str]] = set()
 
 
-def _warn_once(photos, message: str) -> None:
+def tell_once(photos, message: str, level: int = logging.WARNING) -> None:
     """One process scans the same photos more than once (train, then its report; calibrate):
     the user is told about them once. Once per photo set, not per process: a notebook that trains
     on two folders with the same class names hears about each."""
     key = (str(photos), message)
     if key not in _warned:
         _warned.add(key)
-        logging.getLogger("graft").warning("%s", message)
+        logging.getLogger("graft").log(level, "%s", message)
 
 
 def scan_class_folders(root, *, classes: list[str] | None = None, cache_dir=None):
@@ -109,6 +110,7 @@ def scan_class_folders(root, *, classes: list[str] | None = None, cache_dir=None
                 f"{root} has {len(found)} class folder(s) ({', '.join(found) or 'none'}); "
                 f"graft needs at least two: one sub-folder of photos per class"
             )
+        refuse_clashing_class_names(root, found, "folders", "move their photos into one folder")
         classes = found
     else:
         missing = [c for c in classes if c not in found]

@@ -3,8 +3,9 @@ tools export (and fastai, timm and Hugging Face read).
 
 A label file is another door into the same Dataset a folder tree gives: paths are relative to
 the file, classes are the sorted distinct labels (as sorted folder names are), every photo is
-read, hashed and skipped exactly as in a folder (`folder.identify`), and without a `split`
-column validation is drawn by content hash, so a photo's side never depends on its row.
+read, hashed and skipped exactly as in a folder (`folder.identify`), and without a `split=val`
+row (no split column, or Kaggle's train and test rows) validation is drawn from the training rows
+by content hash, so a photo's side never depends on its row.
 Rows with `split=test` are held out of training and validation entirely; `graft evaluate RUN
 labels.csv` scores them (every row when the file has no test row).
 """
@@ -13,10 +14,12 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 from graft.errors import GraftError
-from graft.data.folder import VAL_SPLIT, Dataset, identify, split_by_hash, warn_classes_without_val
+from graft.data.class_names import refuse_clashing_class_names
+from graft.data.folder import VAL_SPLIT, Dataset, identify, split_by_hash, tell_once, warn_classes_without_val
 
 LABEL_FILE_SUFFIXES = (".csv", ".jsonl")
 SPLITS = ("train", "val", "test")
@@ -92,6 +95,7 @@ def listed_photos(path, *, classes: list[str] | None = None, split: str | None =
     if classes is None:
         if len(labels) < 2:
             raise GraftError(f"{path} has {len(labels)} label(s) ({', '.join(labels)}); graft needs at least two")
+        refuse_clashing_class_names(path, labels, "labels", "write each one way in the file")
         classes = labels
     else:
         extra = [c for c in labels if c not in classes]
@@ -109,11 +113,13 @@ def scan_label_file(path, *, val_split: float = VAL_SPLIT) -> Dataset:
     samples, skipped = identify([(p, label) for p, label, _ in listed])
     side = {str(p): s for p, _, s in listed}
     samples = [s for s in samples if side[str(s.path)] != "test"]
-    if any(s for _, _, s in listed):
+    if "val" in side.values():
         train = [s for s in samples if side[str(s.path)] in (None, "train")]
         val = [s for s in samples if side[str(s.path)] == "val"]
         layout = "labels:split"
     else:
+        if any(side.values()):
+            tell_once(path, without_val_rows(path, val_split), logging.INFO)
         train, val = split_by_hash(samples, len(classes), val_split)
         warn_classes_without_val(path, classes, val, val_split)
         layout = "labels"
@@ -121,6 +127,12 @@ def scan_label_file(path, *, val_split: float = VAL_SPLIT) -> Dataset:
     if empty:
         raise GraftError(f"{path}: no usable training photo for class(es) {', '.join(empty)}")
     return Dataset(path, classes, train, val, skipped, layout)
+
+
+def without_val_rows(path, val_split: float) -> str:
+    """What is said of a file with a split column but no val row (Kaggle ships train and test)."""
+    return (f"{Path(path).name} has no split=val row: validation is drawn from the train rows by content "
+            f"hash, {val_split:g} of each class (--val-split), as for a folder; test rows stay out")
 
 
 def evaluation_photos(path, classes: list[str]) -> Dataset:

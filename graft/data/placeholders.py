@@ -78,7 +78,13 @@ def _maybe_flat(stats: dict) -> bool:
 class RefuseNonPhotos:
     """A `load(path)` for feature extraction that raises ImageError("not_a_photo") for what
     `graft check` calls a placeholder, judged on the pixels `load` returns (uint8 (3, H, W)):
-    no extra decode, about a millisecond a photo. Picklable, for loader worker processes."""
+    no extra decode, about a millisecond a photo. Picklable, for loader worker processes.
+
+    `skip_rule` names the rule (its thresholds): feature extraction remembers the files it
+    refused under it, and forgets them when the rule changes (graft.features.extract)."""
+
+    skip_rule = "photos:" + ",".join(f"{v:g}" for v in (NEAR_CONSTANT_STD, FLAT_TOP_FRACTION, FLAT_MAX_COLOURS,
+                                                         THIN_SOLID_FRACTION, FLAT_FILL_FRACTION, THUMBNAIL))
 
     def __init__(self, load):
         self.load = load

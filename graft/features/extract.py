@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from graft._version import __version__
 from graft.backbones.engine import extraction_engine
 from graft.cache import FeatureCache
 from graft.data import BATCH_SIZE
@@ -87,6 +88,10 @@ def extract_features(
     t0 = time.perf_counter()
     feats, missing = _lookup(cache, names, keep)
     ok = np.ones(len(names), bool)
+    rule = skip_rule(load)
+    recalled = 0
+    if missing and rule and not (dist is not None and dist.enabled):
+        missing, recalled = _recall_skips(cache, names, paths, missing, ok, stats, rule)
     if dist is not None and dist.enabled:
         # Every rank shards the same list: the union of what each one found missing, gathered (a
         # collective) before any rank writes. Sharding each rank's own list raced: a rank that
@@ -117,10 +122,11 @@ def extract_features(
         with cache.extraction_lock():
             cache.refresh()  # another process may have computed some while we waited
             feats, missing = _lookup(cache, names, keep)
+            missing = [i for i in missing if ok[i]]  # files remembered as unusable stay skipped
             feats = _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, load=load,
                                      batch_size=batch_size, workers=workers, progress=progress, desc=desc,
                                      stats=stats, forward=forward, keep=keep, engine=engine)
-    stats.hits += len(names) - len(missing)
+    stats.hits += len(names) - len(missing) - recalled
     stats.seconds += time.perf_counter() - t0
     if feats is None and keep:
         feats = np.zeros((len(names), 0), np.float32)
@@ -132,6 +138,25 @@ def _lookup(cache: FeatureCache, names: list[str], keep: bool):
     if keep:
         return cache.get(names)
     return None, [i for i, name in enumerate(names) if cache.locate(name) is None]
+
+
+def skip_rule(load) -> str | None:
+    """What the files `load` refuses are remembered under (its `skip_rule` and graft's version), so
+    a new rule or release tries them again; None: a load that states no rule is not remembered."""
+    rule = getattr(load, "skip_rule", None)
+    return f"{rule}; graft {__version__}" if rule else None
+
+
+def _recall_skips(cache, names, paths, missing, ok, stats, rule) -> tuple[list[int], int]:
+    """-> (the missing positions less the files remembered as unusable, how many those were):
+    each is skipped again with its reason, unopened."""
+    known = cache.skips([names[i] for i in missing], rule)
+    for i in missing:
+        if names[i] in known:
+            ok[i] = False
+            stats.skipped.append({"path": str(paths[i]), **known[names[i]]})
+    left = [i for i in missing if ok[i]]
+    return left, len(missing) - len(left)
 
 
 def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, load, batch_size, workers,
@@ -147,6 +172,7 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not progress, leave=False)
+    unusable = []  # (entry name, reason, code) to remember, for loads that state their rule
     with torch.inference_mode():
         t_wait = time.perf_counter()
         for idx, batch, errors in loader:
@@ -154,6 +180,7 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
             stats.wait_s += t_got - t_wait
             for i, e in errors:
                 stats.skipped.append({"path": e.path, "reason": e.reason, "code": e.code})
+                unusable.append({"name": names[missing[i]], "reason": e.reason, "code": e.code})
                 ok[missing[i]] = False
             if batch is not None:
                 x = pre.normalize(batch)
@@ -172,6 +199,9 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
             bar.update(len(idx) + len(errors))
             t_wait = time.perf_counter()
     bar.close()
+    rule = skip_rule(load)
+    if rule:
+        cache.remember_skips(unusable, rule)
     return feats
 
 

@@ -11,18 +11,29 @@ little optimistic, which is why both are reported.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from graft._util.atomic import write_safetensors
+from graft._version import __version__
+from graft.cache.layout import touch
+from graft.errors import GraftError
 from graft.heads.early_stopping import EarlyStopping
 from graft.heads.folds import NotEnoughPhotos, best_row, fold_scores, stratified_folds, train_rows  # noqa: F401 (re-exported)
 
+log = logging.getLogger("graft")
+
 IMBALANCE_RATIO = 3.0  # balance="auto" weights classes when the largest has more than 3x the smallest
 SOLVERS = ("lbfgs", "adamw")
+MEMO_FORMAT = 1  # of a remembered choice (see remembered_choice)
 
 
 # --- class balance ----------------------------------------------------------------------------------
@@ -175,16 +186,17 @@ class HeadChoice:
 
 
 def choose_head(x, y, n_classes: int, *, solvers=SOLVERS, strengths=None, head_cfg=None,
-                balance: str = "auto", k: int = 5, keys=None, seed: int = 0) -> HeadChoice:
+                balance: str = "auto", k: int = 5, keys=None, seed: int = 0, memo=None) -> HeadChoice:
     """Cross-validate the L-BFGS probe over its L2 grid and the AdamW head over its epochs on
     the training photos (x, y), pick the best, and refit it on all of them.
 
     `keys`: content digests of the rows (stable folds). `x` may hold augmented views (N, K, D).
     With weighted classes the choice is by balanced accuracy, else by accuracy; ties go to the
-    lower cross-validated log loss, then to L-BFGS (no epochs to choose).
+    lower cross-validated log loss, then to L-BFGS (no epochs to choose). `memo`: a folder
+    where the choice is kept under the digest of all of these (remembered_choice), so a rerun
+    on the same features gets the same head back without cross-validating again.
     """
     from graft.heads.softmax import HeadConfig
-    from graft.heads.probe import STRENGTHS, train_probe
 
     unknown = set(solvers) - set(SOLVERS)
     if unknown or not solvers:
@@ -192,6 +204,20 @@ def choose_head(x, y, n_classes: int, *, solvers=SOLVERS, strengths=None, head_c
     head_cfg = head_cfg or HeadConfig()
     x = np.asarray(x)
     y = np.asarray(y, dtype=int)
+    settings = {"solvers": list(solvers), "strengths": None if strengths is None else [float(v) for v in strengths],
+                "head": head_cfg.to_json(), "balance": balance, "k": k, "keys": keys, "seed": seed}
+    path = None if memo is None else Path(memo) / f"{choice_key(x, y, n_classes, settings)}.safetensors"
+    choice = remembered_choice(path) if path is not None else None
+    if choice is None:
+        choice = _cross_validated(x, y, n_classes, solvers, strengths, head_cfg, balance, k, keys, seed)
+        if path is not None:
+            remember_choice(path, choice)
+    return choice
+
+
+def _cross_validated(x, y, n_classes, solvers, strengths, head_cfg, balance, k, keys, seed) -> HeadChoice:
+    from graft.heads.probe import STRENGTHS, train_probe
+
     weights, why = class_weights(y, n_classes, balance)
     score = "balanced_accuracy" if weights is not None else "accuracy"
     try:
@@ -218,6 +244,61 @@ def choose_head(x, y, n_classes: int, *, solvers=SOLVERS, strengths=None, head_c
     return HeadChoice(head, win["solver"], win.get("strength"), win.get("epochs"),
                       {k: win[k] for k in ("accuracy", "balanced_accuracy", "log_loss")}, rows, len(folds),
                       score, None if weights is None else [round(float(w), 6) for w in weights], why, oof)
+
+
+# --- the choice remembered --------------------------------------------------------------------------
+
+def choice_key(x: np.ndarray, y: np.ndarray, n_classes: int, settings: dict) -> str:
+    """The digest of everything a choice depends on: the features' values, the labels, the
+    settings (the rows' keys and the seed make the folds) and graft's version."""
+    head = json.dumps({"format": MEMO_FORMAT, "graft": __version__, "n_classes": n_classes, "x": [x.dtype.str, x.shape],
+                       **settings}, sort_keys=True, default=str)
+    h = hashlib.sha256(head.encode())
+    h.update(np.ascontiguousarray(x).data)
+    h.update(np.ascontiguousarray(y, dtype=np.int64).data)
+    return h.hexdigest()[:32]
+
+
+_KEPT = ("solver", "strength", "epochs", "cv", "candidates", "folds", "score", "class_weight", "balance")
+
+
+def remembered_choice(path: Path) -> HeadChoice | None:
+    """The choice kept at `path` (remember_choice), bit for bit; None if there is none (or it
+    cannot be read: then it is made again)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            kept = json.loads(f.metadata()["choice"])
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        head = nn.Linear(tensors["weight"].shape[1], tensors["weight"].shape[0])
+        with torch.no_grad():
+            head.weight.copy_(tensors["weight"])
+            head.bias.copy_(tensors["bias"])
+        oof = tensors.get("oof_logits")
+        choice = HeadChoice(head, **{name: kept[name] for name in _KEPT},
+                            oof_logits=None if oof is None else oof.numpy())
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # damaged, or of another layout: chosen again and rewritten
+        log.info("the remembered head choice %s is unusable (%s): chosen again", path, e)
+        return None
+    touch(path)  # a use, for `graft cache prune`
+    return choice
+
+
+def remember_choice(path: Path, choice: HeadChoice) -> None:
+    """Keep `choice` at `path`: the head's weights, its out-of-fold logits and the record. Best
+    effort: a cache that cannot be written only costs the cross-validation next time."""
+    tensors = {"weight": choice.head.weight.detach().contiguous(), "bias": choice.head.bias.detach().contiguous()}
+    if choice.oof_logits is not None:
+        tensors["oof_logits"] = torch.from_numpy(np.ascontiguousarray(choice.oof_logits))
+    try:
+        kept = json.dumps({name: getattr(choice, name) for name in _KEPT})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors(path, tensors, metadata={"choice": kept})
+    except (OSError, GraftError, TypeError, ValueError) as e:
+        log.info("could not keep the head choice in %s: %s", path, e)
 
 
 # The L2 strength used when there is nothing to cross-validate with: the middle of the strengths

@@ -77,8 +77,14 @@ def run_recipe(photos, out, cfg: TrainConfig) -> TrainResult:
     try:
         return _steps(job, photos, cfg)
     finally:
-        if job.epoch_log is not None:
-            job.epoch_log.close()
+        try:
+            if job.epoch_log is not None:
+                job.epoch_log.close()
+        finally:
+            if job.lock is not None:  # released even when the log could not be written
+                from graft.run.guard import unlock_run
+
+                unlock_run(job.lock)
 
 
 def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
@@ -90,6 +96,10 @@ def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
     from graft.recipe.strategy import choose_strategy
 
     data = scan(job, photos)
+    if job.dist.is_main:  # the photos are usable: from here on this training writes the run folder
+        from graft.run.guard import lock_run
+
+        job.lock = lock_run(job.out)
     if cfg.backbone == "auto":  # chosen by cross-validation on the training photos, within --budget
         job = choose_backbone(job, data)
     feats = extract(job, data)

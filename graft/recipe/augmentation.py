@@ -82,11 +82,15 @@ def augment_preview(photos, out, *, preset: str | None = None, aug=None, n_photo
     """One picture: a few photos raw and under `n_draws` draws of the pipeline, one row per op.
     `preset` None: graft.augment's DEFAULT_PRESET, as for fine-tuning."""
     from graft.augment import DEFAULT_PRESET, preview_grid
+    from graft.augment.preview import is_preview
     from graft.data import scan_photos
     from graft.data.folder import spread_over_classes
     from graft.data.images import read_image
+    from graft.run.guard import check_output
 
+    check_output(out, "--out", inputs=[photos], is_ours=is_preview)  # before any work
     data = scan_photos(photos)
+    check_output(out, "--out", inputs=[s.path for s in data.train + data.val], is_ours=is_preview)
     pipeline = resolve_augmentation(preset or DEFAULT_PRESET, aug, size=size, train_samples=data.train,
                                     cache_dir=cache_root(cache_dir))
     images = [read_image(s.path, min_short_side=2 * size) for s in spread_over_classes(data.train, n_photos)]

@@ -10,6 +10,7 @@ import numpy as np
 
 from graft.cache.rows import with_views
 from graft.data import Dataset
+from graft.data.digests import settle_racy
 from graft.errors import GraftError
 from graft.heads.softmax import memory_budget
 from graft.recipe.augmentation import describe
@@ -44,6 +45,8 @@ def extract(job: Job, data: Dataset) -> Features:
         log.warning("%s is unused: no augmented views were weighed (%s)", given, why)
     if k:
         out.x_train, out.augmentation = _with_views(job, kept.train, out.x_train, k)
+    if job.dist.is_main:  # seconds after the scan: photos copied just before it can be trusted now
+        settle_racy()
     if out.x_train.nbytes + out.x_val.nbytes <= memory_budget():  # in memory, as always
         out.x_train, out.x_val = np.asarray(out.x_train), np.asarray(out.x_val)
         if not len(out.x_val):  # no validation photo: (0, D), as the head expects

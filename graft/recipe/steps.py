@@ -19,7 +19,7 @@ import torch
 
 from graft.backbones import BackboneSource, resolve_backbone
 from graft.cache import FeatureCache, cache_root
-from graft.cache.layout import DECODED
+from graft.cache.layout import DECODED, HEADS
 from graft.cache.rows import FeatureRows
 from graft.check import skip_quick_errors
 from graft.data import Dataset, scan_photos
@@ -51,6 +51,7 @@ class Job:
     started: float = field(default_factory=time.perf_counter)
     _pipelines: dict = field(default_factory=dict)
     backbone_candidates: list | None = None  # --backbone auto: each candidate's cv figures and cost
+    lock: object = None  # the run folder's lock (rank 0, from the scan on; graft.run.guard.lock_run)
 
     @property
     def cache(self) -> FeatureCache:
@@ -178,7 +179,8 @@ def fit_head(job: Job, f: Features) -> Fitted:
 
     def choose(x):
         return choose_head(x, f.y_train, len(f.data.classes), solvers=job.cfg.solvers(), head_cfg=cfg,
-                           balance=job.cfg.balance, keys=[s.digest for s in f.data.train], seed=job.cfg.seed)
+                           balance=job.cfg.balance, keys=[s.digest for s in f.data.train], seed=job.cfg.seed,
+                           memo=job.cache_root / HEADS)
 
     choice = choose(f.x_train)
     views = dict(f.views or {})

@@ -2,7 +2,7 @@
 
 The rule, in the README as a table:
 
-| labelled training images per class (smallest class) | linear probe val accuracy | strategy |
+| labelled training images per class (smallest class) | frozen head's cv accuracy | strategy |
 | --- | --- | --- |
 | fewer than 250 | any | `head`: frozen backbone, new softmax on cached features |
 | 250 to 2,499 | 0.97 or more (task close to ImageNet) | `head` |
@@ -14,7 +14,8 @@ The thresholds come from `bench/ladder.py`: on hymenoptera (about 120 photos per
 head matches or beats fine-tuning at a fraction of the cost, so "little data" reaches further than
 the usual rule of thumb of 100 per class.
 
-The linear probe (the new softmax trained on frozen features) costs seconds thanks to the cache,
+The frozen head (the new softmax on frozen features, chosen by cross-validation on the training
+photos, graft.heads.search; its accuracy there is the figure read) costs seconds thanks to the cache,
 and says how well the pretrained features already separate the classes: when they nearly do,
 training more layers on a few hundred images mostly adds variance.
 """
@@ -68,11 +69,11 @@ def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages
     check_request(requested)
     if requested != "auto":
         return StrategyChoice(requested, train_stages, f"asked for --strategy {requested}")
+    # the figure read is the head chosen by cross-validation (L-BFGS or AdamW, views or not): named as such
+    probe = f"frozen head's cross-validated accuracy {probe_accuracy:.3f} on the training photos"
     if frozen_only:
-        return StrategyChoice("head", train_stages, f"{frozen_only}: only a new softmax trains "
-                                                    f"(linear probe cross-validated accuracy {probe_accuracy:.3f})")
+        return StrategyChoice("head", train_stages, f"{frozen_only}: only a new softmax trains ({probe})")
     per_class = smallest_class(data.train, len(data.classes))
-    probe = f"linear probe cross-validated accuracy {probe_accuracy:.3f} on the training photos"
     if per_class < LITTLE_DATA:
         return StrategyChoice("head", train_stages,
                               f"{per_class} training images in the smallest class (< 250): little data, "

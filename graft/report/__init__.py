@@ -56,7 +56,8 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
     root = metrics.get("photos") or (data.root if data is not None else None)
     parts = [header(run_dir, record, metrics), examples(metrics, data, preds), curves(metrics), confusion(metrics),
              gallery(run_dir, preds, note, root), calibration(run_dir, read_val_predictions(run_dir)),
-             check_findings(run_dir, metrics), augmentation(record, metrics, data), timings(metrics)]
+             check_findings(run_dir, metrics),
+             augmentation(record, metrics, data, _preview_cache(run_dir, cache_dir, data)), timings(metrics)]
     text = page(f"graft report: {run_dir.resolve().name}", "\n".join(s for s in parts if s))
     out = run_dir / REPORT_HTML
     with atomic_path(out) as tmp:
@@ -152,6 +153,14 @@ def _items(classes, paths, labels, probabilities) -> list[dict]:
         out.append({"path": str(path), "true": classes[label], "pred": classes[pred],
                     "probability": float(p[pred]), "true_probability": float(p[label]), "correct": pred == label})
     return out
+
+
+def _preview_cache(run_dir, cache_dir, data) -> Path | None:
+    """Where the augmentation preview is kept (None: drawn, not kept), when there are photos to draw."""
+    try:
+        return _cache_root(run_dir, cache_dir) if data is not None else None
+    except GraftError:  # no usable cache folder: the preview is drawn each time
+        return None
 
 
 def _cache_root(run_dir, cache_dir) -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 from graft._util.atomic import read_json
 from graft._util.digest import sha256_file
 from graft.errors import GraftError
-from graft.report.page import esc, figure, fmt3, img_tag, ordinal, png_of, section
+from graft.report.page import esc, figure, fmt3, img_tag, ordinal, png_of, section, unknown_reasons
 from graft.run.files import CALIBRATION_JSON, MODEL_TENSORS
 
 BINS = 10
@@ -72,12 +72,9 @@ def calibration(run_dir: Path, stored: dict | None) -> str:
     unknown, kept = cal.get("val_unknown"), cal.get("val_kept")
     if unknown and kept:
         n = unknown["n_val"]
-        bits = [f"{unknown['confidence']} by confidence"]
-        if unknown.get("novelty") is not None:
-            bits.append(f"{unknown['novelty']} by novelty")
         right = f", {fmt3(kept['accuracy_kept'])} of the kept right" if kept.get("accuracy_kept") is not None else ""
         rows.append(("validation photos unknown", f'<b id="val-unknown">{unknown["either"]} of {n}</b> '
-                     f'<span class="muted">({", ".join(bits)}; kept {fmt3(kept["kept"])}{right}): the reported '
+                     f'<span class="muted">({unknown_reasons(unknown)}; kept {fmt3(kept["kept"])}{right}): the reported '
                      f"figure, these photos scored once as new ones, never used to choose</span>"))
     elif cal.get("final"):
         rows.append(("validation photos unknown", '<span class="muted">none held out: a --final run trained on '

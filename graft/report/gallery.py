@@ -4,12 +4,16 @@ preview. Every thumbnail and file name links to its photo (file://), names shown
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import tempfile
 from pathlib import Path
 
+from graft._util.atomic import write_bytes
+from graft._version import __version__
+from graft.cache.layout import PREVIEWS, touch
 from graft.errors import GraftError
 from graft.report.page import esc, file_href, img_tag, section, shown_name
 from graft.run.record import AugmentationRecord
@@ -110,9 +114,9 @@ def gallery(run_dir, preds: list[dict] | None, note: str, root=None) -> str:
     return section(title, "\n".join(body))
 
 
-def augmentation(record, m, data) -> str:
+def augmentation(record, m, data, cache_dir=None) -> str:
     """The run's augmentation settings (its RunRecord's, else metrics.json's) and, given its
-    training photos (`data`), a preview."""
+    training photos (`data`), a preview (kept in `cache_dir` and reused while its inputs stay)."""
     aug = record.augmentation or AugmentationRecord.from_json(m.get("augmentation"))
     if not aug or not aug.pipeline:
         return ""
@@ -125,22 +129,48 @@ def augmentation(record, m, data) -> str:
         return section("Augmentation", head + '<p class="muted">A preview needs the photos '
                         "(<code>--photos PHOTOS</code>).</p>" + details)
     try:
-        png = _augmentation_png(aug.pipeline, data)
+        png = _augmentation_png(aug.pipeline, data, cache_dir)
     except Exception as e:  # a preview is a nicety: never lose the whole report to it
         log.warning("report: no augmentation preview: %s", e)
         return section("Augmentation", head + f'<p class="warn">No preview: {esc(e)}</p>' + details)
     return section("Augmentation", head + img_tag(png, "augmentation preview", "preview") + details)
 
 
-def _augmentation_png(pipeline: dict, data) -> bytes:
-    from graft.augment import preview_grid
+def _augmentation_png(pipeline: dict, data, cache_dir=None) -> bytes:
+    """The preview sheet (seeded: the same inputs draw the same sheet), kept in the cache under the
+    digest of its inputs, so a rerun's report neither decodes the photos nor draws it again."""
+    from graft.augment import KERNELS
     from graft.data.folder import spread_over_classes
-    from graft.data.images import read_image
 
     picked = spread_over_classes(data.train, PREVIEW_PHOTOS)
     if not picked:
         raise GraftError("no training photo found")
     size = int(next((v.get("size") for v in pipeline.values() if isinstance(v, dict) and v.get("size")), 224))
+    if cache_dir is None:
+        return _draw_preview(pipeline, picked, size)
+    inputs = {"graft": __version__, "kernels": KERNELS, "pipeline": pipeline, "photos": [s.digest for s in picked],
+              "size": size, "draws": PREVIEW_DRAWS, "cell": THUMB}
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    kept = Path(cache_dir) / PREVIEWS / f"{key}.png"
+    try:
+        png = kept.read_bytes()
+        touch(kept)  # a use, for `graft cache prune`
+        return png
+    except OSError:
+        pass
+    png = _draw_preview(pipeline, picked, size)
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(kept, png)
+    except (OSError, GraftError) as e:  # a read-only cache: drawn again next time
+        log.info("could not keep the augmentation preview: %s", e)
+    return png
+
+
+def _draw_preview(pipeline: dict, picked, size: int) -> bytes:
+    from graft.augment import preview_grid
+    from graft.data.images import read_image
+
     images = [read_image(s.path, min_short_side=2 * size) for s in picked]
     with tempfile.TemporaryDirectory(prefix="graft-report-") as tmp:
         out = preview_grid(images, pipeline, Path(tmp) / "preview.png", n_draws=PREVIEW_DRAWS, cell=THUMB)

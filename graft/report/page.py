@@ -27,6 +27,22 @@ def ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
+def epochs_words(m: dict) -> str:
+    """What training did, from metrics.json `m`: the best of the epochs run, or, for the L-BFGS
+    head (a full-batch solve), that it ran none rather than "best epoch 0 of 0"."""
+    if m.get("epochs_run") != 0:
+        return f"best epoch {m.get('best_epoch')} of {m.get('epochs_run', '?')}"
+    return "no epochs: L-BFGS, one full-batch solve" if (m.get("head") or {}).get("solver") == "lbfgs" else "no epochs"
+
+
+def unknown_reasons(unknown: dict) -> str:
+    """Why validation photos were called unknown, in counts that add up to `unknown["either"]`:
+    the two checks overlap, so novelty's count first, then what confidence refused besides."""
+    if unknown.get("novelty") is None:
+        return "by confidence"
+    return f"{unknown['novelty']} by novelty, {unknown['either'] - unknown['novelty']} more by confidence"
+
+
 def esc(x) -> str:
     return html.escape(str(x), quote=True)
 

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from graft.backbones.spec import is_joined
-from graft.report.page import esc, figure, file_href, fmt3, img_tag, png_of, section
+from graft.report.page import epochs_words, esc, figure, file_href, fmt3, img_tag, png_of, section
 from graft.run.files import METRICS_JSON
 
 # metrics["timings"] keys, in display order, with what each one measures
@@ -20,6 +20,7 @@ TIMING_KEYS = {
     "val_s": "of which: validation passes",
     "total_s": "whole run",
 }
+MIN_ACCURACY_SPAN = 0.05  # the shortest accuracy axis drawn: 0.05 of the photos, not one photo, fills it
 HEAD_TIMING_NOTES = {  # head runs: data_wait_s / step_s are measured during feature extraction
     "data_wait_s": "of extraction: waiting for decoded images",
     "step_s": "of extraction: backbone forward passes",
@@ -91,7 +92,7 @@ def header(run_dir: Path, record, m: dict) -> str:
     if m.get("photos"):
         rows.append(("photos", f'<a href="{file_href(m["photos"])}"><code>{esc(m["photos"])}</code></a>'))
     if m.get("best_epoch") is not None:
-        rows.append(("epochs", f"best epoch {esc(m['best_epoch'])} of {esc(m.get('epochs_run', '?'))}"
+        rows.append(("epochs", esc(epochs_words(m))
                      + (f", val loss {m['val_loss']:.4f}" if isinstance(m.get("val_loss"), (int, float)) else "")))
     ft = m.get("finetune")
     if ft:
@@ -149,6 +150,7 @@ def selection_curves(m: dict) -> str:
     if lb:
         ax1.semilogx([s for s, _ in lb], [a for _, a in lb], marker="o", ms=3, color="#3b6fb6",
                      label="L-BFGS probe, cv accuracy")
+        ax1.set_ylim(*accuracy_axis([a for _, a in lb], *ax1.get_ylim()))
         ax1.legend(fontsize=8)
     ax1.set_xlabel("L2 strength")
     ax1.set_title("cross-validated accuracy (training photos)")
@@ -165,6 +167,17 @@ def selection_curves(m: dict) -> str:
     note = (f'<p class="muted">chosen: {esc(head.get("solver", "?"))}; every point is {esc(head.get("folds", "?"))}-fold '
             "cross-validation on the training photos, then the winner was refitted on all of them.</p>")
     return section("Training curves", img_tag(png_of(fig), "training and validation curves", "chart") + note)
+
+
+def accuracy_axis(values: list[float], bottom: float, top: float) -> tuple[float, float]:
+    """An accuracy axis at least MIN_ACCURACY_SPAN tall, within [0, 1] plus a margin: matplotlib
+    fits the axis to the points, so a curve spanning 0.967-0.971 (one photo) looks like a cliff.
+    (bottom, top): the axis as matplotlib drew it, kept when it is tall enough."""
+    if top - bottom >= MIN_ACCURACY_SPAN:
+        return bottom, top
+    mid = (min(values) + max(values)) / 2
+    low = min(max(mid - MIN_ACCURACY_SPAN / 2, 0.0), 1.0 - MIN_ACCURACY_SPAN)
+    return low - 0.005, low + MIN_ACCURACY_SPAN + 0.005
 
 
 def curves(m: dict) -> str:

@@ -22,6 +22,7 @@ LOG_CSV = "log.csv"
 TENSORBOARD = "tensorboard"  # a folder of event files
 # What a run killed before its model leaves (and --resume continues from): not the user's files.
 IN_PROGRESS = frozenset({CHECKPOINT, LOG_CSV, TENSORBOARD})
+TRAIN_LOCK = ".graft-train.lock"  # held (flock) while a graft train writes the run (graft.run.guard.lock_run)
 
 # graft calibrate (graft.use.calibrate): the thresholds, and the novelty check's reference features
 CALIBRATION_JSON = "calibration.json"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graft._util.atomic import read_json
+from graft._util.atomic import read_json, write_error
+from graft._util.output import check_output as _check_output
 from graft.errors import GraftError
-from graft.run.files import CALIBRATION_JSON, EXPORT_JSON, IN_PROGRESS, MODEL_JSON
+from graft.run.files import CALIBRATION_JSON, EXPORT_JSON, IN_PROGRESS, MODEL_JSON, TRAIN_LOCK
 from graft.run.record import written_by_graft
 
 
@@ -46,11 +47,83 @@ def check_out(out, photos) -> None:
         raise GraftError(f"--out {out}: no permission to write in {made}; make it writable or give another folder")
     if not out.is_dir() or is_graft_run(out):
         return
-    entries = sorted(e.name for e in out.iterdir() if not e.name.startswith(".tmp-"))
+    entries = sorted(e.name for e in out.iterdir() if not e.name.startswith(".tmp-") and e.name != TRAIN_LOCK)
     if not set(entries) <= IN_PROGRESS:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise GraftError(f"--out {out} is a folder that is not a graft run (it holds {shown}); graft "
                          f"writes a run only into a new or empty folder, or over a run it made")
+
+
+class RunLock:
+    """lock_run's lock: the open lock file, and the folders it made (removed again when empty: a
+    training refused before it wrote anything leaves no folder behind)."""
+
+    def __init__(self, out: Path):
+        import fcntl
+
+        self.path = out / TRAIN_LOCK
+        self.made = [q for q in (out, *out.parents) if not q.exists()]
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "a+", encoding="utf-8")
+        except OSError as e:
+            self._remove_made()
+            raise write_error(self.path, e) from e
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(self.file.fileno()).st_ino != os.stat(self.path).st_ino:  # released and removed meanwhile
+                raise BlockingIOError
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read(32).strip()
+            self.file.close()
+            raise GraftError(f"--out {out} is being written by another graft train"
+                             f"{f' (process {holder})' if holder.isdigit() else ''}: wait for it to end or give "
+                             f"another folder") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+
+    def release(self) -> None:
+        """Remove the lock file, then release it; and the folders it made, while empty."""
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self.file.close()
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        for folder in self.made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run is in it) or gone
+                break
+
+
+def lock_run(out) -> RunLock:
+    """Hold the run folder `out` for this training: a second `graft train` into it is refused in one
+    line instead of replacing the first's files mid-flight. An flock, so the kernel releases it when
+    the process ends, killed too: a stale lock never blocks. Release with unlock_run."""
+    return RunLock(Path(out).expanduser())
+
+
+def unlock_run(lock: RunLock) -> None:
+    lock.release()
+
+
+def check_output(target, flag: str, *, inputs=(), is_ours=None, run=None, run_files=frozenset()) -> Path:
+    """graft._util.output.check_output, and a file inside a graft run refused unless it is one of
+    `run_files`, the names this command writes into its own `run`: an output never replaces a
+    run's model, record or anything else of it."""
+    real = Path(os.path.realpath(Path(target).expanduser()))
+    folder = next((f for f in real.parents if is_graft_run(f)), None)
+    own = folder is not None and run is not None and folder == Path(os.path.realpath(run)) == real.parent
+    if folder is not None and not (own and real.name in run_files):
+        raise GraftError(f"{flag} {target} is inside the graft run {folder}: an output never replaces a run's "
+                         f"files; give a path outside the run")
+    return _check_output(target, flag, inputs=inputs, is_ours=is_ours)
 
 
 def remove_stale(run_dir) -> list[str]:

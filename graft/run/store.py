@@ -58,6 +58,8 @@ def read_record(run_dir) -> RunRecord:
     against it; a one-line GraftError for a folder that is not a run or a damaged one."""
     run_dir = Path(run_dir)
     path = run_dir / MODEL_JSON
+    if not run_dir.exists() and not run_dir.is_symlink():  # a typo, most likely: not "not a run"
+        raise GraftError(f"run folder not found: {run_dir} (give the folder `graft train --out` wrote)")
     doc = read_json(path, missing=f"{run_dir} is not a graft run (no {MODEL_JSON}); train one with `graft train`")
     record = RunRecord.from_json(doc, where=path)
     _check_model_file(run_dir / MODEL_TENSORS, record)

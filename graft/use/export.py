@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from torch import nn
 
 from graft._util.atomic import atomic_path, write_json
 from graft._util.digest import sha256_file
+from graft._util.output import not_regular
 from graft.errors import GraftError
 from graft.run.files import CALIBRATION_JSON, EXPORT_FORMAT, EXPORT_JSON, MODEL_TENSORS, ONNX_CLIENT, ONNX_MODEL, TORCHSCRIPT_MODEL
 
@@ -93,9 +95,11 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise GraftError(f"run folder not found: {run_dir}")
+    given = out
     out = Path(out).expanduser() if out else run_dir / FORMATS[fmt]
     if out.is_dir():
         raise GraftError(f"--out {out} is a folder; give a file name, e.g. {out / FORMATS[fmt]}")
+    out = _check_targets(run_dir, out, "--out" if given else "the export", weights)
     model = load_run(run_dir, weights=weights)
     cal, novelty = _calibration(run_dir, model.classes)
     wrapped = Exported(model, novelty).eval()
@@ -126,6 +130,27 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
     old = _read_json(target)
     client = _write_client(out.parent, old) if fmt == "onnx" else None
     _write_metadata(target, out, info, entry, old, client)
+    return out
+
+
+def _check_targets(run_dir: Path, out: Path, flag: str, weights) -> Path:
+    """Refuse, before any work, an export or metadata path graft may not replace
+    (graft.run.guard.check_output): an existing export is graft's while the metadata beside it
+    records its SHA-256, the metadata while it is graft's export record. -> the file to write: a
+    link's target (its record and client go beside it)."""
+    from graft.run.guard import check_output
+
+    if out.is_symlink():
+        check_output(out, flag, inputs=[weights] if weights else (), is_ours=lambda real: True)  # what it is
+        out = Path(os.path.realpath(out))
+    meta = metadata_path(run_dir, out)
+    old = _read_json(meta) if not_regular(meta) is None else None
+    old = old if isinstance(old, dict) and {"files", "model_sha256"} <= old.keys() else None
+    recorded = (((old or {}).get("files") or {}).get(out.name) or {}).get("sha256")
+    check_output(out, flag, inputs=[weights] if weights else (), run=run_dir, run_files=set(FORMATS.values()),
+                 is_ours=lambda real: recorded is not None and sha256_file(real) == recorded)
+    check_output(meta, f"{flag}'s record", run=run_dir, run_files={METADATA_NAME},
+                 is_ours=lambda real: old is not None)
     return out
 
 
@@ -275,6 +300,9 @@ def _write_client(folder: Path, old: dict | None) -> dict | None:
     wrote (then it is left alone, and said). -> {"file", "sha256"} of the client written."""
     source = CLIENT_SOURCE.read_bytes()
     target = folder / CLIENT_NAME
+    if not_regular(target) is not None:
+        log.warning(f"{target} is {not_regular(target)}: left as it is; the reference client was not written")
+        return None
     if target.exists():
         digest = sha256_file(target)
         ours = {sha256_file(CLIENT_SOURCE), ((old or {}).get("client") or {}).get("sha256")}

@@ -86,9 +86,12 @@ def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=No
     atomically: path, label (the class or `unknown`, empty for an unreadable file), confidence,
     class_1, probability_1, ... class_k, probability_k, novelty, reason (why unknown), error.
     `reject` as for predict_with_reject (default None: every readable image gets a class)."""
+    from graft.run.guard import check_output
+
+    read = [run, *([paths] if isinstance(paths, (str, Path)) else paths), *([photos] if photos else [])]
+    out_csv = check_output(out_csv, "--csv", inputs=read, is_ours=is_predictions_csv)
     k = max(1, min(int(topk), len(read_record(run).classes)))
     header = csv_header(k)
-    out_csv = Path(out_csv)
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=header)
         w.writeheader()
@@ -102,6 +105,18 @@ def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=No
                 row[f"class_{j}"], row[f"probability_{j}"] = p["class"], p["probability"]
             w.writerow(row)
     return out_csv
+
+
+def is_predictions_csv(path) -> bool:
+    """A CSV `graft predict --csv` wrote, by its header line (which no photo or label file starts
+    with): the only existing file --csv replaces. A marker inside would change the format every
+    CSV reader sees; the header is graft's own already."""
+    from graft._util.output import read_head
+
+    first = read_head(path, 4096).split(b"\n", 1)[0].rstrip(b"\r")
+    cols = first.decode("ascii", "replace").split(",")
+    k = (len(cols) - 6) // 2
+    return k >= 1 and cols == csv_header(k)
 
 
 def csv_header(topk: int) -> list[str]:
@@ -164,14 +179,17 @@ def expand_paths(paths) -> list[Path]:
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
+    left_out: list[tuple[Path, list[Path]]] = []
     for p in paths:
         text = str(p)
         if "://" in text:
             raise GraftError(f"{text} looks like a URL; graft reads local files only: download it first")
         p = Path(p).expanduser()
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in SUPPORTED_EXTENSIONS
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            visible = [f for f in p.rglob("*") if not any(part.startswith(".") for part in f.relative_to(p).parts)]
+            files += sorted(f for f in visible if f.suffix.lower() in SUPPORTED_EXTENSIONS)
+            left_out.append((p, sorted(f for f in visible if f.suffix.lower() not in SUPPORTED_EXTENSIONS
+                                       and not f.is_dir())))
         elif p.exists():
             files.append(p)
         else:
@@ -179,4 +197,10 @@ def expand_paths(paths) -> list[Path]:
     if not files:  # say so, rather than print nothing
         where = ", ".join(str(p) for p in paths)
         raise GraftError(f"no image found in {where} (looked for {', '.join(sorted(SUPPORTED_EXTENSIONS))})")
+    for folder, others in left_out:  # a file named directly is refused; one in a folder is said, once
+        if others:
+            names = ", ".join(str(f.relative_to(folder)) for f in others[:3])
+            log.warning("left out %d file(s) in %s that are not photos (%s%s): graft predicts %s files",
+                        len(others), folder, names, f" and {len(others) - 3} more" if len(others) > 3 else "",
+                        ", ".join(sorted(set(SUPPORTED_EXTENSIONS))))
     return files

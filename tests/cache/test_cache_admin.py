@@ -166,8 +166,8 @@ def test_only_graft_files_are_pruned_and_counted(warm, tmp_path):
     live.write_bytes(b"y" * 100)
     _age(dead, 3)
 
-    # the shards and the scan's digest index fit: nothing of theirs goes, only the dead temp file
-    indexes = sum(a.bytes for a in usage(cache) if a.kind in ("digests", "engines"))
+    # the shards, the scan's digest index and the head chosen fit: nothing of theirs goes, only the dead temp file
+    indexes = sum(a.bytes for a in usage(cache) if a.kind in ("digests", "engines", "heads", "previews"))
     r = prune(cache, max_bytes=ns.bytes + indexes)
     assert r.paths == [str(dead)] and not r.unmet
     assert live.exists() and (demo / "big.jpg").exists()
@@ -185,9 +185,9 @@ def test_namespace_being_extracted_into_is_skipped(warm):
     with fc.extraction_lock():
         dry = prune(cache, max_bytes=0, dry_run=True)
         r = prune(cache, max_bytes=0)
-    # the busy namespace is untouched; only the scan's digest index (not busy) may go
+    # the busy namespace is untouched; only the scan's digest index and the head chosen (not busy) may go
     assert dry.skipped_busy == r.skipped_busy == [str(ns.path)] and dry.paths == r.paths
-    assert all("/digests/" in p for p in r.paths) and not any(p.startswith(str(ns.path)) for p in r.paths)
+    assert all("/digests/" in p or "/heads/" in p for p in r.paths) and not any(p.startswith(str(ns.path)) for p in r.paths)
     assert r.unmet and r.deleted_files == len(r.paths)
     with fc.extraction_lock(shared=True):  # the ranks of a torchrun job keep it out too
         assert prune(cache, max_bytes=0).skipped_busy == [str(ns.path)]

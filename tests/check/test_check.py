@@ -481,3 +481,36 @@ def test_near_pairs_by_matrix_product_equal_brute_force_hamming():
     got = _near_pairs(dh, ph)
     assert len(got) == len(set(got)) and set(got) == want
     assert 0 < len(want) < n * (n - 1) // 2  # some pairs near, some not: the thresholds are exercised
+
+
+def test_class_folders_differing_only_in_case_are_one_error(tmp_path):
+    """`Ant/` beside `ant/` is one class misspelt: check says so once, naming both, as train refuses."""
+    rng = np.random.default_rng(21)
+    root = tmp_path / "photos"
+    for cls in ("Ant", "ant", "bee"):
+        for i in range(3):
+            _jpeg(make_photo(rng, "red", SIZE), root / cls / f"{cls}{i}.jpg")
+    report = check_photos(root, deep=False)
+    clashes = [f for f in report["findings"] if f["code"] == "class_name_clash"]
+    assert len(clashes) == 1 and clashes[0]["level"] == "error"
+    assert "'Ant'" in clashes[0]["message"] and "'ant'" in clashes[0]["message"]
+    assert "rename" in clashes[0]["message"]
+
+
+def test_label_file_with_train_and_test_rows_only_is_split_as_train_does(tmp_path):
+    """A Kaggle-style file (train/test rows, no val): check's sides are train's, drawn by hash."""
+    rng = np.random.default_rng(22)
+    rows = ["path,label,split"]
+    for split, n in (("train", 10), ("test", 2)):
+        for cls in ("blue", "red"):
+            for i in range(n):
+                _jpeg(make_photo(rng, cls, SIZE), tmp_path / split / cls / f"{cls}{i}.jpg")
+                rows.append(f"{split}/{cls}/{cls}{i}.jpg,{cls},{split}")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("\n".join(rows) + "\n")
+    report = check_photos(labels, deep=False, val_split=0.3)
+    data = scan_photos(labels, val_split=0.3)
+    assert data.val
+    for label, cls in enumerate(data.classes):
+        assert report["counts"][cls] == {"train": sum(s.label == label for s in data.train),
+                                         "val": sum(s.label == label for s in data.val)}

@@ -127,6 +127,28 @@ def test_racy_entries_are_read_again_until_settled(tmp_path):
     assert opens.paths == []
 
 
+def test_racy_entries_settled_later_in_the_run_are_trusted_by_the_next_scan(tmp_path, monkeypatch):
+    """graft train settles the racy entries of photos copied just before it (settle_racy, once its
+    features are extracted): each is read once more then, so the next scan opens no photo."""
+    photos, cache = tmp_path / "photos", tmp_path / "cache"
+    files = _fill(photos, per_class=2)
+    monkeypatch.setattr(digests, "_unsettled", {})
+    scan_photos(photos, cache_dir=cache)  # photos written a moment ago: all racy
+    assert digests.settle_racy() == 0  # still too new: nothing read, nothing trusted yet
+    with pytest.MonkeyPatch.context() as mp:
+        _later(mp)
+        opens = _Opens(photos, mp)
+        assert digests.settle_racy() == len(files) + 1  # the broken file's refusal is settled too
+    assert len(set(opens.paths)) == len(files) + 1 and digests._unsettled == {}
+    with pytest.MonkeyPatch.context() as mp:
+        opens = _Opens(photos, mp)
+        again = scan_photos(photos, cache_dir=cache)
+    assert opens.paths == []
+    assert {str(s.path): s.digest for s in again.train + again.val} == {
+        str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    assert digests.settle_racy() == 0
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "other_folder"])
 def test_damaged_or_foreign_index_is_rebuilt(tmp_path, monkeypatch, caplog, damage):
     photos, cache = tmp_path / "photos", tmp_path / "cache"

@@ -274,3 +274,14 @@ def test_walk_reports_what_it_leaves_out(tmp_path):
     assert {Path(d["path"]).name: d["code"] for d in data.skipped} == {
         "notes.txt": "unsupported_type", "self.jpg": "symlink_loop", "gone.jpg": "unreadable",
         "up": "symlink_loop", "pipe.jpg": "not_regular_file"}
+
+
+@pytest.mark.parametrize("names", [("Ant", "ant"), ("ant", "ant "), ("ant queen", "Ant  Queen")])
+def test_class_folders_that_differ_only_in_case_or_spaces_are_one_error(tmp_path, names):
+    """`Ant/` and `ant/` (or `ant /`) are one class misspelt, never two classes: one error naming them."""
+    _fill(tmp_path, {"bee": 3, **{n: 3 for n in names}})
+    with pytest.raises(GraftError) as e:
+        scan_photos(tmp_path)
+    message = str(e.value)
+    assert "\n" not in message and "case" in message and "rename" in message
+    assert all(repr(n) in message for n in names)

@@ -218,3 +218,56 @@ def test_bad_csvs_one_line_exit_2_through_the_cli(tmp_path):
         for w in BAD_FILES[name][2]:
             assert w in lines[0], (w, lines[0])
         assert not (tmp_path / name / "run").exists()
+
+
+# --- issue 20: Kaggle's train/test-only files, class names that clash --------------------------------
+
+def test_train_and_test_rows_only_draw_validation_from_train_by_hash(tmp_path, caplog):
+    """Kaggle ships train/test rows and no val: validation is drawn from the train rows by content
+    hash exactly as for a folder (and said in one line); the test rows stay out of both."""
+    rows = _tree(tmp_path / "photos", {"train": {"cat": 20, "dog": 20}, "test": {"cat": 3, "dog": 3}})
+    flat = tmp_path / "flat"  # the train rows as PHOTOS/<class>/*
+    for rel, cls, split in rows:
+        if split == "train":
+            (flat / cls).mkdir(parents=True, exist_ok=True)
+            (flat / cls / Path(rel).name).write_bytes((tmp_path / "photos" / rel).read_bytes())
+    labels = _write_csv(tmp_path / "photos" / "labels.csv", ["path", "label", "split"], rows)
+    with caplog.at_level("INFO", logger="graft"):
+        a = scan_photos(labels, val_split=0.3)
+    b = scan_photos(flat, val_split=0.3)
+    assert a.val and _summary(a) == _summary(b)
+    assert all(Path(s.path).parent.parent.name == "train" for s in a.train + a.val)
+    said = [r.getMessage() for r in caplog.records if "validation" in r.getMessage()]
+    assert len(said) == 1 and "train" in said[0] and "0.3" in said[0]
+
+
+@pytest.mark.parametrize("names", [("Ant", "ant"), ("ant  queen", "Ant Queen"), ("ant", "ANT", "Ant")])
+def test_label_names_that_differ_only_in_case_or_spaces_are_one_error(tmp_path, names):
+    rows = _tree(tmp_path, {"train": {"bee": 2}})
+    rows = [(r, c) for r, c, _ in rows]
+    listed = []
+    for i, name in enumerate(names):
+        rel = f"x/{i}.png"
+        _photo(tmp_path / rel, np.random.default_rng(i))
+        listed.append((rel, name))
+    with pytest.raises(GraftError) as e:
+        scan_photos(_write_csv(tmp_path / "l.csv", ["path", "label"], rows + listed))
+    message = str(e.value)
+    assert "\n" not in message and "case" in message and "rename" in message
+    assert all(repr(n) in message for n in names)
+
+
+def test_train_on_train_and_test_rows_only_is_validated_and_evaluate_scores_the_test_rows(tmp_path):
+    """Before issue 20 such a run printed `val accuracy nan (0/0 ...)` and a table of zeros."""
+    import graft
+
+    photos = tmp_path / "photos"
+    rows = [(r, c, "test" if s == "test" else "train") for r, c, s in _photo_tree(photos)]
+    labels = _write_csv(photos / "labels.csv", ["path", "label", "split"], rows)
+    a = graft.train(labels, tmp_path / "run", strategy="head", workers=0, progress=False, report=False,
+                    val_split=0.4)
+    data = scan_photos(labels, val_split=0.4)
+    assert (a.metrics["n_train"], a.metrics["n_val"]) == (len(data.train), len(data.val))
+    assert a.metrics["n_val"] > 0 and a.metrics["n_train"] + a.metrics["n_val"] == 18  # test rows held out
+    assert a.metrics["val_accuracy"] == a.metrics["val_accuracy"]  # not nan
+    assert graft.evaluate(a.run_dir, labels, workers=0)["n"] == 4

@@ -203,3 +203,25 @@ def test_fit_and_hold_out_trains_on_views_of_the_training_rows_only():
     assert val["n"] == len(val_idx) and val["accuracy"] > 0.8
     with pytest.raises(ValueError):  # one set of views per training row, not per photo
         fit_and_hold_out(x, y, train_idx, val_idx, 2, ["a", "b"], views=np.zeros((len(y), 3, 10), np.float32))
+
+
+def test_a_remembered_choice_comes_back_bit_for_bit_and_only_for_the_same_inputs(tmp_path, monkeypatch):
+    from graft.heads import search
+
+    x, y = clouds((20, 20, 20), seed=3)
+    runs, original = [], search._cross_validated
+    monkeypatch.setattr(search, "_cross_validated", lambda *a: runs.append(1) or original(*a))
+    first = choose_head(x, y, 3, memo=tmp_path, seed=0)
+    again = choose_head(x, y, 3, memo=tmp_path, seed=0)
+    assert len(runs) == 1  # the second was remembered
+    assert torch.equal(again.head.weight, first.head.weight) and torch.equal(again.head.bias, first.head.bias)
+    assert again.to_json() == first.to_json() and np.array_equal(again.oof_logits, first.oof_logits)
+    moved = x.copy()
+    moved[0, 0] += 1e-3
+    choose_head(moved, y, 3, memo=tmp_path, seed=0)  # other features
+    choose_head(x, y, 3, memo=tmp_path, seed=1)  # other folds
+    assert len(runs) == 3
+    for f in tmp_path.iterdir():  # a damaged record is chosen again, not trusted
+        f.write_bytes(b"garbage")
+    assert torch.equal(choose_head(x, y, 3, memo=tmp_path, seed=0).head.weight, first.head.weight)
+    assert len(runs) == 4

@@ -108,3 +108,12 @@ def test_train_auto_on_a_tiny_folder_picks_head(tmp_path):
     assert "finetune" not in m
     meta = json.loads((res.run_dir / "model.json").read_text())
     assert meta["strategy"] == "head" and meta["backbone"]["stored"] is False
+
+
+@pytest.mark.parametrize("n", [5, 1000])
+def test_the_reason_names_the_figure_it_quotes(n):
+    """The figure `auto` reads is the frozen head's cross-validated accuracy (whatever solver and
+    views won), not the L-BFGS probe's curve: the reason calls it that (issue 20)."""
+    for frozen_only in (None, "a joined backbone"):
+        reason = choose_strategy("auto", fake_data(n, n), 0.975, frozen_only=frozen_only).reason
+        assert "linear probe" not in reason and "frozen head's cross-validated accuracy 0.975" in reason

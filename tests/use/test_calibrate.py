@@ -263,6 +263,7 @@ def test_reject_needs_a_calibration_or_takes_a_probability(calibrated, tmp_path)
 def test_predict_to_csv(calibrated, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "out").mkdir()  # an output's folder is never created (issue 22)
     out = predict_to_csv(calibrated.run, [calibrated.known, calibrated.odd / "grey0.png", broken],
                          tmp_path / "out" / "pred.csv", topk=3, reject="auto", workers=1, progress=False)
     with open(out, newline="") as f:
