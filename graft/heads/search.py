@@ -154,6 +154,53 @@ def refit_head(x, y, n_classes: int, cfg, epochs: int, *, class_weight=None) -> 
     return fold_standardisation(t.layer, t.mean, t.std)
 
 
+def refit_choice(selection: dict, x, y, n_classes: int, cfg, *, memo=None) -> nn.Linear:
+    """The head chosen on some photos (`selection`: HeadChoice.to_json's solver, strength or
+    epochs, class weights) fitted again, unchanged, on others (x, y): graft.recipe's model on the
+    training + validation photos. `memo`: a folder where it is kept under the digest of its inputs
+    (a warm rerun fits nothing)."""
+    from graft.heads.probe import fit_probe
+
+    x, y = np.asarray(x), np.asarray(y, dtype=int)
+    weights = selection.get("class_weight")
+    weights = None if weights is None else np.asarray(weights, np.float32)
+    how = {k: selection.get(k) for k in ("solver", "strength", "epochs", "class_weight")}
+    path = None if memo is None else Path(memo) / f"refit-{choice_key(x, y, n_classes, {**how, 'head': cfg.to_json()})}.safetensors"
+    if path is not None and path.is_file():
+        try:
+            from safetensors.torch import load_file
+
+            head = _linear(load_file(str(path)))
+            touch(path)
+            return head
+        except Exception as e:  # damaged: fitted again and rewritten
+            log.info("the remembered refit %s is unusable (%s): fitted again", path, e)
+    if how["solver"] == "lbfgs":
+        head = fit_probe(x, y, n_classes, float(how["strength"]), class_weight=weights).head
+    else:
+        head = refit_head(x, y, n_classes, cfg, int(how["epochs"]), class_weight=weights)
+    if path is not None:
+        _keep(path, {"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()})
+    return head
+
+
+def _linear(tensors: dict) -> nn.Linear:
+    head = nn.Linear(tensors["weight"].shape[1], tensors["weight"].shape[0])
+    with torch.no_grad():
+        head.weight.copy_(tensors["weight"])
+        head.bias.copy_(tensors["bias"])
+    return head
+
+
+def _keep(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+    """Best effort: a cache that cannot be written only costs the fitting next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_safetensors(path, tensors, metadata=metadata)
+    except (OSError, GraftError, TypeError, ValueError) as e:
+        log.info("could not keep %s: %s", path, e)
+
+
 # --- the whole choice -------------------------------------------------------------------------------
 
 @dataclass
@@ -271,10 +318,7 @@ def remembered_choice(path: Path) -> HeadChoice | None:
         with safe_open(str(path), framework="pt") as f:
             kept = json.loads(f.metadata()["choice"])
             tensors = {name: f.get_tensor(name) for name in f.keys()}
-        head = nn.Linear(tensors["weight"].shape[1], tensors["weight"].shape[0])
-        with torch.no_grad():
-            head.weight.copy_(tensors["weight"])
-            head.bias.copy_(tensors["bias"])
+        head = _linear(tensors)
         oof = tensors.get("oof_logits")
         choice = HeadChoice(head, **{name: kept[name] for name in _KEPT},
                             oof_logits=None if oof is None else oof.numpy())
@@ -295,10 +339,10 @@ def remember_choice(path: Path, choice: HeadChoice) -> None:
         tensors["oof_logits"] = torch.from_numpy(np.ascontiguousarray(choice.oof_logits))
     try:
         kept = json.dumps({name: getattr(choice, name) for name in _KEPT})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_safetensors(path, tensors, metadata={"choice": kept})
-    except (OSError, GraftError, TypeError, ValueError) as e:
+    except (TypeError, ValueError) as e:
         log.info("could not keep the head choice in %s: %s", path, e)
+        return
+    _keep(path, tensors, {"choice": kept})
 
 
 # The L2 strength used when there is nothing to cross-validate with: the middle of the strengths

@@ -13,6 +13,8 @@
     choose       how much of the network to train (strategy.py)
     fit_network  fine-tune the last stages, or all of them, when the strategy says so (steps.py,
                  over graft.finetune)
+    refit        the chosen head fitted again on training + validation photos, once the
+                 validation figure is taken, when graft drew the validation photos (steps.py)
     write        the run folder: model, validation predictions, metrics.json, report.html
                  (run_folder.py)
 
@@ -92,7 +94,7 @@ def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
     from graft.recipe.backbone_choice import choose_backbone
     from graft.recipe.extraction import extract
     from graft.recipe.run_folder import summary, write
-    from graft.recipe.steps import cv_accuracy, fit_head, fit_network, scan, score_val
+    from graft.recipe.steps import cv_accuracy, fit_head, fit_network, refit_on_all, scan, score_val
     from graft.recipe.strategy import choose_strategy
 
     data = scan(job, photos)
@@ -118,4 +120,5 @@ def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
         fitted.selection = linear_probe.selection
     if fitted.val_logits is None:
         fitted.val_logits = score_val(job, feats, fitted)
+    refit_on_all(job, feats, fitted)  # after the figure: the model written learns from every photo
     return TrainResult(job.out, write(job, feats, common, fitted))

@@ -52,17 +52,24 @@ def write(job: Job, f: Features, common: dict, fitted: Fitted) -> dict:
     stale = remove_stale(job.out)
     if stale:
         log.warning("removed %s from %s: made from the model this run replaces", ", ".join(stale), job.out)
-    save_run(job.out, head=fitted.head, classes=f.data.classes, source=job.source, strategy=fitted.strategy,
+    record = save_run(job.out, head=fitted.head, classes=f.data.classes, source=job.source, strategy=fitted.strategy,
              backbone=fitted.backbone, cut=fitted.cut,
              training={**fitted.config, "val_split": job.cfg.val_split, "layout": f.data.layout,
                        # what graft calibrate needs to find the photos the model never
                        # trained on: fine-tuning's inner split, and whether val was trained on
-                       "inner_split": job.cfg.inner_split, "final": job.cfg.final},
+                       # ("final": the validation photos were trained on, by --final or the refit)
+                       "inner_split": job.cfg.inner_split,
+                       "final": job.cfg.final or bool((fitted.trained_on or {}).get("val"))},
              augmentation=fitted.augmentation)
     probs = torch.from_numpy(fitted.val_logits).float().softmax(1).numpy()
     # absolute: the report links each photo, and may be rebuilt from another folder
     save_val_predictions(job.out, [Path(s.path).absolute() for s in f.data.val], f.y_val, probs)
-    metrics = build_metrics(job, f, common, fitted, train_s=time.perf_counter() - fitted.started)
+    train_s = time.perf_counter() - fitted.started
+    export_s = time.perf_counter()
+    export = export_for_predict(job, f, record)
+    metrics = build_metrics(job, f, common, fitted, train_s=train_s)
+    metrics["timings"]["export_s"] = round(time.perf_counter() - export_s, 4)
+    metrics["export"] = export
     write_json(job.out / METRICS_JSON, metrics)
     if job.cfg.report:
         try:
@@ -100,6 +107,7 @@ def build_metrics(job: Job, f: Features, common: dict, fitted: Fitted, *, train_
         "history": history,
         **({"finetune": fitted.finetune} if fitted.finetune is not None else {}),
         "augmentation": fitted.augmentation,
+        "trained_on": fitted.trained_on,  # the photos the written model was fitted on, and why
         "views": sel.get("views"),  # the head's augmented views: asked, extracted, and for auto whether they won
         **({"log": job.epoch_log.files()} if job.epoch_log is not None else {}),
         "cache": {"hits": stats.hits, "misses": stats.misses, "dir": str(job.cache.dir),
@@ -122,3 +130,43 @@ def decoded_photos(job: Job, f: Features) -> dict:
     if not files:
         return {}
     return {"decoded": {"dir": str(folder), "files": files, "bytes": size, "folder_bytes": folder_bytes(folder)}}
+
+
+def export_for_predict(job: Job, f: Features, record) -> dict | None:
+    """RUN/model.onnx, so that `graft predict` and a Predictor right after training run on
+    onnxruntime without torch (about 1 s instead of 10: graft.use.engines). A head run's is joined
+    from the backbone graph the feature cache holds (graft.use.compose: 0.2-0.4 s; the graph is
+    exported once per backbone if extraction did not need it); other runs are traced
+    (graft.use.export). Under MIN_IMAGES_EXPORTED photos, where extraction did not need the graph
+    either, no graph is exported or traced for it (10-20 s, more than such a run takes to train).
+    -> {"file", "made"}, or None when onnxruntime is missing or it failed (said: predictions then
+    run on torch, as before). Never fails the run."""
+    import importlib.util
+
+    if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+        return None
+    from graft.backbones.engine import MIN_IMAGES_EXPORTED
+    from graft.run.files import ONNX_MODEL
+    from graft.use.compose import backbone_graph, can_compose, write_composed
+    from graft.use.export import export_run
+
+    few = len(f.data.train) + len(f.data.val) < MIN_IMAGES_EXPORTED
+    try:
+        if can_compose(record):
+            graph = backbone_graph(job.source, job.cache_root)
+            if graph is None and few:
+                return None
+            if graph is None:
+                from graft.backbones.engine import export, onnx_path
+
+                graph = export(job.source.build(), onnx_path(job.source, job.cache_root))
+            write_composed(job.out, graph)
+            return {"file": ONNX_MODEL, "made": "joined"}
+        if few:
+            return None
+        export_run(job.out, "onnx")
+        return {"file": ONNX_MODEL, "made": "traced"}
+    except Exception as e:  # a nicety like the report: the run stands, predictions take the torch path
+        log.warning("could not write %s for fast predictions (%s); graft predict will use torch",
+                    job.out / ONNX_MODEL, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None

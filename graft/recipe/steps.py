@@ -128,6 +128,7 @@ class Fitted:
     model: torch.nn.Module | None = None  # the whole Classifier, when it fine-tuned
     finetune: dict | None = None  # metrics.json's "finetune" entry
     selection: dict | None = None  # how the head was chosen on the training photos (HeadChoice.to_json())
+    trained_on: dict | None = None  # which photos the written model was fitted on (refit_on_all)
 
 
 # --- start -------------------------------------------------------------------------------------------
@@ -205,6 +206,36 @@ def fit_head(job: Job, f: Features) -> Fitted:
                        "epochs": choice.epochs, "class_weight": choice.class_weight}}
     return Fitted("head", choice.head, epochs, epochs, history, record, f.augmentation, loop, started,
                   val_logits=logits, selection={**choice.to_json(), "views": views or None})
+
+
+def refit_on_all(job: Job, f: Features, fitted: Fitted) -> None:
+    """Every photo the user gave trains the model they get: once the validation figure is taken
+    from the head fitted on the training photos, the very same choice (solver, strength or
+    epochs, class weights, views) is fitted again on training + validation photos, where graft
+    drew the validation photos itself (a user's own val/ or val rows stay held out). The figure
+    then describes a model trained on fewer photos: conservative, never optimistic. Validation
+    photos enter with their clean view only (repeated, so each photo weighs as a training one).
+    Fine-tuned models stay as trained (--final trains one on every photo). Sets fitted.trained_on."""
+    n_train, n_val = len(f.data.train), len(f.data.val)
+    on = {"train": n_train, "val": 0, "figure": "validation photos, predicted once by the model fitted on "
+                                                "the training photos"}
+    why = ("--final: the validation photos were trained on from the start" if job.cfg.final else
+           "no validation photos" if not n_val else
+           "the validation photos were given (held out as they are)" if f.data.layout not in ("folders", "labels") else
+           f"the {fitted.strategy} strategy's model is kept as fine-tuned on the training photos "
+           f"(--final trains one on every photo)" if fitted.strategy != "head" else
+           "the features are too large for memory" if not (isinstance(f.x_train, np.ndarray)
+                                                           and isinstance(f.x_val, np.ndarray)) else None)
+    if why is None:
+        from graft.heads.search import refit_choice
+
+        x_val = f.x_val if f.x_train.ndim == 2 else np.repeat(f.x_val[:, None], f.x_train.shape[1], axis=1)
+        fitted.head = refit_choice(fitted.selection, np.concatenate([f.x_train, x_val]),
+                                   np.concatenate([f.y_train, f.y_val]), len(f.data.classes),
+                                   job.cfg.head_config(), memo=job.cache_root / HEADS)
+        on["val"] = n_val
+    fitted.trained_on = {**on, "photos": on["train"] + on["val"],
+                         **({"final": True} if job.cfg.final else {}), **({"why_not_val": why} if why else {})}
 
 
 def cv_accuracy(fitted: Fitted) -> float:

@@ -99,11 +99,11 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
     out = Path(out).expanduser() if out else run_dir / FORMATS[fmt]
     if out.is_dir():
         raise GraftError(f"--out {out} is a folder; give a file name, e.g. {out / FORMATS[fmt]}")
-    out = _check_targets(run_dir, out, "--out" if given else "the export", weights)
+    out = check_targets(run_dir, out, "--out" if given else "the export", weights)
     model = load_run(run_dir, weights=weights)
-    cal, novelty = _calibration(run_dir, model.classes)
+    cal, novelty = export_calibration(run_dir, model.classes)
     wrapped = Exported(model, novelty).eval()
-    info = _describe(run_dir, model, cal, wrapped.novelty)
+    info = describe(run_dir, model.record, cal, wrapped.novelty)
     h, w = model.preprocessing.shape
     example = torch.randint(0, 256, (2, h, w, 3), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
@@ -118,22 +118,21 @@ def export_run(run_dir, fmt: str, out=None, *, weights=None, verify: bool = True
             tmp.write_bytes(data)
             del data
         check = _verify(fmt, tmp, model, novelty) if verify else "not checked"
-    entry = {
-        "format": fmt,
-        "sha256": sha256_file(out),
-        "bytes": out.stat().st_size,
-        **({"opset": OPSET} if fmt == "onnx" else {}),
-        "torch_version": torch.__version__,
-        "check": check,
-    }
+    record_export(run_dir, out, fmt, info, {"torch_version": torch.__version__, "check": check})
+    return out
+
+
+def record_export(run_dir: Path, out: Path, fmt: str, info: dict, how: dict) -> None:
+    """The written file's entry in its metadata (export.json), and an ONNX export's client."""
+    entry = {"format": fmt, "sha256": sha256_file(out), "bytes": out.stat().st_size,
+             **({"opset": OPSET} if fmt == "onnx" else {}), **how}
     target = metadata_path(run_dir, out)
     old = _read_json(target)
     client = _write_client(out.parent, old) if fmt == "onnx" else None
     _write_metadata(target, out, info, entry, old, client)
-    return out
 
 
-def _check_targets(run_dir: Path, out: Path, flag: str, weights) -> Path:
+def check_targets(run_dir: Path, out: Path, flag: str, weights) -> Path:
     """Refuse, before any work, an export or metadata path graft may not replace
     (graft.run.guard.check_output): an existing export is graft's while the metadata beside it
     records its SHA-256, the metadata while it is graft's export record. -> the file to write: a
@@ -171,7 +170,7 @@ def read_onnx_metadata(path) -> dict:
 
 # --- what is exported ------------------------------------------------------------------------
 
-def _calibration(run_dir: Path, classes: list[str]):
+def export_calibration(run_dir: Path, classes: list[str]):
     """(calibration dict, Novelty or None) of a run, or (None, None) when it has none that fits."""
     from graft.use.calibrate import load_calibration, load_novelty
 
@@ -187,12 +186,12 @@ def _calibration(run_dir: Path, classes: list[str]):
         return None, None
 
 
-def _describe(run_dir: Path, model, cal: dict | None, novelty: bool) -> dict:
-    """The document that goes into the file's metadata and export.json."""
+def describe(run_dir: Path, record, cal: dict | None, novelty: bool) -> dict:
+    """The document that goes into the file's metadata and export.json (`record`: the run's RunRecord)."""
     from graft._version import __version__
 
-    record, pre = model.record, model.preprocessing  # graft.run.store.load_run's
-    classes, (h, w) = list(model.classes), pre.shape
+    pre = record.preprocessing
+    classes, (h, w) = list(record.classes), pre.shape
     outputs = [
         {"name": "probabilities", "dtype": "float32", "shape": ["batch", len(classes)],
          "meaning": "softmax of the logits (temperature 1); column i is classes[i]"},
@@ -276,11 +275,16 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, info: dict)
             raise GraftError(f"ONNX export needs the Python package {name}: pip install {name}") from None
         raise
     proto = onnx.load(str(path))
+    stamp(proto, info)
+    onnx.save(proto, str(path))
+
+
+def stamp(proto, info: dict) -> None:
+    """The export's document into an ONNX model's metadata_props (each value JSON) and doc string."""
     del proto.metadata_props[:]
     for key, value in info.items():
         proto.metadata_props.add(key=key, value=json.dumps(value))
     proto.doc_string = info["recipe"]
-    onnx.save(proto, str(path))
 
 
 def _torchscript_bytes(model: nn.Module, example: torch.Tensor, info: dict) -> bytes:
