@@ -69,6 +69,12 @@ class FeatureRows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def subset(self, rows) -> FeatureRows:
+        """The images `rows` (indices) of one-view rows, still in the cache."""
+        if self.k is not None:
+            raise ValueError("subset takes rows of clean features, not of views")
+        return FeatureRows(self._cache, [self.names[i] for i in rows])
+
     def take(self, flat_rows) -> np.ndarray:
         """(len(flat_rows), D) float32: rows by flat index (image * K + view for views)."""
         flat_rows = np.asarray(flat_rows, dtype=np.int64)

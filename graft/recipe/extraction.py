@@ -14,6 +14,7 @@ from graft.data.digests import settle_racy
 from graft.errors import GraftError
 from graft.heads.softmax import memory_budget
 from graft.recipe.augmentation import describe
+from graft.cache.layout import HEADS
 from graft.recipe.steps import Features, Job
 
 log = logging.getLogger("graft")
@@ -43,6 +44,8 @@ def extract(job: Job, data: Dataset) -> Features:
     given = "--aug" if job.cfg.aug else "--augment" if job.cfg.augment not in (None, "none") else None
     if not k and given and job.cfg.strategy == "head" and job.dist.is_main:
         log.warning("%s is unused: no augmented views were weighed (%s)", given, why)
+    if k and job.cfg.aug_views == "auto" and not weigh_views_on_share(job, kept, out, k):
+        k = 0  # they lost on the share: the other photos' views are never computed
     if k:
         out.x_train, out.augmentation = _with_views(job, kept.train, out.x_train, k)
     if job.dist.is_main:  # seconds after the scan: photos copied just before it can be trusted now
@@ -89,6 +92,46 @@ def _with_views(job: Job, train, x_train, k: int):
                           batch_size=job.cfg.batch_size, workers=job.cfg.workers, progress=job.progress,
                           stats=job.stats, decoded_dir=job.decoded_dir, dist=job.dist, keep=False)
     return with_views(x_train, views, job.cache), describe(preset, pipeline, views=k)
+
+
+def weigh_views_on_share(job: Job, data: Dataset, out: Features, k: int) -> bool:
+    """--aug-views auto, first on a stratified share of the training photos (AUTO_VIEWS_SHARE of
+    each class, more where the smallest class would keep fewer than AUTO_VIEWS_MIN_PER_CLASS),
+    cross-validated with and without K views on the same folds, as the head is chosen. Where the
+    views do not win there, they are dropped and the other photos' views are never computed;
+    where they win, every photo's views are computed and the verdict is taken again on all of
+    them (graft.recipe.steps.fit_head), so the share can only save work, never make views win
+    that would lose on every photo (bench/views_share.py: how often it drops views that would
+    have won). Records the share's figures in out.views. -> whether to go on."""
+    from graft.data.folder import inner_split
+    from graft.heads.search import choose_head
+    from graft.recipe.config import AUTO_VIEWS_MIN_PER_CLASS, AUTO_VIEWS_SHARE
+    from graft.recipe.strategy import smallest_class
+
+    fraction = max(AUTO_VIEWS_SHARE, AUTO_VIEWS_MIN_PER_CLASS / max(1, smallest_class(data.train, len(data.classes))))
+    if fraction >= 1:
+        return True  # the share would be every photo: weighed once, on all of them
+    held = {id(s) for s in inner_split(data, fraction, job.cfg.seed).val}
+    idx = np.array([i for i, s in enumerate(data.train) if id(s) in held])
+    share = [data.train[i] for i in idx]
+    clean = out.x_train[idx] if isinstance(out.x_train, np.ndarray) else out.x_train.subset(idx)
+    views = np.asarray(_with_views(job, share, clean, k)[0])
+    y, keys = out.y_train[idx], [s.digest for s in share]
+
+    def cv(x) -> float | None:
+        c = choose_head(x, y, len(data.classes), solvers=job.cfg.solvers(), head_cfg=job.cfg.head_config(),
+                        balance=job.cfg.balance, keys=keys, seed=job.cfg.seed, memo=job.cache_root / HEADS)
+        return c.cv[c.score]["mean"]
+
+    with_views, without = cv(views), cv(np.asarray(clean))
+    win = with_views is not None and without is not None and with_views > without
+    out.views.update({"share": len(idx), "of": len(data.train), "share_cv_with": with_views,
+                      "share_cv_without": without})
+    if not win:
+        out.views.update({"k": 0, "used": False, "cv_with": with_views, "cv_without": without,
+                          "reason": f"auto: {k} views did not win on a share of {len(idx)} training photos "
+                                    f"(cv {with_views:.3f} with, {without:.3f} without); the rest's were not computed"})
+    return win
 
 
 def require_every_class(classes, labels, what) -> None:

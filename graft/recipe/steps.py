@@ -186,7 +186,8 @@ def fit_head(job: Job, f: Features) -> Fitted:
     choice = choose(f.x_train)
     views = dict(f.views or {})
     if views.get("asked") == "auto" and views.get("k") and isinstance(f.x_train, np.ndarray):
-        # --aug-views auto: the same folds without the views; the views stay only if they win
+        # --aug-views auto, past the share (graft.recipe.extraction.weigh_views_on_share): the same
+        # folds without the views on every training photo; the views stay only if they win
         plain = choose(f.x_train[:, 0])
         with_views, without = choice.cv[choice.score]["mean"], plain.cv[plain.score]["mean"]
         views.update({"cv_with": with_views, "cv_without": without, "used": bool(with_views > without),

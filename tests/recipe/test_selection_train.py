@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import numpy as np
 
 import pytest
 
@@ -196,3 +197,35 @@ def test_aug_views_takes_auto_or_a_count_on_the_command_line(capsys):
     assert "expected auto or a whole number" in capsys.readouterr().err
     with pytest.raises(graft.GraftError, match="--aug-views must be auto or a whole number >= 0"):
         graft.train("p", "r", aug_views=-1)
+
+
+def test_aug_views_auto_is_weighed_on_a_share_first(tmp_path, monkeypatch):
+    """Issue 21: with 40 training photos a class, the views are weighed on a stratified half
+    (at least AUTO_VIEWS_MIN_PER_CLASS a class); the other photos' views are computed only when
+    they win there (then the verdict is taken again on all of them). The verdict is forced to
+    a loss: these photos are too easy for views to lose on."""
+    import dataclasses
+
+    import graft.heads.search as search
+    from graft.recipe import config
+
+    real = search.choose_head
+
+    def verdict(x, *a, **k):
+        c = real(x, *a, **k)
+        if np.asarray(x).ndim == 2:  # without views scores a point more
+            cv = {**c.cv, c.score: {**c.cv[c.score], "mean": c.cv[c.score]["mean"] + 1.0}}
+            c = dataclasses.replace(c, cv=cv)
+        return c
+
+    monkeypatch.setattr(search, "choose_head", verdict)
+    photos = tmp_path / "photos"
+    make_photo_folder(photos / "train", per_class=40, seed=49)
+    make_photo_folder(photos / "val", per_class=2, seed=50)
+    with isolated_env(tmp_path):
+        m = graft.train(photos, tmp_path / "run", cache_dir=tmp_path / "cache", workers=0, progress=False,
+                        report=False, strategy="head").metrics
+    v, k = m["views"], config.AUTO_VIEWS
+    assert v["share"] == 40 and v["of"] == 80 and v["used"] is False and v["k"] == 0
+    assert m["cache"]["misses"] == 84 + k * 40  # the other 40 photos' views never computed
+    assert m["augmentation"] is None and "did not win on a share of 40" in v["reason"]
