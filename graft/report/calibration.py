@@ -65,20 +65,7 @@ def calibration(run_dir: Path, stored: dict | None) -> str:
         rows.append(("novelty threshold", f"<b>{nov['threshold']:.4f}</b> &nbsp;<span class=\"muted\">cosine distance "
                      f"to the {ordinal(nov['k'])} nearest of {nov['n_reference']} training photos above it is "
                      f"<i>unknown</i> (photos of no class)</span>"))
-    reach = "reached" if cal["target_reached"] else f"not reached: --keep {cal['keep']:g} stops the threshold there"
-    rows.append(("in-class photos kept", f'<b id="fit-kept">{fmt3(fit["kept"])}</b> &nbsp;<span class="muted">of the '
-                 f"{where} (asked: at least {cal['keep']:g}), {fmt3(fit['accuracy_kept'])} of them right (target "
-                 f"{cal['target_accuracy']:g}, {reach})</span>"))
-    unknown, kept = cal.get("val_unknown"), cal.get("val_kept")
-    if unknown and kept:
-        n = unknown["n_val"]
-        right = f", {fmt3(kept['accuracy_kept'])} of the kept right" if kept.get("accuracy_kept") is not None else ""
-        rows.append(("validation photos unknown", f'<b id="val-unknown">{unknown["either"]} of {n}</b> '
-                     f'<span class="muted">({unknown_reasons(unknown)}; kept {fmt3(kept["kept"])}{right}): the reported '
-                     f"figure, these photos scored once as new ones, never used to choose</span>"))
-    elif cal.get("final"):
-        rows.append(("validation photos unknown", '<span class="muted">none held out: a --final run trained on '
-                                                  "them</span>"))
+    rows += _kept_rows(cal, fit, where)
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     body = [f'<table class="facts">{table}</table>']
     body.append(_keep_table(cal))
@@ -91,6 +78,47 @@ def calibration(run_dir: Path, stored: dict | None) -> str:
     for w in cal.get("warnings") or []:
         body.append(f'<p class="warn">{esc(w)}</p>')
     return section(title, "\n".join(body))
+
+
+def _kept_rows(cal: dict, fit: dict, where: str) -> list[tuple[str, str]]:
+    """The share kept, both where the thresholds were chosen (out of fold) and on the validation
+    photos, new to the fit: the promise is about new photos, and one set of them varies by
+    chance, so the validation share comes with the range it is consistent with."""
+    reach = "reached" if cal["target_reached"] else f"not reached: --keep {cal['keep']:g} stops the threshold there"
+    promise = (f"asked: at least {cal['keep']:g} of new photos, {100 * fit['assurance']:.0f}% of the time, so at "
+               f"least {fmt3(fit['keep_with_margin'])} of these" if fit.get("assurance") else f"asked: at least {cal['keep']:g}")
+    rows = [("in-class photos kept", f'<b id="fit-kept">{fmt3(fit["kept"])}</b> &nbsp;<span class="muted">of the '
+             f"{where} ({promise}), {fmt3(fit['accuracy_kept'])} of them right (target "
+             f"{cal['target_accuracy']:g}, {reach})</span>")]
+    unknown, kept = cal.get("val_unknown"), cal.get("val_kept")
+    if unknown and kept:
+        n = unknown["n_val"]
+        right = f", {fmt3(kept['accuracy_kept'])} of the kept right" if kept.get("accuracy_kept") is not None else ""
+        verdict = f"; {_verdict(kept, cal['keep'], n)}" if kept.get("kept_range") else ""
+        rows.append(("validation photos kept", f'<b id="val-kept">{fmt3(kept["kept"])}</b> <span class="muted">'
+                     f'({n - unknown["either"]} of {n}, new to the fit{right}{verdict})</span>'))
+        rows.append(("validation photos unknown", f'<b id="val-unknown">{unknown["either"]} of {n}</b> '
+                     f'<span class="muted">({unknown_reasons(unknown)}): the reported figure, these photos scored '
+                     f"once as new ones, never used to choose</span>"))
+    elif cal.get("final"):
+        rows.append(("validation photos unknown", '<span class="muted">none held out: the model was fitted on them '
+                                                  "too (--final, or refitted on train + val); the share kept out of "
+                                                  "fold above is the figure for new photos</span>"))
+    return rows
+
+
+def _verdict(kept: dict, keep: float, n: int) -> str:
+    """Whether the validation share keeps the promise, and if not, whether chance on n photos
+    explains the shortfall (kept_range) or these photos differ from the training ones."""
+    low, high = kept["kept_range"]
+    if kept["kept"] >= keep:
+        words = f"at least --keep {keep:g}"
+    elif high >= keep:
+        words = f"below --keep {keep:g}, within what chance allows on {n} photos ({fmt3(low)} to {fmt3(high)})"
+    else:
+        words = (f"below --keep {keep:g}, more than chance on {n} photos explains ({fmt3(low)} to {fmt3(high)}): "
+                 "these photos differ from the training photos")
+    return f'<span id="val-kept-verdict">{words}</span>'
 
 
 def _keep_table(cal: dict) -> str:

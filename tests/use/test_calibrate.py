@@ -18,10 +18,12 @@ from PIL import Image
 import graft
 from conftest import isolated_env, make_photo, make_photo_folder
 from graft.use.calibrate import (accuracy_coverage_curve, calibrate_run, choose_threshold, choose_thresholds,
-                             fit_temperature, keep_with_margin, novelty_table, out_of_fold_logits)
+                                 fit_temperature, keep_with_margin, novelty_table, out_of_fold_logits,
+                                 refusals_allowed)
 from graft.cli.calibrate import add_parser
 from graft.use.inference import UNKNOWN, apply_reject, csv_header, parse_reject, predict_to_csv, predict_with_reject
 from graft.errors import GraftError
+from graft.report.page import fmt3
 
 # --- pure functions --------------------------------------------------------------------------
 
@@ -72,16 +74,18 @@ def test_threshold_is_the_smallest_reaching_the_target():
 
 def test_thresholds_keep_at_least_the_share_asked():
     """200 photos, the 20 least confident of them wrong: the target accuracy 0.99 would refuse
-    all 20 (10%), but --keep 0.95 stops the threshold where 95% (plus a standard error) are kept;
+    all 20 (10%), but --keep 0.95 stops the threshold at the refusals the exact binomial bound
+    allows (so that new photos are kept 0.95 of the time, nine times in ten: fewer than 10);
     --keep 0.8 lets it reach the target; --keep 0 is the target alone."""
     rng = np.random.default_rng(0)
     conf = np.sort(rng.uniform(0.5, 1.0, 200))[::-1]
     correct = np.arange(200) < 180
     c = choose_thresholds(conf, correct, keep=0.95, target_accuracy=0.99)
+    r = refusals_allowed(200, 0.95)
     want = keep_with_margin(0.95, 200)
-    assert 0.95 < want < 0.97 and c["keep_with_margin"] == pytest.approx(want, abs=1e-6)
-    assert c["kept"] >= want and c["kept"] < want + 1 / 200 + 1e-9  # as high as the floor allows, no higher
-    assert c["limited_by"] == "keep" and not c["reached"] and c["threshold"] == conf[int(np.ceil(want * 200)) - 1]
+    assert 0 < r < 10 and want == 1 - r / 200 and c["keep_with_margin"] == pytest.approx(want, abs=1e-6)
+    assert c["kept"] == want  # as many refused as the bound allows, no more
+    assert c["limited_by"] == "keep" and not c["reached"] and c["threshold"] == np.sort(conf)[r]
     loose = choose_thresholds(conf, correct, keep=0.8, target_accuracy=0.99)
     assert loose["reached"] and loose["limited_by"] == "target accuracy" and loose["kept"] == 181 / 200  # 180 right
     assert loose["threshold"] == choose_threshold(conf, correct, 0.99)["threshold"]
@@ -96,7 +100,7 @@ def test_thresholds_keep_at_least_the_share_asked():
 def test_novelty_takes_its_share_of_the_refusals():
     """Both checks together keep the share asked: by default the novelty check refuses the
     photos beyond its 0.99 quantile (more are kept when --keep leaves less to refuse), and the
-    confidence threshold spends what is left of the budget."""
+    confidence threshold spends what is left of the refusals the bound allows."""
     rng = np.random.default_rng(1)
     n = 1000
     conf = rng.uniform(0.5, 1.0, n)
@@ -180,11 +184,16 @@ def calibrated(tmp_path_factory):
         Image.fromarray(np.full((80, 96, 3), int(rng.integers(60, 200)), np.uint8)).save(odd / f"grey{i}.png")
         Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(odd / f"noise{i}.png")
         make_photo(rng, "green").save(odd / f"green{i}.jpg")  # a shape of neither class
+    split = root / "split"  # PHOTOS/train + PHOTOS/val: validation photos the run never trains on
+    for c in ("blue", "red"):
+        for i, f in enumerate(sorted((photos / c).iterdir())):
+            (split / ("train" if i < 12 else "val") / c).mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, split / ("train" if i < 12 else "val") / c / f.name)
     with isolated_env(root):
-        run = graft.train(photos, root / "run", strategy="head", cache_dir=root / "cache", workers=0,
+        run = graft.train(split, root / "run", strategy="head", cache_dir=root / "cache", workers=0,
                           progress=False).run_dir
-        cal = calibrate_run(run, photos, target_accuracy=0.99, cache_dir=root / "cache", workers=0)
-    return types.SimpleNamespace(root=root, photos=photos, run=run, cal=cal, known=known, odd=odd)
+        cal = calibrate_run(run, split, target_accuracy=0.99, cache_dir=root / "cache", workers=0)
+    return types.SimpleNamespace(root=root, photos=photos, split=split, run=run, cal=cal, known=known, odd=odd)
 
 
 def test_calibration_json(calibrated):
@@ -214,6 +223,7 @@ def test_calibration_json(calibrated):
     assert 0 <= unknown["novelty"] <= unknown["n_val"] and 0 <= unknown["confidence"] <= unknown["n_val"]
     assert max(unknown["confidence"], unknown["novelty"]) <= unknown["either"] <= unknown["confidence"] + unknown["novelty"]
     assert kept["kept"] == pytest.approx(1 - unknown["either"] / unknown["n_val"], abs=1e-6)
+    assert kept["kept_range"][0] <= kept["kept"] <= kept["kept_range"][1] and fit["assurance"] == 0.9
     assert kept["accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1e-6)
 
 
@@ -284,7 +294,7 @@ def test_predict_to_csv(calibrated, tmp_path):
 def test_calibrate_cli(calibrated, capsys):
     parser = argparse.ArgumentParser(prog="graft")
     add_parser(parser.add_subparsers(dest="command"))
-    common = [str(calibrated.run), str(calibrated.photos), "--cache-dir", str(calibrated.root / "cache"),
+    common = [str(calibrated.run), str(calibrated.split), "--cache-dir", str(calibrated.root / "cache"),
               "--workers", "0"]
     args = parser.parse_args(["calibrate", *common, "--target-accuracy", "0.95", "--keep", "0.8", "--json"])
     assert args.main(args) == 0
@@ -363,3 +373,17 @@ def test_ordinals_in_the_calibration_summary(calibrated):
     cal = {**calibrated.cal, "novelty": {**calibrated.cal["novelty"], "k": 3}}
     text = calibration_summary(cal, calibrated.run)
     assert "3rd nearest" in text and "3th" not in text
+
+
+def test_the_report_shows_the_share_kept_where_chosen_and_on_new_photos(calibrated):
+    """The promise is about new photos: the report gives the share kept out of fold (where the
+    thresholds were chosen) and the share of the validation photos kept, with the range chance
+    alone allows on that many photos and whether --keep is within it."""
+    from graft.report.calibration import calibration
+
+    html = calibration(calibrated.run, None)
+    cal, kept = calibrated.cal, calibrated.cal["val_kept"]
+    assert f'id="fit-kept">{fmt3(cal["fit"]["kept"])}<' in html and f'id="val-kept">{fmt3(kept["kept"])}<' in html
+    verdict = ("at least" if kept["kept"] >= 0.95 else "below")
+    assert f'id="val-kept-verdict">{verdict} --keep 0.95' in html
+    assert "at least 0.95 of new photos, 90% of the time, so at least" in html

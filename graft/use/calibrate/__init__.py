@@ -18,10 +18,15 @@ independent check they are now.
   triangle is "very blue"), so confidence alone cannot say "neither". The novelty of a photo is
   the cosine distance from its backbone features to the k-th nearest training photo's (deep
   nearest neighbours, Sun et al. 2022; each training photo left out of its own neighbours);
-  the threshold is a quantile of the training photos' novelty (0.99 by default).
+  the threshold is an order statistic of the training photos' novelty (it refuses 1% of them
+  by default, NOVELTY_QUANTILE), its refusals counted in the bound below.
 * **confidence threshold** tau on the temperature-scaled top probability: the smallest tau that
-  brings the kept photos to `target_accuracy`, but never so high that fewer than `keep` (default
-  0.95, plus one standard error) of the photos are kept by both checks together.
+  brings the kept photos to `target_accuracy`, but never so high that the two checks together
+  could keep less than `keep` (default 0.95) of NEW photos like these: they may refuse only as
+  many of the n photos as an exact binomial bound allows, so that nine times in ten (ASSURANCE)
+  the share kept of new photos is at least `keep` (thresholds.refusals_allowed). Keeping `keep`
+  plus one standard error of the photos fitted on, as graft did, kept 0.935 of the ants/bees
+  validation photos (issue 20); the plain conformal quantile would keep `keep` only on average.
 
 calibration.json records the trade-off (`keep_table`: what each share kept would cost in
 thresholds and buy in accuracy; `novelty.curve`: the share of in-class photos each novelty
@@ -46,15 +51,16 @@ from graft.use.calibrate.out_of_fold import FOLDS, out_of_fold_logits
 from graft.use.calibrate.steps import calibrate_run
 from graft.use.calibrate.store import FORMAT, load_calibration, load_novelty, model_digest, write_reference
 from graft.use.calibrate.temperature import fit_temperature, nll, softmax
-from graft.use.calibrate.thresholds import (KEEP, KEEP_GRID, MAX_CURVE_POINTS, NOVELTY_QUANTILE, REFUSED_GRID,
-                                            accuracy_coverage_curve, choose_threshold, choose_thresholds,
-                                            keep_table, keep_with_margin, novelty_table, thin_curve)
+from graft.use.calibrate.thresholds import (ASSURANCE, KEEP, KEEP_GRID, MAX_CURVE_POINTS, NOVELTY_QUANTILE,
+                                            REFUSED_GRID, accuracy_coverage_curve, choose_threshold,
+                                            choose_thresholds, keep_range, keep_table, keep_with_margin,
+                                            novelty_table, refusals_allowed, thin_curve)
 
 __all__ = [
-    "CALIBRATION_JSON", "CALIBRATION_REFERENCE", "FOLDS", "FORMAT", "KEEP", "KEEP_GRID", "MAX_CURVE_POINTS",
+    "ASSURANCE", "CALIBRATION_JSON", "CALIBRATION_REFERENCE", "FOLDS", "FORMAT", "KEEP", "KEEP_GRID", "MAX_CURVE_POINTS",
     "NOVELTY_QUANTILE", "REFUSED_GRID", "FitPhotos", "Novelty", "ScoredPhotos", "TrainingReference",
     "accuracy_coverage_curve", "calibrate_run", "choose_threshold", "choose_thresholds", "fit_photos",
-    "fit_temperature", "keep_table", "keep_with_margin", "knn_distance", "load_calibration", "load_novelty",
-    "model_digest", "nll", "novelty_table", "out_of_fold_logits", "reference_k", "reference_rows",
+    "fit_temperature", "keep_range", "keep_table", "keep_with_margin", "knn_distance", "load_calibration", "load_novelty",
+    "model_digest", "nll", "novelty_table", "out_of_fold_logits", "reference_k", "reference_rows", "refusals_allowed",
     "score_photos", "softmax", "thin_curve", "unit_rows", "write_reference",
 ]

@@ -75,7 +75,9 @@ class TrainingReference:
     `stored`: the features calibration.safetensors holds (unit rows, float16). `of(rows)`: the
     novelty of any rows of `feats`, each photo's distance to the k-th nearest reference photo
     other than itself, as a new photo like it would score (a reference photo is left out of its
-    own neighbours).
+    own neighbours). Left out, it is compared with one reference photo fewer than a new photo
+    is, so its distance is if anything the larger: a threshold chosen on these errs towards
+    keeping new photos, never towards refusing them.
     """
 
     def __init__(self, feats: np.ndarray, rows: np.ndarray):

@@ -5,6 +5,7 @@ thresholds chosen, the validation photos scored once as new photos, the record w
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from graft.use.calibrate.fit_photos import FitPhotos, ScoredPhotos, fit_photos, 
 from graft.use.calibrate.novelty import TrainingReference, reference_rows
 from graft.use.calibrate.store import FORMAT, model_digest, write_calibration, write_reference
 from graft.use.calibrate.temperature import fit_temperature, nll, softmax
-from graft.use.calibrate.thresholds import (KEEP, accuracy_coverage_curve, choose_thresholds, keep_table,
-                                            novelty_table, thin_curve)
+from graft.use.calibrate.thresholds import (KEEP, accuracy_coverage_curve, choose_thresholds, keep_range,
+                                            keep_table, novelty_table, refusals_allowed, thin_curve)
 
 log = logging.getLogger("graft")
 
@@ -57,6 +58,7 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, ke
     warnings = [fit.warning] if fit.warning else []
     if len(fit.rows) < 30:
         warnings.append(f"only {len(fit.rows)} photos to fit the thresholds on: they are rough estimates")
+    warnings += _too_few_for_keep(len(fit.rows), keep, choice["assurance"])
     result = {
         "format": FORMAT, "classes": list(record.classes), "model_sha256": model_digest(run_dir),
         "temperature": temperature, "threshold": choice["threshold"], "keep": float(keep),
@@ -76,6 +78,7 @@ def calibrate_run(run_dir, photos_val=None, target_accuracy: float = 0.99, *, ke
     return result
 
 
+
 def _check_settings(run_dir: Path, photos, target_accuracy, keep, novelty_quantile) -> None:
     if photos is None:
         raise GraftError(f"calibration needs the photos {run_dir} was trained on: "
@@ -88,11 +91,23 @@ def _check_settings(run_dir: Path, photos, target_accuracy, keep, novelty_quanti
         raise GraftError(f"novelty quantile must be in (0, 1], got {novelty_quantile}")
 
 
+def _too_few_for_keep(n: int, keep: float, assurance: float) -> list[str]:
+    """Why --keep cannot be promised on new photos: even refusing none of n photos leaves the
+    share of new ones kept below `keep` more than 1 - assurance of the time (keep ** n > 1 - assurance)."""
+    if keep >= 1.0 or refusals_allowed(n, keep, assurance) >= 0:
+        return []
+    need = math.ceil(math.log(1.0 - assurance) / math.log(keep)) if keep > 0 else 1
+    return [f"--keep {keep:g} can be promised on new photos ({assurance:g} of the time) from {need} photos to fit on; "
+            f"with {n}, the confidence check refuses none of them and the novelty check only photos farther than "
+            "every training photo, which may still refuse more than asked: add photos or lower --keep"]
+
+
 def _say_when_keep_stopped_short(choice: dict, keep, target_accuracy: float) -> None:
     if not choice["reached"] and choice["limited_by"] == "keep":
-        log.info("the confidence threshold stops where it would refuse more than %.1f%% of the photos "
-                 "(--keep %g); the kept ones are %.3f right (target %g)", 100 * (1 - choice["keep_with_margin"]),
-                 keep, choice["accuracy"], target_accuracy)
+        log.info("the confidence threshold stops where the two checks together would keep less than %.1f%% of the "
+                 "photos fitted on, what --keep %g needs to hold on new photos %g of the time; the kept ones are "
+                 "%.3f right (target %g)", 100 * choice["keep_with_margin"], keep, choice["assurance"],
+                 choice["accuracy"], target_accuracy)
 
 
 def _novelty_entry(run_dir: Path, reference: TrainingReference, novelty: np.ndarray, choice: dict) -> dict:
@@ -114,7 +129,8 @@ def _fit_summary(fit: FitPhotos, temperature: float, correct: np.ndarray, choice
         "kept": round(choice["kept"], 6),
         "accuracy_kept": round(choice["accuracy"], 6),
         "refused": {k: round(v, 6) for k, v in choice["refused"].items()},
-        "keep_with_margin": choice["keep_with_margin"],
+        "keep_with_margin": choice["keep_with_margin"],  # the share of these photos the thresholds must keep
+        "assurance": choice["assurance"],  # how often new photos are then kept at least `keep` of the time
         "limited_by": choice["limited_by"],
     }
 
@@ -136,5 +152,6 @@ def _validation_figure(photos: ScoredPhotos, temperature: float, choice: dict,
         "val_kept": {"n": int(len(rows)), "kept": round(float(kept.mean()), 6),
                      "accuracy": round(float(right.mean()), 6),
                      "accuracy_kept": round(float(right[kept].mean()), 6) if kept.any() else None,
-                     "kept_and_right": round(float((kept & right).mean()), 6)},
+                     "kept_and_right": round(float((kept & right).mean()), 6),
+                     "kept_range": keep_range(int(kept.sum()), int(len(rows)))},
     }
