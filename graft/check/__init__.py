@@ -12,8 +12,10 @@ header probe, the same content-hash train/val split), then looks further:
   It probes headers, hashes the bytes and decodes each image once at reduced size (a full
   decode is the only way to find truncated data; JPEGs decode in the DCT domain at 1/8 scale).
 - deep (default, `--quick` skips it): placeholder and non-photo images ("image not found"
-  pictures, near-constant or flat graphics) from pixel statistics, and photos that are likely
-  mislabelled (graft.check.mislabel, on the features `graft train` caches).
+  pictures, near-constant or flat graphics) from pixel statistics, and, on the features `graft
+  train` caches (graft.check.deep), photos of neither class (graft.check.foreign: a cup in
+  bees/, listed first of all findings) and photos that are likely mislabelled
+  (graft.check.mislabel).
 
 Every finding is {"level", "code", "path", "message"}; a file has at most one finding per code.
 `graft train` skips what check calls an error file by file: the scan refuses what its probe
@@ -28,12 +30,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from graft._util.output import one_line
 from graft.data.folder import VAL_SPLIT, Dataset
 from graft.data.source import photo_layout
 from graft.data.placeholders import non_photo_reason
 from graft.errors import GraftError
 from graft.check.duplicates import exact_leaks, find_duplicates, leak_reason
-from graft.check.findings import CODES, LEVELS, Findings, relative
+from graft.check.deep import deep_features
+from graft.check.findings import CODES, FIRST, LEVELS, Findings, relative
+from graft.check.foreign import find_foreign
 from graft.check.inspect import extreme_aspect, inspect
 from graft.check.mislabel import find_mislabelled, neighbour_agreement, oof_probabilities
 from graft.check.walk import assign_splits, class_checks, collect, collect_listed
@@ -81,8 +86,11 @@ def check_photos(photos, *, deep: bool = True, cache_dir=None, backbone="default
     non_photos = _non_photos(files, findings) if deep else set()
     find_duplicates(files, findings, skip=non_photos)
     if deep:
-        find_mislabelled(files, classes, findings, skip=non_photos, backbone=backbone, cache_dir=cache_dir,
-                         progress=progress, workers=workers)
+        features = deep_features(files, classes, findings, skip=non_photos, backbone=backbone,
+                                 cache_dir=cache_dir, progress=progress, workers=workers)
+        if features is not None:
+            find_foreign(features, findings)
+            find_mislabelled(features, findings)
 
     items = findings.sorted()
     summary = {"errors": sum(d["level"] == "error" for d in items),
@@ -156,18 +164,24 @@ def skip_quick_errors(data: Dataset, *, input_size: int = DEFAULT_INPUT_SIZE) ->
 # --- as text ----------------------------------------------------------------------------------------
 
 def format_report(report: dict) -> str:
-    """The report as text: counts per class, then findings grouped by level, one line each (notes
-    that repeat word for word, a hundred loose files say, as one line with a count)."""
-    lines = [f"checked {report['root']} ({report['layout']} layout"
-             + ("" if report.get("deep", True) else ", quick") + ")"]
+    """The report as text: counts per class, photos of neither class, then the other findings
+    grouped by level, one line each (notes that repeat word for word, a hundred loose files say,
+    as one line with a count)."""
+    lines = [one_line(f"checked {report['root']} ({report['layout']} layout"
+                      + ("" if report.get("deep", True) else ", quick") + ")")]
     counts = report["counts"]
     if counts:
         width = max(5, *(len(c) for c in counts))
         lines.append(f"  {'class':<{width}}  train    val")
         for c, n in counts.items():
             lines.append(f"  {c:<{width}}  {n['train']:>5}  {n['val']:>5}")
-    for level, title in (("error", "errors"), ("warning", "warnings"), ("info", "notes")):
-        items = [d for d in report["findings"] if d["level"] == level]
+    first = [d for d in report["findings"] if d["code"] in FIRST]
+    if first:  # what graft would train on without a word: before the errors it skips by itself
+        lines += ["", f"photos of neither class ({len(first)}), most foreign first: look at these first"]
+        lines += [one_line(f"  {d['level']}: [{d['code']}] {d['message']}") for d in first]
+    for level, title in (("error", "errors"), ("warning", "other warnings" if first else "warnings"),
+                         ("info", "notes")):
+        items = [d for d in report["findings"] if d["level"] == level and d["code"] not in FIRST]
         if not items:
             continue
         lines.append("")
@@ -176,12 +190,12 @@ def format_report(report: dict) -> str:
         for group in groups:
             d = group[0]
             if len(group) == 1:
-                lines.append(f"  {level}: [{d['code']}] {d['message']}")
+                lines.append(one_line(f"  {level}: [{d['code']}] {d['message']}"))
                 continue
             names = ", ".join(relative(g["path"], _base(report)) for g in group[:3])
             more = f" and {len(group) - 3} more" if len(group) > 3 else ""
-            lines.append(f"  {level}: [{d['code']}] {len(group)} files ({names}{more}): "
-                         f"{_problem(d, _base(report))}")
+            lines.append(one_line(f"  {level}: [{d['code']}] {len(group)} files ({names}{more}): "
+                                  f"{_problem(d, _base(report))}"))
     s = report["summary"]
     lines.append("")
     lines.append(f"{s['errors']} error(s), {s['warnings']} warning(s)"

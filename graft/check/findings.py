@@ -22,6 +22,7 @@ CODES = {
     "leakage": "error",
     "not_a_photo": "error",
     # warnings: graft uses the file, but probably not as you expect
+    "foreign": "warning",  # a photo of neither class: listed before everything else
     "animated": "warning",
     "mode": "warning",
     "exif_rotated": "warning",
@@ -39,6 +40,8 @@ CODES = {
     "check_skipped": "info",
 }
 LEVELS = ("error", "warning", "info")
+FIRST = ("foreign",)  # codes listed before every level: graft trains on such a photo without a word,
+# while it skips what check calls an error by itself
 
 
 class Findings:
@@ -48,23 +51,32 @@ class Findings:
         self.root = root
         self.items: list[dict] = []
         self._seen: set[tuple[str, str]] = set()
+        self._score: dict[tuple[str, str], float] = {}
 
     def rel(self, path) -> str:
         return relative(path, self.root)
 
-    def add(self, code: str, path, problem: str) -> None:
-        """One finding; a second one with the same code for the same path is dropped."""
+    def add(self, code: str, path, problem: str, *, score: float | None = None) -> None:
+        """One finding; a second one with the same code for the same path is dropped. `score`:
+        how strongly it holds, to list the strongest of a code first."""
         rel = self.rel(path)
         if (code, rel) in self._seen:
             return
         self._seen.add((code, rel))
+        if score is not None:
+            self._score[(code, rel)] = score
         self.items.append({"level": CODES[code], "code": code, "path": str(path),
                            "message": f"{rel}: {problem}"})
 
     def sorted(self) -> list[dict]:
-        """Errors first, then warnings, then notes; by code and path within a level."""
-        rank = {lvl: i for i, lvl in enumerate(LEVELS)}
-        return sorted(self.items, key=lambda d: (rank[d["level"]], d["code"], d["path"]))
+        """The FIRST codes, then errors, warnings, notes; by code, score (strongest first) and path
+        within a level."""
+        rank = {lvl: i + 1 for i, lvl in enumerate(LEVELS)}
+
+        def key(d):
+            score = self._score.get((d["code"], self.rel(d["path"])), 0.0)
+            return (0 if d["code"] in FIRST else rank[d["level"]], d["code"], -score, d["path"])
+        return sorted(self.items, key=key)
 
 
 def relative(path, root) -> str:

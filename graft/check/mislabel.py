@@ -1,7 +1,6 @@
-"""Photos that are likely mislabelled: the frozen backbone's features (through the same feature cache
-`graft train` uses, so a check warms the cache for training) give the label a low out-of-fold
-probability under a logistic regression, far below its class's typical one, and the photo's
-nearest neighbours in feature space mostly carry another label. Both must hold: either alone
+"""Photos that are likely mislabelled: the frozen backbone's features (graft.check.deep) give the
+label a low out-of-fold probability under a logistic regression, far below its class's typical
+one, and the photo's nearest neighbours in feature space mostly carry another label. Both must hold: either alone
 flags too many honest photos on small sets.
 """
 
@@ -9,56 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from graft.check.deep import DeepFeatures
 from graft.check.findings import Findings
 
 MISLABEL_MAX_PROB = 0.2  # out-of-fold probability of the given label below this ...
 MISLABEL_MARGIN = 0.5  # ... and this far below the class's mean self-confidence
-MISLABEL_FOLDS = 5
 MISLABEL_L2 = 1.0  # strong enough that a few dozen photos do not give confident spurious fits
 MISLABEL_NEIGHBOURS = 10  # ... and the nearest photos in feature space must agree:
 MISLABEL_MAX_AGREEMENT = 0.2  # at most this share of them has the given label
-MISLABEL_MIN_PER_CLASS = 4
 
 
-def find_mislabelled(files, classes, findings: Findings, *, skip, backbone, cache_dir, progress,
-                     workers) -> None:
-    """Report likely mislabelled photos among the decoded `files` (PhotoFile), `skip` aside."""
-    from graft.backbones import resolve_backbone
-    from graft.cache import FeatureCache, cache_root
-    from graft.features.extract import cache_namespace, extract_features
-
-    cand = [f for f in files if f.usable and f.rel not in skip]
-    per_class = np.bincount([f.label for f in cand], minlength=len(classes))
-    few = [c for c, n in zip(classes, per_class) if 0 < n < MISLABEL_MIN_PER_CLASS]
-    kept = [k for k, n in enumerate(per_class) if n >= MISLABEL_MIN_PER_CLASS]
-    if few:
-        findings.add("check_skipped", findings.root,
-                   f"mislabelled-photo check left out class(es) {', '.join(map(repr, few))}: it needs at least "
-                   f"{MISLABEL_MIN_PER_CLASS} usable photos per class")
-    if len(kept) < 2:
-        if not few:
-            findings.add("check_skipped", findings.root, "mislabelled-photo check skipped: it needs at least two "
-                       f"classes with {MISLABEL_MIN_PER_CLASS} or more usable photos")
-        return
-    cand = [f for f in cand if f.label in kept]
-    source = resolve_backbone(backbone)
-    cache = FeatureCache(cache_root(cache_dir), cache_namespace(source))
-    digests = sorted({f.digest for f in cand})
-    path_of = {}
-    for f in cand:
-        path_of.setdefault(f.digest, f.path)
-    feats, ok, _ = extract_features(source.build, digests, [path_of[d] for d in digests], cache,
-                                    load=source.preprocessing.load, workers=workers, progress=progress,
-                                    desc="check: features")
-    row = {d: i for i, d in enumerate(digests) if ok[i]}
-    cand = [f for f in cand if f.digest in row]
-    x = feats[[row[f.digest] for f in cand]]
-    remap = {k: j for j, k in enumerate(kept)}
-    y = np.array([remap[f.label] for f in cand])
-    names = [classes[k] for k in kept]
-    probs = oof_probabilities(x, y, len(kept), _folds(cand, MISLABEL_FOLDS))
+def find_mislabelled(deep: DeepFeatures, findings: Findings) -> None:
+    """Report likely mislabelled photos among the rows of `deep`."""
+    cand, x, y, names = deep.files, deep.x, deep.y, deep.names
+    probs = oof_probabilities(x, y, len(names), deep.folds)
     given = probs[np.arange(len(y)), y]
-    self_conf = np.array([given[y == k].mean() for k in range(len(kept))])
+    self_conf = np.array([given[y == k].mean() for k in range(len(names))])
     agree = neighbour_agreement(x, y, [f.digest for f in cand], MISLABEL_NEIGHBOURS)
     for i, f in enumerate(cand):
         k = int(probs[i].argmax())
@@ -89,17 +54,6 @@ def neighbour_agreement(x: np.ndarray, y: np.ndarray, digests: list[str], k: int
         nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         out[s : s + block] = (y[nearest] == y[s : s + block, None]).mean(1)
     return out
-
-
-def _folds(cand, k: int) -> np.ndarray:
-    """Stratified, deterministic folds; identical files share a fold (their features are identical)."""
-    fold_of: dict[str, int] = {}
-    counters: dict[int, int] = {}
-    for f in sorted(cand, key=lambda f: (f.label, f.digest)):
-        if f.digest not in fold_of:
-            fold_of[f.digest] = counters.get(f.label, 0) % k
-            counters[f.label] = counters.get(f.label, 0) + 1
-    return np.array([fold_of[f.digest] for f in cand])
 
 
 def oof_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, folds: np.ndarray,

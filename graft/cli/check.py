@@ -18,11 +18,13 @@ def add_parser(subparsers) -> None:
     c = subparsers.add_parser(
         "check", help=HELP,
         description="Scan PHOTOS (as graft train reads it) for unusable files, train/val leakage, "
-        "duplicates, placeholders, likely mislabelled photos and more. Exit status 1 if there are errors.")
+        "duplicates, placeholders, photos of neither class (listed first), likely mislabelled photos and more. "
+        "Exit status 1 if there are errors.")
     c.add_argument("photos", metavar="PHOTOS", help="folder of class sub-folders (or train/ + val/), or a .csv/.jsonl label file")
     c.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     c.add_argument("--quick", action="store_true",
-                   help="skip the deep checks (placeholder images, mislabelled photos: needs backbone features)")
+                   help="skip the deep checks (placeholder images, photos of neither class, mislabelled photos: "
+                   "needs backbone features)")
     c.add_argument("--cache-dir", metavar="DIR", help="feature cache (default: $GRAFT_CACHE_DIR or ~/.cache/graft)")
     c.add_argument("--backbone", "-b", default="default", metavar="SPEC",
                    help="backbone for the features of the deep check (default: default)")

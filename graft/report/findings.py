@@ -1,6 +1,7 @@
 """The report's photo-check section: what training left out and why (metrics.json's `skipped`,
 in graft check's codes), and the findings of the last `graft check PHOTOS --apply-to RUN`
-(RUN/check.json: duplicates, leakage, class balance, likely mislabelled photos...).
+(RUN/check.json: photos of neither class first, then duplicates, leakage, class balance, likely
+mislabelled photos...).
 
 Training runs check's quick error checks on the way and skips what they call an error; the rest
 of check (a second look at every pixel, and the mislabel search on features) costs more than a
@@ -18,6 +19,8 @@ from graft.report.page import esc, file_href, section, shown_name
 from graft.run.files import CHECK_JSON  # written by `graft check PHOTOS --apply-to RUN`
 
 LEVEL_TITLES = {"error": "errors", "warning": "warnings", "info": "notes"}
+FIRST = {"foreign": "photos of neither class"}  # check's codes shown before every level, as its
+# text report lists them: graft trains on such a photo without a word
 
 
 def check_findings(run_dir: Path, m: dict) -> str:
@@ -60,9 +63,10 @@ def _checked(path: Path, m: dict) -> str:
     if m.get("photos") and root and Path(root).absolute() != Path(m["photos"]).absolute():
         head += (f'<p class="warn">This check is of {esc(root)}, not of the photos the run was trained on '
                  f"({esc(m['photos'])}).</p>")
-    body = []
+    body = [_table(title, [d for d in findings if d["code"] == code], root) for code, title in FIRST.items()
+            if any(d["code"] == code for d in findings)]
     for level, title in LEVEL_TITLES.items():
-        items = [d for d in findings if d["level"] == level]
+        items = [d for d in findings if d["level"] == level and d["code"] not in FIRST]
         if not items:
             continue
         if level == "info":  # notes repeat (a hundred loose files): one row per kind
@@ -72,14 +76,18 @@ def _checked(path: Path, m: dict) -> str:
             rows = "".join(f"<tr><td><code>{esc(c)}</code></td><td>{n} file(s)</td></tr>" for c, n in kinds.items())
             body.append(f'<h4>{title} ({len(items)})</h4><table class="grid findings">{rows}</table>')
             continue
-        rows = "".join(f'<tr class="{level}"><td class="path">{_link(d["path"], root)}</td>'
-                       f'<td><code>{esc(d["code"])}</code></td><td>{esc(_problem(d, root))}</td></tr>'
-                       for d in items)
-        body.append(f'<h4>{title} ({len(items)})</h4><table class="grid findings"><thead><tr><th>file</th>'
-                    f"<th>code</th><th>finding</th></tr></thead><tbody>{rows}</tbody></table>")
+        body.append(_table(title, items, root))
     if not body:
         body.append("<p>Nothing to report.</p>")
     return head + "\n".join(body)
+
+
+def _table(title: str, items: list[dict], root) -> str:
+    rows = "".join(f'<tr class="{d["level"]}"><td class="path">{_link(d["path"], root)}</td>'
+                   f'<td><code>{esc(d["code"])}</code></td><td>{esc(_problem(d, root))}</td></tr>'
+                   for d in items)
+    return (f'<h4>{title} ({len(items)})</h4><table class="grid findings"><thead><tr><th>file</th>'
+            f"<th>code</th><th>finding</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def _link(path, root) -> str:
