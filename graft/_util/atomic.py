@@ -11,6 +11,7 @@ previous file stays in place.
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -18,6 +19,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from graft._util import limits
+from graft._util.files import read_regular
 from graft.errors import GraftError
 
 _UMASK = os.umask(0)
@@ -110,12 +113,34 @@ def write_error(target, e: BaseException) -> GraftError:
     return GraftError(f"could not write {target}: {why}; {todo}")
 
 
-def write_bytes(target, data: bytes) -> None:
+def write_bytes(target, data: bytes) -> str:
+    """Write `data` atomically; -> its SHA-256 (hex), what a run records of the files it holds."""
     with atomic_path(target) as tmp:
         Path(tmp).write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
-def write_safetensors(target, tensors: dict, metadata: dict | None = None) -> None:
+# Text graft writes (JSON, CSV, HTML) is UTF-8 a reader can always decode. A file name that is not
+# valid UTF-8 reaches Python as lone surrogates (surrogateescape): written strictly it raised
+# UnicodeEncodeError halfway through a report or a CSV; it is written as Python spells it instead
+# (`\udcff`, as graft.cli.one_line prints it), the rest of the text unchanged.
+TEXT_ERRORS = "backslashreplace"
+
+
+def write_text(target, text: str) -> None:
+    """`text` as UTF-8, atomically; characters UTF-8 cannot hold (TEXT_ERRORS) escaped."""
+    write_bytes(target, text.encode("utf-8", TEXT_ERRORS))
+
+
+@contextlib.contextmanager
+def atomic_text(target, newline: str | None = None):
+    """A text file (UTF-8, TEXT_ERRORS) that replaces `target` atomically when the block ends:
+    for text written as it comes (a CSV row by row)."""
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8", errors=TEXT_ERRORS, newline=newline) as f:
+        yield f
+
+
+def write_safetensors(target, tensors: dict, metadata: dict | None = None) -> str:
     """torch or numpy tensors as a safetensors file, atomically. Serialised in memory and written
     here rather than by safetensors' save_file, which makes a temp file of its own beside the
     target (".tmpXXXXXX", Rust's tempfile crate): a run killed during that write left one in the
@@ -125,7 +150,7 @@ def write_safetensors(target, tensors: dict, metadata: dict | None = None) -> No
         from safetensors.numpy import save
     else:
         from safetensors.torch import save
-    write_bytes(target, save(tensors, metadata=metadata))
+    return write_bytes(target, save(tensors, metadata=metadata))
 
 
 def json_safe(obj):
@@ -143,7 +168,7 @@ def json_safe(obj):
 def write_json(target, obj) -> None:
     """Strict JSON (no NaN/Infinity: those become null), written atomically."""
     text = json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False)
-    write_bytes(target, (text + "\n").encode())
+    write_bytes(target, (text + "\n").encode())  # json.dumps escapes every non-ASCII character
 
 
 def _existing_parent(path: Path) -> Path:
@@ -173,14 +198,16 @@ def _nearly_full(folder: Path) -> bool:
 
 def read_json(path, *, missing: str):
     """The JSON in `path`; GraftError(`missing`) when there is no such file, or one naming the
-    file when it cannot be read or parsed."""
+    file when it cannot be read or parsed. Only a regular file is read (a FIFO or /dev/zero
+    under a run's file name would block or never end), within graft._util.limits' bounds."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return limits.loads(read_regular(path, max_bytes=limits.MAX_JSON_BYTES).decode("utf-8"))
     except FileNotFoundError:
         raise GraftError(missing) from None
     except (OSError, ValueError) as e:
-        raise GraftError(f"cannot read {path}: {e}") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        raise GraftError(f"cannot read {path}: {why}") from None
 
 
 def _unlink(path) -> None:

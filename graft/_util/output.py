@@ -82,3 +82,29 @@ def _same_file(a: Path, b: Path) -> bool:
         return a.is_file() and b.is_file() and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+# --- text for people: one name, one line -------------------------------------------------------------
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped as Python writes them (a file name holding a newline
+    becomes `a\\nb.jpg`, an undecodable byte `\\udcff`), so that one message, or one file, is one
+    line of the output. Here, below every layer that prints or writes names (graft.cli, graft.check)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def tolerant_std_streams() -> None:
+    """stdout and stderr write what their encoding cannot hold (a file name's undecodable bytes,
+    which Python hands over as lone surrogates) escaped as Python spells them (`\\udcff`), instead
+    of raising UnicodeEncodeError halfway through a command's output: for the CLI to call once."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError, AttributeError):  # a stream replaced by something else
+                pass

@@ -47,8 +47,10 @@ def main(args) -> int:
         out = predict_to_csv(args.run_dir, args.images, args.csv, reject=args.reject, photos=args.calibrate_on,
                              progress=not args.quiet, **common)
         if not args.quiet:
+            from graft._util.output import one_line
+
             say_calibrated(args)
-            print(f"wrote {out}")
+            print(f"wrote {one_line(str(out))}")
         return 0
     if parse_reject(args.reject) is None:
         results = predict(args.run_dir, args.images, **common)
@@ -79,9 +81,9 @@ def say_calibrated(args) -> None:
     from graft.use.calibrate import CALIBRATION_JSON
 
     path = Path(args.run_dir) / CALIBRATION_JSON
-    cal = read_json(path, missing=f"{path} not found")
+    cal = read_json(path, missing=f"{path} not found")  # the answers used it: load_calibration checked it
     t = float(cal["temperature"])
-    from graft.cli import one_line
+    from graft._util.output import one_line
 
     print(f"graft: probabilities are calibrated: logits divided by temperature T={t:.3f} ({one_line(str(path))}), "
           f"so they differ from `graft predict` without --reject auto", file=sys.stderr)
@@ -90,7 +92,7 @@ def say_calibrated(args) -> None:
 def format_result(r: dict) -> str:
     """One line for the terminal (control characters in names escaped: one file, one line)."""
     from graft.use.reject import UNKNOWN
-    from graft.cli import one_line
+    from graft._util.output import one_line
 
     path = one_line(str(r["path"]))
     if "error" in r:

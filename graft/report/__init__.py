@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graft._util.atomic import atomic_path, read_json
+from graft._util.atomic import read_json, write_text
 from graft.errors import GraftError
 from graft.report.calibration import calibration
 from graft.report.findings import check_findings
@@ -49,6 +49,9 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
     record = read_record(run_dir)
     metrics = read_json(run_dir / METRICS_JSON,
                         missing=f"{run_dir / METRICS_JSON} not found: the run did not finish; train it with `graft train`")
+    if not isinstance(metrics, dict):
+        raise GraftError(f"{run_dir / METRICS_JSON} is not a JSON object: it was altered or damaged; "
+                         f"train the run again or restore its files")
     if data is None and photos is not None:
         data = photos_split(record, photos, cache_dir=_cache_root(run_dir, cache_dir))
     preds, note = _gallery_predictions(run_dir, record, metrics, data, cache_dir=cache_dir, weights=weights,
@@ -60,8 +63,7 @@ def write_report(run_dir, photos=None, *, data=None, cache_dir=None, weights=Non
              augmentation(record, metrics, data, _preview_cache(run_dir, cache_dir, data)), timings(metrics)]
     text = page(f"graft report: {run_dir.resolve().name}", "\n".join(s for s in parts if s))
     out = run_dir / REPORT_HTML
-    with atomic_path(out) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
+    write_text(out, text)  # a file name that is not UTF-8 is shown escaped (\udcff), not a UnicodeEncodeError
     return out
 
 

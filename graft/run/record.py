@@ -13,9 +13,12 @@ torch: graft.use.predictor reads a run to run its fresh ONNX export without it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field, fields
 
+from graft._util.atomic import json_safe
 from graft._version import __version__
 from graft.backbones.preprocess import Preprocessing, Tiled
 from graft.backbones.spec import is_joined
@@ -36,6 +39,11 @@ MAX_HEAD_PARAMETERS = 1 << 28  # 1 GiB of float32
 MAX_TILES = 8  # backbones one concatenation joins
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 _IDENTITY = ("spec", "arch", "weights_source", "weights_digest")  # what finds a backbone again
+# What makes an edit of a run visible: model.json records the SHA-256 of model.safetensors
+# (MODEL_DIGEST) and of its own content, every other key (RECORD_DIGEST). A run written before
+# graft recorded them has neither and still loads.
+MODEL_DIGEST = "model_sha256"
+RECORD_DIGEST = "record_sha256"
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,7 @@ class RunRecord:
     training: TrainingRecord | None = None
     augmentation: AugmentationRecord | None = None
     graft_version: str | None = __version__  # of the graft that wrote it
+    model_sha256: str | None = None  # of model.safetensors as training wrote it (None: a run of an older graft)
 
     @classmethod
     def from_json(cls, doc, where=MODEL_JSON) -> RunRecord:
@@ -213,11 +222,16 @@ class RunRecord:
         if problem:
             raise GraftError(f"{where} is not a valid graft run: {problem}; it was altered or damaged: "
                              f"train the run again or restore its files")
+        if RECORD_DIGEST in doc and doc[RECORD_DIGEST] != content_digest(doc):
+            raise GraftError(f"{where} was changed after training (its content is not what graft recorded: "
+                             f"classes, preprocessing or another entry was edited); graft does not use an "
+                             f"edited run: train it again or restore its files")
         training = doc.get("training")
         return cls(tuple(doc["classes"]), doc.get("strategy"), BackboneRecord.from_json(doc["backbone"]),
                    Preprocessing.from_json(doc["preprocessing"]), HeadShape.from_json(doc["head"]), doc.get("cut"),
                    None if training is None else TrainingRecord.from_json(training),
-                   AugmentationRecord.from_json(doc.get("augmentation")), doc.get("graft_version"))
+                   AugmentationRecord.from_json(doc.get("augmentation")), doc.get("graft_version"),
+                   doc.get(MODEL_DIGEST))
 
     def to_json(self) -> dict:
         """model.json's document. The recipe records `training` and `augmentation` together
@@ -225,10 +239,19 @@ class RunRecord:
         recipe = {} if self.training is None else {
             "training": self.training.to_json(),
             "augmentation": None if self.augmentation is None else self.augmentation.to_json()}
-        return {**MARKER, "format": FORMAT, "graft_version": self.graft_version, "classes": list(self.classes),
-                "strategy": self.strategy, "backbone": self.backbone.to_json(),
-                "preprocessing": self.preprocessing.to_json(), "head": self.head.to_json(), "cut": self.cut,
-                **recipe}
+        doc = {**MARKER, "format": FORMAT, "graft_version": self.graft_version, "classes": list(self.classes),
+               "strategy": self.strategy, "backbone": self.backbone.to_json(),
+               "preprocessing": self.preprocessing.to_json(), "head": self.head.to_json(), "cut": self.cut,
+               **recipe, **({MODEL_DIGEST: self.model_sha256} if self.model_sha256 is not None else {})}
+        return {**doc, RECORD_DIGEST: content_digest(doc)}
+
+
+def content_digest(doc: dict) -> str:
+    """SHA-256 of a model.json document's content, its own RECORD_DIGEST left out: canonical JSON
+    (sorted keys, no spaces), so the same values give the same digest however they were laid out."""
+    body = {k: v for k, v in doc.items() if k != RECORD_DIGEST}
+    text = json.dumps(json_safe(body), sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def written_by_graft(doc) -> bool:
@@ -254,7 +277,16 @@ def record_problem(doc: dict) -> str | None:
             or _tiles_problem(doc.get("preprocessing"), doc["backbone"])
             or _head_problem(doc.get("head"), len(doc["classes"]))
             or (f'"cut" is {doc.get("cut")!r}, not a whole number'
-                if doc.get("cut") is not None and not _is_whole_in(doc.get("cut"), 0, 1000) else None))
+                if doc.get("cut") is not None and not _is_whole_in(doc.get("cut"), 0, 1000) else None)
+            or _digests_problem(doc))
+
+
+def _digests_problem(doc: dict) -> str | None:
+    for key in (MODEL_DIGEST, RECORD_DIGEST):
+        v = doc.get(key)
+        if key in doc and not (isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)):
+            return f'"{key}" is not a SHA-256 digest'
+    return None
 
 
 def _classes_problem(classes) -> str | None:

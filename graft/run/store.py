@@ -15,11 +15,14 @@ export of the run without it.
 from __future__ import annotations
 
 import dataclasses
-import json
+import hashlib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from graft._util import limits
 from graft._util.atomic import read_json, write_json, write_safetensors
+from graft._util.files import open_regular
 from graft.backbones.preprocess import Preprocessing, Tiled
 from graft.errors import GraftError
 from graft.run.files import MODEL_JSON, MODEL_TENSORS
@@ -44,18 +47,20 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
     tensors = {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
     if backbone is not None:
         tensors.update({f"backbone.{k}": v.detach().contiguous() for k, v in backbone.state_dict().items()})
-    write_safetensors(run_dir / MODEL_TENSORS, tensors)
+    digest = write_safetensors(run_dir / MODEL_TENSORS, tensors)
     record = RunRecord(tuple(classes), strategy, BackboneRecord.of(source, stored=backbone is not None),
                        source.preprocessing, HeadShape.from_json(head_spec(head)), cut,
                        None if training is None else TrainingRecord.from_json(training),
-                       AugmentationRecord.from_json(augmentation))
+                       AugmentationRecord.from_json(augmentation), model_sha256=digest)
     write_json(run_dir / MODEL_JSON, record.to_json())
     return record
 
 
 def read_record(run_dir) -> RunRecord:
-    """The run's model.json, checked (RunRecord.from_json), with model.safetensors checked
-    against it; a one-line GraftError for a folder that is not a run or a damaged one."""
+    """The run's model.json, checked (RunRecord.from_json: its own digest too), with
+    model.safetensors checked against it, tensor names and shapes, then its bytes against the
+    digest model.json recorded; a one-line GraftError for a folder that is not a run, a damaged
+    one or one changed after training. Every command reads a run through here, on either engine."""
     run_dir = Path(run_dir)
     path = run_dir / MODEL_JSON
     if not run_dir.exists() and not run_dir.is_symlink():  # a typo, most likely: not "not a run"
@@ -63,7 +68,34 @@ def read_record(run_dir) -> RunRecord:
     doc = read_json(path, missing=f"{run_dir} is not a graft run (no {MODEL_JSON}); train one with `graft train`")
     record = RunRecord.from_json(doc, where=path)
     _check_model_file(run_dir / MODEL_TENSORS, record)
+    if record.model_sha256 is not None and tensors_digest(run_dir) != record.model_sha256:
+        raise GraftError(f"{run_dir / MODEL_TENSORS} was changed after training (its SHA-256 is not the one "
+                         f"{MODEL_JSON} recorded); graft does not use an edited run: train it again or restore "
+                         f"its files")
     return record
+
+
+_DIGESTS: dict[tuple, str] = {}  # (path, device, inode, size, mtime, ctime) -> SHA-256: each file hashed once
+
+
+def tensors_digest(run_dir) -> str:
+    """SHA-256 of the run's model.safetensors, hashed once per process for one state of the file
+    (a write changes its ctime, which no one can set back): a command reads its run several times."""
+    path = Path(run_dir) / MODEL_TENSORS
+    try:
+        with open_regular(path) as f:
+            st = os.fstat(f.fileno())
+            key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if key not in _DIGESTS:
+                h = hashlib.sha256()
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+                if len(_DIGESTS) > 64:
+                    _DIGESTS.clear()
+                _DIGESTS[key] = h.hexdigest()
+    except OSError as e:
+        raise GraftError(f"cannot read {path}: {e.strerror or e}") from None
+    return _DIGESTS[key]
 
 
 def load_run(run_dir, *, weights=None) -> Classifier:
@@ -130,12 +162,12 @@ def head_tensor_shapes(head: HeadShape | dict) -> dict[str, list[int]]:
 def _tensor_shapes(path: Path) -> dict[str, list]:
     """{name: shape} of a safetensors file, from its header alone (no torch)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read(8)
             n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
             if not 0 < n <= 100_000_000:
                 raise ValueError("not a safetensors file")
-            header = json.loads(f.read(n))
+            header = limits.loads(f.read(n))
         if not isinstance(header, dict):
             raise ValueError("not a safetensors file")
         return {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}

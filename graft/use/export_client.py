@@ -31,10 +31,7 @@ def load(model_path):
 def preprocess(path, pre):
     """The image the network sees, uint8 (H, W, 3) RGB: torchvision's Resize + CenterCrop; for a
     concatenation of backbones ("tiles"), each one's crop, stacked top to bottom, centred across."""
-    img = ImageOps.exif_transpose(Image.open(path))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = Image.alpha_composite(Image.new("RGBA", img.size, "white"), img.convert("RGBA"))  # as graft
-    img = img.convert("RGB")
+    img = to_rgb(ImageOps.exif_transpose(Image.open(path)))
     if "tiles" not in pre:
         return crop(img, pre)
     crops = [crop(img, tile) for tile in pre["tiles"]]
@@ -46,6 +43,26 @@ def preprocess(path, pre):
         canvas[top:top + c.shape[0], left:left + c.shape[1]] = c
         top += c.shape[0]
     return canvas
+
+
+def to_rgb(img):
+    """Any Pillow mode to 8-bit RGB as graft reads a photo: transparency composited over white,
+    16-bit and float pixels scaled to 8 bits (Pillow's own convert("RGB") clips a 16-bit PNG to
+    white)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "La":  # premultiplied alpha: Pillow converts it to LA only
+        img = img.convert("LA")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.nan_to_num(np.array(img, dtype=np.float32), nan=0.0, posinf=65535.0, neginf=0.0)
+        hi = 65535.0 if img.mode.startswith("I;16") or (arr.size and arr.max() > 255) else 255.0
+        arr = np.clip(arr * np.float32(255.0 / hi) + np.float32(0.5), 0, 255)
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "RGBa", "PA"):
+        return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA")).convert("RGB")
+    return img.convert("RGB")
 
 
 def crop(img, pre):

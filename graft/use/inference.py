@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graft._util.atomic import atomic_path
+from graft._util.atomic import atomic_text
 from graft.backbones.preprocess import parse_tta, tta_views
 from graft.data import is_label_file, scan_class_folders
 from graft.data.images import SUPPORTED_EXTENSIONS
@@ -27,7 +27,7 @@ from graft.run.files import CALIBRATION_JSON
 from graft.run.store import read_record
 from graft.use.calibrate import calibrate_run
 from graft.use.features import run_features
-from graft.use.predictor import Predictor
+from graft.use.predictor import Predictor, check_topk
 from graft.use.reject import UNKNOWN, apply_reject, calibration_for, parse_reject  # noqa: F401  (graft.use.inference's API)
 
 log = logging.getLogger("graft")
@@ -90,9 +90,10 @@ def predict_to_csv(run, paths, out_csv, topk: int = 3, reject=None, *, photos=No
 
     read = [run, *([paths] if isinstance(paths, (str, Path)) else paths), *([photos] if photos else [])]
     out_csv = check_output(out_csv, "--csv", inputs=read, is_ours=is_predictions_csv)
-    k = max(1, min(int(topk), len(read_record(run).classes)))
+    check_topk(topk)
+    k = min(int(topk), len(read_record(run).classes))
     header = csv_header(k)
-    with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_text(out_csv, newline="") as f:
         w = csv.DictWriter(f, fieldnames=header)
         w.writeheader()
         for r in iter_predictions(run, paths, topk=k, reject=reject, photos=photos, weights=weights,

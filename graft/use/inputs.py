@@ -79,6 +79,20 @@ def crop_batches(pre: Preprocessing | FiveCrops, todo: list[int], items, kinds, 
         yield [todo[j] for j in idx], crops, [(todo[j], e.reason) for j, e in errors]
 
 
+def _float_to_l(img: Image.Image) -> Image.Image:
+    """A mode-F (32-bit float) image as graft.data.images.to_rgb scales F and I pixels (0..255, or
+    0..65535 when a pixel is over 255, to 8 bits), its EXIF kept: to_rgb scales them in place, and
+    Pillow hands F pixels over as a read-only array ("output array is read-only"). NaN is black."""
+    arr = np.nan_to_num(np.array(img, dtype=np.float32), nan=0.0, posinf=65535.0, neginf=0.0)
+    hi = 65535.0 if arr.size and arr.max() > 255 else 255.0
+    arr *= np.float32(255.0 / hi)
+    arr += np.float32(0.5)
+    np.clip(arr, 0, 255, out=arr)
+    out = Image.fromarray(arr.astype(np.uint8), "L")
+    out.info = dict(img.info)
+    return out
+
+
 def _array_image(arr: np.ndarray) -> Image.Image:
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
         raise ImageError("<array>", f"numpy input must be an HxWx3 uint8 RGB array, got {arr.dtype} "
@@ -89,6 +103,10 @@ def _array_image(arr: np.ndarray) -> Image.Image:
 def _image_crop(pre: Preprocessing | FiveCrops, img: Image.Image) -> np.ndarray:
     """A decoded image's crop, the image first made what read_image makes of a file."""
     try:
+        if img.mode == "F":
+            img = _float_to_l(img)
+        elif img.mode == "La":  # premultiplied: Pillow converts it to LA only, which to_rgb composites
+            img = img.convert("LA")
         return pre.crop_array(decoded_to_rgb(img))
     except ImageError:
         raise

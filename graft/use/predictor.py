@@ -13,13 +13,13 @@ says which ran.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from graft._util.atomic import read_json
 from graft._util.digest import sha256_file
 from graft.backbones.preprocess import FIVE_CROPS, FiveCrops, parse_tta
 from graft.errors import GraftError
@@ -144,6 +144,7 @@ class Predictor:
                      batch_size: int = 32, workers: int | None = 0, progress: bool = False):
         """`predict`'s answers for a list, yielded in input order as batches finish (a CSV of
         many photos is written as they come)."""
+        check_topk(topk)
         items = list(inputs)
         kinds = [input_kind(x) for x in items]
         keys = [{"path": str(x)} if kind == "path" else {"input": i if names is None else names[i]}
@@ -216,12 +217,12 @@ class Predictor:
             "device": self.engine.device,
             "tta": self.tta or "none",
         }
-        try:
-            m = json.loads((self.run_dir / METRICS_JSON).read_text())
-            card.update({"val_accuracy": m.get("val_accuracy"), "n_train": m.get("n_train"),
-                         "n_val": m.get("n_val")})
-        except (OSError, ValueError):
-            card.update({"val_accuracy": None, "n_train": None, "n_val": None})
+        try:  # a regular file within bounds (a FIFO there would hang `graft serve`'s /model)
+            m = read_json(self.run_dir / METRICS_JSON, missing="")
+        except GraftError:
+            m = None
+        m = m if isinstance(m, dict) else {}
+        card.update({k: m.get(k) if _is_figure(m.get(k)) else None for k in ("val_accuracy", "n_train", "n_val")})
         cal = self.calibration
         card["calibration"] = None if cal is None else {
             "temperature": cal["temperature"], "threshold": cal["threshold"],
@@ -267,9 +268,20 @@ class _NoBar:
         pass
 
 
+def _is_figure(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _progress_bar(total: int, show: bool):
     if not show:
         return _NoBar()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="predicting", unit="img", leave=False)
+
+
+def check_topk(topk) -> None:
+    """How many classes to answer with: a whole number >= 1 (more than the run has gives them
+    all); 0 or -1 were silently taken as 1."""
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
+        raise GraftError(f"topk must be a whole number >= 1, got {topk!r}")

@@ -31,7 +31,8 @@ def run(tmp_path):
 def test_a_saved_run_reads_back_as_it_was_written(run):
     doc = json.loads((run / MODEL_JSON).read_text())
     assert list(doc) == ["written_by", "format", "graft_version", "classes", "strategy", "backbone",
-                         "preprocessing", "head", "cut", "training", "augmentation"]
+                         "preprocessing", "head", "cut", "training", "augmentation", "model_sha256",
+                         "record_sha256"]
     assert doc["training"] == TRAINING and doc["augmentation"] == AUGMENTATION
     record = read_record(run)
     assert json.loads(json.dumps(record.to_json())) == doc

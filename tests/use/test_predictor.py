@@ -340,13 +340,14 @@ def test_a_run_keeps_its_own_crops_when_its_backbones_configuration_changed(trai
     import json
 
     from graft.backbones.preprocess import Preprocessing
-    from graft.run.record import RunRecord
+    from graft.run.record import RunRecord, content_digest
     from graft.run.store import run_backbone_source
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.run, run)
     meta = json.loads((run / "model.json").read_text())
     meta["preprocessing"]["resize"] += 8  # as if trained under another version's configuration
+    meta["record_sha256"] = content_digest(meta)  # as graft would have recorded it then: no edit
     (run / "model.json").write_text(json.dumps(meta))
     recorded = Preprocessing.from_json(meta["preprocessing"])
     record = RunRecord.from_json(meta)
