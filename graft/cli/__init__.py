@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 
+from graft._util.output import one_line
 from graft.cli import augment, cache, calibrate, check, demo, evaluate, export, predict, report, serve, train
 
 COMMANDS = {m.__name__.rsplit(".", 1)[1]: m for m in (train, predict, evaluate, augment, check, export, calibrate,
@@ -63,21 +64,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from graft._util.output import tolerant_std_streams
+
+    tolerant_std_streams()  # a file name's undecodable bytes are printed escaped, never a crash
     argv = sys.argv[1:] if argv is None else list(argv)
     # the first word that is not an option names the sub-command (graft's own options take no value)
     command = next((a for a in argv if not a.startswith("-")), "")
-    args = build_parser(command).parse_args(argv)
-    _setup_logging()
     from graft.errors import GraftError
 
-    try:
+    try:  # an option's type (graft.cli._args: --port 99999) refuses with a GraftError while parsing
+        args = build_parser(command).parse_args(argv)
+        _setup_logging()
         status = args.main(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
         return status
     except GraftError as e:
+        _end_progress_bars()
         print(f"graft: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _end_progress_bars()
         print("graft: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -85,14 +91,45 @@ def main(argv=None) -> int:
         # Python from failing again when it flushes stdout at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except (OSError, RuntimeError) as e:  # after BrokenPipeError, an OSError too
+        said = file_size_limit(e)
+        if said is None:
+            raise
+        _end_progress_bars()
+        print(f"graft: error: {said}", file=sys.stderr)
+        return 2
 
 
-def one_line(text: str) -> str:
-    """`text` with control characters escaped as Python writes them (a file name holding a newline
-    becomes `a\\nb.jpg`), so that one message, or one file, is one line of the output."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def file_size_limit(e: BaseException) -> str | None:
+    """The one line for a write stopped by a file-size limit (`ulimit -f`: EFBIG, or torch's
+    DataLoader workers failing to size their shared-memory batches, "File too large"), else None.
+    Python ignores SIGXFSZ, so the limit shows as that error wherever a write crossed it."""
+    import errno
+    import resource
+
+    if not (getattr(e, "errno", None) == errno.EFBIG or "File too large" in str(e)):
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    return (f"a file-size limit of {limit // 1024} KB (ulimit -f) stopped a write graft needs (its cache, its "
+            f"outputs and its loader's shared batches are files): raise it, e.g. `ulimit -f unlimited`")
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left drawn, and start a fresh line, so the error is a line
+    of its own instead of being glued onto `extracting features:  40%|####  | 8/20` (issue 22): a
+    bar ends with a carriage return, which a terminal honours and a log file does not."""
+    tqdm = sys.modules.get("tqdm")
+    live = [bar for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())) if not bar.disable]
+    for bar in live:
+        try:
+            bar.close()
+        except Exception:  # a bar of a closed stream: nothing left to end
+            pass
+    if live and not sys.stderr.isatty():
+        sys.stderr.write("\n")
+    sys.stderr.flush()
 
 
 class _OneLineFormatter(logging.Formatter):

@@ -4,6 +4,7 @@ tables."""
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def setting_args(p, names=None) -> None:
@@ -103,3 +104,55 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+# --- numbers checked as argparse reads them (issue 22, finding 13) ------------------------------------
+# Each type raises GraftError, which graft.cli.main prints as one line (argparse's own refusals print
+# the usage too): `--port 99999` is refused before anything loads, not when the socket is bound.
+
+def whole(flag: str, lo: int, hi: int):
+    """An argparse type: a whole number in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise _refused(flag, f"a whole number from {lo} to {hi}", text)
+        return value
+
+    return parse
+
+
+def number(flag: str, lo: float, hi: float, *, above: bool = False):
+    """An argparse type: a finite number in [lo, hi] (`above`: in (lo, hi]); nan and inf refused."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > lo if above else value >= lo) and value <= hi):
+            raise _refused(flag, f"a number {'above' if above else 'from'} {lo:g} {'and at most' if above else 'to'} "
+                           f"{hi:g}", text)
+        return value
+
+    return parse
+
+
+def size(flag: str, lo: int, hi: int):
+    """An argparse type: a size like 20MB or 512KB (graft._util.sizes), in [lo, hi] bytes."""
+    def parse(text: str) -> int:
+        from graft._util.sizes import parse_size
+
+        value = parse_size(text, flag)
+        if not lo <= value <= hi:
+            raise _refused(flag, f"a size from {format_bytes(lo)} to {format_bytes(hi)}", text)
+        return value
+
+    return parse
+
+
+def _refused(flag: str, what: str, text: str):
+    from graft.errors import GraftError
+
+    return GraftError(f"{flag} must be {what}, got {text!r}")

@@ -151,7 +151,7 @@ class Checkpoint(Callback):
             state.update(step=0, loss_sum=0.0, seen=0)
             trainer.schedule_from_epoch(state["epoch"])
         trainer.resumed_from = state["epoch"]
-        log.info("resuming from epoch %d, step %d of %s", state["epoch"], state["step"], self.path)
+        log.info("resuming at %s of %s", position(state), self.path)
 
     def after_epoch(self, trainer) -> None:
         if trainer.dist.is_main:
@@ -186,12 +186,19 @@ class Interrupt(Callback):
             return
         if trainer.dist.is_main:
             self.checkpoint.save(trainer)
-        raise GraftError(f"interrupted at epoch {trainer.state['epoch'] + 1}, step {trainer.state['step']}; "
-                         f"saved {self.checkpoint.path}. Resume with the same command and --resume")
+        raise GraftError(f"interrupted at {position(trainer.state)}; saved {self.checkpoint.path}. Resume with "
+                         f"the same command and --resume")
 
     def on_exit(self, trainer) -> None:
         if self.old_handler is not None:
             signal.signal(signal.SIGINT, self.old_handler)
+
+
+def position(state: dict) -> str:
+    """Where training stands, as both the interrupt and the resume say it: "epoch 3, after step 1"
+    (epochs counted from 1, as the progress bar does; steps done in that epoch). They used to
+    disagree: "interrupted at epoch 3, step 1", then "resuming from epoch 2, step 1" (issue 22)."""
+    return f"epoch {state['epoch'] + 1}, after step {state['step']}"
 
 
 def save_checkpoint(path, net, opt, sched, state, best_state, cfg, world: int = 1) -> None:

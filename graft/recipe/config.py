@@ -11,6 +11,7 @@ train --help` must not), and tests/recipe/test_settings.py holds the quotes to t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from graft.recipe.settings import (NOT_NEGATIVE, POSITIVE, SHARE, WHOLE_FROM_0, 
                                    parse_hidden_sizes, parse_seconds, setting, unknown_setting, views_count,
                                    worker_count)
 from graft.recipe.strategy import STRATEGIES, StrategyChoice, check_request
+from graft.recipe.limits import MAX_VIEWS
 from graft.recipe.log import parse_log_kinds, require_tensorboard
 
 if TYPE_CHECKING:  # both import torch: loaded when a trainer's settings are made
@@ -55,6 +57,12 @@ AUTO_VIEWS_MAX_PHOTOS = 1000
 # is the sum of the parts': each photo goes through every part at predict time); their features
 # are already in the cache.
 AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
+
+# --seed seeds torch (which takes 64 bits) and numpy's default_rng (no negatives): 99999999999999999999999
+# failed inside torch.manual_seed with a traceback and -1 reached numpy (issue 22, finding 13). 0 to
+# 2**32 - 1 is what both take, and what seeds conventionally are. --budget: finite, at most a week.
+MAX_SEED = 2**32 - 1
+MAX_BUDGET_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -92,12 +100,14 @@ class TrainConfig:
                                    "(default: head 15, fine-tuning 5)", type=int,
                                    valid=Range(lambda v: v >= 0, "a whole number >= 0 (0 = never stop)", whole=True))
     batch_size: int = setting(BATCH_SIZE, "images per batch (default {default})", valid=WHOLE_FROM_1)
-    seed: int = setting(0, "random seed; same seed, same model (default {default})")
+    seed: int = setting(0, "random seed; same seed, same model (default {default})",
+                        valid=Range(lambda v: 0 <= v <= MAX_SEED, f"a whole number from 0 to {MAX_SEED}", whole=True))
     aug_views: int | str = setting(
         "auto", "head strategy: also cache the features of K augmented draws of every training image and train "
         "on them too; auto (default): 4 views, kept only if they cross-validate better on the training photos "
         "(weighed with 20+ photos in every class and up to 1,000 training photos); 0: none", type=views_count,
-        metavar="K|auto", valid=Range(lambda v: v >= 0, "auto or a whole number >= 0", whole=True, words=("auto",)))
+        metavar="K|auto", valid=Range(lambda v: 0 <= v <= MAX_VIEWS, f"auto or a whole number >= 0 and <= {MAX_VIEWS}",
+                                       whole=True, words=("auto",)))
     balance: str = setting("auto", "auto (default): weight the loss so each class counts equally when the largest "
                            "class has more than 3x the photos of the smallest; none: never", choices=("auto", "none"))
     solver: str = setting(
@@ -111,7 +121,9 @@ class TrainConfig:
     budget: float = setting(
         300.0, "--backbone auto: seconds (or e.g. 2m) of feature extraction the candidates lite0, lite1, lite2 "
         "may cost, estimated from lite0's measured rate (default {default:g} s); concatenations of those "
-        "extracted are weighed too, at no extraction cost", metavar="SECONDS|Nm", parse=parse_seconds)
+        "extracted are weighed too, at no extraction cost", metavar="SECONDS|Nm", parse=parse_seconds,
+        valid=Range(lambda v: math.isfinite(v) and 0 < v <= MAX_BUDGET_S, "a finite number of seconds above 0 "
+                    f"and at most {MAX_BUDGET_S} (a week)"))
     final: bool = setting(False, "a model for deployment: after choosing everything on the training photos' "
                           "cross-validation, also train on the validation photos (no held-out accuracy then)")
     augment: str | None = setting(

@@ -14,6 +14,7 @@ from graft.data.digests import settle_racy
 from graft.errors import GraftError
 from graft.heads.softmax import memory_budget
 from graft.recipe.augmentation import describe
+from graft.recipe.limits import check_views_fit
 from graft.cache.layout import HEADS
 from graft.recipe.steps import Features, Job
 
@@ -40,6 +41,8 @@ def extract(job: Job, data: Dataset) -> Features:
                    data.skipped, data.layout)
     out = Features(kept, rows[train_idx], y[train_idx], rows[val_idx], y[val_idx], skipped)
     k, why = views_plan(job, kept, out.x_train.nbytes + out.x_val.nbytes)
+    if k:  # before any view is computed: refuse what cannot fit on the cache's disk (one line)
+        check_views_fit(k, len(kept.train), out.x_train.shape[-1], job.cache_root)
     out.views = {"asked": job.cfg.aug_views, "k": k, "reason": why}
     given = "--aug" if job.cfg.aug else "--augment" if job.cfg.augment not in (None, "none") else None
     if not k and given and job.cfg.strategy == "head" and job.dist.is_main:

@@ -32,7 +32,7 @@ BAD_ARGS = [
     (["--label-smoothing", "5"], "--label-smoothing must be a number in [0, 1)"),
     (["--label-smoothing", "1"], "--label-smoothing must be a number in [0, 1)"),
     (["--patience", "-1"], "--patience must be a whole number >= 0"),
-    (["--aug-views", "-1"], "--aug-views must be auto or a whole number >= 0"),
+    (["--aug-views", "-1"], "--aug-views must be auto or a whole number >= 0 and <= 100"),
     (["--val-split", "0"], "--val-split must be a number in (0, 1)"),
     (["--val-split", "1.5"], "--val-split must be a number in (0, 1)"),
     (["--workers", "-2"], "--workers must be"),
@@ -177,3 +177,128 @@ def test_cli_train_with_a_text_file_as_weights_says_what_it_is(tmp_path, capsys,
     assert "is not a weights file: neither safetensors nor a PyTorch checkpoint" in errors[0], err
     assert str(tmp_path / "notes.txt") in errors[0] and not errors[0].rstrip().endswith(": 101")
     assert not (tmp_path / "run" / "model.json").exists()
+
+
+# --- issue 22, finding 13: numbers, refused in one line as they are parsed -------------------------------
+
+BAD_NUMBERS_22 = [
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295"),
+    (["--seed", "99999999999999999999999"], "--seed must be a whole number from 0 to 4294967295"),
+    (["--seed", "4294967296"], "--seed must be a whole number from 0 to 4294967295"),
+    (["--backbone", "auto", "--budget", "0"], "--budget must be positive"),
+    (["--backbone", "auto", "--budget", "nan"], "--budget must be a finite number of seconds"),
+    (["--backbone", "auto", "--budget", "inf"], "--budget must be a finite number of seconds"),
+    (["--backbone", "auto", "--budget", "1e400"], "--budget must be a finite number of seconds"),
+    (["--budget=-1m"], "--budget must be positive"),
+    (["--aug-views", "1000000"], "--aug-views must be auto or a whole number >= 0 and <= 100"),
+    (["--aug-views", "101"], "--aug-views must be auto or a whole number >= 0 and <= 100"),
+]
+
+
+@pytest.mark.parametrize("args,says", BAD_NUMBERS_22, ids=[" ".join(a) for a, _ in BAD_NUMBERS_22])
+def test_22_13_train_numbers_refused_before_any_work(tmp_path, capsys, args, says):
+    """`--seed 99999999999999999999999` crashed inside torch.manual_seed with a traceback; `--seed -1`
+    and `--budget nan` were taken."""
+    cache = tmp_path / "cache"
+    rc, out, err = graft_cli(["train", tmp_path / "no-photos", "--out", tmp_path / "run", "--cache-dir", cache,
+                              "--quiet", *args], capsys)
+    assert_one_line(rc, err, says)
+    assert not cache.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**32 - 1])
+def test_22_13_every_seed_in_range_is_taken(seed):
+    from graft.recipe.config import TrainConfig
+
+    assert TrainConfig(seed=seed).seed == seed
+
+
+BAD_SERVE_22 = [
+    (["--port", "99999"], "--port must be a whole number from 0 to 65535"),
+    (["--port", "-1"], "--port must be a whole number from 0 to 65535"),
+    (["--port", "65536"], "--port must be a whole number from 0 to 65535"),
+    (["--port", "80.5"], "--port must be a whole number from 0 to 65535"),
+    (["--max-upload", "1e400"], "--max-upload takes a size"),
+    (["--max-upload", "0"], "--max-upload must be a size from 1 B to 1.0 GB"),
+    (["--max-upload", "2GB"], "--max-upload must be a size from 1 B to 1.0 GB"),
+    (["--max-upload", "99999999999999999999TB"], "--max-upload must be a size"),
+    (["--batch-window-ms", "nan"], "--batch-window-ms must be a number from 0 to 10000"),
+    (["--batch-window-ms", "inf"], "--batch-window-ms must be a number from 0 to 10000"),
+    (["--batch-window-ms", "-1"], "--batch-window-ms must be a number from 0 to 10000"),
+    (["--max-batch", "0"], "--max-batch must be a whole number from 1 to 1024"),
+    (["--max-batch", "1e9"], "--max-batch must be a whole number from 1 to 1024"),
+    (["--threads", "0"], "--threads must be a whole number from 1 to 1024"),
+    (["--max-megapixels", "0"], "--max-megapixels must be a number above 0"),
+    (["--max-megapixels", "nan"], "--max-megapixels must be a number above 0"),
+    (["--megapixels-per-s", "-5"], "--megapixels-per-s must be a number above 0"),
+    (["--decoders", "0"], "--decoders must be a whole number from 1 to 64"),
+    (["--header-timeout", "0"], "--header-timeout must be a number above 0"),
+    (["--body-timeout", "inf"], "--body-timeout must be a number above 0"),
+]
+
+
+@pytest.mark.parametrize("args,says", BAD_SERVE_22, ids=[" ".join(a) for a, _ in BAD_SERVE_22])
+def test_22_13_serve_numbers_refused_as_parsed(tmp_path, capsys, args, says):
+    """Refused while the options are parsed, before RUN is even looked at (it does not exist here):
+    `--port 99999` used to reach socket.bind and crash with OverflowError."""
+    rc, out, err = graft_cli(["serve", tmp_path / "no-run", *args], capsys)
+    assert_one_line(rc, err, says)
+    assert "usage:" not in err
+
+
+def test_22_13_a_port_out_of_range_is_one_line_from_listen_too():
+    from graft.use.serve import listen
+
+    with pytest.raises(GraftError, match="cannot listen on 127.0.0.1:99999"):
+        listen("127.0.0.1", 99999)
+
+
+def test_22_13_options_of_serve_reach_its_config(tmp_path):
+    from graft.cli import build_parser
+    from graft.use.serve import cli_config
+
+    args = build_parser("serve").parse_args(["serve", str(tmp_path), "--max-upload", "512KB", "--port", "0",
+                                             "--max-megapixels", "12.5", "--decoders", "3", "--allow-host",
+                                             "photos.lan", "--allow-origin", "https://a.example"])
+    cfg = cli_config(args)
+    assert (cfg.max_upload, cfg.max_pixels, cfg.decoders) == (512 * 1024, 12_500_000, 3)
+    assert cfg.allow_hosts == ("photos.lan",) and cfg.allow_origins == ("https://a.example",)
+
+
+# the file-size limit: a child with RLIMIT_FSIZE of 150 KB, as `ulimit -f 150` sets it
+ULIMIT_TRAIN = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (150 * 1024, resource.RLIM_INFINITY))
+from graft.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_22_13_a_file_size_limit_is_one_line_not_a_worker_crash(tmp_path):
+    """`ulimit -f 150`: the loader's workers could not size their shared-memory batches ("File too
+    large") and the run ended in a traceback; now one line that names the limit, on a line of its
+    own after the progress bar (issue 22: error lines were glued onto the bar)."""
+    photos = make_photo_folder(tmp_path / "photos", per_class=6)
+    p = subprocess.run([sys.executable, "-c", ULIMIT_TRAIN, "train", str(photos), "--out", str(tmp_path / "run"),
+                        "--cache-dir", str(tmp_path / "cache"), "--workers", "2", "--strategy", "head",
+                        "--aug-views", "0"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    err = p.stderr
+    assert p.returncode == 2 and "Traceback" not in err, err[-3000:]
+    errors = [ln for ln in err.split("\n") if "graft: error:" in ln]
+    assert len(errors) == 1 and errors[0].startswith("graft: error: a file-size limit of 150 KB"), err[-2000:]
+    assert "ulimit -f" in errors[0]
+
+
+@pytest.mark.parametrize("make", [lambda: OSError(27, "File too large"),
+                                  lambda: RuntimeError("unable to resize file </torch_1> to the right size: "
+                                                       "File too large (27)")])
+def test_22_13_file_size_errors_are_named_only_under_a_limit(make):
+    """Without a limit an EFBIG is not blamed on one (it stays the bug it is)."""
+    import resource
+
+    from graft.cli import file_size_limit
+
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        pytest.skip("this process already runs under a file-size limit")
+    assert file_size_limit(make()) is None
+    assert file_size_limit(OSError(28, "No space left on device")) is None

@@ -48,3 +48,37 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
     msg = str(e.value)
     assert "batch_size=8 (now 4)" in msg and "lr=0.001 (now 0.01)" in msg and "epochs" not in msg, msg
     assert load_checkpoint(tmp_path / "checkpoint.pt", made)["config"] == made.to_json()
+
+
+def test_22_also_interrupt_and_resume_name_the_same_position(tmp_path):
+    """Ctrl-C said "interrupted at epoch 3, step 1" and --resume then "resuming from epoch 2, step 1"
+    of the same checkpoint (issue 22): the one counted epochs from 1, the other from 0. A real run
+    is interrupted (SIGINT once its first checkpoint exists) and resumed; both name one position."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    photos = make_photo_folder(tmp_path / "photos", per_class=8, seed=5)
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "graft", "train", str(photos), "--out", str(run), "--strategy", "partial",
+            "--train-stages", "1", "--epochs", "6", "--patience", "0", "--batch-size", "4", "--workers", "0",
+            "--aug-views", "0", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    env = {**os.environ, "GRAFT_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 500
+        while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=300)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = re.search(r"interrupted at (epoch \d+, after step \d+);", err)
+    assert proc.returncode == 2 and stopped, err[-2000:]
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming at {stopped.group(1)} of " in resumed.stderr, (stopped.group(1), resumed.stderr[-2000:])

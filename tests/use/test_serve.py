@@ -28,7 +28,7 @@ from PIL import Image
 from browser import DESKTOP, PHONE, DevTools, assert_seen, needs_chromium
 from conftest import isolated_env, make_photo
 from graft.use.predictor import Predictor
-from graft.use.serve import DEFAULT_MAX_UPLOAD, ServeConfig, create_app, listen, parse_max_upload
+from graft.use.serve import DEFAULT_MAX_UPLOAD, ServeConfig, create_app, listen, parse_max_upload, uvicorn_config
 
 LIMIT = 1 << 20  # the test server's --max-upload: 1 MB keeps the oversized uploads cheap
 
@@ -36,12 +36,12 @@ LIMIT = 1 << 20  # the test server's --max-upload: 1 MB keeps the oversized uplo
 class ServerThread:
     """uvicorn.Server on its own thread and event loop, on a port the OS picked."""
 
-    def __init__(self, app):
+    def __init__(self, app, config: ServeConfig | None = None):
         import uvicorn
 
         self.sock = listen("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(uvicorn_config(app, config, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self):
@@ -63,8 +63,9 @@ def served(trained_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     with isolated_env(root):
         predictor = Predictor(trained_run.run)
-        app = create_app(predictor, ServeConfig(max_upload=LIMIT, batch_window_ms=50, max_batch=8))
-        with ServerThread(app) as srv:
+        config = ServeConfig(max_upload=LIMIT, batch_window_ms=50, max_batch=8)
+        app = create_app(predictor, config)
+        with ServerThread(app, config) as srv:
             yield types.SimpleNamespace(url=srv.url, predictor=predictor, run=trained_run, root=root,
                                         stats=app.state.batcher.stats)
 
@@ -137,7 +138,7 @@ def test_reject_answers_unknown(trained_run):
     from starlette.testclient import TestClient
 
     predictor = Predictor(trained_run.run)
-    with TestClient(create_app(predictor, ServeConfig(reject="1.0"))) as c:
+    with TestClient(create_app(predictor, ServeConfig(reject="1.0")), base_url="http://localhost") as c:
         assert c.get("/model").json()["reject"] == "1"
         (r,) = c.post("/predict", content=jpeg("red", 3)).json()["results"]
     assert r["class"] == "unknown" and "low confidence" in r["reason"] and r["predictions"][0]["class"] == "red"
@@ -217,12 +218,12 @@ def raw_exchange(url: str, head: bytes, body_chunks, timeout=60) -> tuple[int, i
 
 def test_over_max_upload_is_413_while_streaming(client, served):
     # a declared length over the limit is refused before a byte of the body is read
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             f"Content-Length: {LIMIT + 1}\r\n\r\n").encode()
     status, sent = raw_exchange(served.url, head, [])
     assert status == 413
     # chunked, no length: the server answers 413 once the limit streams past, without the end
-    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
     piece = b"\xff" * 65536
     chunks = (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(10 * LIMIT // len(piece)))
     status, sent = raw_exchange(served.url, head, chunks)
