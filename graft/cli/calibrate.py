@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("photos", metavar="PHOTOS", help="the photo folder (or label file) RUN was trained on")
     p.add_argument("--keep", type=float, default=KEEP, metavar="K",
                    help=f"share of the photos of RUN's classes to keep, i.e. not answer `unknown` (default "
-                   f"{KEEP:g}): checked on the out-of-fold predictions with a margin of one standard error; "
+                   f"{KEEP:g}): held on new photos like the training ones nine times in ten (an exact binomial bound "
+                   "on the out-of-fold predictions); "
                    "lower refuses more (e.g. 0.9: up to 10%% refused to reach --target-accuracy), 1 refuses "
                    "none of them. The trade-off table in calibration.json and the report shows each choice")
     p.add_argument("--target-accuracy", type=float, default=0.99, metavar="A",
@@ -48,6 +49,7 @@ def main(args) -> int:
     cal = calibrate_run(args.run_dir, args.photos, args.target_accuracy, keep=args.keep, novelty=not args.no_novelty,
                         novelty_quantile=args.novelty_quantile, cache_dir=args.cache_dir, weights=args.weights,
                         workers=workers_given(args), progress=not args.quiet and not args.json)
+    refresh_export_of(args.run_dir)
     report = Path(args.run_dir) / REPORT_HTML
     if report.is_file():  # the report training wrote: now with the calibration section
         from graft.report import write_report
@@ -82,14 +84,34 @@ def calibration_summary(cal: dict, run_dir) -> str:
         lines.append(f"  novelty          cosine distance to the {nearest} of {n['n_reference']} "
                      f"training photos above {n['threshold']:.4f} -> unknown")
     reach = "reached" if cal["target_reached"] else "not reached"
-    lines.append(f"  kept             {fit['kept']:.3f} of the {where} (asked: at least {cal['keep']:g}), "
+    asked = (f"asked: at least {cal['keep']:g} of new photos, {100 * fit['assurance']:.0f}% of the time: at least "
+             f"{fit['keep_with_margin']:.3f} of these" if fit.get("assurance") else f"asked: at least {cal['keep']:g}")
+    lines.append(f"  kept             {fit['kept']:.3f} of the {where} ({asked}), "
                  f"{fit['accuracy_kept']:.3f} of them right (target {cal['target_accuracy']:g}, {reach})")
     u, v = cal.get("val_unknown"), cal.get("val_kept")
     if u and v:
         lines.append(f"  validation       {u['n_val'] - u['either']} of {u['n_val']} validation photos kept "
                      f"({v['kept']:.3f}), {v['accuracy_kept']:.3f} of them right; unknown: {u['either']} "
-                     f"({unknown_reasons(u)})")
+                     f"({unknown_reasons(u)})" + (f"; chance range {v['kept_range'][0]:.3f}-{v['kept_range'][1]:.3f} "
+                                                  f"on {u['n_val']} photos" if v.get("kept_range") else ""))
     elif cal.get("final"):
-        lines.append("  validation       none held out (--final run): no independent figure")
+        lines.append("  validation       none held out (the model was trained on them: --final, or refitted on "
+                     "every photo of a split graft drew): no independent figure")
     lines.append(f"  saved            {Path(run_dir) / CALIBRATION_JSON}  (its keep_table: other --keep choices)")
     return "\n".join(lines)
+
+
+def refresh_export_of(run_dir) -> None:
+    """The run's ONNX export (graft train writes one) made again with the new calibration, so
+    `graft predict --reject auto` stays fast (graft.use.compose.refresh_export); a failure leaves
+    the calibration standing and predict on torch, said in one line."""
+    import logging
+
+    from graft.use.compose import refresh_export
+
+    try:
+        refresh_export(run_dir)
+    except Exception as e:
+        logging.getLogger("graft").warning("could not refresh %s's ONNX export with the calibration (%s): "
+                                           "graft predict runs on torch until `graft export %s`", run_dir,
+                                           str(e).splitlines()[0] if str(e) else type(e).__name__, run_dir)

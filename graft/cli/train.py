@@ -73,7 +73,9 @@ def train_summary(m: dict, run_dir) -> str:
         ("skipped", f"{len(m['skipped'])} file(s)" + ("  (see warnings above)" if m["skipped"] else "")),
         ("total", f"{t['total_s']:.2f} s"),
         *_probe_comparison(m),
-        ("model", str(run_dir / MODEL_JSON)),
+        ("model", str(run_dir / MODEL_JSON) + _trained_on(m)),
+        *([("predict", f"{run_dir / m['export']['file']}: graft predict and serve run it on onnxruntime, "
+                       f"without torch")] if m.get("export") else []),
         *([("report", str(run_dir / REPORT_HTML))] if (run_dir / REPORT_HTML).is_file() else []),
         *([("log", ", ".join(str(run_dir / name) for name in m["log"].values()))] if m.get("log") else []),
         *([("decoded photos", f"{format_bytes(decoded['bytes'])} of this data set kept in {decoded['dir']} "
@@ -83,11 +85,24 @@ def train_summary(m: dict, run_dir) -> str:
     return "\n".join([table(rows), "", per_class_table(m["per_class"])])
 
 
+def _trained_on(m: dict) -> str:
+    """Which photos the written model learned from, when it is not simply the training photos."""
+    on = m.get("trained_on") or {}
+    if on.get("val") and not on.get("final"):
+        return (f"  (fitted again on all {on['photos']} photos once the validation figure was taken: "
+                f"the figure is the {on['train']}-photo model's)")
+    return ""
+
+
 def _views_line(v: dict) -> str:
     """What the head's augmented views were: asked for, or weighed by --aug-views auto."""
+    if "used" in v and not v.get("k"):  # dropped on the share: the rest's views were never computed
+        return (f"not used: {v['reason'].removeprefix('auto: ')} (--aug-views auto)")
     if "used" in v:
+        share = (f"; first won on a share of {v['share']}: cv {v['share_cv_with']:.3f} with, "
+                 f"{v['share_cv_without']:.3f} without" if v.get("share") else "")
         return (f"{v['k']} augmented views {'used' if v['used'] else 'not used'}: cv {v['cv_with']:.3f} with, "
-                f"{v['cv_without']:.3f} without (--aug-views auto)")
+                f"{v['cv_without']:.3f} without{share} (--aug-views auto)")
     if v.get("k"):
         return f"{v['k']} augmented views of each training photo"
     return f"none: {v.get('reason')}"

@@ -77,7 +77,8 @@ def write(job: Job, f: Features, common: dict, fitted: Fitted) -> dict:
 
             write_report(job.out, data=f.data, cache_dir=job.cache_root, workers=job.cfg.workers)
         except Exception as e:  # a report is a nicety: never fail a finished run over it
-            log.warning("could not write %s: %s", job.out / REPORT_HTML, e)
+            msg = str(e)  # a GraftError of the writer already names the file
+            log.warning("%s", msg if msg.startswith("could not write ") else f"could not write {job.out / REPORT_HTML}: {msg}")
     return metrics
 
 

@@ -17,6 +17,7 @@ and client, so the Predictor, the ONNX client and `graft serve` cannot tell them
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -172,3 +173,31 @@ def write_composed(run_dir, backbone_onnx: Path) -> Path:
     record_export(run_dir, out, "onnx", info, {"made": "joined from the cached backbone graph and the run's head",
                                                "backbone_graph": graph})
     return out
+
+
+def refresh_export(run_dir) -> str | None:
+    """After `graft calibrate`: the run's ONNX export made again with the new calibration (its
+    novelty check and thresholds), so `graft predict --reject auto` stays on the fast engine.
+    Joined again from the same backbone graph when it is still in the cache unchanged, else
+    traced (graft export). Only an export graft made of this very model is refreshed. -> how
+    ("joined" / "traced"), or None when there was none to refresh."""
+    from graft.run.files import EXPORT_JSON, MODEL_TENSORS, ONNX_MODEL
+    from graft.use.export import export_run
+
+    run_dir = Path(run_dir)
+    try:
+        doc = json.loads((run_dir / EXPORT_JSON).read_text())
+        entry = doc["files"][ONNX_MODEL]
+        ours = (doc.get("model_sha256") == sha256_file(run_dir / MODEL_TENSORS)
+                and entry.get("sha256") == sha256_file(run_dir / ONNX_MODEL))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not ours:
+        return None
+    graph = entry.get("backbone_graph") or {}
+    path = Path(str(graph.get("path", "")))
+    if graph and path.is_file() and sha256_file(path) == graph.get("sha256"):
+        write_composed(run_dir, path)
+        return "joined"
+    export_run(run_dir, "onnx")
+    return "traced"

@@ -85,12 +85,22 @@ def test_joined_graph_gives_the_traced_exports_outputs(joined, which, tmp_path):
     assert a.get_modelmeta().custom_metadata_map == b.get_modelmeta().custom_metadata_map
 
 
-def test_calibrated_joined_export_is_fresh_for_the_predictor(joined):
+def test_calibrate_refreshes_the_joined_export(joined, tmp_path):
+    """After calibration the export is stale (it holds no thresholds); refresh_export, which
+    `graft calibrate` runs, joins it again with them: the Predictor is back on onnxruntime."""
+    from graft.use.compose import refresh_export
+
+    folder = tmp_path / "cal"
+    shutil.copytree(joined.calibrated, folder)
+    for name in ("model.onnx", "export.json"):  # the export training wrote, before the calibration
+        shutil.copy(joined.run / name, folder / name)
+    assert Predictor(folder).engine.name == "torch"  # stale: the calibration changed since
     with isolated_env(joined.root):
-        graph = json.loads((joined.run / "export.json").read_text())["files"]["model.onnx"]["backbone_graph"]["path"]
-        write_composed(joined.calibrated, graph)
-    fast = Predictor(joined.calibrated)
+        assert refresh_export(folder) == "joined"
+    fast = Predictor(folder)
     assert fast.engine.name == "onnx" and fast.calibration is not None
+    meta = json.loads((folder / "export.json").read_text())
+    assert meta["calibration"]["novelty"] is not None
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
