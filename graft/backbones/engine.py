@@ -15,6 +15,16 @@ otherwise graft warns once and uses torch. (tests/backbones/test_engine.py check
 
 `engine`: "auto" (the rule above), "torch" or "onnxruntime" (ONNX whatever the count; still
 checked, still falls back); default from GRAFT_ENGINE, else "auto".
+
+Two things keep the session near this CPU's limit (bench/extraction.py measures them):
+- timm's TF-ported models ("same" padding: every `tf_` EfficientNet) compute each strided
+  conv's padding from the input's size at run time. Exported as is, that is a Shape/Ceil/Pad
+  chain before 5 convs, which onnxruntime cannot fold into them: each one breaks its blocked
+  (NCHWc) layout into a reorder, a pad and a reorder back. The input's size is fixed by the
+  preprocessing (it is in the export's key), so the export writes those pads as constants of
+  the Conv itself (`static_same_padding`): the same arithmetic, one fused graph.
+- waiting threads sleep instead of spinning: graft's decoding workers share the cores with the
+  forward pass, and a spinning thread takes the core a worker needed.
 """
 
 from __future__ import annotations
@@ -25,7 +35,9 @@ import logging
 import os
 import warnings
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -39,6 +51,7 @@ log = logging.getLogger("graft")
 ENGINES = ("auto", "torch", "onnxruntime")
 TOLERANCE = 1e-4  # max |difference| of any feature between the engines
 OPSET = 17
+GRAPH = 2  # version of what `export` writes: 2, "same" padding as constants (see the module doc)
 # Below this many images to compute, "auto" keeps torch: on first use the export (about 20 s on
 # 2 busy cores) costs what onnxruntime saves on ~8 batches of 32; later, building the session
 # and checking it costs what it saves on ~2 (bench/engine.py prints both).
@@ -132,7 +145,7 @@ def onnx_path(backbone, cache_root) -> Path:
     """One file per (architecture, weights digest, preprocessing, exporter): what fixes the graph."""
     ident = {"arch": backbone.arch, "weights_digest": backbone.weights.digest,
              "preprocessing": backbone.preprocessing.to_json(), "torch": torch.__version__, "opset": OPSET,
-             "output": "pooled"}
+             "output": "pooled", "graph": GRAPH}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in backbone.arch)
     return Path(cache_root).expanduser() / ENGINES_DIR / f"{slug}-{key}.onnx"
@@ -173,6 +186,9 @@ def _session(backbone, path: Path, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.enable_cpu_mem_arena = True
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # decoders share the cores
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -187,7 +203,8 @@ def export(backbone, path: Path) -> Path:
     was = backbone.training
     backbone.eval()
     try:
-        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), \
+                static_same_padding(backbone, example):
             warnings.simplefilter("ignore")  # the exporter's deprecation notice and tracer chatter
             # the TorchScript-based exporter: the torch.export-based one needs onnxscript
             torch.onnx.export(backbone, (example,), str(tmp), dynamo=False, opset_version=OPSET,
@@ -198,3 +215,52 @@ def export(backbone, path: Path) -> Path:
         backbone.train(was)
     log.info("exported %s to %s for onnxruntime", backbone.arch, path)
     return path
+
+
+class _SameConv(torch.autograd.Function):
+    """A TF "same"-padded conv whose pads are known: torch pads then convolves; the ONNX exporter
+    writes one Conv carrying the (possibly uneven) pads, which onnxruntime fuses like any other."""
+
+    @staticmethod
+    def forward(ctx, x, weight, pads, stride, dilation, groups):
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, pads), weight, None, stride, 0,
+                                          dilation, groups)
+
+    @staticmethod
+    def symbolic(g, x, weight, pads, stride, dilation, groups):
+        left, right, top, bottom = pads
+        return g.op("Conv", x, weight, strides_i=list(stride), pads_i=[top, left, bottom, right],
+                    dilations_i=list(dilation), group_i=groups)
+
+
+@contextmanager
+def static_same_padding(backbone, example: torch.Tensor):
+    """While exporting: each timm Conv2dSame (bias-free, as in every `tf_` model) of `backbone`
+    pads by constants, computed from the size its input has when `example` goes through; its own
+    forward is back afterwards. Other modules, and backbones without such convs, are untouched."""
+    try:
+        from timm.layers.conv2d_same import Conv2dSame
+        from timm.layers.padding import get_same_padding
+    except ImportError:  # not a timm model
+        yield
+        return
+    convs = [m for m in backbone.modules() if isinstance(m, Conv2dSame) and m.bias is None]
+    sizes = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: sizes.__setitem__(m, tuple(args[0].shape[-2:])))
+             for m in convs]
+    try:
+        backbone(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for m, (ih, iw) in sizes.items():
+        (kh, kw), (sh, sw), (dh, dw) = m.weight.shape[-2:], m.stride, m.dilation
+        ph, pw = get_same_padding(ih, kh, sh, dh), get_same_padding(iw, kw, sw, dw)
+        pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+        m.forward = (lambda m, pads: lambda x: _SameConv.apply(x, m.weight, pads, tuple(m.stride),
+                                                               tuple(m.dilation), m.groups))(m, pads)
+    try:
+        yield
+    finally:
+        for m in sizes:
+            del m.forward  # the class's own forward again

@@ -163,19 +163,25 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
                      progress, desc, stats, forward, keep=True, engine=None):
     if not missing:
         return feats
-    backbone = get_backbone()
-    backbone.eval()
-    run = extraction_engine(backbone, n_images=len(missing), cache_root=cache.dir.parent, engine=engine,
-                            custom_forward=forward is not None)
+    # The decoding workers start first (iter), so the first batches decode while the network is
+    # built and its onnxruntime session made and checked: a cold run waited for both in turn.
+    batches = iter(image_loader([paths[i] for i in missing], load, batch_size=batch_size, workers=workers))
+    try:
+        backbone = get_backbone()
+        backbone.eval()
+        run = extraction_engine(backbone, n_images=len(missing), cache_root=cache.dir.parent, engine=engine,
+                                custom_forward=forward is not None)
+    except BaseException:
+        del batches  # its workers stop now, not when the traceback is dropped
+        raise
     pre = backbone.preprocessing
-    loader = image_loader([paths[i] for i in missing], load, batch_size=batch_size, workers=workers)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(missing), desc=desc, unit="img", disable=not progress, leave=False)
     unusable = []  # (entry name, reason, code) to remember, for loads that state their rule
     with torch.inference_mode():
         t_wait = time.perf_counter()
-        for idx, batch, errors in loader:
+        for idx, batch, errors in batches:
             t_got = time.perf_counter()
             stats.wait_s += t_got - t_wait
             for i, e in errors:

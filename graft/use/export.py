@@ -260,7 +260,11 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, info: dict)
     try:
         import onnx
 
-        with torch.no_grad(), warnings.catch_warnings():
+        from graft.backbones.engine import static_same_padding
+
+        # timm's tf_ convs pad by the input size at run time; the input size is fixed here, so the
+        # pads go into the Conv as constants: the fused graph onnxruntime runs 1.3-2x faster
+        with torch.no_grad(), warnings.catch_warnings(), static_same_padding(model, example):
             warnings.simplefilter("ignore")  # its deprecation notice and tracer warnings on shapes
             torch.onnx.export(
                 model, (example,), str(path), dynamo=False, opset_version=OPSET,

@@ -106,3 +106,41 @@ def test_damaged_export_is_written_again(exported, default_backbone, tmp_path):
     picked = eng.ort_engine(default_backbone, root)
     assert picked is not None
     assert damaged.stat().st_size == len(good)
+
+
+def test_export_writes_same_padding_into_the_convs(exported, default_backbone):
+    """timm's `tf_` models pad each strided conv from the input's size at run time; exported as is
+    that is a Shape/Ceil/Pad chain onnxruntime cannot fuse (a layout reorder around each pad). The
+    input size is fixed, so the export holds the pads as constants of the Conv itself."""
+    onnx = pytest.importorskip("onnx")
+    from timm.layers.conv2d_same import Conv2dSame
+
+    graph = onnx.load(str(eng.onnx_path(default_backbone, exported))).graph
+    ops = {n.op_type for n in graph.node}
+    assert not ops & {"Pad", "Shape", "Ceil", "Gather"}, ops
+    uneven = [n for n in graph.node if n.op_type == "Conv"
+              and any(a.name == "pads" and a.ints[0] != a.ints[2] for a in n.attribute)]
+    assert uneven  # TF "same" on an even size pads one more row below than above: kept exact
+    same = [m for m in default_backbone.modules() if isinstance(m, Conv2dSame)]
+    assert same and all("forward" not in vars(m) for m in same)  # torch's own forward is back
+
+
+def test_static_padding_is_exact_on_other_input_sizes(tmp_path, default_backbone):
+    """The constant pads are those of the preprocessing's size; for an odd size (other pads) the
+    export must still agree with torch (the self-check is what guards the feature cache)."""
+    from graft.backbones import Backbone
+    from graft.backbones.preprocess import Preprocessing
+
+    odd = copy.deepcopy(default_backbone)
+    odd.preprocessing = Preprocessing(225, 257)
+    assert isinstance(odd, Backbone)
+    engine = eng.ort_engine(odd, tmp_path)
+    assert engine is not None and eng.self_check(odd, engine) <= eng.TOLERANCE
+
+
+def test_session_threads_sleep_rather_than_spin(exported, default_backbone):
+    """graft's decoding workers share the cores with the forward pass: spinning threads took them."""
+    engine = eng.ort_engine(default_backbone, exported)
+    opts = engine.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == eng.intra_op_threads() and opts.inter_op_num_threads == 1

@@ -137,3 +137,61 @@ def test_aug_device_cpu_augments_before_the_batch_moves_to_the_trainer(monkeypat
     _, on_trainer = split_for_device(build("light", size=32), 0, "meta", "meta")  # "cuda": on the trainer
     on_trainer(x, ["a", "b", "c", "d"], epoch=0)
     assert seen and {device for _, device in seen} == {"meta"}
+
+
+class _MarkingLoad:
+    """The evaluation load, which also leaves a file behind when a worker decodes the first photo."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __call__(self, path):
+        self.marker.touch()
+        return PRE.load(path)
+
+
+def test_photos_decode_while_the_network_is_built(tmp_path):
+    """A cold extraction starts its decoding workers before it builds the backbone (and its
+    onnxruntime session), so the two overlap: the build here waits for a decoded photo."""
+    import time
+
+    from graft.backbones import load_backbone
+    from graft.cache import FeatureCache
+    from graft.features.extract import extract_features
+
+    make_photo_folder(tmp_path / "p", per_class=10)
+    paths = sorted((tmp_path / "p").glob("*/*.jpg"))
+    marker = tmp_path / "decoded"
+
+    def build():
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline, "no photo was decoded while the backbone was being built"
+            time.sleep(0.05)
+        return load_backbone()
+
+    cache = FeatureCache(tmp_path / "cache", {"arch": "test-overlap"})
+    feats, ok, stats = extract_features(build, [p.name for p in paths], paths, cache, load=_MarkingLoad(marker),
+                                        batch_size=8, workers=1, progress=False, engine="torch")
+    assert ok.all() and stats.misses == len(paths) and np.abs(feats).max() > 0
+
+
+def test_a_failing_build_stops_the_decoding_workers(tmp_path):
+    """The workers started early must not outlive an extraction whose backbone cannot be built."""
+    import multiprocessing
+
+    from graft.cache import FeatureCache
+    from graft.errors import GraftError
+    from graft.features.extract import extract_features
+
+    make_photo_folder(tmp_path / "p", per_class=10)
+    paths = sorted((tmp_path / "p").glob("*/*.jpg"))
+
+    def build():
+        raise GraftError("no such backbone")
+
+    cache = FeatureCache(tmp_path / "cache", {"arch": "test-overlap-fails"})
+    with pytest.raises(GraftError, match="no such backbone"):
+        extract_features(build, [p.name for p in paths], paths, cache, load=PRE.load, batch_size=8, workers=1,
+                         progress=False)
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
