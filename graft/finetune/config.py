@@ -29,6 +29,9 @@ class FinetuneConfig(Optimisation):
     warmup_epochs: float = 1.0
     clip_grad_norm: float = 1.0
     patience: int = 5
+    # K > 0: the frozen prefix's activations of K augmented views of each training photo are cached
+    # and each epoch trains on one of them (graft.finetune.boundary_views); 0: augment on the fly
+    boundary_views: int = 0
 
     def to_json(self) -> dict:
         d = super().to_json()

@@ -165,7 +165,8 @@ def refit_choice(selection: dict, x, y, n_classes: int, cfg, *, memo=None) -> nn
     weights = selection.get("class_weight")
     weights = None if weights is None else np.asarray(weights, np.float32)
     how = {k: selection.get(k) for k in ("solver", "strength", "epochs", "class_weight")}
-    path = None if memo is None else Path(memo) / f"refit-{choice_key(x, y, n_classes, {**how, 'head': cfg.to_json()})}.safetensors"
+    # named like a choice (the cache's prune knows graft's files by that name); the settings differ
+    path = None if memo is None else Path(memo) / f"{choice_key(x, y, n_classes, {'refit': how, 'head': cfg.to_json()})}.safetensors"
     if path is not None and path.is_file():
         try:
             from safetensors.torch import load_file

@@ -10,7 +10,8 @@
                  plus K augmented views of each training photo with --aug-views (extraction.py)
     fit_head     the new softmax on those features: the head strategy's classifier, and the
                  linear probe the `auto` rule reads (steps.py)
-    choose       how much of the network to train (strategy.py)
+    choose       how much of the network to train: under auto, by a short trial of fine-tuning
+                 against the head on the training photos, within --budget (strategy.py, trial.py)
     fit_network  fine-tune the last stages, or all of them, when the strategy says so (steps.py,
                  over graft.finetune)
     refit        the chosen head fitted again on training + validation photos, once the
@@ -96,6 +97,7 @@ def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
     from graft.recipe.run_folder import summary, write
     from graft.recipe.steps import cv_accuracy, fit_head, fit_network, refit_on_all, scan, score_val
     from graft.recipe.strategy import choose_strategy
+    from graft.recipe.trial import weigh_finetuning
 
     data = scan(job, photos)
     if job.dist.is_main:  # the photos are usable: from here on this training writes the run folder
@@ -111,7 +113,8 @@ def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
     linear_probe = fit_head(job, feats)
     probe_cv = cv_accuracy(linear_probe)  # chosen on the training photos: never the val figure
     frozen_only = f"--backbone {job.source.spec} concatenates frozen features" if job.source.frozen_only else None
-    choice = choose_strategy(cfg.strategy, feats.data, probe_cv, train_stages=cfg.train_stages, frozen_only=frozen_only)
+    choice = choose_strategy(cfg.strategy, feats.data, probe_cv, train_stages=cfg.train_stages, frozen_only=frozen_only,
+                             trial=lambda: weigh_finetuning(job, feats, probe_cv, budget=cfg.budget))
     common = summary(job, feats, choice, probe_cv, linear_probe)
     fitted = linear_probe if choice.strategy == "head" else fit_network(job, feats, choice)
     if not job.dist.is_main:  # rank 0 evaluates and writes; the weights are the same on every rank

@@ -12,7 +12,7 @@ from graft.data import Dataset
 from graft.data.placeholders import RefuseNonPhotos
 from graft.errors import GraftError
 from graft.features.concat import JoinedCache, join_rows, source_features
-from graft.recipe.config import AUTO_CANDIDATES, TrainConfig
+from graft.recipe.config import AUTO_CANDIDATES, BACKBONE_BUDGET_S, TrainConfig
 from graft.recipe.steps import Job
 
 
@@ -49,12 +49,13 @@ def choose_backbone(job: Job, data: Dataset) -> Job:
         table.append({"backbone": spec, "cv_accuracy": cv["cv_accuracy"]["mean"],
                       "cv_accuracy_std": cv["cv_accuracy"]["std"], **row})
 
+    budget = cfg.budget or BACKBONE_BUDGET_S
     for spec, factor in AUTO_CANDIDATES:
         source = resolve_backbone(spec)
         estimate = None if rate is None else rate * factor * len(data.train)
-        if estimate is not None and spent + estimate > cfg.budget:
+        if estimate is not None and spent + estimate > budget:
             table.append({"backbone": spec, "skipped": f"estimated {estimate:.0f} s of extraction would pass "
-                                                       f"--budget {cfg.budget:g} s ({spent:.0f} s spent)"})
+                                                       f"--budget {budget:g} s ({spent:.0f} s spent)"})
             continue
         feats, ok, stats = source_features(source, data.train, JoinedCache(source.parts, job.cache_root),
                                            load_for=lambda pre: RefuseNonPhotos(pre.load), batch_size=cfg.batch_size,

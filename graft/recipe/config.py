@@ -63,6 +63,7 @@ AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
 # 2**32 - 1 is what both take, and what seeds conventionally are. --budget: finite, at most a week.
 MAX_SEED = 2**32 - 1
 MAX_BUDGET_S = 7 * 24 * 3600
+BACKBONE_BUDGET_S = 300.0  # --backbone auto's extraction budget when --budget is not given
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,14 @@ class TrainConfig:
         0.15, "fine-tuning: share of the training photos (picked by content hash) held out for early stopping "
         "and the best epoch, which never look at the validation photos (default {default:g})",
         metavar="F", valid=SHARE)
-    budget: float = setting(
-        300.0, "--backbone auto: seconds (or e.g. 2m) of feature extraction the candidates lite0, lite1, lite2 "
-        "may cost, estimated from lite0's measured rate (default {default:g} s); concatenations of those "
-        "extracted are weighed too, at no extraction cost", metavar="SECONDS|Nm", parse=parse_seconds,
-        valid=Range(lambda v: math.isfinite(v) and 0 < v <= MAX_BUDGET_S, "a finite number of seconds above 0 "
-                    f"and at most {MAX_BUDGET_S} (a week)"))
+    budget: float | None = setting(
+        None, "seconds (or e.g. 2m) what auto chooses may cost: --backbone auto's feature extraction of the "
+        f"candidates lite0, lite1, lite2, estimated from lite0's measured rate (default {BACKBONE_BUDGET_S:g} s; "
+        "concatenations of those extracted are weighed too, at no extraction cost); --strategy auto's "
+        "fine-tuning, estimated from a short trial on the training photos (default 900 s; above it the "
+        "head is kept)", metavar="SECONDS|Nm", parse=parse_seconds,
+        valid=Range(lambda v: v is None or (math.isfinite(v) and 0 < v <= MAX_BUDGET_S),
+                    f"a finite number of seconds above 0 and at most {MAX_BUDGET_S} (a week)"))
     final: bool = setting(False, "a model for deployment: after choosing everything on the training photos' "
                           "cross-validation, also train on the validation photos (no held-out accuracy then)")
     augment: str | None = setting(

@@ -38,6 +38,7 @@ def summary(job: Job, f: Features, choice: StrategyChoice, probe_cv: float, prob
         "skipped": f.skipped,
         "strategy": choice.strategy,
         "strategy_reason": choice.reason,
+        **({"strategy_evidence": choice.evidence} if choice.evidence is not None else {}),
         "probe_cv_accuracy": probe_cv,
         **({"probe_val_accuracy": accuracy(f, probe.val_logits)["accuracy"]} if probe is not None else {}),
         "backbone": {"spec": src.spec, "arch": src.arch, "weights_digest": src.weights.digest},

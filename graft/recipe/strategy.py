@@ -14,6 +14,10 @@ The thresholds come from `bench/ladder.py`: on hymenoptera (about 120 photos per
 head matches or beats fine-tuning at a fraction of the cost, so "little data" reaches further than
 the usual rule of thumb of 100 per class.
 
+With a run at hand, `auto` decides by evidence instead (graft.recipe.trial, `trial=`): a short
+fine-tuning trial against the head on an inner split of the training photos, within --budget.
+The rule stays for callers that cannot run a trial.
+
 The frozen head (the new softmax on frozen features, chosen by cross-validation on the training
 photos, graft.heads.search; its accuracy there is the figure read) costs seconds thanks to the cache,
 and says how well the pretrained features already separate the classes: when they nearly do,
@@ -23,6 +27,7 @@ training more layers on a few hundred images mostly adds variance.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from graft.errors import GraftError
 
@@ -35,6 +40,7 @@ class StrategyChoice:
     strategy: str
     train_stages: int
     reason: str
+    evidence: dict | None = None  # the trial's figures (graft.recipe.trial), for metrics.json
 
 
 def check_request(strategy: str, *, from_scratch: bool = False) -> None:
@@ -63,9 +69,12 @@ def head_only(requested: str, per_class: int) -> bool:
 
 
 def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages: int = 2,
-                    frozen_only: str | None = None) -> StrategyChoice:
+                    frozen_only: str | None = None,
+                    trial: Callable[[], StrategyChoice] | None = None) -> StrategyChoice:
     """`requested` unless it is "auto"; `data` is a graft.data.Dataset of usable samples.
-    `frozen_only`: why only the head can train (a concatenated backbone), if so."""
+    `frozen_only`: why only the head can train (a concatenated backbone), if so. `trial`: under
+    auto, what decides by evidence on the training photos (graft.recipe.trial.weigh_finetuning,
+    bound to the run); without one (a caller that cannot run a trial), the fixed rule above."""
     check_request(requested)
     if requested != "auto":
         return StrategyChoice(requested, train_stages, f"asked for --strategy {requested}")
@@ -73,6 +82,8 @@ def choose_strategy(requested: str, data, probe_accuracy: float, *, train_stages
     probe = f"frozen head's cross-validated accuracy {probe_accuracy:.3f} on the training photos"
     if frozen_only:
         return StrategyChoice("head", train_stages, f"{frozen_only}: only a new softmax trains ({probe})")
+    if trial is not None:
+        return trial()
     per_class = smallest_class(data.train, len(data.classes))
     if per_class < LITTLE_DATA:
         return StrategyChoice("head", train_stages,

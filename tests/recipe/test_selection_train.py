@@ -113,7 +113,7 @@ def test_backbone_auto_weighs_concatenations_of_what_it_extracted(tmp_path):
     make_photo_folder(photos / "train", per_class=6, seed=43)
     make_photo_folder(photos / "val", per_class=2, seed=44)
     with isolated_env(tmp_path):
-        m = graft.train(photos, tmp_path / "run", backbone="auto", budget=1e6, cache_dir=tmp_path / "cache",
+        m = graft.train(photos, tmp_path / "run", backbone="auto", budget=6e5, cache_dir=tmp_path / "cache",
                         workers=0, progress=False, report=False).metrics
     table = {r["backbone"]: r for r in m["backbone_candidates"]}
     assert list(table) == ["lite0", "lite1", "lite2", "lite0+lite1", "lite0+lite2", "lite1+lite2",

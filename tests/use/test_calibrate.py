@@ -305,7 +305,7 @@ def test_calibrate_cli(calibrated, capsys):
     args = parser.parse_args(["calibrate", *common])
     assert args.main(args) == 0
     out = capsys.readouterr().out
-    assert "out-of-fold predictions of the" in out and "(asked: at least 0.95)" in out and "validation photos kept" in out
+    assert "out-of-fold predictions of the" in out and "(asked: at least 0.95 of new photos" in out and "validation photos kept" in out
     with pytest.raises(GraftError, match="--keep"):
         args = parser.parse_args(["calibrate", *common, "--keep", "2"])
         args.main(args)
