@@ -270,11 +270,24 @@ def fit_network(job: Job, f: Features, choice: StrategyChoice) -> Fitted:
     # on the validation photos; the model kept is the best inner-split epoch's (trained on the
     # other 1 - inner_split of the training photos: the cheap option, no second fine-tuning).
     inner = inner_split(f.data, job.cfg.inner_split, job.cfg.seed)
-    res = finetune(built, inner, cfg, checkpoint=job.out / CHECKPOINT, pipeline=pipeline, workers=job.cfg.workers,
-                   resume=job.cfg.resume, progress=job.progress, extract=boundary_activations,
-                   boundary_cache=job.cfg.boundary_cache, aug_device=job.cfg.aug_device,
-                   decoded_dir=job.decoded_dir, dist=job.dist,
-                   on_epoch=job.epoch_log.on_epoch("finetune", each=True) if job.epoch_log else None)
+    on_epoch = job.epoch_log.on_epoch("finetune", each=True) if job.epoch_log else None
+    if cfg.boundary_views and pipeline is not None:  # K augmented views of the frozen stages, cached once
+        from graft.finetune.boundary_views import boundary_views, finetune_on_views
+
+        def views_of(samples, k):
+            cache = JoinedCache(job.source.parts, job.cache_root, f"boundary:{built.stage_names[k - 1]}").parts[0]
+            return boundary_views(built, samples, cache, pipeline, cfg.boundary_views, k, seed=job.cfg.seed,
+                                  batch_size=job.cfg.batch_size, workers=job.cfg.workers, progress=job.progress,
+                                  stats=job.stats, decoded_dir=job.decoded_dir, dist=job.dist)
+
+        res = finetune_on_views(built, inner, cfg, views_of=views_of, extract=boundary_activations,
+                                checkpoint=job.out / CHECKPOINT, workers=job.cfg.workers, resume=job.cfg.resume,
+                                progress=job.progress, dist=job.dist, on_epoch=on_epoch)
+    else:
+        res = finetune(built, inner, cfg, checkpoint=job.out / CHECKPOINT, pipeline=pipeline, workers=job.cfg.workers,
+                       resume=job.cfg.resume, progress=job.progress, extract=boundary_activations,
+                       boundary_cache=job.cfg.boundary_cache, aug_device=job.cfg.aug_device,
+                       decoded_dir=job.decoded_dir, dist=job.dist, on_epoch=on_epoch)
     if res.boundary_cache and job.dist.is_main:
         log.info("frozen stages' activations came from the boundary cache: only the trainable stages ran")
     loop = {k: res.timings[k] for k in ("data_wait_s", "step_s", "val_s")}

@@ -139,3 +139,32 @@ def test_views_need_frozen_stages_and_a_view(views_setup, tmp_path):
     with pytest.raises(GraftError, match="at least one view"):
         finetune_on_views(load_backbone(), s.data, none, views_of=None, extract=lambda *a: None,
                           checkpoint=tmp_path / "ck.pt", workers=0, progress=False)
+
+
+def test_graft_train_fine_tunes_over_boundary_views(tmp_path):
+    """`graft train --strategy partial --boundary-views K`: the recipe takes the cached-views path,
+    records K, and the run it writes predicts; a second run computes no view again."""
+    import graft
+
+    photos = tmp_path / "photos"
+    make_photo_folder(photos / "train", per_class=6, seed=61)
+    make_photo_folder(photos / "val", per_class=2, seed=62)
+    kw = dict(strategy="partial", train_stages=1, boundary_views=2, epochs=2, batch_size=4,
+              cache_dir=tmp_path / "cache", workers=0, progress=False, report=False)
+    with isolated_env(tmp_path):
+        first = graft.train(photos, tmp_path / "run", **kw).metrics
+        again = graft.train(photos, tmp_path / "run2", **kw).metrics
+        answers = graft.predict(tmp_path / "run", [next((photos / "val" / "red").iterdir())], workers=0)
+    assert first["finetune"]["boundary_views"] == 2 and first["epochs_run"] == 2
+    assert first["cache"]["misses"] > again["cache"]["misses"] == 0
+    assert answers[0]["predictions"][0]["class"] in ("blue", "red")
+
+
+@pytest.mark.parametrize("bad", [dict(augment="none"), dict(new_hidden=(8,)), dict(strategy="full"),
+                                 dict(strategy="head")])
+def test_boundary_views_without_what_they_need_is_one_line(tmp_path, bad):
+    import graft
+
+    kw = {**dict(strategy="partial", boundary_views=2, workers=0, progress=False), **bad}
+    with pytest.raises(GraftError, match="--boundary-views K caches augmented views"):
+        graft.train(tmp_path / "none", tmp_path / "run", **kw)
