@@ -46,7 +46,7 @@ VIEWS_PRESET = "light"
 # 5 s more cold; the 12-species flowers gained 1.7 points held out from views.
 AUTO_VIEWS = 4
 # Weighed on this share of each class's training photos first (graft.recipe.extraction
-# weigh_views_on_share): the rest's views are computed only when they win there.
+# weigh_views_on_share): the rest's views are computed unless they lose there.
 AUTO_VIEWS_SHARE = 0.25
 AUTO_VIEWS_MIN_PER_CLASS = 20
 AUTO_VIEWS_MAX_PHOTOS = 1000

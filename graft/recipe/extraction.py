@@ -101,7 +101,7 @@ def weigh_views_on_share(job: Job, data: Dataset, out: Features, k: int) -> bool
     """--aug-views auto, first on a stratified share of the training photos (AUTO_VIEWS_SHARE of
     each class, more where the smallest class would keep fewer than AUTO_VIEWS_MIN_PER_CLASS),
     cross-validated with and without K views on the same folds, as the head is chosen. Where the
-    views do not win there, they are dropped and the other photos' views are never computed;
+    views lose there, they are dropped and the other photos' views are never computed;
     where they win, every photo's views are computed and the verdict is taken again on all of
     them (graft.recipe.steps.fit_head), so the share can only save work, never make views win
     that would lose on every photo (bench/views_share.py: how often it drops views that would
@@ -127,12 +127,14 @@ def weigh_views_on_share(job: Job, data: Dataset, out: Features, k: int) -> bool
         return c.cv[c.score]["mean"]
 
     with_views, without = cv(views), cv(np.asarray(clean))
-    win = with_views is not None and without is not None and with_views > without
+    # only a loss there drops them: a tie (common on a few dozen photos) says nothing, so every
+    # photo's views are weighed as before (hymenoptera's train/: a tie on the share, a win on all)
+    win = with_views is None or without is None or with_views >= without
     out.views.update({"share": len(idx), "of": len(data.train), "share_cv_with": with_views,
                       "share_cv_without": without})
     if not win:
         out.views.update({"k": 0, "used": False, "cv_with": with_views, "cv_without": without,
-                          "reason": f"auto: {k} views did not win on a share of {len(idx)} training photos "
+                          "reason": f"auto: {k} views lost on a share of {len(idx)} training photos "
                                     f"(cv {with_views:.3f} with, {without:.3f} without); the rest's were not computed"})
     return win
 

@@ -228,4 +228,4 @@ def test_aug_views_auto_is_weighed_on_a_share_first(tmp_path, monkeypatch):
     v, k = m["views"], config.AUTO_VIEWS
     assert v["share"] == 40 and v["of"] == 80 and v["used"] is False and v["k"] == 0
     assert m["cache"]["misses"] == 84 + k * 40  # the other 40 photos' views never computed
-    assert m["augmentation"] is None and "did not win on a share of 40" in v["reason"]
+    assert m["augmentation"] is None and "lost on a share of 40" in v["reason"]
