@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from graft.augment import functional as AF
 from graft.augment._op import RandomOp, check_range, uniform
@@ -182,6 +181,8 @@ def fit_pca(images_or_pixels, pixels_per_image: int = 4096, seed: int = 0) -> tu
         samples = []
         for img in images:
             if not isinstance(img, torch.Tensor):  # PIL image
+                from torchvision.transforms.v2.functional import pil_to_tensor
+
                 img = pil_to_tensor(img.convert("RGB"))
             pixels = img.reshape(3, -1).T
             if pixels.shape[0] > pixels_per_image:

@@ -7,6 +7,7 @@ runs on onnxruntime; the joined graph gives exactly what `graft export`'s traced
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import shutil
 import types
@@ -135,3 +136,30 @@ def test_a_run_of_a_few_photos_with_no_cached_graph_exports_nothing(tmp_path):
     photos = make_photo_folder(tmp_path / "photos", per_class=8, seed=2)
     result = graft.train(photos, tmp_path / "run", strategy="head", workers=0, progress=False, report=False)
     assert result.metrics["export"] is None and not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_a_warm_rerun_copies_the_joined_file_kept_in_the_cache(joined, tmp_path, monkeypatch):
+    """The same inputs again (a warm rerun's identical head): the kept joined file is copied, not
+    joined again; a kept file whose content no longer has the digest its name says is not used."""
+    import graft.use.compose as compose
+
+    graph = json.loads((joined.run / "export.json").read_text())["files"]["model.onnx"]["backbone_graph"]["path"]
+    folder = tmp_path / "again"
+    shutil.copytree(joined.run, folder)
+    want = (joined.run / "model.onnx").read_bytes()
+    kept = sorted(Path(graph).parent.glob("joined-*.onnx"))
+    assert kept  # train kept it
+
+    def refuse(*a, **k):
+        raise AssertionError("joined again")
+
+    monkeypatch.setattr(compose, "composed_model", refuse)
+    with isolated_env(joined.root):
+        write_composed(folder, graph)
+    assert (folder / "model.onnx").read_bytes() == want and Predictor(folder).engine.name == "onnx"
+    for k in kept:  # damaged: its digest is no longer the one in its name
+        k.write_bytes(k.read_bytes()[:-10] + b"0123456789")
+    monkeypatch.undo()
+    with isolated_env(joined.root):
+        write_composed(folder, graph)
+    assert (folder / "model.onnx").read_bytes() == want

@@ -14,8 +14,7 @@ import functools
 import math
 
 import torch
-from torchvision.transforms.v2 import functional as F
-from torchvision.transforms.v2.functional import InterpolationMode
+from graft.augment.functional._tv import F, InterpolationMode
 
 PADDINGS = ("reflect", "zeros")
 

@@ -20,8 +20,7 @@ import functools
 from typing import NamedTuple
 
 import torch
-from torchvision.transforms.v2 import functional as F
-from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
+from graft.augment.functional._tv import F
 
 
 class PointMap(NamedTuple):
@@ -38,6 +37,8 @@ class PointMap(NamedTuple):
 def affine_matrix(size, angle: float = 0.0, shear=(0.0, 0.0)) -> tuple:
     """Where the pixels of `affine(img, angle, shear)` (an image of `size`) read from: torchvision's
     inverse matrix, about the image centre."""
+    from torchvision.transforms.v2.functional._geometry import _get_inverse_affine_matrix
+
     a, b, _, c, d, _ = _get_inverse_affine_matrix([0.0, 0.0], float(angle), [0.0, 0.0], 1.0,
                                                   [float(shear[0]), float(shear[1])])
     cx, cy = (size[1] - 1) / 2, (size[0] - 1) / 2
