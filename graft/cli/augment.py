@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graft.cli._args import setting_args
+from graft.cli._args import setting_args, whole
 
 HELP = "see and tune data augmentation"  # `graft --help`'s line
 
@@ -16,10 +16,12 @@ def add_parser(subparsers) -> None:
     pv.add_argument("photos", metavar="PHOTOS", help="photo folder (a few photos are picked)")
     pv.add_argument("--out", "-o", required=True, metavar="PNG", help="picture to write")
     setting_args(pv, ["augment", "aug"])  # as graft train takes them
-    pv.add_argument("--photos", dest="n_photos", type=int, default=3, help="photos to show (default 3)")
-    pv.add_argument("--draws", type=int, default=6, help="random draws per row (default 6)")
-    pv.add_argument("--size", type=int, default=224, help="crop size (default 224, the default backbone's)")
-    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--photos", dest="n_photos", type=whole("--photos", 1, 64), default=3,
+                    help="photos to show (default 3)")
+    pv.add_argument("--draws", type=whole("--draws", 1, 64), default=6, help="random draws per row (default 6)")
+    pv.add_argument("--size", type=whole("--size", 16, 1024), default=240,
+                    help="crop size (default 240, the default backbone lite1's)")
+    pv.add_argument("--seed", type=whole("--seed", 0, 2**32 - 1), default=0)
     a.set_defaults(main=main)
 
 
