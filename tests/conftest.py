@@ -394,3 +394,36 @@ def read_only(folder: Path):
 
 def _listing(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --- a live graft serve for the serve tests (tests/use/test_serve.py, test_adversarial_serve.py) ---
+
+import time  # noqa: E402
+
+
+class ServerThread:
+    """uvicorn.Server on its own thread and event loop, on a port the OS picked."""
+
+    def __init__(self, app, config=None):
+        import uvicorn
+
+        from graft.use.serve import listen, uvicorn_config
+
+        self.sock = listen("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn_config(app, config, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()

@@ -7,45 +7,16 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import big_blank_png, isolated_env, make_photo
+from conftest import ServerThread, big_blank_png, isolated_env, make_photo
 from graft.use.predictor import Predictor
-from graft.use.serve import ServeConfig, create_app, listen, uvicorn_config
+from graft.use.serve import ServeConfig, create_app
 from graft.use.serve.budget import PixelBudget, retry_after
 from graft.use.serve.guard import Guard, host_name
-
-
-class Server:
-    """uvicorn.Server (graft's settings: uvicorn_config) on its own thread, on a free port."""
-
-    def __init__(self, predictor, config: ServeConfig):
-        import uvicorn
-
-        self.app = create_app(predictor, config)
-        self.sock = listen("127.0.0.1", 0)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn_config(self.app, config, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
 
 
 # pixels: 1.5 megapixels a request; 0.1 MP a second, so a second such request is refused for 15 s
@@ -62,7 +33,7 @@ def predictor(trained_run, tmp_path_factory):
 def server(predictor):
     config = ServeConfig(max_upload=16 << 20, batch_window_ms=5, header_timeout_s=1.0, body_timeout_s=1.0,
                          max_pixels=MAX_PIXELS)
-    with Server(predictor, config) as srv:
+    with ServerThread(create_app(predictor, config), config) as srv:
         yield srv
 
 
@@ -286,7 +257,7 @@ def test_22_16_bad_photos_do_not_count_against_the_budget(server):
 def test_22_16_pixels_per_second_503_with_retry_after(predictor):
     """At 0.1 MP a second, a 1 MP request spends the bucket; the next is told when to come back."""
     config = ServeConfig(max_pixels=MAX_PIXELS, pixel_rate=100_000)
-    with Server(predictor, config) as srv:
+    with ServerThread(create_app(predictor, config), config) as srv:
         photo = jpeg(size=(1000, 1000))
         first = httpx.post(srv.url + "/predict", content=photo, timeout=60)
         second = httpx.post(srv.url + "/predict", content=photo, timeout=60)

@@ -26,36 +26,11 @@ import pytest
 from PIL import Image
 
 from browser import DESKTOP, PHONE, DevTools, assert_seen, needs_chromium
-from conftest import isolated_env, make_photo
+from conftest import ServerThread, isolated_env, make_photo
 from graft.use.predictor import Predictor
-from graft.use.serve import DEFAULT_MAX_UPLOAD, ServeConfig, create_app, listen, parse_max_upload, uvicorn_config
+from graft.use.serve import DEFAULT_MAX_UPLOAD, ServeConfig, create_app, parse_max_upload
 
 LIMIT = 1 << 20  # the test server's --max-upload: 1 MB keeps the oversized uploads cheap
-
-
-class ServerThread:
-    """uvicorn.Server on its own thread and event loop, on a port the OS picked."""
-
-    def __init__(self, app, config: ServeConfig | None = None):
-        import uvicorn
-
-        self.sock = listen("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn_config(app, config, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
