@@ -96,16 +96,19 @@ def requested(engine: str | None = None) -> str:
 
 
 def extraction_engine(backbone, *, n_images: int, cache_root, engine: str | None = None,
-                      custom_forward: bool = False) -> Engine:
-    """The engine that computes `backbone`'s pooled features for `n_images` images (see module)."""
+                      custom_forward: bool = False, graph_wanted: bool = False) -> Engine:
+    """The engine that computes `backbone`'s pooled features for `n_images` images (see module).
+    `graph_wanted`: the caller will export the graph anyway (graft train writes RUN/model.onnx
+    from it), so its cost is no reason to wait for MIN_IMAGES images: onnxruntime from
+    MIN_IMAGES_EXPORTED on, and the photos extracted before it no longer run on torch eager."""
     engine = requested(engine)
     torch_engine = Engine(backbone)
     if engine == "torch" or custom_forward or not isinstance(backbone, Backbone):
         return torch_engine  # (a bare module has no identity to key an export by)
     if not all(p.device.type == "cpu" for p in backbone.parameters()):
         return torch_engine
-    if engine == "auto" and (n_images < MIN_IMAGES_EXPORTED or (
-            n_images < MIN_IMAGES and not onnx_path(backbone, cache_root).is_file())):
+    if engine == "auto" and (n_images < MIN_IMAGES_EXPORTED or (n_images < MIN_IMAGES and not graph_wanted
+                                                                and not onnx_path(backbone, cache_root).is_file())):
         return torch_engine
     try:
         import onnxruntime  # noqa: F401

@@ -96,7 +96,7 @@ class CachedRows:
 
 def source_features(source, samples, cache: JoinedCache, *, batch_size: int = BATCH_SIZE,
                     workers: int | None = None, progress: bool = True, dist=None, load_for=None,
-                    desc: str = "features", forward=None, keep: bool = True):
+                    desc: str = "features", forward=None, keep: bool = True, graph_wanted: bool = False):
     """-> (features (N, sum of the parts' widths) float32, ok mask, SourceStats) of data.Samples
     through `source` (a graft.backbones source), each part read from and written to its own
     namespace of `cache` (JoinedCache(source.parts, root, point)).
@@ -105,7 +105,7 @@ def source_features(source, samples, cache: JoinedCache, *, batch_size: int = BA
     the `load` of a part with preprocessing `pre` (default its centre crop, `pre.load`; e.g. one
     refusing placeholders, graft.data.placeholders.RefuseNonPhotos, or the corner crops of --tta
     crops, whose features live under another point of the namespace). `forward`, `keep`: as
-    extract_features's; with `keep=False` a single backbone's rows stay in the cache (CachedRows),
+    extract_features's (and `graph_wanted`); with `keep=False` a single backbone's rows stay in the cache (CachedRows),
     several parts' are joined in memory."""
     names, paths = [s.digest for s in samples], [s.path for s in samples]
     several = len(source.parts) > 1  # several parts: joined in memory, each part's progress named
@@ -114,7 +114,8 @@ def source_features(source, samples, cache: JoinedCache, *, batch_size: int = BA
         load = load_for(part.preprocessing) if load_for else part.preprocessing.load
         feats, ok, st = extract_features(part.build, names, paths, part_cache, load=load, batch_size=batch_size,
                                          workers=workers, progress=progress, dist=dist, forward=forward,
-                                         desc=f"{desc} ({part.spec})" if several else desc, keep=keep or several)
+                                         desc=f"{desc} ({part.spec})" if several else desc, keep=keep or several,
+                                         graph_wanted=graph_wanted and not several)
         stats.parts[part.spec] = st
         blocks.append(feats)
         oks.append(ok)

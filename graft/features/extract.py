@@ -68,6 +68,7 @@ def extract_features(
     dist=None,
     keep: bool = True,
     engine: str | None = None,
+    graph_wanted: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, ExtractStats]:
     """Features for entries `names` (files `paths`); returns (features, ok_mask, stats).
 
@@ -80,7 +81,8 @@ def extract_features(
     its share of the missing entries into the shared cache, then every rank reads them all.
 
     `engine` computes the pooled features: "auto", "torch" or "onnxruntime"
-    (graft.backbones.engine; the cached values agree within 1e-4 whichever runs).
+    (graft.backbones.engine; the cached values agree within 1e-4 whichever runs); `graph_wanted`:
+    the caller exports the network's graph anyway (extraction_engine's).
     `keep=False` returns None for the features: they are computed and checked but left in the
     cache, for graft.cache.rows to read when needed, so memory does not grow with the data.
     """
@@ -105,7 +107,7 @@ def extract_features(
         with cache.extraction_lock(shared=True):
             _compute_missing(get_backbone, names, paths, cache, mine, feats, ok, load=load, batch_size=batch_size,
                              workers=workers, progress=progress and dist.is_main, desc=desc, stats=stats,
-                             forward=forward, keep=keep, engine=engine)
+                             forward=forward, keep=keep, engine=engine, graph_wanted=graph_wanted)
             # every rank's new shards, by name (a collective: it waits for all ranks): on another
             # node the shared folder's listing may lag, opening a named file does not
             written = dist.gather_lists([str(p) for p in cache.written[n_written:]])
@@ -125,7 +127,7 @@ def extract_features(
             missing = [i for i in missing if ok[i]]  # files remembered as unusable stay skipped
             feats = _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, load=load,
                                      batch_size=batch_size, workers=workers, progress=progress, desc=desc,
-                                     stats=stats, forward=forward, keep=keep, engine=engine)
+                                     stats=stats, forward=forward, keep=keep, engine=engine, graph_wanted=graph_wanted)
     stats.hits += len(names) - len(missing) - recalled
     stats.seconds += time.perf_counter() - t0
     if feats is None and keep:
@@ -160,7 +162,7 @@ def _recall_skips(cache, names, paths, missing, ok, stats, rule) -> tuple[list[i
 
 
 def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, load, batch_size, workers,
-                     progress, desc, stats, forward, keep=True, engine=None):
+                     progress, desc, stats, forward, keep=True, engine=None, graph_wanted=False):
     if not missing:
         return feats
     # The decoding workers start first (iter), so the first batches decode while the network is
@@ -170,7 +172,7 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
         backbone = get_backbone()
         backbone.eval()
         run = extraction_engine(backbone, n_images=len(missing), cache_root=cache.dir.parent, engine=engine,
-                                custom_forward=forward is not None)
+                                custom_forward=forward is not None, graph_wanted=graph_wanted)
     except BaseException:
         del batches  # its workers stop now, not when the traceback is dropped
         raise

@@ -60,6 +60,16 @@ class Job:
         return self.pooled.parts[0]
 
     @property
+    def writes_graph(self) -> bool:
+        """Whether this run will export its backbone's graph anyway: a head run's RUN/model.onnx is
+        joined from it (graft.recipe.run_folder.export_for_predict), so extraction may as well run
+        on onnxruntime from its first photo (graft.backbones.engine.extraction_engine)."""
+        import importlib.util
+
+        return (self.cfg.strategy in ("head", "auto") and len(self.source.parts) == 1
+                and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")))
+
+    @property
     def cache_root(self) -> Path:
         return self.cache.dir.parent
 
@@ -74,7 +84,7 @@ class Job:
         feats, ok, st = source_features(self.source, samples, cache, batch_size=self.cfg.batch_size,
                                         workers=self.cfg.workers, progress=self.progress, dist=self.dist,
                                         load_for=lambda pre: RefuseNonPhotos(pre.load), desc=desc, forward=forward,
-                                        keep=keep)
+                                        keep=keep, graph_wanted=forward is None and self.writes_graph)
         for part in st.parts.values():
             self.stats.add(part, skipped=False)
         self.stats.skipped += st.skipped  # each unreadable photo once, not once per part

@@ -83,6 +83,8 @@ def weigh_finetuning(job, feats, probe_cv: float, *, budget: float | None = None
     elif probe_cv >= plan.good_enough:
         why_not = (f"{probe} >= {plan.good_enough}: the pretrained features already separate the classes; "
                    f"no fine-tuning weighed")
+    else:
+        why_not = beyond_resolution(job, data, probe_cv, probe, plan)
     if why_not:
         return StrategyChoice("head", plan.stages, why_not, {"trial": None, "decision": "head", "why": why_not})
     if job.dist.enabled:  # one trial per rank could disagree on the timings: the fixed rule decides
@@ -94,6 +96,31 @@ def weigh_finetuning(job, feats, probe_cv: float, *, budget: float | None = None
     choice = decide(trial, estimate, budget_s, budget_from, probe, plan, evidence)
     log.info("--strategy auto: %s", choice.reason)  # said before the long part starts
     return choice
+
+
+def beyond_resolution(job, data: Dataset, probe_cv: float, probe: str, plan: TrialPlan) -> str | None:
+    """Why no trial can tell, or None: the head is expected to miss fewer of the trial's inner-val
+    photos than a fine-tune would have to fix (breaking none) for its gain to clear plan.z paired
+    standard errors. A few dozen inner photos and a head near 0.97 (hymenoptera's train/: 28
+    photos, about 1 expected miss) can only show noise, so the trial's seconds are not spent."""
+    inner = inner_split(data, job.cfg.inner_split, job.cfg.seed)
+    n = len(capped(inner.val, len(data.classes), plan.val_per_class, f"trial:{job.cfg.seed}"))
+    misses, need = n * (1.0 - probe_cv), smallest_clear_gain(n, plan.z)
+    if misses >= need:
+        return None
+    return (f"the head is expected to miss {misses:.1f} of the trial's {n} inner photos, and a fine-tune would "
+            f"have to fix {need} of them to show a gain beyond the noise: no trial can tell; train only a new "
+            f"softmax ({probe})")
+
+
+def smallest_clear_gain(n: int, z: float) -> int:
+    """The fewest photos of n that a fine-tune must fix, breaking none, for the paired gain to pass
+    z standard errors (decide's test); n + 1 when no count can."""
+    for m in range(1, n + 1):
+        d = np.r_[np.ones(m), np.zeros(n - m)]
+        if n > 1 and d.mean() > z * d.std(ddof=1) / math.sqrt(n) * (1 + 1e-9):  # one fix: gain == se exactly
+            return m
+    return n + 1
 
 
 def decide(trial: dict, estimate: dict, budget_s: float, budget_from: str, probe: str, plan: TrialPlan,

@@ -96,6 +96,17 @@ def test_auto_waits_for_more_images_before_the_first_export(tmp_path, default_ba
     assert not (tmp_path / "engines").exists()
 
 
+def test_a_run_that_exports_anyway_does_not_wait_for_more_images(tmp_path, default_backbone):
+    """graft train writes RUN/model.onnx from the backbone's graph: its photos run on onnxruntime
+    from MIN_IMAGES_EXPORTED on, not on torch eager until MIN_IMAGES."""
+    few = eng.extraction_engine(default_backbone, n_images=eng.MIN_IMAGES_EXPORTED - 1, cache_root=tmp_path,
+                                graph_wanted=True)
+    assert few.name == "torch" and not (tmp_path / "engines").exists()
+    picked = eng.extraction_engine(default_backbone, n_images=eng.MIN_IMAGES_EXPORTED, cache_root=tmp_path,
+                                   graph_wanted=True)
+    assert picked.name == "onnxruntime" and eng.onnx_path(default_backbone, tmp_path).is_file()
+
+
 def test_damaged_export_is_written_again(exported, default_backbone, tmp_path):
     path = eng.onnx_path(default_backbone, exported)
     good = path.read_bytes()

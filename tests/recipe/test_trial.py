@@ -16,7 +16,8 @@ import pytest
 from conftest import isolated_env, make_photo_folder
 from graft.recipe.config import TrainConfig
 from graft.recipe.strategy import StrategyChoice, choose_strategy
-from graft.recipe.trial import AUTO_BUDGET_S, TrialPlan, decide, estimate_seconds, weigh_finetuning
+from graft.recipe.trial import (AUTO_BUDGET_S, TrialPlan, decide, estimate_seconds, smallest_clear_gain,
+                                weigh_finetuning)
 
 TINY = TrialPlan(min_per_class=3, per_class=6, val_per_class=3, epochs=1)
 
@@ -157,6 +158,29 @@ def test_the_gates_skip_the_trial(tiny_job):
     assert given.evidence["budget_from"] == "--budget 0.001 s"
     assert given.strategy == "head"  # no clear gain, or a budget below any estimate
     assert "no clear gain" in given.reason or "budget 0 s < estimated" in given.reason
+
+
+def test_smallest_clear_gain_is_decides_own_test():
+    for n in (2, 5, 28, 240):
+        need = smallest_clear_gain(n, 1.0)
+        trial = _trial(head=0.5, tuned=0.5 + need / n, se=float(np.std(np.r_[np.ones(need), np.zeros(n - need)], ddof=1)
+                                                                / np.sqrt(n)), n=n)
+        assert _decide(trial)[0].strategy == "partial"  # `need` fixes pass decide
+        if need > 1:
+            fewer = np.r_[np.ones(need - 1), np.zeros(n - need + 1)]
+            trial = _trial(head=0.5, tuned=0.5 + (need - 1) / n, se=float(np.std(fewer, ddof=1) / np.sqrt(n)), n=n)
+            assert _decide(trial)[0].strategy == "head"  # one fewer does not
+    assert smallest_clear_gain(1, 1.0) == 2  # one photo can never tell
+
+
+def test_a_head_too_good_for_the_trial_to_tell_skips_it(tiny_job):
+    """4 inner photos (2 a class) and a head at 0.9: 0.4 expected misses, and a trial must show 2
+    fixes: no trial, and the line says why."""
+    choice = weigh_finetuning(tiny_job.job, tiny_job.feats, 0.9, plan=TINY)
+    assert choice.strategy == "head" and choice.evidence["trial"] is None
+    assert "expected to miss 0.4 of the trial's 4 inner photos" in choice.reason and "fix 2" in choice.reason
+    ran = weigh_finetuning(tiny_job.job, tiny_job.feats, 0.5, plan=TINY)  # 2 expected misses: it runs
+    assert ran.evidence["trial"] is not None
 
 
 def test_the_trial_can_train_on_augmented_boundary_views(tiny_job):
