@@ -62,7 +62,8 @@ def train_summary(m: dict, run_dir) -> str:
           if head.get("solver") else []),
         *([("views", _views_line(m["views"]))] if (m.get("views") or {}).get("asked") not in (None, 0) else []),
         ("images", f"{m['n_train']} train, {m['n_val']} val, {len(m['classes'])} classes"),
-        ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']})"),
+        ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']})"
+                     + (f"; {m['backbone_weighed']['why']}" if m.get("backbone_weighed") else "")),
         ("strategy", f"{m['strategy']}: {m['strategy_reason']}"),
         ("features", f"{c['misses']} computed, {c['hits']} from cache  ({t['extract_s']:.2f} s)"),
         ("training", f"{epochs_words(m)}  ({t['train_s']:.2f} s"

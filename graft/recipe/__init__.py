@@ -4,8 +4,9 @@
                  cache (steps.py)
     scan         the photos, split into train and val by content hash; what check calls an error
                  skipped (steps.py)
-    choose_backbone  --backbone auto only: the bundled backbone that cross-validates best on the
-                 training photos within --budget (backbone_choice.py)
+    choose_backbone  --backbone auto: the bundled backbone that cross-validates best on the
+                 training photos within --budget; the default backbone: the same, only where its
+                 head misses enough training photos for another to show (backbone_choice.py)
     extract      every photo's frozen features from the cache (only what is missing is computed),
                  plus K augmented views of each training photo with --aug-views (extraction.py)
     fit_head     the new softmax on those features: the head strategy's classifier, and the
@@ -92,7 +93,7 @@ def run_recipe(photos, out, cfg: TrainConfig) -> TrainResult:
 
 def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
     # here, not at the top: the steps import torch, which `graft train --help` must not
-    from graft.recipe.backbone_choice import choose_backbone
+    from graft.recipe.backbone_choice import choose_backbone, weigh_for_default
     from graft.recipe.extraction import extract
     from graft.recipe.run_folder import summary, write
     from graft.recipe.steps import cv_accuracy, fit_head, fit_network, refit_on_all, scan, score_val
@@ -106,6 +107,8 @@ def _steps(job, photos, cfg: TrainConfig) -> TrainResult:
         job.lock = lock_run(job.out)
     if cfg.backbone == "auto":  # chosen by cross-validation on the training photos, within --budget
         job = choose_backbone(job, data)
+    elif cfg.backbone == "default":  # the others weighed only where the training photos say one could pay
+        job = weigh_for_default(job, data)
     feats = extract(job, data)
     if cfg.strategy == "head" and not job.dist.is_main:  # features are shared; the head trains once, on rank 0
         return TrainResult(job.out, {"rank": job.dist.rank, "strategy": "head",

@@ -1,6 +1,7 @@
 """`--backbone auto`: the recipe's step that picks the backbone, by cross-validation on the
 training photos' cached features within --budget seconds of extraction (the candidates and their
-costs: graft.recipe.config.AUTO_CANDIDATES)."""
+costs: graft.recipe.config.AUTO_CANDIDATES). The default backbone does the same where the
+training photos say a bigger or joined one could pay (weigh_for_default, issue 23)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from graft.data import Dataset
 from graft.data.placeholders import RefuseNonPhotos
 from graft.errors import GraftError
 from graft.features.concat import JoinedCache, join_rows, source_features
-from graft.recipe.config import AUTO_CANDIDATES, BACKBONE_BUDGET_S, TrainConfig
+from graft.cache.layout import HEADS
+from graft.recipe.config import (AUTO_CANDIDATES, BACKBONE_BUDGET_S, BACKBONE_MIN_MISSES, GUESS_S_PER_PHOTO,
+                                 TrainConfig)
 from graft.recipe.steps import Job
 
 
@@ -25,26 +28,74 @@ def concat_allowed(cfg: TrainConfig, data: Dataset) -> bool:
     return head_only(cfg.strategy, smallest_class(trained_on, len(data.classes))) and cfg.aug_views in ("auto", 0)
 
 
-def choose_backbone(job: Job, data: Dataset) -> Job:
+def weigh_for_default(job: Job, data: Dataset) -> Job:
+    """The default backbone (lite1), unless the training photos say another could pay: its head's
+    cross-validated accuracy is below PROBE_GOOD_ENOUGH and it misses at least
+    BACKBONE_MIN_MISSES of them (a big or hard set: many classes, a head well below perfect).
+    Then the candidates are weighed as --backbone auto weighs them, within --budget (default
+    BACKBONE_BUDGET_S) estimated from the default's own measured extraction rate. The default's
+    training features are cached for the next step either way; only training photos are read.
+    job.backbone_weighed says what was weighed and why (the summary's and the report's line)."""
+    from graft.heads.search import choose_head
+    from graft.recipe.strategy import PROBE_GOOD_ENOUGH
+
+    cfg, n = job.cfg, len(data.train)
+    why = None
+    if cfg.weights is not None or job.dist.enabled:
+        return job  # the user's own weights; several processes: the default, as before
+    if n * (1 - 1 / max(len(data.classes), 2)) < BACKBONE_MIN_MISSES:  # even chance would miss fewer
+        job.backbone_weighed = {"weighed": False, "why": f"{n} training photos: too few for another backbone's "
+                                                         f"fewer mistakes to show; one fast network"}
+        return job
+    feats, ok, stats = source_features(job.source, data.train, job.pooled, batch_size=cfg.batch_size,
+                                       workers=cfg.workers, progress=job.progress, desc="extracting features",
+                                       load_for=lambda pre: RefuseNonPhotos(pre.load), dist=job.dist,
+                                       graph_wanted=job.writes_graph)
+    for part in stats.parts.values():  # the default's own features: the summary counts them (skips: extract's)
+        job.stats.add(part, skipped=False)
+    rows = np.flatnonzero(ok)
+    y = np.array([s.label for s in data.train])[rows]
+    cv = choose_head(feats[rows], y, len(data.classes), solvers=cfg.solvers(), head_cfg=cfg.head_config(),
+                     balance=cfg.balance, keys=[data.train[i].digest for i in rows], seed=cfg.seed,
+                     memo=job.cache_root / HEADS).to_json()["cv_accuracy"]["mean"]
+    misses = len(rows) * (1 - cv) if cv is not None else 0.0
+    if cv is None or cv >= PROBE_GOOD_ENOUGH or misses < BACKBONE_MIN_MISSES:
+        why = (f"the default's head cross-validates {cv:.3f} on the training photos ({misses:.0f} missed): "
+               if cv is not None else "no cross-validation possible: ") + "no other backbone weighed; one fast network"
+        job.backbone_weighed = {"weighed": False, "why": why, "cv": cv}
+        return job
+    rate = (stats.seconds / stats.misses / dict(AUTO_CANDIDATES).get("lite1", 1.0)) if stats.misses >= 32 else None
+    spec = job.source.spec
+    job = choose_backbone(job, data, rate=rate or GUESS_S_PER_PHOTO, cached=spec)
+    job.backbone_weighed = {"weighed": True, "cv": cv, "chosen": job.source.spec, "why": (
+        f"the default's head cross-validates {cv:.3f} ({misses:.0f} of {len(rows)} training photos missed): "
+        f"weighed the bundled backbones and their concatenations within the budget; "
+        + (f"kept {spec}" if job.source.spec == spec else f"chose {job.source.spec}"))}
+    return job
+
+
+def choose_backbone(job: Job, data: Dataset, rate: float | None = None, cached: str | None = None) -> Job:
     """--backbone auto: each bundled backbone whose extraction of the training photos fits in
     --budget seconds (estimated from lite0's measured rate x its relative cost) is cross-validated
     on the TRAINING photos' cached features (graft.heads.search.choose_head), then, where the run
     can use one (concat_allowed), every concatenation of two or more of those (`lite0+lite2`:
     their features side by side, nothing more to extract); the best mean cv accuracy wins, ties
-    to the cheaper. The winner's features are then in the cache."""
+    to the cheaper. The winner's features are then in the cache. `rate`: lite0's seconds a photo
+    when known already (then even the first candidate's extraction is estimated first); `cached`:
+    the spec whose training features are in the cache already (it costs nothing)."""
     from itertools import combinations
 
     from graft.heads.search import choose_head
 
     cfg = job.cfg
-    table, spent, rate, extracted = [], 0.0, None, {}
+    table, spent, extracted = [], 0.0, {}
     y = np.array([s.label for s in data.train])
 
     def cross_validate(spec, feats, ok, **row):
         rows = np.flatnonzero(ok)
         choice = choose_head(feats[rows], y[rows], len(data.classes), solvers=cfg.solvers(),
                              head_cfg=cfg.head_config(), balance=cfg.balance,
-                             keys=[data.train[i].digest for i in rows], seed=cfg.seed)
+                             keys=[data.train[i].digest for i in rows], seed=cfg.seed, memo=job.cache_root / HEADS)
         cv = choice.to_json()
         table.append({"backbone": spec, "cv_accuracy": cv["cv_accuracy"]["mean"],
                       "cv_accuracy_std": cv["cv_accuracy"]["std"], **row})
@@ -52,7 +103,7 @@ def choose_backbone(job: Job, data: Dataset) -> Job:
     budget = cfg.budget or BACKBONE_BUDGET_S
     for spec, factor in AUTO_CANDIDATES:
         source = resolve_backbone(spec)
-        estimate = None if rate is None else rate * factor * len(data.train)
+        estimate = None if rate is None else 0.0 if spec == cached else rate * factor * len(data.train)
         if estimate is not None and spent + estimate > budget:
             table.append({"backbone": spec, "skipped": f"estimated {estimate:.0f} s of extraction would pass "
                                                        f"--budget {budget:g} s ({spent:.0f} s spent)"})

@@ -64,6 +64,15 @@ AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
 MAX_SEED = 2**32 - 1
 MAX_BUDGET_S = 7 * 24 * 3600
 BACKBONE_BUDGET_S = 300.0  # --backbone auto's extraction budget when --budget is not given
+# The default backbone weighs the other candidates (as --backbone auto does, within the same budget)
+# only where a better one could show: its head's cross-validated accuracy below PROBE_GOOD_ENOUGH
+# AND at least this many training photos missed in cross-validation. With fewer misses, another
+# backbone's fewer mistakes are within the folds' noise (a paired difference of a few photos), and
+# a small, easy set stays on one fast network (graft.recipe.backbone_choice.weigh_for_default).
+BACKBONE_MIN_MISSES = 20
+# Seconds a photo for lite0 when nothing was measured yet (the default's features came from the
+# cache): a 2-core laptop's cold extraction, decoding included (bench/extraction.py: 19 photos/s).
+GUESS_S_PER_PHOTO = 0.05
 
 
 @dataclass(frozen=True)

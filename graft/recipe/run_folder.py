@@ -43,6 +43,7 @@ def summary(job: Job, f: Features, choice: StrategyChoice, probe_cv: float, prob
         **({"probe_val_accuracy": accuracy(f, probe.val_logits)["accuracy"]} if probe is not None else {}),
         "backbone": {"spec": src.spec, "arch": src.arch, "weights_digest": src.weights.digest},
         **({"backbone_candidates": job.backbone_candidates} if job.backbone_candidates is not None else {}),
+        **({"backbone_weighed": job.backbone_weighed} if job.backbone_weighed is not None else {}),
     }
 
 

@@ -51,6 +51,7 @@ class Job:
     started: float = field(default_factory=time.perf_counter)
     _pipelines: dict = field(default_factory=dict)
     backbone_candidates: list | None = None  # --backbone auto: each candidate's cv figures and cost
+    backbone_weighed: dict | None = None  # the default backbone: whether others were weighed, and why
     lock: object = None  # the run folder's lock (rank 0, from the scan on; graft.run.guard.lock_run)
 
     @property

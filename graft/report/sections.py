@@ -65,7 +65,9 @@ def header(run_dir: Path, record, m: dict) -> str:
                      + (f', {head["epochs"]} epochs' if head.get("epochs") else "")
                      + "); the validation accuracy above is on photos nothing was chosen on</span>"))
     if m.get("backbone_candidates"):
-        rows.append(("backbone (auto)", _backbone_candidates(m["backbone_candidates"])))
+        weighed = (m.get("backbone_weighed") or {}).get("why")
+        rows.append(("backbone (auto)" if not weighed else "backbone (weighed)", _backbone_candidates(m["backbone_candidates"])
+                     + (f'<br><span class="muted">{esc(weighed)}</span>' if weighed else "")))
     views = m.get("views") or {}
     if views.get("asked") == "auto":
         if "used" in views:
