@@ -80,9 +80,8 @@ def extract_features(
     Under torchrun (`dist`, a graft.finetune.distributed.Context with several ranks) each rank computes
     its share of the missing entries into the shared cache, then every rank reads them all.
 
-    `engine` computes the pooled features: "auto", "torch" or "onnxruntime"
-    (graft.backbones.engine; the cached values agree within 1e-4 whichever runs); `graph_wanted`:
-    the caller exports the network's graph anyway (extraction_engine's).
+    `engine` computes the pooled features: "auto", "torch" or "onnxruntime" (graft.backbones.engine;
+    the cached values agree within 1e-4 whichever runs); `graph_wanted`: as extraction_engine's.
     `keep=False` returns None for the features: they are computed and checked but left in the
     cache, for graft.cache.rows to read when needed, so memory does not grow with the data.
     """
