@@ -5,7 +5,9 @@ cold cache of its own, and is scored once on the held-out folder.
 Rows: head (no views), head+views (--aug-views 4), partial 1 and 2 stages (today's loop:
 augmentation in the workers, the whole network forward every epoch), boundary-view (the last 2
 stages over the cached boundary activations of K augmented views, graft.finetune.boundary_views),
-lite2, lite0+lite2, and default (`graft train PHOTOS`, nothing else asked). Columns: held-out
+lite2, lite0+lite2, and default (`graft train PHOTOS`, nothing else asked). On request
+(--only): partial-2-fp32 and boundary-view-fp32, the same in float32 where --precision auto
+takes bfloat16 (graft.finetune.precision). Columns: held-out
 accuracy (with its binomial standard error), balanced accuracy, the training photos' own estimate
 (the head's cross-validated accuracy; a fine-tune's inner-split accuracy at its best epoch), cold
 wall time, and for fine-tuning the median seconds an epoch (from its second epoch on).
@@ -37,6 +39,8 @@ import graft  # noqa: E402
 TRASHNET = HYMENOPTERA.parent / "trashnet"
 SETS = {"trashnet": (TRASHNET, "train", "test"), "hymenoptera": (HYMENOPTERA, "train", "val")}
 ROWS = ("head", "head+views", "partial-1", "partial-2", "boundary-view", "lite2", "lite0+lite2", "default")
+# not in the table by default: the same fine-tunes in float32 where --precision auto takes bfloat16
+FP32_ROWS = ("partial-2-fp32", "boundary-view-fp32")
 
 
 def rows_settings(epochs: int, views: int) -> dict:
@@ -46,7 +50,9 @@ def rows_settings(epochs: int, views: int) -> dict:
             "partial-2": dict(strategy="partial", train_stages=2, **ft),
             "boundary-view": dict(strategy="partial", train_stages=2, boundary_views=views, **ft),
             "lite2": dict(backbone="lite2", strategy="head"), "lite0+lite2": dict(backbone="lite0+lite2"),
-            "default": {}}
+            "default": {},
+            "partial-2-fp32": dict(strategy="partial", train_stages=2, precision="fp32", **ft),
+            "boundary-view-fp32": dict(strategy="partial", train_stages=2, boundary_views=views, precision="fp32", **ft)}
 
 
 def hashed(paths, n, salt="ladder"):
@@ -167,7 +173,7 @@ def main():
     ap.add_argument("--set", choices=sorted(SETS), default="trashnet")
     ap.add_argument("--quick", type=int, nargs="?", const=40, default=None, help="training photos per class")
     ap.add_argument("--test-per-class", type=int, default=None)
-    ap.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(ROWS)}")
+    ap.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(ROWS + FP32_ROWS)}")
     ap.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs, no early stopping (default: graft's)")
     ap.add_argument("--views", type=int, default=4, help="boundary-view row: K views of each photo")
     ap.add_argument("--trial", action="store_true", help="only what --strategy auto weighs (graft.recipe.trial)")

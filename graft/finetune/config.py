@@ -32,6 +32,8 @@ class FinetuneConfig(Optimisation):
     # K > 0: the frozen prefix's activations of K augmented views of each training photo are cached
     # and each epoch trains on one of them (graft.finetune.boundary_views); 0: augment on the fly
     boundary_views: int = 0
+    # "auto": bfloat16 autocast where the device computes it natively (graft.finetune.precision)
+    precision: str = "auto"
 
     def to_json(self) -> dict:
         d = super().to_json()

@@ -37,6 +37,7 @@ from graft.errors import GraftError
 from graft.finetune.callbacks import Checkpoint, EarlyStop, EpochLog, Interrupt
 from graft.finetune.classifier import Classifier, GraftedNet, boundary_activation_shape, feature_dim, reinitialise
 from graft.finetune.config import FinetuneConfig, FinetuneResult, lr_factor, plan_stages
+from graft.finetune.precision import autocast
 from graft.heads.softmax import make_head
 
 
@@ -215,7 +216,8 @@ class Trainer:
         if self.loader is not None:
             self.loader.batch_sampler.sampler.skip = 0
         t_val = time.perf_counter()
-        val_loss, val_acc = _validate(self.net, self.z_val, self.val_batches, self.y_val, self.device, self.pre)
+        val_loss, val_acc = _validate(self.net, self.z_val, self.val_batches, self.y_val, self.device, self.pre,
+                                      self.cfg.precision)
         timings["val_s"] += time.perf_counter() - t_val
         h = state["history"]
         loss_sum, seen = self.dist.sum(state["loss_sum"], state["seen"])
@@ -245,7 +247,7 @@ class Trainer:
     def _step(self, idx, batch, epoch: int) -> None:
         cfg, state, device = self.cfg, self.state, self.device
         y = self.y_train[idx].to(device)
-        with _autocast(device):
+        with autocast(device, self.cfg.precision):
             if self.use_boundary:
                 logits = self.model(_nhwc(self.z_train[idx].to(device)), boundary=True)
             else:
@@ -267,13 +269,13 @@ class Trainer:
         state["seen"] += len(idx)
 
 
-def _validate(net, z_val, val_batches, y_val, device, pre):
+def _validate(net, z_val, val_batches, y_val, device, pre, precision="auto"):
     """(loss, accuracy) on the validation photos; (None, None) when there are none."""
     if not len(y_val):
         return None, None
     net.eval()
     logits = []
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device, precision):
         if z_val is not None:
             for j in range(0, len(z_val), 64):
                 logits.append(net.from_boundary(_nhwc(z_val[j:j + 64].to(device))).float().cpu())
@@ -294,7 +296,3 @@ def _nhwc(z):
     return z.contiguous(memory_format=torch.channels_last) if z.ndim == 4 else z
 
 
-def _autocast(device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)

@@ -151,6 +151,10 @@ class TrainConfig:
         "of each training photo once and train the last stages on them, each epoch running only the trainable "
         "stages (3.4-3.9x faster epochs on trashnet, bench/ladder_real.py); 0 (default): augment every epoch",
         metavar="K", valid=Range(lambda v: 0 <= v <= MAX_VIEWS, f"a whole number from 0 to {MAX_VIEWS}", whole=True))
+    precision: str = setting(
+        "auto", "fine-tuning's arithmetic: auto (bfloat16 autocast where the device computes it natively: a "
+        "CUDA GPU, or a CPU with AVX512-BF16 or AMX; float32 elsewhere), bf16, fp32; the frozen head is "
+        "always float32", choices=("auto", "bf16", "fp32"))
     boundary_cache: bool = setting(True, "fine-tuning with nothing augmented: compute the frozen stages' "
                                    "activations once, into the cache, so epochs run only the trainable stages "
                                    "(default; --no-boundary-cache runs them every epoch)")
@@ -212,6 +216,7 @@ class TrainConfig:
         return FinetuneConfig(strategy=choice.strategy, train_stages=choice.train_stages, new_hidden=self.new_hidden,
                               from_scratch=self.from_scratch, epochs=self.epochs or FinetuneConfig.epochs,
                               lr=self.lr or FinetuneConfig.lr, boundary_views=self.boundary_views,
+                              precision=self.precision,
                               **self.optimisation())
 
 

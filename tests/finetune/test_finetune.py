@@ -388,6 +388,14 @@ def _ok(p):
     return p
 
 
+def _ident(path: Path):
+    try:
+        st = path.stat()
+        return st.st_ino, st.st_mtime_ns, st.st_size
+    except FileNotFoundError:
+        return None
+
+
 def _kill_during_epoch_3(env, argv, run: Path) -> int:
     """Start `graft argv` and SIGKILL it (with its loader workers) a third of an epoch into epoch 3.
 
@@ -395,7 +403,8 @@ def _kill_during_epoch_3(env, argv, run: Path) -> int:
     process group is held with SIGSTOP, so no checkpoint goes unseen however short an epoch is
     (epochs here take well under a second on cached activations). Once it says epoch 2 is done,
     the run goes on for a third of epoch 2's duration and is killed. Returns the epoch of the
-    checkpoint left behind; fails loudly if the run ended before the kill (a vacuous resume)."""
+    checkpoint left behind; fails loudly if the run ended before the kill (a vacuous resume). A later
+    epoch may run quicker than epoch 2: a new checkpoint before that third is over is killed at once."""
     ckpt = run / CHECKPOINT
     with open(run.parent / f"{run.name}.stderr", "w+") as err:
         proc = subprocess.Popen([*GRAFT_CMD, *argv], env=env, stdout=subprocess.DEVNULL, stderr=err,
@@ -431,7 +440,9 @@ def _kill_during_epoch_3(env, argv, run: Path) -> int:
             assert seen[-1] == 2, f"checkpoints seen: {seen}; the one of epoch 2 was missed"
             epoch_s = found_at[2] - found_at.get(1, found_at[2]) - held.get(1, 0.0)
             os.killpg(group, signal.SIGCONT)
-            time.sleep(min(2.0, max(0.0, epoch_s / 3)))
+            until = time.monotonic() + min(2.0, max(0.0, epoch_s / 3))
+            while time.monotonic() < until and _ident(ckpt) == last:  # a later epoch may be quicker than
+                time.sleep(0.001)  # epoch 2 (bf16 kernels are made on first use): killed at its checkpoint
             finished = proc.poll() is not None
             os.killpg(group, signal.SIGKILL)
         finally:

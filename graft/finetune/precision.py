@@ -1,0 +1,49 @@
+"""Fine-tuning's arithmetic: bfloat16 autocast where the device computes it natively, float32
+elsewhere (`--precision auto`).
+
+Autocast runs convolutions and matrix products in bfloat16 and keeps the weights, the optimiser
+and the reductions (BatchNorm statistics, the loss) in float32: standard mixed precision. A CUDA
+GPU has native bfloat16; so does a CPU with AVX512-BF16 or AMX, where oneDNN's bfloat16 kernels
+ran the trainable stages' forward and backward about 1.5x faster than float32 here
+(bench/ladder_real.py, the boundary-view rows). Without those instructions bfloat16 is emulated,
+slower than float32, so `auto` keeps float32."""
+
+from __future__ import annotations
+
+import functools
+from contextlib import nullcontext
+
+import torch
+
+from graft.errors import GraftError
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU announces AVX512-BF16 or AMX-BF16 (Linux's /proc/cpuinfo flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def uses_bf16(device: torch.device, precision: str = "auto") -> bool:
+    if precision not in PRECISIONS:
+        raise GraftError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The context a training or validation step runs in on `device`."""
+    if not uses_bf16(device, precision):
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
