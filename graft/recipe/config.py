@@ -149,7 +149,7 @@ class TrainConfig:
     boundary_views: int = setting(
         0, "partial fine-tuning with augmentation: cache the frozen stages' activations of K augmented views "
         "of each training photo once and train the last stages on them, each epoch running only the trainable "
-        "stages (3.4-3.9x faster epochs on trashnet, bench/ladder_real.py); 0 (default): augment every epoch",
+        "stages (5.4x faster epochs on trashnet, 8.8x in bfloat16; bench/ladder_real.py); 0 (default): augment every epoch",
         metavar="K", valid=Range(lambda v: 0 <= v <= MAX_VIEWS, f"a whole number from 0 to {MAX_VIEWS}", whole=True))
     precision: str = setting(
         "auto", "fine-tuning's arithmetic: auto (bfloat16 autocast where the device computes it natively: a "
