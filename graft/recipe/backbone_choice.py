@@ -40,7 +40,6 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
     from graft.recipe.strategy import PROBE_GOOD_ENOUGH
 
     cfg, n = job.cfg, len(data.train)
-    why = None
     if cfg.weights is not None or job.dist.enabled:
         return job  # the user's own weights; several processes: the default, as before
     if n * (1 - 1 / max(len(data.classes), 2)) < BACKBONE_MIN_MISSES:  # even chance would miss fewer
@@ -65,16 +64,25 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
         job.backbone_weighed = {"weighed": False, "why": why, "cv": cv}
         return job
     rate = (stats.seconds / stats.misses / dict(AUTO_CANDIDATES).get("lite1", 1.0)) if stats.misses >= 32 else None
-    spec = job.source.spec
-    job = choose_backbone(job, data, rate=rate or GUESS_S_PER_PHOTO, cached=spec)
+    default, pooled = job.source, job.pooled
+    job = choose_backbone(job, data, rate=rate or GUESS_S_PER_PHOTO, cached=default)
+    kept = same_network(job.source, default)
+    if kept:  # lite1 under its own name: the run stays "default"
+        job.source, job.pooled = default, pooled
     job.backbone_weighed = {"weighed": True, "cv": cv, "chosen": job.source.spec, "why": (
         f"the default's head cross-validates {cv:.3f} ({misses:.0f} of {len(rows)} training photos missed): "
         f"weighed the bundled backbones and their concatenations within the budget; "
-        + (f"kept {spec}" if job.source.spec == spec else f"chose {job.source.spec}"))}
+        + ("kept the default" if kept else f"chose {job.source.spec}"))}
     return job
 
 
-def choose_backbone(job: Job, data: Dataset, rate: float | None = None, cached: str | None = None) -> Job:
+def same_network(a, b) -> bool:
+    """Two sources of one single network and weights, whatever they are called (default = lite1)."""
+    return (len(a.parts) == len(b.parts) == 1 and a.arch == b.arch
+            and a.weights.digest == b.weights.digest)
+
+
+def choose_backbone(job: Job, data: Dataset, rate: float | None = None, cached=None) -> Job:
     """--backbone auto: each bundled backbone whose extraction of the training photos fits in
     --budget seconds (estimated from lite0's measured rate x its relative cost) is cross-validated
     on the TRAINING photos' cached features (graft.heads.search.choose_head), then, where the run
@@ -82,7 +90,7 @@ def choose_backbone(job: Job, data: Dataset, rate: float | None = None, cached: 
     their features side by side, nothing more to extract); the best mean cv accuracy wins, ties
     to the cheaper. The winner's features are then in the cache. `rate`: lite0's seconds a photo
     when known already (then even the first candidate's extraction is estimated first); `cached`:
-    the spec whose training features are in the cache already (it costs nothing)."""
+    a source whose training features are in the cache already (it costs nothing)."""
     from itertools import combinations
 
     from graft.heads.search import choose_head
@@ -103,7 +111,8 @@ def choose_backbone(job: Job, data: Dataset, rate: float | None = None, cached: 
     budget = cfg.budget or BACKBONE_BUDGET_S
     for spec, factor in AUTO_CANDIDATES:
         source = resolve_backbone(spec)
-        estimate = None if rate is None else 0.0 if spec == cached else rate * factor * len(data.train)
+        known = cached is not None and same_network(source, cached)
+        estimate = None if rate is None else 0.0 if known else rate * factor * len(data.train)
         if estimate is not None and spent + estimate > budget:
             table.append({"backbone": spec, "skipped": f"estimated {estimate:.0f} s of extraction would pass "
                                                        f"--budget {budget:g} s ({spent:.0f} s spent)"})

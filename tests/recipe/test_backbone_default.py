@@ -64,3 +64,18 @@ def test_the_default_weighs_nothing_where_its_head_is_good_enough(tmp_path):
     w = m["backbone_weighed"]
     assert w["weighed"] is False and "no other backbone weighed" in w["why"] and w["cv"] == m["probe_cv_accuracy"]
     assert "backbone_candidates" not in m and m["backbone"]["spec"] == "default"
+
+
+def test_within_a_small_budget_the_default_costs_nothing_and_is_kept_under_its_name(tmp_path, monkeypatch):
+    """The default's own features are in the cache (estimated at 0 s); the others' estimates pass
+    a tiny --budget and are skipped: the run stays `default`, and says it kept it."""
+    monkeypatch.setattr(choice_mod, "BACKBONE_MIN_MISSES", 0)
+    monkeypatch.setattr(strategy_mod, "PROBE_GOOD_ENOUGH", 1.01)
+    photos = make_photo_folder(tmp_path / "photos", per_class=8, seed=55)
+    with isolated_env(tmp_path):
+        m = graft.train(photos, tmp_path / "run", cache_dir=tmp_path / "cache", strategy="head", aug_views=0,
+                        budget=1e-3, workers=0, progress=False, report=False).metrics
+    table = {r["backbone"]: r for r in m["backbone_candidates"]}
+    assert "budget" in table["lite0"]["skipped"] and "budget" in table["lite2"]["skipped"]
+    assert table["lite1"]["chosen"] and table["lite1"]["computed"] == 0
+    assert m["backbone"]["spec"] == "default" and m["backbone_weighed"]["why"].endswith("kept the default")
