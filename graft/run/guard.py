@@ -14,7 +14,7 @@ from pathlib import Path
 from graft._util.atomic import read_json, write_error
 from graft._util.output import check_output as _check_output
 from graft.errors import GraftError
-from graft.run.files import CALIBRATION_JSON, EXPORT_JSON, IN_PROGRESS, MODEL_JSON, TRAIN_LOCK
+from graft.run.files import CALIBRATION_JSON, EXPORT_JSON, IN_PROGRESS, MODEL_JSON, MODEL_TENSORS, TRAIN_LOCK
 from graft.run.record import written_by_graft
 
 
@@ -31,7 +31,8 @@ def check_out(out, photos) -> None:
     """Refuse a training --out that would overwrite or mix with what graft did not make: the
     photos themselves or a folder inside them, a file or a path inside one, a folder that cannot be
     written, or a non-empty folder that is not a graft run (a fine-tuning killed before its model,
-    which --resume continues, leaves only its checkpoint and its epoch log: IN_PROGRESS). A
+    which --resume continues, leaves only its checkpoint and its epoch log: IN_PROGRESS, and
+    maybe the tensors it wrote just before model.json, marked as graft's in their metadata). A
     GraftError says which and what to give instead, before any photo is read."""
     out, photos = Path(out).expanduser(), Path(photos).expanduser()
     o, p = out.resolve(), photos.resolve()
@@ -48,7 +49,13 @@ def check_out(out, photos) -> None:
     if not out.is_dir() or is_graft_run(out):
         return
     entries = sorted(e.name for e in out.iterdir() if not e.name.startswith(".tmp-") and e.name != TRAIN_LOCK)
-    if not set(entries) <= IN_PROGRESS:
+    foreign = set(entries) - IN_PROGRESS
+    tensors = out / MODEL_TENSORS
+    if foreign == {MODEL_TENSORS} and tensors.is_file() and not tensors.is_symlink():  # killed before model.json
+        from graft.run.store import tensors_written_by_graft
+
+        foreign = set() if tensors_written_by_graft(tensors) else foreign
+    if foreign:
         shown = ", ".join(entries[:4]) + (f" and {len(entries) - 4} more" if len(entries) > 4 else "")
         raise GraftError(f"--out {out} is a folder that is not a graft run (it holds {shown}); graft "
                          f"writes a run only into a new or empty folder, or over a run it made")

@@ -26,7 +26,7 @@ from graft._util.files import open_regular
 from graft.backbones.preprocess import Preprocessing, Tiled
 from graft.errors import GraftError
 from graft.run.files import MODEL_JSON, MODEL_TENSORS
-from graft.run.record import AugmentationRecord, BackboneRecord, HeadShape, RunRecord, TrainingRecord
+from graft.run.record import MARKER, AugmentationRecord, BackboneRecord, HeadShape, RunRecord, TrainingRecord
 
 if TYPE_CHECKING:  # the network's modules import torch: loaded where a network is built
     from torch import nn
@@ -47,7 +47,7 @@ def save_run(run_dir, *, head: nn.Module, classes: list[str], source: BackboneSo
     tensors = {f"head.{k}": v.detach().contiguous() for k, v in head.state_dict().items()}
     if backbone is not None:
         tensors.update({f"backbone.{k}": v.detach().contiguous() for k, v in backbone.state_dict().items()})
-    digest = write_safetensors(run_dir / MODEL_TENSORS, tensors)
+    digest = write_safetensors(run_dir / MODEL_TENSORS, tensors, metadata=dict(MARKER))  # graft's, before model.json
     record = RunRecord(tuple(classes), strategy, BackboneRecord.of(source, stored=backbone is not None),
                        source.preprocessing, HeadShape.from_json(head_spec(head)), cut,
                        None if training is None else TrainingRecord.from_json(training),
@@ -161,6 +161,21 @@ def head_tensor_shapes(head: HeadShape | dict) -> dict[str, list[int]]:
 
 def _tensor_shapes(path: Path) -> dict[str, list]:
     """{name: shape} of a safetensors file, from its header alone (no torch)."""
+    header = _header(path)
+    return {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+def tensors_written_by_graft(path: Path) -> bool:
+    """Whether a model.safetensors carries graft's marker in its metadata: what a run killed after
+    its tensors and before its model.json leaves, which --resume may write over."""
+    try:
+        meta = _header(Path(path)).get("__metadata__")
+    except GraftError:
+        return False
+    return isinstance(meta, dict) and meta.get("written_by") == MARKER["written_by"]
+
+
+def _header(path: Path) -> dict:
     try:
         with open_regular(path) as f:
             raw = f.read(8)
@@ -170,7 +185,7 @@ def _tensor_shapes(path: Path) -> dict[str, list]:
             header = limits.loads(f.read(n))
         if not isinstance(header, dict):
             raise ValueError("not a safetensors file")
-        return {k: v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+        return header
     except (OSError, ValueError) as e:
         raise GraftError(f"cannot read {path}: {e}") from None
 

@@ -262,3 +262,32 @@ def test_out_a_graft_run_or_an_empty_or_resumable_folder_is_accepted(trained_run
     (killed / "checkpoint.pt").write_bytes(b"")
     (killed / ".tmp-abc.pt").write_bytes(b"")  # an atomic write cut short
     check_out(killed, photos)
+
+
+def test_a_run_killed_between_its_tensors_and_its_model_json_is_resumable(trained_run, tmp_path):
+    """A kill after model.safetensors and before model.json (quick bf16 epochs made it land there in
+    test_faults) leaves graft's tensors, marked in their metadata: --resume writes over them. The
+    same name without the mark, or as a link, stays the user's."""
+    import shutil
+
+    from graft.errors import GraftError
+    from graft.run.guard import check_out
+    from safetensors.numpy import save_file
+
+    photos = trained_run.photos
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "checkpoint.pt").write_bytes(b"")
+    shutil.copy(trained_run.run / "model.safetensors", killed / "model.safetensors")
+    check_out(killed, photos)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "checkpoint.pt").write_bytes(b"")
+    save_file({"w": np.zeros(2, np.float32)}, str(theirs / "model.safetensors"))
+    with pytest.raises(GraftError, match="not a graft run"):
+        check_out(theirs, photos)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "model.safetensors").symlink_to(trained_run.run / "model.safetensors")
+    with pytest.raises(GraftError, match="not a graft run"):
+        check_out(linked, photos)
