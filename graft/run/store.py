@@ -169,10 +169,10 @@ def tensors_written_by_graft(path: Path) -> bool:
     """Whether a model.safetensors carries graft's marker in its metadata: what a run killed after
     its tensors and before its model.json leaves, which --resume may write over."""
     try:
-        meta = _header(Path(path)).get("__metadata__")
+        marks = _header(Path(path)).get("__metadata__")
     except GraftError:
         return False
-    return isinstance(meta, dict) and meta.get("written_by") == MARKER["written_by"]
+    return isinstance(marks, dict) and marks.get("written_by") == MARKER["written_by"]
 
 
 def _header(path: Path) -> dict:
