@@ -48,6 +48,23 @@ def make_photo_folder(root: Path, classes=("blue", "red"), per_class=12, seed=0,
     return root
 
 
+def make_split_folder(photos: Path, *, train: int, val: int, seed: int) -> Path:
+    """PHOTOS/train/<class>/* (`train` a class, from `seed`) + PHOTOS/val/<class>/* (`val` a class,
+    from seed + 1): the layout where the user gives the validation photos."""
+    make_photo_folder(photos / "train", per_class=train, seed=seed)
+    make_photo_folder(photos / "val", per_class=val, seed=seed + 1)
+    return photos
+
+
+def swapped_val_copy(photos: Path, dst: Path) -> Path:
+    """A copy of a two-class split folder with the val labels swapped after the split: a choice made
+    on the training photos alone must come out the same on it."""
+    shutil.copytree(photos / "train", dst / "train")
+    shutil.copytree(photos / "val" / "blue", dst / "val" / "red")
+    shutil.copytree(photos / "val" / "red", dst / "val" / "blue")
+    return dst
+
+
 @pytest.fixture
 def photos(tmp_path) -> Path:
     """PHOTOS/<class>/* with two classes of 12 JPEGs each."""

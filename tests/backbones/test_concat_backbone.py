@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import graft
-from conftest import isolated_env, make_photo_folder
+from conftest import isolated_env, make_split_folder
 from graft.backbones.preprocess import Preprocessing, Tiled
 from graft.errors import GraftError
 
@@ -56,8 +56,7 @@ def test_tiles_of_both_parities_are_refused_in_one_line():
 def concat_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("concat")
     photos = root / "photos"
-    make_photo_folder(photos / "train", per_class=6, seed=51)
-    make_photo_folder(photos / "val", per_class=3, seed=52)
+    make_split_folder(photos, train=6, val=3, seed=51)
     with isolated_env(root):
         result = graft.train(photos, root / "run", backbone="lite0+lite1", cache_dir=root / "cache",
                              workers=0, progress=False, report=False)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import isolated_env, make_photo_folder
+from conftest import isolated_env, make_split_folder
 from graft.augment import build
 from graft.backbones import load_backbone
 from graft.data import scan_photos
@@ -30,8 +30,7 @@ K_VIEWS, TRAIN_STAGES = 3, 2
 def views_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("bviews")
     photos = root / "photos"
-    make_photo_folder(photos / "train", per_class=4, seed=51)
-    make_photo_folder(photos / "val", per_class=2, seed=52)
+    make_split_folder(photos, train=4, val=2, seed=51)
     backbone = load_backbone()
     backbone.eval()
     k = len(backbone.stage_names) - TRAIN_STAGES
@@ -147,8 +146,7 @@ def test_graft_train_fine_tunes_over_boundary_views(tmp_path):
     import graft
 
     photos = tmp_path / "photos"
-    make_photo_folder(photos / "train", per_class=6, seed=61)
-    make_photo_folder(photos / "val", per_class=2, seed=62)
+    make_split_folder(photos, train=6, val=2, seed=61)
     kw = dict(strategy="partial", train_stages=1, boundary_views=2, epochs=2, batch_size=4,
               cache_dir=tmp_path / "cache", workers=0, progress=False, report=False)
     with isolated_env(tmp_path):

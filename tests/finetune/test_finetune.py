@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import graft
-from conftest import fixed_batch, isolated_env, make_photo_folder
+from conftest import fixed_batch, isolated_env, make_photo_folder, make_split_folder
 from graft.backbones import Backbone, WeightsInfo, load_backbone
 from graft.errors import GraftError
 from graft.finetune.config import FinetuneConfig, lr_factor, plan_stages
@@ -48,8 +48,7 @@ def tiny(tmp_path_factory):
     """PHOTOS/train (2 classes x 6) + PHOTOS/val (2 x 2): 8 images per class, one shared cache."""
     root = tmp_path_factory.mktemp("finetune")
     photos = root / "photos"
-    make_photo_folder(photos / "train", per_class=6, seed=11)
-    make_photo_folder(photos / "val", per_class=2, seed=12)
+    make_split_folder(photos, train=6, val=2, seed=11)
     return types.SimpleNamespace(root=root, photos=photos, cache=root / "cache")
 
 

@@ -4,14 +4,13 @@ validation photos."""
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
 import graft
 import graft.recipe.backbone_choice as choice_mod
 import graft.recipe.strategy as strategy_mod
-from conftest import isolated_env, make_photo_folder
+from conftest import isolated_env, make_photo_folder, make_split_folder, swapped_val_copy
 
 
 def test_a_small_easy_set_stays_on_one_fast_network(tmp_path):
@@ -32,12 +31,9 @@ def test_a_head_that_misses_enough_weighs_the_others_blind_to_the_validation_pho
     monkeypatch.setattr(choice_mod, "BACKBONE_MIN_MISSES", 0)
     monkeypatch.setattr(strategy_mod, "PROBE_GOOD_ENOUGH", 1.01)
     photos = tmp_path / "photos"
-    make_photo_folder(photos / "train", per_class=8, seed=52)
-    make_photo_folder(photos / "val", per_class=3, seed=53)
+    make_split_folder(photos, train=8, val=3, seed=52)
     corrupt = tmp_path / "corrupt"
-    shutil.copytree(photos / "train", corrupt / "train")
-    shutil.copytree(photos / "val" / "blue", corrupt / "val" / "red")
-    shutil.copytree(photos / "val" / "red", corrupt / "val" / "blue")
+    swapped_val_copy(photos, corrupt)
     runs = {}
     with isolated_env(tmp_path):
         for name, folder in (("clean", photos), ("corrupt", corrupt)):

@@ -5,13 +5,12 @@ validation photos."""
 from __future__ import annotations
 
 import json
-import shutil
 import numpy as np
 
 import pytest
 
 import graft
-from conftest import isolated_env, make_photo_folder
+from conftest import isolated_env, make_split_folder, swapped_val_copy
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +18,9 @@ def split_runs(tmp_path_factory, default_backbone):
     """PHOTOS/train + PHOTOS/val trained twice: as generated, and with every val label swapped."""
     root = tmp_path_factory.mktemp("sel")
     photos = root / "photos"
-    make_photo_folder(photos / "train", per_class=10, seed=3)
-    make_photo_folder(photos / "val", per_class=4, seed=4)
+    make_split_folder(photos, train=10, val=4, seed=3)
     corrupt = root / "corrupt"
-    shutil.copytree(photos / "train", corrupt / "train")
-    shutil.copytree(photos / "val" / "blue", corrupt / "val" / "red")  # val labels swapped after the split
-    shutil.copytree(photos / "val" / "red", corrupt / "val" / "blue")
+    swapped_val_copy(photos, corrupt)
     cache = root / "cache"
     runs = {}
     with isolated_env(root):
@@ -94,8 +90,7 @@ def test_fine_tuning_early_stops_on_an_inner_split_of_the_training_photos():
 
 def test_backbone_auto_stays_within_its_budget_and_chooses_on_training_photos(tmp_path):
     photos = tmp_path / "photos"
-    make_photo_folder(photos / "train", per_class=6, seed=41)
-    make_photo_folder(photos / "val", per_class=2, seed=42)
+    make_split_folder(photos, train=6, val=2, seed=41)
     with isolated_env(tmp_path):
         m = graft.train(photos, tmp_path / "run", backbone="auto", budget=1e-3, cache_dir=tmp_path / "cache",
                         workers=0, progress=False, report=False).metrics
@@ -110,8 +105,7 @@ def test_backbone_auto_stays_within_its_budget_and_chooses_on_training_photos(tm
 
 def test_backbone_auto_weighs_concatenations_of_what_it_extracted(tmp_path):
     photos = tmp_path / "photos"
-    make_photo_folder(photos / "train", per_class=6, seed=43)
-    make_photo_folder(photos / "val", per_class=2, seed=44)
+    make_split_folder(photos, train=6, val=2, seed=43)
     with isolated_env(tmp_path):
         m = graft.train(photos, tmp_path / "run", backbone="auto", budget=6e5, cache_dir=tmp_path / "cache",
                         workers=0, progress=False, report=False).metrics
@@ -136,8 +130,7 @@ def test_aug_views_auto_is_weighed_by_cross_validation_on_the_training_photos(tm
     from graft.recipe import config
 
     photos = tmp_path / "photos"
-    make_photo_folder(photos / "train", per_class=20, seed=45)
-    make_photo_folder(photos / "val", per_class=2, seed=46)
+    make_split_folder(photos, train=20, val=2, seed=45)
     with isolated_env(tmp_path):
         m = graft.train(photos, tmp_path / "run", cache_dir=tmp_path / "cache", workers=0, progress=False,
                         report=False).metrics
@@ -155,9 +148,7 @@ def test_aug_views_auto_is_weighed_by_cross_validation_on_the_training_photos(tm
     assert ("views used" in line) == v["used"]
 
     corrupt = tmp_path / "corrupt"  # the val labels swapped after the split: the views' verdict is blind to it
-    shutil.copytree(photos / "train", corrupt / "train")
-    shutil.copytree(photos / "val" / "blue", corrupt / "val" / "red")
-    shutil.copytree(photos / "val" / "red", corrupt / "val" / "blue")
+    swapped_val_copy(photos, corrupt)
     with isolated_env(tmp_path):
         c = graft.train(corrupt, tmp_path / "run-corrupt", cache_dir=tmp_path / "cache", workers=0, progress=False,
                         report=False).metrics
@@ -173,8 +164,7 @@ def test_aug_views_auto_is_weighed_by_cross_validation_on_the_training_photos(tm
 
 def test_aug_views_auto_needs_photos_enough_to_tell(tmp_path):
     photos = tmp_path / "photos"
-    make_photo_folder(photos / "train", per_class=8, seed=47)
-    make_photo_folder(photos / "val", per_class=2, seed=48)
+    make_split_folder(photos, train=8, val=2, seed=47)
     with isolated_env(tmp_path):
         m = graft.train(photos, tmp_path / "run", cache_dir=tmp_path / "cache", workers=0, progress=False,
                         report=False, strategy="head").metrics
@@ -220,8 +210,7 @@ def test_aug_views_auto_is_weighed_on_a_share_first(tmp_path, monkeypatch):
 
     monkeypatch.setattr(search, "choose_head", verdict)
     photos = tmp_path / "photos"
-    make_photo_folder(photos / "train", per_class=40, seed=49)
-    make_photo_folder(photos / "val", per_class=2, seed=50)
+    make_split_folder(photos, train=40, val=2, seed=49)
     with isolated_env(tmp_path):
         m = graft.train(photos, tmp_path / "run", cache_dir=tmp_path / "cache", workers=0, progress=False,
                         report=False, strategy="head").metrics

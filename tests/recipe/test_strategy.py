@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import graft
-from conftest import make_photo_folder
+from conftest import make_split_folder
 from graft.data import Dataset, Sample
 from graft.errors import GraftError
 from graft.recipe.strategy import PROBE_GOOD_ENOUGH, STRATEGIES, choose_strategy
@@ -98,8 +98,7 @@ def test_auto_looks_at_the_smallest_class():
 
 def test_train_auto_on_a_tiny_folder_picks_head(tmp_path):
     photos = tmp_path / "photos"
-    make_photo_folder(photos / "train", per_class=6, seed=31)
-    make_photo_folder(photos / "val", per_class=2, seed=32)
+    make_split_folder(photos, train=6, val=2, seed=31)
     res = graft.train(photos, tmp_path / "run", strategy="auto", batch_size=4, workers=0, progress=False)
     m = json.loads((res.run_dir / "metrics.json").read_text())
     assert m["strategy"] == "head"

@@ -13,7 +13,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import isolated_env, make_photo_folder
+from conftest import isolated_env, make_split_folder
 from graft.recipe.config import TrainConfig
 from graft.recipe.strategy import StrategyChoice, choose_strategy
 from graft.recipe.trial import (AUTO_BUDGET_S, TrialPlan, decide, estimate_seconds, smallest_clear_gain,
@@ -99,8 +99,7 @@ def tiny_job(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trial")
     photos = root / "photos"
-    make_photo_folder(photos / "train", per_class=14, seed=41)
-    make_photo_folder(photos / "val", per_class=3, seed=42)
+    make_split_folder(photos, train=14, val=3, seed=41)
     cfg = TrainConfig(batch_size=4, workers=0, progress=False, cache_dir=root / "cache", aug_views=0)
     with isolated_env(root):
         job = start(cfg, root / "run", photos)

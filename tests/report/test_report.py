@@ -24,7 +24,7 @@ from PIL import Image
 
 import graft
 from browser import DESKTOP, HALF_SCREEN, DevTools, assert_seen, needs_chromium
-from conftest import count_backbone_forwards, isolated_env, make_photo_folder
+from conftest import count_backbone_forwards, isolated_env, make_photo_folder, make_split_folder
 from graft.cli.report import add_parser
 from graft.report import fmt3, stored_val_predictions, val_predictions, write_report
 
@@ -117,8 +117,7 @@ def report_run(tmp_path_factory):
     # train/ + val/: the validation photos stay held out (a split graft draws itself is refitted on,
     # issue 23), so the calibration has validation photos to report on
     photos = root / "photos"
-    make_photo_folder(photos / "train", per_class=6, seed=11)
-    make_photo_folder(photos / "val", per_class=2, seed=12)
+    make_split_folder(photos, train=6, val=2, seed=11)
     (photos / "train" / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")  # training skips it
     shutil.copy(photos / "train" / "blue" / "blue003.jpg", photos / "train" / "blue" / "blue003 copy.jpg")  # duplicate
     with isolated_env(root):

@@ -47,13 +47,18 @@ def raw(server, data: bytes, *, then_wait: float = 30) -> bytes:
     """Send `data` on a fresh connection and read until the server closes it (or `then_wait` s)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=then_wait) as s:
         s.sendall(data)
-        got = b""
-        try:
-            while chunk := s.recv(65536):
-                got += chunk
-        except socket.timeout:
-            got += b"<still open>"
-        return got
+        return _read_until_closed(s)
+
+
+def _read_until_closed(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes, with "<still open>" if it never does."""
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except socket.timeout:
+        got += b"<still open>"
+    return got
 
 
 # --- 15: Host allow-list (DNS rebinding) ---------------------------------------------------------
@@ -174,12 +179,7 @@ def test_22_15_header_timeout_also_after_a_kept_alive_request(server):
         while b'"forward_s"' not in first:
             first += s.recv(65536)
         s.sendall(b"GET /health HTTP/1.1\r\nHo")
-        rest = b""
-        try:
-            while chunk := s.recv(65536):
-                rest += chunk
-        except socket.timeout:
-            rest += b"<still open>"
+        rest = _read_until_closed(s)
     assert first.startswith(b"HTTP/1.1 200") and rest.startswith(b"HTTP/1.1 408"), rest
 
 
