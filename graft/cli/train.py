@@ -28,11 +28,14 @@ def add_parser(subparsers) -> None:
 
 def main(args) -> int:
     settings = settings_given(args)  # a bad --workers or --budget is said before anything loads
-    from graft.finetune.distributed import context
+    from graft.finetune.distributed import context, shutdown
     from graft.recipe import train
 
     result = train(args.photos, args.out, **settings, progress=not args.quiet and not args.json)
-    if not context().is_main:  # under torchrun only rank 0 reports
+    dist = context()
+    if dist.enabled:  # leave the process group before exit: a rank that exits with its gloo context
+        shutdown()  # still open while a peer works aborted ("terminate called without an active exception")
+    if not dist.is_main:  # under torchrun only rank 0 reports
         return 0
     if args.json:
         print(json.dumps(result.metrics))
