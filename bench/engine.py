@@ -13,8 +13,9 @@ key to ignore the engine).
 
     .venv/bin/python bench/engine.py [--models lite0,lite1,lite2] [--rounds 6]
 
-`--int8-gate MODEL` instead: the quality gate an int8 engine must pass before graft may use it
-(issue 21): static QDQ quantisation (onnxruntime.quantization, per-channel int8 weights, uint8
+`--gate MODEL` instead: the quality gate a quantised or bf16 engine must pass before graft may use
+it (issue 21). Candidates (`--candidates`, default all): OpenVINO with its bf16 inference precision
+(`openvino_bf16`, the CPU's AVX512-BF16/AMX; and `openvino_f32` for reference); static QDQ quantisation (onnxruntime.quantization, per-channel int8 weights, uint8
 activations, MinMax on 128 training photos: 64 ants/bees train/, 64 trashnet train/), as is and
 with the stem and the depthwise convs left in fp32; for each, photos/s against fp32 (interleaved),
 the cosine of its features to fp32's, and the linear probe's accuracy (graft.heads.probe: L2
@@ -22,7 +23,7 @@ strength by 5-fold CV on the fitting photos) fitted on ants/bees train/ scored o
 every third trashnet train/ photo scored on all of test/. The gate: cosine >= 0.995 on 99% of the
 photos and accuracy within 0.3 points of fp32 on both sets.
 
-    .venv/bin/python bench/engine.py --int8-gate lite1
+    .venv/bin/python bench/engine.py --gate lite1 [--candidates int8,openvino_bf16]
 """
 
 from __future__ import annotations
@@ -100,10 +101,11 @@ def main() -> None:
     ap.add_argument("--models", default="lite0,lite1,lite2")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--int8-gate", metavar="MODEL", help="run the int8 quality gate for MODEL instead")
+    ap.add_argument("--gate", metavar="MODEL", help="run the quality gate of the candidate engines for MODEL instead")
+    ap.add_argument("--candidates", default=",".join(CANDIDATES))
     args = ap.parse_args()
-    if args.int8_gate:
-        int8_gate(args.int8_gate)
+    if args.gate:
+        gate(args.gate, args.candidates.split(","))
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="graft-engine-") as tmp:
@@ -120,10 +122,11 @@ def main() -> None:
                       "lite0_ratio": next((r["ratio"] for r in rows if r["model"] == "lite0"), None)}))
 
 
-# --- the int8 quality gate ----------------------------------------------------------------------
+# --- the quality gate of the quantised and bf16 engines ----------------------------------------------------------------------
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 COS_MIN, COS_SHARE, ACC_POINTS = 0.995, 0.99, 0.3
+CANDIDATES = ("int8", "int8_fp32_stem_depthwise", "openvino_f32", "openvino_bf16")
 
 
 def _labelled(root: Path, step: int = 1) -> list[tuple[str, int]]:
@@ -162,11 +165,52 @@ def _quantise(fp32: Path, out: Path, calib, pre, exclude) -> Path:
     return out
 
 
-def int8_gate(name: str) -> None:
+def _ort_run(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = eng.intra_op_threads(), 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input": x})[0]
+
+
+def _openvino_run(path: Path, precision: str):
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                          "INFERENCE_NUM_THREADS": eng.intra_op_threads()})
+    request = compiled.create_infer_request()
+    return lambda x: request.infer({0: x})[0].copy()
+
+
+def _candidates(b, pre, crops, tmp: str, wanted: list[str]) -> dict:
+    """name -> a function from a normalised batch to its features, fp32 (onnxruntime) first."""
     import numpy as np
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import quant_pre_process
+
+    fp32 = eng.export(b, eng.onnx_path(b, tmp))
+    runs = {"fp32": _ort_run(fp32)}
+    if any(w.startswith("int8") for w in wanted):
+        calib = np.concatenate([crops["ab_train"][0][::3][:64], crops["tn_train"][0][::5][:64]])  # train/ only
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        convs = [n for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
+        depthwise = [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+        if "int8" in wanted:
+            runs["int8"] = _ort_run(_quantise(prepared, Path(tmp) / "int8.onnx", calib, pre, []))
+        if "int8_fp32_stem_depthwise" in wanted:
+            runs["int8_fp32_stem_depthwise"] = _ort_run(
+                _quantise(prepared, Path(tmp) / "int8dw.onnx", calib, pre, depthwise + [convs[0].name]))
+    for precision in ("f32", "bf16"):
+        if f"openvino_{precision}" in wanted:
+            runs[f"openvino_{precision}"] = _openvino_run(fp32, precision)
+    return runs
+
+
+def gate(name: str, wanted: list[str]) -> None:
+    import numpy as np
 
     from graft.heads.probe import train_probe
     from graft.heads.softmax import predict_labels
@@ -180,24 +224,11 @@ def int8_gate(name: str) -> None:
             "ab_val": _labelled(DATA / "hymenoptera_data" / "val"),
             "tn_train": _labelled(DATA / "trashnet" / "train", 3), "tn_test": _labelled(DATA / "trashnet" / "test")}
     crops = {k: _crops(pre, v) for k, v in sets.items()}
-    calib = np.concatenate([crops["ab_train"][0][::3][:64], crops["tn_train"][0][::5][:64]])  # train/ only
-    with tempfile.TemporaryDirectory(prefix="graft-int8-") as tmp:
-        fp32 = eng.export(b, eng.onnx_path(b, tmp))
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        convs = [n for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
-        depthwise = [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
-        paths = {"fp32": fp32,
-                 "int8": _quantise(prepared, Path(tmp) / "int8.onnx", calib, pre, []),
-                 "int8_fp32_stem_depthwise": _quantise(prepared, Path(tmp) / "int8dw.onnx", calib, pre,
-                                                       depthwise + [convs[0].name])}
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.log_severity_level = eng.intra_op_threads(), 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    with tempfile.TemporaryDirectory(prefix="graft-gate-") as tmp:
+        sessions = _candidates(b, pre, crops, tmp, wanted)
 
-        def feats(s, x):
-            return np.concatenate([s.run(None, {"input": pre.normalize(torch.from_numpy(x[i:i + 32])).numpy()})[0]
+        def feats(run, x):
+            return np.concatenate([run(pre.normalize(torch.from_numpy(x[i:i + 32])).numpy())
                                    for i in range(0, len(x), 32)])
 
         xs, times = crops["ab_val"][0][:64], {k: [] for k in sessions}

@@ -101,23 +101,32 @@ def extraction_engine(backbone, *, n_images: int, cache_root, engine: str | None
     `graph_wanted`: the caller will export the graph anyway (graft train writes RUN/model.onnx
     from it), so its cost is no reason to wait for MIN_IMAGES images: onnxruntime from
     MIN_IMAGES_EXPORTED on, and the photos extracted before it no longer run on torch eager."""
+    if not runs_graph(backbone, n_images=n_images, cache_root=cache_root, engine=engine,
+                      custom_forward=custom_forward, graph_wanted=graph_wanted):
+        return Engine(backbone)
+    ort = ort_engine(backbone, cache_root)
+    return ort if ort is not None else Engine(backbone)
+
+
+def runs_graph(backbone, *, n_images: int, cache_root, engine: str | None = None, custom_forward: bool = False,
+               graph_wanted: bool = False) -> bool:
+    """Whether the exported graph (onnxruntime's, or graft.backbones.bf16_engine's) computes these
+    features rather than torch (see extraction_engine)."""
     engine = requested(engine)
-    torch_engine = Engine(backbone)
     if engine == "torch" or custom_forward or not isinstance(backbone, Backbone):
-        return torch_engine  # (a bare module has no identity to key an export by)
+        return False  # (a bare module has no identity to key an export by)
     if not all(p.device.type == "cpu" for p in backbone.parameters()):
-        return torch_engine
+        return False
     if engine == "auto" and (n_images < MIN_IMAGES_EXPORTED or (n_images < MIN_IMAGES and not graph_wanted
                                                                 and not onnx_path(backbone, cache_root).is_file())):
-        return torch_engine
+        return False
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         if engine == "onnxruntime":
             log.warning("onnxruntime is not installed (pip install onnxruntime): extracting with torch")
-        return torch_engine
-    ort = ort_engine(backbone, cache_root)
-    return ort if ort is not None else torch_engine
+        return False
+    return True
 
 
 def ort_engine(backbone, cache_root) -> OrtEngine | None:

@@ -68,7 +68,8 @@ def train_summary(m: dict, run_dir) -> str:
         ("backbone", f"{m['backbone']['spec']}  ({m['backbone']['arch']})"
                      + (f"; {m['backbone_weighed']['why']}" if m.get("backbone_weighed") else "")),
         ("strategy", f"{m['strategy']}: {m['strategy_reason']}"),
-        ("features", f"{c['misses']} computed, {c['hits']} from cache  ({t['extract_s']:.2f} s)"),
+        ("features", f"{c['misses']} computed, {c['hits']} from cache  ({t['extract_s']:.2f} s"
+                     + "".join(f"; {e}" for e in c.get("engines", [])) + ")"),
         ("training", f"{epochs_words(m)}  ({t['train_s']:.2f} s"
                      + (f", {100 * t['data_wait_s'] / max(1e-9, t['data_wait_s'] + t['step_s']):.0f}% waiting for data"
                         if t.get("step_s") else "") + ")"),

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from graft._version import __version__
+from graft.backbones.bf16_engine import views_engine
 from graft.backbones.engine import extraction_engine
 from graft.cache import FeatureCache
 from graft.data import BATCH_SIZE
@@ -33,11 +34,13 @@ class ExtractStats:
     wait_s: float = 0.0  # time the backbone waited for the loader's next batch
     compute_s: float = 0.0  # time in the backbone
     skipped: list[dict] = field(default_factory=list)
+    engines: set = field(default_factory=set)  # the engines that computed what missed ("onnxruntime", ...)
 
     def add(self, other: "ExtractStats", *, skipped: bool = True) -> None:
         """Count `other`'s figures in too (a concatenation's parts into its run's)."""
         for name in ("hits", "misses", "forward_batches", "seconds", "wait_s", "compute_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.engines |= other.engines
         if skipped:
             self.skipped += other.skipped
 
@@ -52,24 +55,11 @@ def cache_namespace(source, point: str = "pooled") -> dict:
     }
 
 
-def extract_features(
-    get_backbone: Callable,
-    names: list[str],
-    paths: list,
-    cache: FeatureCache,
-    *,
-    load: Callable,
-    batch_size: int = BATCH_SIZE,
-    workers: int | None = None,
-    progress: bool = True,
-    desc: str = "features",
-    stats: ExtractStats | None = None,
-    forward: Callable | None = None,
-    dist=None,
-    keep: bool = True,
-    engine: str | None = None,
-    graph_wanted: bool = False,
-) -> tuple[np.ndarray, np.ndarray, ExtractStats]:
+def extract_features(get_backbone: Callable, names: list[str], paths: list, cache: FeatureCache, *, load: Callable,
+                     batch_size: int = BATCH_SIZE, workers: int | None = None, progress: bool = True,
+                     desc: str = "features", stats: ExtractStats | None = None, forward: Callable | None = None,
+                     dist=None, keep: bool = True, engine: str | None = None, graph_wanted: bool = False,
+                     precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, ExtractStats]:
     """Features for entries `names` (files `paths`); returns (features, ok_mask, stats).
 
     `get_backbone()` is called only if something misses, so a warm cache never builds the
@@ -81,7 +71,8 @@ def extract_features(
     its share of the missing entries into the shared cache, then every rank reads them all.
 
     `engine` computes the pooled features: "auto", "torch" or "onnxruntime" (graft.backbones.engine;
-    the cached values agree within 1e-4 whichever runs); `graph_wanted`: as extraction_engine's.
+    the cached values agree within 1e-4 whichever runs); `graph_wanted`: as extraction_engine's;
+    `precision` "bf16": graft.backbones.bf16_engine.views_engine (only for entries named so: extract_views).
     `keep=False` returns None for the features: they are computed and checked but left in the
     cache, for graft.cache.rows to read when needed, so memory does not grow with the data.
     """
@@ -106,7 +97,8 @@ def extract_features(
         with cache.extraction_lock(shared=True):
             _compute_missing(get_backbone, names, paths, cache, mine, feats, ok, load=load, batch_size=batch_size,
                              workers=workers, progress=progress and dist.is_main, desc=desc, stats=stats,
-                             forward=forward, keep=keep, engine=engine, graph_wanted=graph_wanted)
+                             forward=forward, keep=keep, engine=engine, graph_wanted=graph_wanted,
+                             precision=precision)
             # every rank's new shards, by name (a collective: it waits for all ranks): on another
             # node the shared folder's listing may lag, opening a named file does not
             written = dist.gather_lists([str(p) for p in cache.written[n_written:]])
@@ -126,7 +118,8 @@ def extract_features(
             missing = [i for i in missing if ok[i]]  # files remembered as unusable stay skipped
             feats = _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, load=load,
                                      batch_size=batch_size, workers=workers, progress=progress, desc=desc,
-                                     stats=stats, forward=forward, keep=keep, engine=engine, graph_wanted=graph_wanted)
+                                     stats=stats, forward=forward, keep=keep, engine=engine, graph_wanted=graph_wanted,
+                             precision=precision)
     stats.hits += len(names) - len(missing) - recalled
     stats.seconds += time.perf_counter() - t0
     if feats is None and keep:
@@ -161,7 +154,7 @@ def _recall_skips(cache, names, paths, missing, ok, stats, rule) -> tuple[list[i
 
 
 def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, load, batch_size, workers,
-                     progress, desc, stats, forward, keep=True, engine=None, graph_wanted=False):
+                     progress, desc, stats, forward, keep=True, engine=None, graph_wanted=False, precision="fp32"):
     if not missing:
         return feats
     # The decoding workers start first (iter), so the first batches decode while the network is
@@ -170,8 +163,12 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
     try:
         backbone = get_backbone()
         backbone.eval()
-        run = extraction_engine(backbone, n_images=len(missing), cache_root=cache.dir.parent, engine=engine,
-                                custom_forward=forward is not None, graph_wanted=graph_wanted)
+        if precision == "bf16" and forward is None:  # augmented views (extract_views)
+            run = views_engine(backbone, n_images=len(missing), cache_root=cache.dir.parent, precision=precision)
+        else:
+            run = extraction_engine(backbone, n_images=len(missing), cache_root=cache.dir.parent, engine=engine,
+                                    custom_forward=forward is not None, graph_wanted=graph_wanted)
+        stats.engines.add("torch" if forward is not None else run.name)
     except BaseException:
         del batches  # its workers stop now, not when the traceback is dropped
         raise
@@ -214,7 +211,8 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
 
 def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, seed: int,
                   batch_size: int = BATCH_SIZE, workers: int | None = None, progress: bool = True,
-                  stats: ExtractStats | None = None, decoded_dir=None, dist=None, keep: bool = True):
+                  stats: ExtractStats | None = None, decoded_dir=None, dist=None, keep: bool = True,
+                  precision: str = "fp32"):
     """Features of `k` augmented draws of each sample: (N, k, D), cached like clean features
     (with `keep=False`, a graft.cache.rows.FeatureRows over them instead of an array).
 
@@ -222,7 +220,9 @@ def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, see
     kernels' version), the seed and v, and drawn from a random stream seeded by the same, so
     later runs reuse every view. A file that fails to load here has already been skipped by the
     clean pass. With `decoded_dir`, each photo is decoded once for all its views
-    (graft.data.decoded).
+    (graft.data.decoded). `precision` "bf16" (graft.backbones.bf16_engine.views_precision) lets
+    OpenVINO compute them in bfloat16, under names of their own ("~bf16"): they never stand in for
+    float32 views, nor those for them.
     """
     from graft.augment import KERNELS
     from graft.features.loader import AugmentedLoad, decoded_cache_for, mix_seed
@@ -233,13 +233,14 @@ def extract_views(source, samples, cache: FeatureCache, pipeline, k: int, *, see
         for v in range(k):
             # The kernels' version is in the name: the same draw rendered by other kernels is
             # another entry. The draw itself depends on the config only.
-            names.append(f"{s.digest}@{key}k{KERNELS}:{seed}#{v}")
+            names.append(f"{s.digest}@{key}k{KERNELS}:{seed}#{v}" + ("~bf16" if precision == "bf16" else ""))
             items.append((s.path, s.size, mix_seed(seed, s.digest, key, v), s.digest))
     decoded = decoded_cache_for(samples, pipeline, decoded_dir, None)
     feats, _, _ = extract_features(source.build, names, items, cache,
                                    load=AugmentedLoad(pipeline, source.preprocessing, decoded),
                                    batch_size=batch_size, workers=workers, progress=progress,
-                                   desc=f"augmented views x{k}", stats=stats, dist=dist, keep=keep)
+                                   desc=f"augmented views x{k}", stats=stats, dist=dist, keep=keep,
+                                   precision=precision)
     if not keep:
         from graft.cache.rows import FeatureRows
 

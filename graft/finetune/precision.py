@@ -10,28 +10,13 @@ Without those instructions bfloat16 is emulated, slower than float32, so `auto` 
 
 from __future__ import annotations
 
-import functools
 from contextlib import nullcontext
 
 import torch
 
+from graft._util.cpu import cpu_has_native_bf16
+from graft.backbones.bf16_engine import PRECISIONS
 from graft.errors import GraftError
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU announces AVX512-BF16 or AMX-BF16 (Linux's /proc/cpuinfo flags)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def uses_bf16(device: torch.device, precision: str = "auto") -> bool:

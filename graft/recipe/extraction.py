@@ -88,12 +88,14 @@ def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
 
 
 def _with_views(job: Job, train, x_train, k: int):
+    from graft.backbones.bf16_engine import views_precision
     from graft.features.extract import extract_views
 
     preset, pipeline = job.pipeline("views", train)
     views = extract_views(job.source, train, job.cache, pipeline, k, seed=job.cfg.seed,
                           batch_size=job.cfg.batch_size, workers=job.cfg.workers, progress=job.progress,
-                          stats=job.stats, decoded_dir=job.decoded_dir, dist=job.dist, keep=False)
+                          stats=job.stats, decoded_dir=job.decoded_dir, dist=job.dist, keep=False,
+                          precision=views_precision(job.cfg.precision))
     return with_views(x_train, views, job.cache), describe(preset, pipeline, views=k)
 
 

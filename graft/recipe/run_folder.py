@@ -114,7 +114,8 @@ def build_metrics(job: Job, f: Features, common: dict, fitted: Fitted, *, train_
         "views": sel.get("views"),  # the head's augmented views: asked, extracted, and for auto whether they won
         **({"log": job.epoch_log.files()} if job.epoch_log is not None else {}),
         "cache": {"hits": stats.hits, "misses": stats.misses, "dir": str(job.cache.dir),
-                  "forward_batches": stats.forward_batches, **decoded_photos(job, f)},
+                  "forward_batches": stats.forward_batches, "engines": sorted(stats.engines),
+                  **decoded_photos(job, f)},
         "timings": {"extract_s": round(stats.seconds, 4), "train_s": round(train_s, 4),
                     "total_s": round(time.perf_counter() - job.started, 4), **fitted.loop_timings},
     }

@@ -311,6 +311,7 @@ def timings(m: dict) -> str:
         rate = f" ({100 * hits / n:.0f}% hits)" if n else ""
         parts.append(f'<p id="cache">Feature cache: <b>{hits}</b> hit(s), <b>{misses}</b> miss(es){rate}, '
                      f"{esc(c.get('forward_batches', '?'))} backbone forward batch(es)"
+                     + (f" on {esc(', '.join(c['engines']))}" if c.get("engines") else "")
                      + (f' &mdash; <code>{esc(c["dir"])}</code>' if c.get("dir") else "") + ".</p>")
     if not parts:
         return ""
