@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from graft.backbones.engine import (Engine, export, extraction_engine, intra_op_threads, onnx_path, requested,
-                                    runs_graph)
+                                    runs_graph, side_by_side)
 from graft.cache.layout import touch
 from graft.errors import GraftError
 
@@ -116,13 +116,7 @@ def bf16_engine(backbone, cache_root) -> OpenVinoEngine | None:
 
 def min_cosine(backbone, engine: Engine, batch: int = 4) -> float:
     """The smallest cosine between `engine`'s and torch's float32 features on a fixed random batch."""
-    x = torch.randn(batch, 3, *backbone.preprocessing.shape, generator=torch.Generator().manual_seed(20240613))
-    was = backbone.training
-    backbone.eval()
-    with torch.inference_mode():
-        ref = backbone(x.contiguous(memory_format=torch.channels_last)).flatten(1).double()
-        got = engine(x).flatten(1).double()
-    backbone.train(was)
+    ref, got = side_by_side(backbone, engine, batch)
     if ref.shape != got.shape:
         return float("-inf")
-    return float(torch.nn.functional.cosine_similarity(ref, got, dim=1).min())
+    return float(torch.nn.functional.cosine_similarity(ref.double(), got.double(), dim=1).min())

@@ -176,6 +176,12 @@ def intra_op_threads() -> int:
 
 def self_check(backbone, engine: Engine, batch: int = 2) -> float:
     """Max |difference| between `engine` and torch's forward of `backbone` on a fixed random batch."""
+    ref, got = side_by_side(backbone, engine, batch)
+    return float((ref - got).abs().max()) if ref.shape == got.shape else float("inf")
+
+
+def side_by_side(backbone, engine: Engine, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(torch's, `engine`'s) features of `backbone`, (batch, D) float32, on a fixed random batch."""
     x = torch.randn(batch, 3, *backbone.preprocessing.shape, generator=torch.Generator().manual_seed(20240613))
     was = backbone.training
     backbone.eval()
@@ -183,9 +189,7 @@ def self_check(backbone, engine: Engine, batch: int = 2) -> float:
         ref = backbone(x.contiguous(memory_format=torch.channels_last)).flatten(1).float()
         got = engine(x).flatten(1).float()
     backbone.train(was)
-    if ref.shape != got.shape:
-        return float("inf")
-    return float((ref - got).abs().max())
+    return ref, got
 
 
 def _session(backbone, path: Path, threads: int):
