@@ -17,10 +17,10 @@ import torch
 
 from graft._version import __version__
 from graft.backbones.bf16_engine import views_engine
-from graft.backbones.engine import extraction_engine
+from graft.backbones.engine import extraction_engine, intra_op_threads
 from graft.cache import FeatureCache
 from graft.data import BATCH_SIZE
-from graft.features.loader import image_loader
+from graft.features.loader import decoding
 
 log = logging.getLogger("graft")
 
@@ -157,9 +157,11 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
                      progress, desc, stats, forward, keep=True, engine=None, graph_wanted=False, precision="fp32"):
     if not missing:
         return feats
-    # The decoding workers start first (iter), so the first batches decode while the network is
+    # The decoding starts first (decoding), so the first batches decode while the network is
     # built and its onnxruntime session made and checked: a cold run waited for both in turn.
-    batches = iter(image_loader([paths[i] for i in missing], load, batch_size=batch_size, workers=workers))
+    loader = decoding([paths[i] for i in missing], load, batch_size=batch_size, workers=workers,
+                      threads=intra_op_threads())
+    batches = iter(loader)
     try:
         backbone = get_backbone()
         backbone.eval()
@@ -170,7 +172,8 @@ def _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, *, l
                                     custom_forward=forward is not None, graph_wanted=graph_wanted)
         stats.engines.add("torch" if forward is not None else run.name)
     except BaseException:
-        del batches  # its workers stop now, not when the traceback is dropped
+        getattr(loader, "close", lambda: None)()  # its threads (or, by `del`, its workers) stop now,
+        del batches, loader  # not when the traceback is dropped
         raise
     pre = backbone.preprocessing
     from tqdm.auto import tqdm

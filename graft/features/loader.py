@@ -72,6 +72,53 @@ def image_loader(paths, load: Callable, *, batch_size: int, workers: int | None 
     )
 
 
+class DecodeThenForward:
+    """Batches of (indices, uint8 batch or None, errors), as image_loader yields them, each decoded
+    on `threads` threads of this process while the consumer waits, then handed over: decoding and
+    the forward pass take turns on the cores instead of running at once (see decoding)."""
+
+    PREFETCH = 2  # batches started at once, to decode while the network is built
+
+    def __init__(self, paths, load: Callable, *, batch_size: int, threads: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.files = ImageFiles(paths, load)
+        self.batch_size = batch_size
+        self.starts = list(range(0, len(self.files), batch_size))
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="graft-decode")
+        self.pending = [self._submit(k) for k in range(min(self.PREFETCH, len(self.starts)))]
+
+    def _submit(self, k: int) -> list:
+        lo = self.starts[k]
+        return [self.pool.submit(self.files.__getitem__, i) for i in range(lo, min(lo + self.batch_size, len(self.files)))]
+
+    def __iter__(self):
+        try:
+            for k in range(len(self.starts)):
+                futures = self.pending.pop(0) if self.pending else self._submit(k)
+                yield collate_images([f.result() for f in futures])
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop what is not decoded yet and let the threads end (also when never iterated)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def decoding(paths, load: Callable, *, batch_size: int, workers: int | None, threads: int):
+    """Batches for a forward pass on this process's `threads` CPU cores: decoded in turns with it
+    (DecodeThenForward) unless workers were asked for by number or CUDA runs the forward pass.
+
+    Why: on a CPU the engine (onnxruntime, torch) runs each operator on every core and waits for
+    its slowest thread; a decoding process that takes one of those cores stalls all of them.
+    Taking turns, each has the cores to itself (Pillow's decoding and resizing release the GIL):
+    graft's cold default run on ants/bees 1.10-1.14x faster (bench/cold_run.py), the extraction
+    alone up to 1.5x once the network is built (bench/extraction.py)."""
+    if workers is None and not torch.cuda.is_available():
+        return DecodeThenForward(paths, load, batch_size=batch_size, threads=threads)
+    return image_loader(paths, load, batch_size=batch_size, workers=workers)
+
+
 # --- augmented training images -----------------------------------------------------------------
 
 def mix_seed(*parts) -> int:

@@ -195,3 +195,60 @@ def test_a_failing_build_stops_the_decoding_workers(tmp_path):
         extract_features(build, [p.name for p in paths], paths, cache, load=PRE.load, batch_size=8, workers=1,
                          progress=False)
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+
+
+def test_decoding_in_turns_gives_the_workers_batches_and_errors(tmp_path):
+    """DecodeThenForward (threads, in turns with the forward pass) yields what the worker loader
+    yields: the same indices, pixels and unreadable files, batch by batch."""
+    from graft.features.loader import DecodeThenForward, image_loader
+
+    make_photo_folder(tmp_path / "p", per_class=6)
+    paths = sorted((tmp_path / "p").glob("*/*.jpg"))
+    broken = tmp_path / "p" / "blue" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    paths.insert(5, broken)
+    a = list(DecodeThenForward(paths, PRE.load, batch_size=4, threads=2))
+    b = list(image_loader(paths, PRE.load, batch_size=4, workers=1))
+    assert len(a) == len(b) == 4
+    for (ia, xa, ea), (ib, xb, eb) in zip(a, b):
+        assert ia == ib and [i for i, _ in ea] == [i for i, _ in eb]
+        assert torch.equal(xa, xb)
+    assert [i for _, _, e in a for i, _ in e] == [5]
+
+
+def test_photos_decode_in_turns_while_the_network_is_built_and_a_failed_build_stops_the_threads(tmp_path):
+    """With the decoding in threads (no --workers asked for, no CUDA): the first batches decode
+    while the backbone is built, and a build that fails leaves no decoding thread behind."""
+    import threading
+    import time
+
+    from graft.backbones import load_backbone
+    from graft.cache import FeatureCache
+    from graft.errors import GraftError
+    from graft.features.extract import extract_features
+
+    if torch.cuda.is_available():
+        pytest.skip("with CUDA the decoding runs in worker processes beside the GPU's forward pass")
+    make_photo_folder(tmp_path / "p", per_class=10)
+    paths = sorted((tmp_path / "p").glob("*/*.jpg"))
+    marker = tmp_path / "decoded"
+
+    def build():
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline, "no photo was decoded while the backbone was being built"
+            time.sleep(0.05)
+        return load_backbone()
+
+    cache = FeatureCache(tmp_path / "cache", {"arch": "test-overlap-threads"})
+    feats, ok, stats = extract_features(build, [p.name for p in paths], paths, cache, load=_MarkingLoad(marker),
+                                        batch_size=8, progress=False, engine="torch")
+    assert ok.all() and stats.misses == len(paths) and np.abs(feats).max() > 0
+
+    def fails():
+        raise GraftError("no such backbone")
+
+    cache = FeatureCache(tmp_path / "cache", {"arch": "test-overlap-threads-fails"})
+    with pytest.raises(GraftError, match="no such backbone"):
+        extract_features(fails, [p.name for p in paths], paths, cache, load=PRE.load, batch_size=8, progress=False)
+    assert not [t for t in threading.enumerate() if t.name.startswith("graft-decode")]
