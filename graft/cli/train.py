@@ -33,8 +33,8 @@ def main(args) -> int:
 
     result = train(args.photos, args.out, **settings, progress=not args.quiet and not args.json)
     dist = context()
-    if dist.enabled:  # leave the process group before exit: a rank that exits with its gloo context
-        shutdown()  # still open while a peer works aborted ("terminate called without an active exception")
+    if dist.enabled:  # leave the process group before the rank exits (graft/__main__.py: how it exits)
+        shutdown()
     if not dist.is_main:  # under torchrun only rank 0 reports
         return 0
     if args.json:

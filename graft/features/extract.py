@@ -119,7 +119,7 @@ def extract_features(get_backbone: Callable, names: list[str], paths: list, cach
             feats = _compute_missing(get_backbone, names, paths, cache, missing, feats, ok, load=load,
                                      batch_size=batch_size, workers=workers, progress=progress, desc=desc,
                                      stats=stats, forward=forward, keep=keep, engine=engine, graph_wanted=graph_wanted,
-                             precision=precision)
+                                     precision=precision)
     stats.hits += len(names) - len(missing) - recalled
     stats.seconds += time.perf_counter() - t0
     if feats is None and keep:
