@@ -9,7 +9,10 @@ held-out figure), hymenoptera-train and trashnet (train/ only, one folder as a u
 graft draws its own validation share and refits on all; val/ or test/ is scored once with
 graft.evaluate).
 
-    .venv/bin/python bench/cold_run.py [--set hymenoptera|hymenoptera-train|trashnet] [--before /tmp/graft-before] [--rounds 2]
+    .venv/bin/python bench/cold_run.py [--set hymenoptera|hymenoptera-train|trashnet] [--before /tmp/graft-before] [--rounds 2] [--seeds 0,1,2]
+
+--seeds: round r runs `--seed` seeds[r % len(seeds)] on both sides (how much the held-out figure
+moves with the seed alone: the augmented views' draws, the folds); default: seed 0 every round.
 """
 
 import argparse
@@ -32,18 +35,18 @@ SETS = {"hymenoptera": (HYMENOPTERA, None), "hymenoptera-train": (HYMENOPTERA / 
 SCORE = "import graft, json, sys; print(json.dumps(graft.evaluate(sys.argv[1], sys.argv[2])))"
 
 
-def one_run(tree: Path, photos: Path, held_out: Path | None, work: Path) -> dict:
+def one_run(tree: Path, photos: Path, held_out: Path | None, work: Path, seed: int = 0) -> dict:
     out, cache = work / "run", work / "cache"
     env = {**os.environ, "PYTHONPATH": str(tree), "GRAFT_CACHE_DIR": str(cache)}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "graft", "train", str(photos), "--out", str(out), "--quiet"],
+    proc = subprocess.run([sys.executable, "-m", "graft", "train", str(photos), "--out", str(out), "--quiet", "--seed", str(seed)],
                           cwd=work, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"graft train failed ({tree}):\n{proc.stderr[-3000:]}")
     m = json.loads((out / "metrics.json").read_text())
     t = m["timings"]
-    row = {"total_s": t["total_s"], "wall_s": round(wall, 2), "extract_s": t.get("extract_s"),
+    row = {"seed": seed, "total_s": t["total_s"], "wall_s": round(wall, 2), "extract_s": t.get("extract_s"),
            "train_s": t.get("train_s"), "strategy": m.get("strategy"),
            "views_used": bool((m.get("views") or {}).get("used")), "val_accuracy": m.get("val_accuracy")}
     if held_out is not None:  # scored once, after the run chose everything
@@ -61,6 +64,7 @@ def main() -> None:
     ap.add_argument("--set", choices=sorted(SETS), default="hymenoptera")
     ap.add_argument("--before", type=Path, help="another graft tree (its folder holding graft/) to compare with")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, one a round in turn")
     args = ap.parse_args()
     photos, held_out = SETS[args.set]
     if not photos.is_dir():
@@ -69,13 +73,17 @@ def main() -> None:
         return
     trees = {"after": ROOT, **({"before": args.before.resolve()} if args.before else {})}
     runs = {side: [] for side in trees}
+    seeds = [int(x) for x in args.seeds.split(",")]
     for r in range(args.rounds):
         for side in (list(trees) if r % 2 == 0 else list(reversed(trees))):
             with tempfile.TemporaryDirectory(prefix=f"graft-cold-{side}-") as tmp:
-                runs[side].append(one_run(trees[side], photos, held_out, Path(tmp)))
+                runs[side].append(one_run(trees[side], photos, held_out, Path(tmp), seeds[r % len(seeds)]))
             print(side, runs[side][-1], file=sys.stderr, flush=True)
     med = {side: statistics.median(x["total_s"] for x in rows) for side, rows in runs.items()}
-    figures = {"bench": "cold_run", "set": args.set, "total_s": med, "runs": runs}
+    wall = {side: statistics.median(x["wall_s"] for x in rows) for side, rows in runs.items()}
+    held = {side: [x["held_out"] for x in rows] for side, rows in runs.items()}
+    figures = {"bench": "cold_run", "set": args.set, "total_s": med, "wall_s": wall, "held_out": held,
+               "views_used": {side: sum(x["views_used"] for x in rows) for side, rows in runs.items()}, "runs": runs}
     if "before" in med:
         figures["ratio"] = round(med["before"] / med["after"], 2)
     emit(figures)

@@ -14,7 +14,7 @@ from graft.data.placeholders import RefuseNonPhotos
 from graft.errors import GraftError
 from graft.features.concat import JoinedCache, join_rows, source_features
 from graft.cache.layout import HEADS
-from graft.recipe.config import (AUTO_CANDIDATES, BACKBONE_BUDGET_S, BACKBONE_MIN_MISSES, GUESS_S_PER_PHOTO,
+from graft.recipe.config import (AUTO_CANDIDATES, BACKBONE_BUDGET_S, MIN_MISSES_TO_WEIGH, GUESS_S_PER_PHOTO,
                                  TrainConfig)
 from graft.recipe.steps import Job
 
@@ -31,7 +31,7 @@ def concat_allowed(cfg: TrainConfig, data: Dataset) -> bool:
 def weigh_for_default(job: Job, data: Dataset) -> Job:
     """The default backbone (lite1), unless the training photos say another could pay: its head's
     cross-validated accuracy is below PROBE_GOOD_ENOUGH and it misses at least
-    BACKBONE_MIN_MISSES of them (a big or hard set: many classes, a head well below perfect).
+    MIN_MISSES_TO_WEIGH of them (a big or hard set: many classes, a head well below perfect).
     Then the candidates are weighed as --backbone auto weighs them, within --budget (default
     BACKBONE_BUDGET_S) estimated from the default's own measured extraction rate. The default's
     training features are cached for the next step either way; only training photos are read.
@@ -42,7 +42,7 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
     cfg, n = job.cfg, len(data.train)
     if cfg.weights is not None or job.dist.enabled:
         return job  # the user's own weights; several processes: the default, as before
-    if n * (1 - 1 / max(len(data.classes), 2)) < BACKBONE_MIN_MISSES:  # even chance would miss fewer
+    if n * (1 - 1 / max(len(data.classes), 2)) < MIN_MISSES_TO_WEIGH:  # even chance would miss fewer
         job.backbone_weighed = {"weighed": False, "why": f"{n} training photos: too few for another backbone's "
                                                          f"fewer mistakes to show; one fast network"}
         return job
@@ -58,10 +58,11 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
                      balance=cfg.balance, keys=[data.train[i].digest for i in rows], seed=cfg.seed,
                      memo=job.cache_root / HEADS).to_json()["cv_accuracy"]["mean"]
     misses = len(rows) * (1 - cv) if cv is not None else 0.0
-    if cv is None or cv >= PROBE_GOOD_ENOUGH or misses < BACKBONE_MIN_MISSES:
+    if cv is None or cv >= PROBE_GOOD_ENOUGH or misses < MIN_MISSES_TO_WEIGH:
         why = (f"the default's head cross-validates {cv:.3f} on the training photos ({misses:.0f} missed): "
                if cv is not None else "no cross-validation possible: ") + "no other backbone weighed; one fast network"
-        job.backbone_weighed = {"weighed": False, "why": why, "cv": cv}
+        job.backbone_weighed = {"weighed": False, "why": why, "cv": cv,
+                                "misses": round(misses) if cv is not None else None, "of": len(rows)}
         return job
     rate = (stats.seconds / stats.misses / dict(AUTO_CANDIDATES).get("lite1", 1.0)) if stats.misses >= 32 else None
     default, pooled = job.source, job.pooled
@@ -69,7 +70,7 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
     kept = same_network(job.source, default)
     if kept:  # lite1 under its own name: the run stays "default"
         job.source, job.pooled = default, pooled
-    job.backbone_weighed = {"weighed": True, "cv": cv, "chosen": job.source.spec, "why": (
+    job.backbone_weighed = {"weighed": True, "cv": cv, "misses": round(misses), "of": len(rows), "chosen": job.source.spec, "why": (
         f"the default's head cross-validates {cv:.3f} ({misses:.0f} of {len(rows)} training photos missed): "
         f"weighed the bundled backbones and their concatenations within the budget; "
         + ("kept the default" if kept else f"chose {job.source.spec}"))}

@@ -64,12 +64,15 @@ AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
 MAX_SEED = 2**32 - 1
 MAX_BUDGET_S = 7 * 24 * 3600
 BACKBONE_BUDGET_S = 300.0  # --backbone auto's extraction budget when --budget is not given
-# The default backbone weighs the other candidates (as --backbone auto does, within the same budget)
-# only where a better one could show: its head's cross-validated accuracy below PROBE_GOOD_ENOUGH
-# AND at least this many training photos missed in cross-validation. With fewer misses, another
-# backbone's fewer mistakes are within the folds' noise (a paired difference of a few photos), and
-# a small, easy set stays on one fast network (graft.recipe.backbone_choice.weigh_for_default).
-BACKBONE_MIN_MISSES = 20
+# What the training photos must show before graft pays to weigh more than the default's frozen head:
+# at least MIN_MISSES_TO_WEIGH of them missed in the default head's cross-validation. With fewer,
+# whatever another candidate fixes is within the folds' noise (a paired difference of a few photos),
+# and the run stays one fast network, clean features (graft.recipe.backbone_choice.weigh_for_default):
+# - other backbones are weighed (as --backbone auto weighs them, within the same budget) only where
+#   the head also cross-validates below PROBE_GOOD_ENOUGH;
+# - --aug-views auto's K views (K more forward passes a photo) are weighed only past it too
+#   (graft.recipe.extraction.views_plan; bench/cold_run.py).
+MIN_MISSES_TO_WEIGH = 20
 # Seconds a photo for lite0 when nothing was measured yet (the default's features came from the
 # cache): a 2-core laptop's cold extraction, decoding included (bench/extraction.py: 19 photos/s).
 GUESS_S_PER_PHOTO = 0.05

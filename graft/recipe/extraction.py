@@ -66,7 +66,7 @@ def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
     graft.recipe.config) and, with the clean ones (`feature_bytes`), they fit the head's memory
     budget, else 0."""
     from graft.recipe.strategy import head_only, smallest_class
-    from graft.recipe.config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS
+    from graft.recipe.config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS, MIN_MISSES_TO_WEIGH
 
     asked = job.cfg.aug_views
     if job.source.frozen_only:  # (TrainConfig refuses --aug-views K with one; auto never chooses one then)
@@ -79,6 +79,10 @@ def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
     if per_class < AUTO_VIEWS_MIN_PER_CLASS:
         return 0, (f"{per_class} training photos in the smallest class (< {AUTO_VIEWS_MIN_PER_CLASS}): "
                    f"too few for cross-validation to tell whether views help")
+    clean = job.backbone_weighed or {}  # the default's clean head, cross-validated before this step
+    if clean.get("misses") is not None and not clean["weighed"] and clean["misses"] < MIN_MISSES_TO_WEIGH:
+        return 0, (f"the clean head cross-validates {clean['cv']:.3f} ({clean['misses']} of {clean['of']} training "
+                   f"photos missed, < {MIN_MISSES_TO_WEIGH}): too few for views' gain to show; none weighed")
     if len(data.train) > AUTO_VIEWS_MAX_PHOTOS:
         return 0, (f"{len(data.train)} training photos (> {AUTO_VIEWS_MAX_PHOTOS}): views would cost "
                    f"{AUTO_VIEWS} forward passes each; ask for them with --aug-views K")

@@ -28,7 +28,7 @@ def test_a_head_that_misses_enough_weighs_the_others_blind_to_the_validation_pho
     """With the gates lowered (no synthetic set here is hard enough for 20 misses), the default
     weighs lite0, lite2 and the concatenations as --backbone auto does, on the training photos
     alone: the same folder with every validation label swapped weighs and chooses the same."""
-    monkeypatch.setattr(choice_mod, "BACKBONE_MIN_MISSES", 0)
+    monkeypatch.setattr(choice_mod, "MIN_MISSES_TO_WEIGH", 0)
     monkeypatch.setattr(strategy_mod, "PROBE_GOOD_ENOUGH", 1.01)
     photos = tmp_path / "photos"
     make_split_folder(photos, train=8, val=3, seed=52)
@@ -65,7 +65,7 @@ def test_the_default_weighs_nothing_where_its_head_is_good_enough(tmp_path):
 def test_within_a_small_budget_the_default_costs_nothing_and_is_kept_under_its_name(tmp_path, monkeypatch):
     """The default's own features are in the cache (estimated at 0 s); the others' estimates pass
     a tiny --budget and are skipped: the run stays `default`, and says it kept it."""
-    monkeypatch.setattr(choice_mod, "BACKBONE_MIN_MISSES", 0)
+    monkeypatch.setattr(choice_mod, "MIN_MISSES_TO_WEIGH", 0)
     monkeypatch.setattr(strategy_mod, "PROBE_GOOD_ENOUGH", 1.01)
     photos = make_photo_folder(tmp_path / "photos", per_class=8, seed=55)
     with isolated_env(tmp_path):
