@@ -63,6 +63,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def run() -> None:
+    """The `graft` command and `python -m graft`: main() on sys.argv, then the process leaves
+    without the interpreter's teardown of every module (graft._util.exit.leave: why, and what
+    still runs). main(argv) returns instead, for callers in Python."""
+    from graft._util.exit import leave
+
+    leave(main())
+
+
 def main(argv=None) -> int:
     from graft._util.output import tolerant_std_streams
 

@@ -33,7 +33,7 @@ def main(args) -> int:
 
     result = train(args.photos, args.out, **settings, progress=not args.quiet and not args.json)
     dist = context()
-    if dist.enabled:  # leave the process group before the rank exits (graft/__main__.py: how it exits)
+    if dist.enabled:  # leave the process group before the rank exits (graft._util.exit: how it exits)
         shutdown()
     if not dist.is_main:  # under torchrun only rank 0 reports
         return 0
