@@ -61,8 +61,7 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
     if cv is None or cv >= PROBE_GOOD_ENOUGH or misses < MIN_MISSES_TO_WEIGH:
         why = (f"the default's head cross-validates {cv:.3f} on the training photos ({misses:.0f} missed): "
                if cv is not None else "no cross-validation possible: ") + "no other backbone weighed; one fast network"
-        job.backbone_weighed = {"weighed": False, "why": why, "cv": cv,
-                                "misses": round(misses) if cv is not None else None, "of": len(rows)}
+        job.backbone_weighed = {"weighed": False, "why": why, "cv": cv}
         return job
     rate = (stats.seconds / stats.misses / dict(AUTO_CANDIDATES).get("lite1", 1.0)) if stats.misses >= 32 else None
     default, pooled = job.source, job.pooled
@@ -70,7 +69,7 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
     kept = same_network(job.source, default)
     if kept:  # lite1 under its own name: the run stays "default"
         job.source, job.pooled = default, pooled
-    job.backbone_weighed = {"weighed": True, "cv": cv, "misses": round(misses), "of": len(rows), "chosen": job.source.spec, "why": (
+    job.backbone_weighed = {"weighed": True, "cv": cv, "chosen": job.source.spec, "why": (
         f"the default's head cross-validates {cv:.3f} ({misses:.0f} of {len(rows)} training photos missed): "
         f"weighed the bundled backbones and their concatenations within the budget; "
         + ("kept the default" if kept else f"chose {job.source.spec}"))}

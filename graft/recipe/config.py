@@ -64,14 +64,15 @@ AUTO_CANDIDATES = (("lite0", 1.0), ("lite1", 1.2), ("lite2", 1.35))
 MAX_SEED = 2**32 - 1
 MAX_BUDGET_S = 7 * 24 * 3600
 BACKBONE_BUDGET_S = 300.0  # --backbone auto's extraction budget when --budget is not given
-# What the training photos must show before graft pays to weigh more than the default's frozen head:
-# at least MIN_MISSES_TO_WEIGH of them missed in the default head's cross-validation. With fewer,
+# What the training photos must show before graft pays to weigh more than a frozen head on clean
+# features: at least MIN_MISSES_TO_WEIGH of them missed in that head's cross-validation. With fewer,
 # whatever another candidate fixes is within the folds' noise (a paired difference of a few photos),
-# and the run stays one fast network, clean features (graft.recipe.backbone_choice.weigh_for_default):
-# - other backbones are weighed (as --backbone auto weighs them, within the same budget) only where
-#   the head also cross-validates below PROBE_GOOD_ENOUGH;
-# - --aug-views auto's K views (K more forward passes a photo) are weighed only past it too
-#   (graft.recipe.extraction.views_plan; bench/cold_run.py).
+# and the run stays one fast network on clean features:
+# - the default backbone weighs the others (as --backbone auto weighs them, within the same budget)
+#   only past it, and where its head cross-validates below PROBE_GOOD_ENOUGH
+#   (graft.recipe.backbone_choice.weigh_for_default);
+# - --aug-views auto weighs its K views (K more forward passes a photo) only past it, whatever the
+#   backbone (graft.recipe.extraction.views_plan; bench/cold_run.py --seeds).
 MIN_MISSES_TO_WEIGH = 20
 # Seconds a photo for lite0 when nothing was measured yet (the default's features came from the
 # cache): a 2-core laptop's cold extraction, decoding included (bench/extraction.py: 19 photos/s).

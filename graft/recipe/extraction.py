@@ -40,7 +40,7 @@ def extract(job: Job, data: Dataset) -> Features:
     kept = Dataset(data.root, data.classes, [samples[i] for i in train_idx], [samples[i] for i in val_idx],
                    data.skipped, data.layout)
     out = Features(kept, rows[train_idx], y[train_idx], rows[val_idx], y[val_idx], skipped)
-    k, why = views_plan(job, kept, out.x_train.nbytes + out.x_val.nbytes)
+    k, why = views_plan(job, kept, out)
     if k:  # before any view is computed: refuse what cannot fit on the cache's disk (one line)
         check_views_fit(k, len(kept.train), out.x_train.shape[-1], job.cache_root)
     out.views = {"asked": job.cfg.aug_views, "k": k, "reason": why}
@@ -60,10 +60,10 @@ def extract(job: Job, data: Dataset) -> Features:
     return out
 
 
-def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
+def views_plan(job: Job, data: Dataset, out: Features) -> tuple[int, str]:
     """How many augmented views of each training photo to extract for the head, and why: K as
-    asked, or for --aug-views auto AUTO_VIEWS where cross-validation can weigh them (see
-    graft.recipe.config) and, with the clean ones (`feature_bytes`), they fit the head's memory
+    asked, or for --aug-views auto AUTO_VIEWS where cross-validation can weigh them and they could
+    pay (see graft.recipe.config) and, with the clean features `out`, they fit the head's memory
     budget, else 0."""
     from graft.recipe.strategy import head_only, smallest_class
     from graft.recipe.config import AUTO_VIEWS, AUTO_VIEWS_MAX_PHOTOS, AUTO_VIEWS_MIN_PER_CLASS, MIN_MISSES_TO_WEIGH
@@ -79,16 +79,29 @@ def views_plan(job: Job, data: Dataset, feature_bytes: int) -> tuple[int, str]:
     if per_class < AUTO_VIEWS_MIN_PER_CLASS:
         return 0, (f"{per_class} training photos in the smallest class (< {AUTO_VIEWS_MIN_PER_CLASS}): "
                    f"too few for cross-validation to tell whether views help")
-    clean = job.backbone_weighed or {}  # the default's clean head, cross-validated before this step
-    if clean.get("misses") is not None and not clean["weighed"] and clean["misses"] < MIN_MISSES_TO_WEIGH:
-        return 0, (f"the clean head cross-validates {clean['cv']:.3f} ({clean['misses']} of {clean['of']} training "
-                   f"photos missed, < {MIN_MISSES_TO_WEIGH}): too few for views' gain to show; none weighed")
     if len(data.train) > AUTO_VIEWS_MAX_PHOTOS:
         return 0, (f"{len(data.train)} training photos (> {AUTO_VIEWS_MAX_PHOTOS}): views would cost "
                    f"{AUTO_VIEWS} forward passes each; ask for them with --aug-views K")
-    if feature_bytes * (1 + AUTO_VIEWS) > memory_budget():  # weighing them needs them in memory
+    if (out.x_train.nbytes + out.x_val.nbytes) * (1 + AUTO_VIEWS) > memory_budget():  # weighed in memory
         return 0, "the features with views would pass the head's memory budget: ask for them with --aug-views K"
+    cv = clean_head_cv(job, data, out)
+    misses = round(len(data.train) * (1 - cv)) if cv is not None else None
+    if misses is not None and misses < MIN_MISSES_TO_WEIGH:
+        return 0, (f"the clean head cross-validates {cv:.3f} ({misses} of {len(data.train)} training photos "
+                   f"missed, < {MIN_MISSES_TO_WEIGH}): too few for views' gain to show; none weighed")
     return AUTO_VIEWS, f"auto: {AUTO_VIEWS} views, kept only if they cross-validate better"
+
+
+def clean_head_cv(job: Job, data: Dataset, out: Features) -> float | None:
+    """The clean head's cross-validated accuracy on the training photos (None: no cross-validation
+    possible), chosen as graft.recipe.steps.fit_head chooses it, on the same memo: fit_head reuses
+    it, and the default backbone's own check (weigh_for_default) has usually filled it already."""
+    from graft.heads.search import choose_head
+
+    c = choose_head(np.asarray(out.x_train), out.y_train, len(data.classes), solvers=job.cfg.solvers(),
+                    head_cfg=job.cfg.head_config(), balance=job.cfg.balance, keys=[s.digest for s in data.train],
+                    seed=job.cfg.seed, memo=job.cache_root / HEADS)
+    return c.to_json()["cv_accuracy"]["mean"]
 
 
 def _with_views(job: Job, train, x_train, k: int):

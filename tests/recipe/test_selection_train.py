@@ -175,34 +175,42 @@ def test_aug_views_auto_needs_photos_enough_to_tell(tmp_path):
     assert m["cache"]["misses"] == 20  # no view was extracted
 
 
-def test_aug_views_auto_needs_misses_enough_to_pay(tmp_path, monkeypatch):
-    """Issue 21: where the default's clean head, cross-validated on the training photos before any
-    view is drawn, misses fewer than MIN_MISSES_TO_WEIGH of them, whatever views fix is within the
-    folds' noise: none are weighed and none computed (4 forward passes a photo saved). The floor
-    counts the training photos' misses only: the validation photos' labels change nothing."""
+@pytest.mark.parametrize("backbone", ["default", "lite0"])
+def test_aug_views_auto_needs_misses_enough_to_pay(tmp_path, monkeypatch, backbone):
+    """Issue 21: where the clean head, cross-validated on the training photos before any view is
+    drawn, misses fewer than MIN_MISSES_TO_WEIGH of them, whatever views fix is within the folds'
+    noise: none are weighed and none computed (4 forward passes a photo saved), whichever the
+    backbone. The floor counts the training photos' misses only: the validation photos' labels
+    change nothing."""
+    import re
+
     from graft.recipe import config
 
     photos = tmp_path / "photos"
     make_split_folder(photos, train=20, val=2, seed=45)
     with isolated_env(tmp_path):
-        m = graft.train(photos, tmp_path / "run", cache_dir=tmp_path / "cache", workers=0, progress=False,
-                        report=False).metrics
-    v, clean = m["views"], m["backbone_weighed"]
-    assert clean["weighed"] is False and clean["misses"] < config.MIN_MISSES_TO_WEIGH and clean["of"] == 40
+        m = graft.train(photos, tmp_path / "run", backbone=backbone, cache_dir=tmp_path / "cache", workers=0,
+                        progress=False, report=False).metrics
+    v = m["views"]
+    said = re.search(r"the clean head cross-validates ([0-9.]+) \((\d+) of 40 training photos missed, < (\d+)\)",
+                     v["reason"])
+    assert said, v["reason"]
+    cv, misses = float(said[1]), int(said[2])
+    assert int(said[3]) == config.MIN_MISSES_TO_WEIGH and misses < config.MIN_MISSES_TO_WEIGH
+    assert cv == pytest.approx(m["cv_accuracy"]["mean"], abs=5e-4) and misses == round(40 * (1 - cv))
     assert v["k"] == 0 and not v.get("used") and m["augmentation"] is None
-    assert f"({clean['misses']} of 40 training photos missed, < {config.MIN_MISSES_TO_WEIGH})" in v["reason"]
     assert m["cache"]["misses"] == 44  # the clean features only: no view extracted
     corrupt = tmp_path / "corrupt"
     swapped_val_copy(photos, corrupt)
     with isolated_env(tmp_path):
-        c = graft.train(corrupt, tmp_path / "run-corrupt", cache_dir=tmp_path / "cache", workers=0, progress=False,
-                        report=False).metrics
-    assert c["views"] == v and c["backbone_weighed"] == clean
+        c = graft.train(corrupt, tmp_path / "run-corrupt", backbone=backbone, cache_dir=tmp_path / "cache",
+                        workers=0, progress=False, report=False).metrics
+    assert c["views"] == v
 
-    monkeypatch.setattr(config, "MIN_MISSES_TO_WEIGH", clean["misses"])  # as many misses as the floor: weighed
+    monkeypatch.setattr(config, "MIN_MISSES_TO_WEIGH", misses)  # as many misses as the floor: weighed
     with isolated_env(tmp_path):
-        w = graft.train(photos, tmp_path / "run-weighed", cache_dir=tmp_path / "cache", workers=0, progress=False,
-                        report=False).metrics
+        w = graft.train(photos, tmp_path / "run-weighed", backbone=backbone, cache_dir=tmp_path / "cache",
+                        workers=0, progress=False, report=False).metrics
     assert w["views"]["k"] == config.AUTO_VIEWS and "cv_with" in w["views"]
 
 
