@@ -56,6 +56,9 @@ def main():
     import graft
     from graft.recipe import config
 
+    # the share against all photos, wherever views are weighed at all: the floor of the clean head's
+    # misses (config.MIN_MISSES_TO_WEIGH, which skips views on an easy set such as ants/bees) is off here
+    config.MIN_MISSES_TO_WEIGH = 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="graft-views-share-") as tmp:
         cache = args.cache_dir or str(Path(tmp) / "cache")
