@@ -178,9 +178,13 @@ def test_photos_decode_while_the_network_is_built(tmp_path, workers):
     assert ok.all() and stats.misses == len(paths) and np.abs(feats).max() > 0
 
 
-def test_a_failing_build_stops_the_decoding_workers(tmp_path):
-    """The workers started early must not outlive an extraction whose backbone cannot be built."""
+@pytest.mark.parametrize("workers", [1, None])
+def test_a_failing_build_stops_the_decoding(tmp_path, workers):
+    """What decodes while the network is built (worker processes with --workers N; with none asked
+    for on a CPU, DecodeThenForward's threads) must not outlive an extraction whose backbone
+    cannot be built."""
     import multiprocessing
+    import threading
 
     from graft.cache import FeatureCache
     from graft.errors import GraftError
@@ -189,14 +193,15 @@ def test_a_failing_build_stops_the_decoding_workers(tmp_path):
     make_photo_folder(tmp_path / "p", per_class=10)
     paths = sorted((tmp_path / "p").glob("*/*.jpg"))
 
-    def build():
+    def fails():
         raise GraftError("no such backbone")
 
-    cache = FeatureCache(tmp_path / "cache", {"arch": "test-overlap-fails"})
+    cache = FeatureCache(tmp_path / "cache", {"arch": f"test-overlap-fails-{workers}"})
     with pytest.raises(GraftError, match="no such backbone"):
-        extract_features(build, [p.name for p in paths], paths, cache, load=PRE.load, batch_size=8, workers=1,
+        extract_features(fails, [p.name for p in paths], paths, cache, load=PRE.load, batch_size=8, workers=workers,
                          progress=False)
     assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+    assert not [t for t in threading.enumerate() if t.name.startswith("graft-decode")]
 
 
 def test_decoding_in_turns_gives_the_workers_batches_and_errors(tmp_path):
@@ -216,26 +221,3 @@ def test_decoding_in_turns_gives_the_workers_batches_and_errors(tmp_path):
         assert ia == ib and [i for i, _ in ea] == [i for i, _ in eb]
         assert torch.equal(xa, xb)
     assert [i for _, _, e in a for i, _ in e] == [5]
-
-
-def test_a_failing_build_stops_the_decoding_threads(tmp_path):
-    """DecodeThenForward's threads (no --workers asked for, on a CPU), started before the build,
-    must not outlive an extraction whose backbone cannot be built."""
-    import threading
-
-    from graft.cache import FeatureCache
-    from graft.errors import GraftError
-    from graft.features.extract import extract_features
-
-    if torch.cuda.is_available():
-        pytest.skip("with CUDA the decoding runs in worker processes beside the GPU's forward pass")
-    make_photo_folder(tmp_path / "p", per_class=10)
-    paths = sorted((tmp_path / "p").glob("*/*.jpg"))
-
-    def fails():
-        raise GraftError("no such backbone")
-
-    cache = FeatureCache(tmp_path / "cache", {"arch": "test-overlap-threads-fails"})
-    with pytest.raises(GraftError, match="no such backbone"):
-        extract_features(fails, [p.name for p in paths], paths, cache, load=PRE.load, batch_size=8, progress=False)
-    assert not [t for t in threading.enumerate() if t.name.startswith("graft-decode")]
