@@ -14,6 +14,8 @@ def _python(code: str, tmp_path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("status", [0, 2, None])
 def test_leave_runs_threads_and_atexit_flushes_and_keeps_the_status(tmp_path, status):
+    """As the interpreter's exit: a late thread finishes, an idle executor's worker is stopped (not
+    waited on forever), atexit handlers run, buffered output is delivered, the status kept."""
     code = f"""
 import atexit, threading, time, sys
 from graft._util.exit import leave
@@ -22,6 +24,9 @@ def late():
     time.sleep(0.3)
     open("thread-done", "w").write("yes")
 threading.Thread(target=late).start()
+from concurrent.futures import ThreadPoolExecutor
+idle = ThreadPoolExecutor(1)  # never shut down: its worker waits for work until told to stop
+idle.submit(lambda: None).result()
 sys.stdout.write("x" * 200000)  # buffered: only a flush before the exit delivers it
 leave({status})
 """
