@@ -44,6 +44,14 @@ class ExtractStats:
         if skipped:
             self.skipped += other.skipped
 
+    def add_ahead(self, other: "ExtractStats") -> None:
+        """Count the work of a lookup that a later one of the same run repeats (the default
+        backbone's training features, which the feature step looks up again with the validation
+        photos): what it computed and its time, but none of its entries as a hit, since the later
+        lookup counts each of them as one. A run's figures then count each photo once."""
+        self.add(other, skipped=False)
+        self.hits -= other.hits + other.misses
+
 
 def cache_namespace(source, point: str = "pooled") -> dict:
     """Everything that changes a cached feature (a BackboneSource's identity): the key hashes it."""

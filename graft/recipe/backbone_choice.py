@@ -50,8 +50,8 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
                                        workers=cfg.workers, progress=job.progress, desc="extracting features",
                                        load_for=lambda pre: RefuseNonPhotos(pre.load), dist=job.dist,
                                        graph_wanted=job.writes_graph)
-    for part in stats.parts.values():  # the default's own features: the summary counts them (skips: extract's)
-        job.stats.add(part, skipped=False)
+    for part in stats.parts.values():  # the default's own features: the summary counts them once (skips: extract's)
+        job.stats.add_ahead(part)
     rows = np.flatnonzero(ok)
     y = np.array([s.label for s in data.train])[rows]
     cv = choose_head(feats[rows], y, len(data.classes), solvers=cfg.solvers(), head_cfg=cfg.head_config(),

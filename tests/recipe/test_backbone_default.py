@@ -60,6 +60,12 @@ def test_the_default_weighs_nothing_where_its_head_is_good_enough(tmp_path):
     w = m["backbone_weighed"]
     assert w["weighed"] is False and "no other backbone weighed" in w["why"] and w["cv"] == m["probe_cv_accuracy"]
     assert "backbone_candidates" not in m and m["backbone"]["spec"] == "default"
+    # the training photos are looked up twice (this check, then the feature step): counted once each
+    assert (m["cache"]["misses"], m["cache"]["hits"]) == (60, 0)
+    with isolated_env(tmp_path):
+        again = graft.train(photos, tmp_path / "run2", cache_dir=tmp_path / "cache", strategy="head", aug_views=0,
+                            workers=0, progress=False, report=False).metrics
+    assert (again["cache"]["misses"], again["cache"]["hits"]) == (0, 60)
 
 
 def test_within_a_small_budget_the_default_costs_nothing_and_is_kept_under_its_name(tmp_path, monkeypatch):
