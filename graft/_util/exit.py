@@ -5,9 +5,10 @@ onnxruntime's and timm's modules object by object before the shell got its promp
 predict, a warm rerun: a fifth of their wall time; bench/exit_teardown.py), and under torchrun a
 rank done early aborted now and then in C++ destructors there ("terminate called without an
 active exception"; tests/finetune/test_distributed.py). What the teardown does that matters is
-done here first, in the interpreter's own order: threading's exit hooks run and non-daemon threads
-are joined, atexit handlers run (temporary folders, multiprocessing's children, logging's flush), the standard streams are
-flushed; then os._exit. Every file graft writes is closed and renamed before its command returns.
+done here first, in the interpreter's own order: threading's exit hooks run and non-daemon
+threads are joined, atexit handlers run (temporary folders, multiprocessing's children, logging's
+flush), the standard streams are flushed; then os._exit. Every file graft writes is closed and
+renamed before its command returns.
 """
 
 from __future__ import annotations

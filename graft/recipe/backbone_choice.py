@@ -13,7 +13,6 @@ from graft.data import Dataset
 from graft.data.placeholders import RefuseNonPhotos
 from graft.errors import GraftError
 from graft.features.concat import JoinedCache, join_rows, source_features
-from graft.cache.layout import HEADS
 from graft.recipe.config import (AUTO_CANDIDATES, BACKBONE_BUDGET_S, MIN_MISSES_TO_WEIGH, GUESS_S_PER_PHOTO,
                                  TrainConfig)
 from graft.recipe.steps import Job
@@ -36,7 +35,6 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
     BACKBONE_BUDGET_S) estimated from the default's own measured extraction rate. The default's
     training features are cached for the next step either way; only training photos are read.
     job.backbone_weighed says what was weighed and why (the summary's and the report's line)."""
-    from graft.heads.search import choose_head
     from graft.recipe.strategy import PROBE_GOOD_ENOUGH
 
     cfg, n = job.cfg, len(data.train)
@@ -54,9 +52,8 @@ def weigh_for_default(job: Job, data: Dataset) -> Job:
         job.stats.add_ahead(part)
     rows = np.flatnonzero(ok)
     y = np.array([s.label for s in data.train])[rows]
-    cv = choose_head(feats[rows], y, len(data.classes), solvers=cfg.solvers(), head_cfg=cfg.head_config(),
-                     balance=cfg.balance, keys=[data.train[i].digest for i in rows], seed=cfg.seed,
-                     memo=job.cache_root / HEADS).to_json()["cv_accuracy"]["mean"]
+    cv = job.choose_head(feats[rows], y, [data.train[i] for i in rows],
+                         len(data.classes)).to_json()["cv_accuracy"]["mean"]
     misses = len(rows) * (1 - cv) if cv is not None else 0.0
     if cv is None or cv >= PROBE_GOOD_ENOUGH or misses < MIN_MISSES_TO_WEIGH:
         why = (f"the default's head cross-validates {cv:.3f} on the training photos ({misses:.0f} missed): "
@@ -93,7 +90,6 @@ def choose_backbone(job: Job, data: Dataset, rate: float | None = None, cached=N
     a source whose training features are in the cache already (it costs nothing)."""
     from itertools import combinations
 
-    from graft.heads.search import choose_head
 
     cfg = job.cfg
     table, spent, extracted = [], 0.0, {}
@@ -101,9 +97,7 @@ def choose_backbone(job: Job, data: Dataset, rate: float | None = None, cached=N
 
     def cross_validate(spec, feats, ok, **row):
         rows = np.flatnonzero(ok)
-        choice = choose_head(feats[rows], y[rows], len(data.classes), solvers=cfg.solvers(),
-                             head_cfg=cfg.head_config(), balance=cfg.balance,
-                             keys=[data.train[i].digest for i in rows], seed=cfg.seed, memo=job.cache_root / HEADS)
+        choice = job.choose_head(feats[rows], y[rows], [data.train[i] for i in rows], len(data.classes))
         cv = choice.to_json()
         table.append({"backbone": spec, "cv_accuracy": cv["cv_accuracy"]["mean"],
                       "cv_accuracy_std": cv["cv_accuracy"]["std"], **row})

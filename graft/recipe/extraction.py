@@ -15,7 +15,6 @@ from graft.errors import GraftError
 from graft.heads.softmax import memory_budget
 from graft.recipe.augmentation import describe
 from graft.recipe.limits import check_views_fit
-from graft.cache.layout import HEADS
 from graft.recipe.steps import Features, Job
 
 log = logging.getLogger("graft")
@@ -96,12 +95,8 @@ def clean_head_cv(job: Job, data: Dataset, out: Features) -> float | None:
     """The clean head's cross-validated accuracy on the training photos (None: no cross-validation
     possible), chosen as graft.recipe.steps.fit_head chooses it, on the same memo: fit_head reuses
     it, and the default backbone's own check (weigh_for_default) has usually filled it already."""
-    from graft.heads.search import choose_head
-
-    c = choose_head(np.asarray(out.x_train), out.y_train, len(data.classes), solvers=job.cfg.solvers(),
-                    head_cfg=job.cfg.head_config(), balance=job.cfg.balance, keys=[s.digest for s in data.train],
-                    seed=job.cfg.seed, memo=job.cache_root / HEADS)
-    return c.to_json()["cv_accuracy"]["mean"]
+    return job.choose_head(np.asarray(out.x_train), out.y_train, data.train,
+                           len(data.classes)).to_json()["cv_accuracy"]["mean"]
 
 
 def _with_views(job: Job, train, x_train, k: int):
@@ -126,7 +121,6 @@ def weigh_views_on_share(job: Job, data: Dataset, out: Features, k: int) -> bool
     that would lose on every photo (bench/views_share.py: how often it drops views that would
     have won). Records the share's figures in out.views. -> whether to go on."""
     from graft.data.folder import inner_split
-    from graft.heads.search import choose_head
     from graft.recipe.config import AUTO_VIEWS_MIN_PER_CLASS, AUTO_VIEWS_SHARE
     from graft.recipe.strategy import smallest_class
 
@@ -138,11 +132,10 @@ def weigh_views_on_share(job: Job, data: Dataset, out: Features, k: int) -> bool
     share = [data.train[i] for i in idx]
     clean = out.x_train[idx] if isinstance(out.x_train, np.ndarray) else out.x_train.subset(idx)
     views = np.asarray(_with_views(job, share, clean, k)[0])
-    y, keys = out.y_train[idx], [s.digest for s in share]
+    y = out.y_train[idx]
 
     def cv(x) -> float | None:
-        c = choose_head(x, y, len(data.classes), solvers=job.cfg.solvers(), head_cfg=job.cfg.head_config(),
-                        balance=job.cfg.balance, keys=keys, seed=job.cfg.seed, memo=job.cache_root / HEADS)
+        c = job.choose_head(x, y, share, len(data.classes))
         return c.cv[c.score]["mean"]
 
     with_views, without = cv(views), cv(np.asarray(clean))

@@ -74,6 +74,16 @@ class Job:
     def cache_root(self) -> Path:
         return self.cache.dir.parent
 
+    def choose_head(self, x, y, samples: list, n_classes: int):
+        """The head on training features `x` (rows of `samples`, labels `y`) as this run chooses
+        it (graft.heads.search.choose_head with the run's solvers, head settings, balance and
+        seed), on the cache's heads memo: the same inputs never fit twice, in a run or across."""
+        from graft.heads.search import choose_head
+
+        return choose_head(x, y, n_classes, solvers=self.cfg.solvers(), head_cfg=self.cfg.head_config(),
+                           balance=self.cfg.balance, keys=[s.digest for s in samples], seed=self.cfg.seed,
+                           memo=self.cache_root / HEADS)
+
     @property
     def decoded_dir(self) -> Path | None:
         return self.cache_root / DECODED if self.cfg.decode_once else None
@@ -184,15 +194,11 @@ def fit_head(job: Job, f: Features) -> Fitted:
     stratified k-fold cross-validation on the TRAINING photos only (graft.heads.search), and the
     winner is refitted on all of them; the validation photos are predicted once, here, for the
     reported val_accuracy and never used to choose anything."""
-    from graft.heads.search import choose_head
-
     started = time.perf_counter()
     cfg = job.cfg.head_config()
 
     def choose(x):
-        return choose_head(x, f.y_train, len(f.data.classes), solvers=job.cfg.solvers(), head_cfg=cfg,
-                           balance=job.cfg.balance, keys=[s.digest for s in f.data.train], seed=job.cfg.seed,
-                           memo=job.cache_root / HEADS)
+        return job.choose_head(x, f.y_train, f.data.train, len(f.data.classes))
 
     choice = choose(f.x_train)
     views = dict(f.views or {})

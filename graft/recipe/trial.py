@@ -35,7 +35,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from graft.cache.layout import HEADS
 from graft.data import Dataset
 from graft.data.folder import inner_split
 from graft.features.concat import JoinedCache
@@ -178,15 +177,12 @@ def capped(samples: list, n_classes: int, per_class: int, salt: str) -> list:
 def head_on(job, feats, train: list, held: list) -> tuple[torch.nn.Linear, np.ndarray]:
     """-> (the head chosen on `train`'s cached features, cross-validated as graft's head is, its
     predicted labels for `held`); both are training photos (rows of feats.x_train)."""
-    from graft.heads.search import choose_head
     from graft.heads.softmax import predict_labels
 
     at = {id(s): i for i, s in enumerate(feats.data.train)}
     idx_train, idx_held = [at[id(s)] for s in train], [at[id(s)] for s in held]
     y = np.array([s.label for s in train])
-    choice = choose_head(clean_rows(feats.x_train, idx_train), y, len(feats.data.classes), solvers=job.cfg.solvers(),
-                         head_cfg=job.cfg.head_config(), balance=job.cfg.balance, keys=[s.digest for s in train],
-                         seed=job.cfg.seed, memo=job.cache_root / HEADS)
+    choice = job.choose_head(clean_rows(feats.x_train, idx_train), y, train, len(feats.data.classes))
     return choice.head, predict_labels(choice.head, clean_rows(feats.x_train, idx_held))
 
 
